@@ -1,0 +1,21 @@
+"""Exceptions whose messages are meant for the user; the CLI prints them as one-line errors."""
+
+
+class MakemoreError(Exception):
+    """Base class: anything the user can fix (bad data, bad checkpoint, bad request)."""
+
+
+class DataError(MakemoreError):
+    """The data file cannot be used."""
+
+
+class CheckpointError(MakemoreError):
+    """A checkpoint is missing, damaged, or does not fit the request."""
+
+
+class VocabularyError(MakemoreError):
+    """Text contains characters the model never saw."""
+
+
+class TrainingError(MakemoreError):
+    """Training cannot go on (for example the loss became NaN)."""

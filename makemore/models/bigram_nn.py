@@ -1,0 +1,41 @@
+"""The lecture's one-layer bigram network: one-hot(previous char) @ W, softmax. Trained, not counted."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from makemore.models import register
+from makemore.models.base import Model
+
+
+@dataclass
+class BigramNNConfig:
+    block_size: int = 1  # one previous character, as the counting bigram
+
+
+@register("bigram-nn")
+class BigramNN(Model):
+    """logits = one_hot(prev) @ W, computed as the row lookup W[prev], which is the same product.
+
+    Trained to convergence without penalty its loss equals the counting bigram's with smoothing 0: the
+    softmax of row W[i] is free to become any distribution, and the best one is the counts' row.
+    """
+
+    Config = BigramNNConfig
+    # Adam on large batches reaches the counting model's loss in a fraction of the lecture's steps
+    train_defaults = dict(steps=1500, batch_size=4096, lr=0.3, optimizer="adamw", schedule="cosine")
+
+    def __init__(self, config: BigramNNConfig, vocab_size: int):
+        super().__init__(config, vocab_size)
+        if config.block_size != 1:
+            raise ValueError("bigram-nn has block_size 1")
+        self.W = nn.Parameter(torch.randn(vocab_size, vocab_size))
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.W[idx[:, -1]]
+
+    def penalty(self, weight_decay: float) -> torch.Tensor:
+        """The lecture's regulariser, weight_decay * (W**2).mean(), added to the loss."""
+        return weight_decay * (self.W**2).mean()
