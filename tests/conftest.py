@@ -1,0 +1,39 @@
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from makemore.cli import cli
+
+SHARED_NAMES = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "names-2018.txt"
+REPO_NAMES = Path(__file__).resolve().parent.parent / "names.txt"
+
+
+@pytest.fixture
+def small_names(tmp_path) -> Path:
+    """A few hundred real names from the project's names.txt, every 50th line."""
+    lines = REPO_NAMES.read_text(encoding="utf-8").splitlines()[::50]
+    path = tmp_path / "names.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def run(tmp_path, monkeypatch):
+    """Invoke the real CLI in a temporary working directory; returns click's Result."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MAKEMORE_DEBUG", "")
+    runner = CliRunner()
+
+    def invoke(*args, ok=True):
+        result = runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
+        if ok:
+            assert result.exit_code == 0, result.output
+        return result
+
+    return invoke
+
+
+def needs_shared_names():
+    return pytest.mark.skipif(not SHARED_NAMES.exists(), reason="../shared/data/names-2018.txt is absent")
