@@ -354,7 +354,7 @@ def plot_embeddings(output, out, checkpoint_path):
     points, note, axes = instruments.embedding_2d(trained.model)
     labels = [trained.vocab.show(c) for c in trained.vocab.chars]
     path = plots.embeddings(points.tolist(), labels, output or trained.path.with_suffix(".embeddings.png"),
-                            f"{trained.name} character embeddings C: {note}", axes)
+                            f"{trained.name} character embeddings C\n{note}", axes)
     click.echo(path)
 
 

@@ -181,7 +181,7 @@ def embedding_2d(model) -> tuple[torch.Tensor, str, tuple[str, str]]:
 
     C = getattr(model, "C", None)
     if not isinstance(C, torch.Tensor) or C.dim() != 2:
-        raise CheckpointError(f"--model {model.name} has no embedding table C to plot; "
+        raise CheckpointError(f"a {model.name} model has no embedding table C to plot; "
                               "train a model that has one, such as --model mlp")
     C = C.detach().double().cpu()
     E = C.shape[1]
@@ -209,8 +209,8 @@ def bigram_table(model) -> tuple[torch.Tensor, bool]:
     if getattr(model, "counts", False) and isinstance(N, torch.Tensor) and N.shape == (V, V):
         return N.detach().cpu(), True
     if model.block_size != 1:
-        raise CheckpointError(f"--model {model.name} sees {model.block_size} characters of context, so it has no "
-                              "bigram table; plot counts draws bigram and bigram-nn")
+        raise CheckpointError(f"a {model.name} model sees {model.block_size} characters of context, so it has "
+                              "no bigram table; plot counts draws bigram and bigram-nn models")
     device = next(iter(model.state_dict().values())).device
     model.eval()
     contexts = torch.arange(V, device=device)[:, None]
