@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from makemore.data import DEFAULT_SPLIT_SEED, DEFAULT_SPLITS, Vocab, build_dataset
-from makemore.errors import TrainingError
+from makemore.errors import DataError, TrainingError
 from makemore.models import MODEL_NAMES, get_model_class
 
 
@@ -26,6 +26,9 @@ def score(model, vocab, items: list[str]) -> list[dict]:
     """
     if not items:
         return []
+    if "" in items:
+        # the dataset builder has no example for an empty item, and no data file holds one
+        raise DataError("cannot score an empty item; give items of at least one character")
     T = model.block_size
     ds = build_dataset(items, vocab, T).to(next(iter(model.state_dict().values())).device)
     x, y = ds.tensors()

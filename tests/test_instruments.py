@@ -127,6 +127,8 @@ def test_score_unknown_characters_and_no_items(run, small_names):
     assert len(message.splitlines()) == 1
     assert "'zoë!'" in message and "'!ë'" in message and "abcdefghijklmnopqrstuvwxyz" in message
     assert run("score", ok=False).exit_code == 2
+    empty = run("score", "emma", "", ok=False)
+    assert empty.exit_code == 1 and "empty item" in empty.output
 
 
 def test_lr_find_suggests_a_rate_inside_the_sweep(run, small_names):
@@ -218,6 +220,8 @@ def test_plot_counts(run, small_names):
     table, counts = instruments.bigram_table(api.load("out/bigram.pt").model)
     items = api.load("out/bigram.pt").splits()["train"]
     assert counts and table[0].sum().item() == len(items)  # every train item starts once
+    no_curve = run("plot", "loss", ok=False)
+    assert no_curve.exit_code == 1 and "no training curve" in no_curve.output
     run("train", "--model", "bigram-nn", "--data", small_names, "--steps", "20", "--batch-size", "64", "-q")
     table, counts = instruments.bigram_table(api.load("out/bigram-nn.pt").model)
     assert not counts and torch.allclose(table.sum(1), torch.ones(len(table), dtype=table.dtype))
