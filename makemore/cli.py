@@ -240,13 +240,16 @@ def score(items, data, totals, as_json, out, checkpoint_path, device):
         return
     for i, r in enumerate(results):
         if not totals:
-            click.echo(("\n" if i else "") + r["item"])
+            if i:
+                click.echo()
+            click.echo(r["item"])
             for t in r["transitions"]:
                 click.echo(f"{t['context']}{t['next']}: {t['prob']:.4f} {t['logprob']:.4f}")
         click.echo(f"{r['item']}: total nll {r['nll']:.4f}, mean nll {r['mean_nll']:.4f} ({r['n']} transitions)")
     if len(results) > 1:
-        click.echo(f"{'' if totals else chr(10)}all {len(results)} items: total nll {nll:.4f}, "
-                   f"mean nll {nll / n:.4f} ({n} transitions)")
+        if not totals:
+            click.echo()
+        click.echo(f"all {len(results)} items: total nll {nll:.4f}, mean nll {nll / n:.4f} ({n} transitions)")
 
 
 @cli.command("lr-find")
