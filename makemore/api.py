@@ -79,6 +79,15 @@ def train_config(model_name: str, options: dict) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def build_run(cls, mconfig, seed: int, vocab: Vocab, parts: dict, dev: torch.device):
+    """A fresh model initialised from seed, and the train and dev datasets (dev None when empty) on dev."""
+    torch.manual_seed(seed)
+    net = cls(mconfig, len(vocab)).to(dev)
+    train_set = build_dataset(parts["train"], vocab, mconfig.block_size).to(dev)
+    dev_set = build_dataset(parts["dev"], vocab, mconfig.block_size).to(dev) if parts["dev"] else None
+    return net, train_set, dev_set
+
+
 @dataclass
 class TrainResult:
     path: Path
@@ -87,6 +96,7 @@ class TrainResult:
     dev_loss: float  # nan without a dev split
     seconds: float
     replaced: bool  # an earlier checkpoint of the same name was replaced
+    curve: Path | None = None  # the loss-curve PNG beside the checkpoint (None without matplotlib)
 
 
 def check_writable(out_dir: Path) -> None:
@@ -132,10 +142,7 @@ def train(model: str = "mlp", data: str | Path | None = None, out: str | Path = 
     if prior is not None and vocab.unknown("".join(dataset.items)):
         raise DataError(f"{dataset.path}: has characters the checkpoint's vocabulary lacks: "
                         f"{''.join(vocab.unknown(''.join(dataset.items)))!r}")
-    torch.manual_seed(tconfig.seed)
-    net = cls(mconfig, len(vocab)).to(dev)
-    train_set = build_dataset(parts["train"], vocab, mconfig.block_size).to(dev)
-    dev_set = build_dataset(parts["dev"], vocab, mconfig.block_size).to(dev) if parts["dev"] else None
+    net, train_set, dev_set = build_run(cls, mconfig, tconfig.seed, vocab, parts, dev)
 
     path = out / f"{name or model}.pt"
     replaced = path.exists() and prior is None
@@ -184,7 +191,11 @@ def train(model: str = "mlp", data: str | Path | None = None, out: str | Path = 
     seconds = state.elapsed
     train_loss = evaluate(net, train_set)
     dev_loss = evaluate(net, dev_set) if dev_set is not None else float("nan")
-    return TrainResult(path, state.step, train_loss, dev_loss, seconds, replaced)
+    from makemore import plots
+
+    curve = plots.write_curve_if_possible(state.metrics, plots.curve_path(path),
+                                           plots.curve_title(model, dataset.path))
+    return TrainResult(path, state.step, train_loss, dev_loss, seconds, replaced, curve)
 
 
 def _cpu(obj):
@@ -270,6 +281,14 @@ class Trained:
         loss = evaluate(self.model, ds)
         return dict(split=split, loss=loss, perplexity=math.exp(loss) if loss < 700 else float("inf"),
                     n_chars=len(ds), n_items=len(items), model=self.name, checkpoint=str(self.path))
+
+    def score(self, items: list[str]) -> list[dict]:
+        """Every transition of each item with its probability, and the item's total and mean NLL (nats)."""
+        from makemore import instruments
+
+        for item in items:
+            self.check_text(item, f"the item {item!r}")
+        return instruments.score(self.model, self.vocab, items)
 
     @property
     def device(self) -> torch.device:

@@ -151,6 +151,8 @@ def train(model_name, data, out, name, block_size, n_embd, n_hidden, smoothing, 
     dev = f", dev loss {result.dev_loss:.4f}" if not math.isnan(result.dev_loss) else ""
     timing = f" ({result.step:,} steps, {result.seconds:.1f}s)" if result.step else ""
     click.echo(f"train loss {result.train_loss:.4f}{dev}{timing}; saved {result.path}")
+    if result.curve is not None:
+        click.echo(f"loss curve: {result.curve}", err=True)
 
 
 @cli.command()
@@ -197,6 +199,184 @@ def eval_(split, data, as_json, strict, out, checkpoint_path, device):
         click.echo(f"{result['split']} loss {result['loss']:.4f} (perplexity {result['perplexity']:.2f}) over "
                    f"{result['n_chars']:,} characters in {result['n_items']:,} items; "
                    f"{result['model']} from {result['checkpoint']}")
+
+
+def _finite(value):
+    """JSON has no infinity: a loss that is infinite (a transition of probability 0) is written as null."""
+    return value if math.isfinite(value) else None
+
+
+@cli.command()
+@click.argument("items", nargs=-1)
+@click.option("--data", type=click.Path(), help="Also score every item of this file (one per line).")
+@click.option("--totals", is_flag=True, help="Only each item's total and mean NLL, not every transition.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object; an infinite loss (probability 0) is null.")
+@checkpoint_options
+@device_option
+@handle_errors
+def score(items, data, totals, as_json, out, checkpoint_path, device):
+    """How likely the model finds each ITEM: every transition's probability and log-probability (the
+    lecture's `.e: 0.0478 -3.0408`), then the item's total and mean negative log-likelihood (nats)."""
+    from makemore import api
+    from makemore.data import read_items
+
+    items = list(items) + (read_items(data) if data else [])
+    if not items:
+        raise click.UsageError("give the items to score, or a file of them with --data")
+    trained = api.load(checkpoint_path, out, device)
+    results = trained.score(items)
+    nll = sum(r["nll"] for r in results)
+    n = sum(r["n"] for r in results)
+    if as_json:
+        for r in results:
+            r["nll"], r["mean_nll"] = _finite(r["nll"]), _finite(r["mean_nll"])
+            for t in r["transitions"]:
+                t["logprob"] = _finite(t["logprob"])
+            if totals:
+                del r["transitions"]
+        click.echo(json.dumps(dict(model=trained.name, checkpoint=str(trained.path), items=results,
+                                   nll=_finite(nll), mean_nll=_finite(nll / n), n=n)))
+        return
+    for i, r in enumerate(results):
+        if not totals:
+            if i:
+                click.echo()
+            click.echo(r["item"])
+            for t in r["transitions"]:
+                click.echo(f"{t['context']}{t['next']}: {t['prob']:.4f} {t['logprob']:.4f}")
+        click.echo(f"{r['item']}: total nll {r['nll']:.4f}, mean nll {r['mean_nll']:.4f} ({r['n']} transitions)")
+    if len(results) > 1:
+        if not totals:
+            click.echo()
+        click.echo(f"all {len(results)} items: total nll {nll:.4f}, mean nll {nll / n:.4f} ({n} transitions)")
+
+
+@cli.command("lr-find")
+@click.option("--model", "model_name", type=click.Choice(MODEL_NAMES), default="mlp", help="Which model to sweep.")
+@click.option("--data", type=click.Path(), help="Text file, one item per line. [default: names.txt]")
+@click.option("--min-lr", type=positive_float(), default=1e-3, help="First learning rate.")
+@click.option("--max-lr", type=positive_float(), default=1.0, help="Last learning rate.")
+@click.option("--steps", type=click.IntRange(min=20), default=1000,
+              help="Steps of the sweep, one rate each, spaced exponentially.")
+@click.option("--block-size", type=click.IntRange(min=1), help="Characters of context. [default: per model]")
+@click.option("--n-embd", type=click.IntRange(min=1), help="Embedding dimensions (mlp). [default: 10]")
+@click.option("--n-hidden", type=click.IntRange(min=1), help="Hidden units (mlp). [default: 200]")
+@click.option("--init", type=click.Choice(["scaled", "randn"]), help="mlp weight init. [default: scaled]")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Examples per step. [default: per model]")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS),
+              help="The lecture sweeps sgd. [default: the model's, as train uses]")
+@click.option("--weight-decay", type=click.FloatRange(min=0), help="As in train. [default: 0]")
+@click.option("--seed", type=int, help="Seed of initialisation and batches. [default: 42]")
+@click.option("--splits", type=SplitsType(), default="0.8,0.1,0.1", help="Train, dev, test fractions (sweeps on train).")
+@click.option("--split-seed", type=int, default=42, help="Seed of the shuffle before splitting.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="Where to write the plot. [default: OUT/lr-find-MODEL.png]")
+@click.option("--out", default="out", type=click.Path(file_okay=False), help="Folder for the plot.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with every rate and loss.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@device_option
+@handle_errors
+def lr_find(model_name, data, min_lr, max_lr, steps, block_size, n_embd, n_hidden, init, batch_size, optimizer,
+            weight_decay, seed, splits, split_seed, plot_path, out, as_json, quiet, device):
+    """The lecture's learning-rate sweep: from a fresh model, one step at each of --steps rates spaced
+    exponentially from --min-lr to --max-lr; suggests the rate at the valley of the loss before it blows
+    up, and plots loss against log10(lr) when matplotlib is installed."""
+    from pathlib import Path
+
+    from makemore import instruments, plots
+
+    model_options = dict(block_size=block_size, n_embd=n_embd, n_hidden=n_hidden, init=init)
+    train_options = dict(batch_size=batch_size, optimizer=optimizer, weight_decay=weight_decay, seed=seed)
+    sweep = instruments.lr_find(model_name, data, model_options, train_options, min_lr, max_lr, steps, splits,
+                                split_seed, device, progress=not quiet)
+    written = None
+    if plots.available():
+        written = plots.lr_sweep(sweep, Path(plot_path or Path(out) / f"lr-find-{model_name}.png"))
+    else:
+        click.echo(f"no plot: {plots.INSTALL_HINT}", err=True)
+    blowup = sweep.lrs[sweep.blowup_step] if sweep.blowup_step is not None else None
+    if as_json:
+        click.echo(json.dumps(dict(suggested_lr=sweep.suggested_lr, suggested_step=sweep.suggested_step,
+                                   floor_lr=sweep.lrs[sweep.floor_step], blowup_lr=blowup, lrs=sweep.lrs, losses=[_finite(v) for v in sweep.losses],
+                                   settings=sweep.settings, plot=str(written) if written else None)))
+        return
+    floor_lr = sweep.lrs[sweep.floor_step]
+    click.echo(f"suggested lr {sweep.suggested_lr:.3g} (10^{math.log10(sweep.suggested_lr):.2f}): the near edge "
+               f"of the valley, smoothed loss {sweep.smoothed[sweep.suggested_step]:.4f}")
+    click.echo(f"the valley's floor: lr {floor_lr:.3g} (10^{math.log10(floor_lr):.2f}), smoothed loss "
+               f"{sweep.smoothed[sweep.floor_step]:.4f}")
+    if blowup is not None:
+        click.echo(f"the loss blows up from lr {blowup:.3g} (10^{math.log10(blowup):.2f})")
+    else:
+        click.echo(f"the loss did not blow up up to lr {sweep.lrs[-1]:.3g}; a wider --max-lr shows where it does")
+    if written is not None:
+        click.echo(f"plot: {written}")
+
+
+@cli.group()
+def plot():
+    """Draw a trained model as a PNG picture (needs matplotlib: pip install "makemore[plot]")."""
+
+
+def output_option(f):
+    return click.option("--output", "-o", type=click.Path(dir_okay=False),
+                        help="PNG file to write. [default: beside the checkpoint]")(f)
+
+
+@plot.command("loss")
+@output_option
+@checkpoint_options
+@handle_errors
+def plot_loss(output, out, checkpoint_path):
+    """The training curve: train loss at each log point, dev loss at each evaluation (training also
+    writes it, as OUT/NAME.loss.png)."""
+    from makemore import api, plots
+
+    plots.require()
+    trained = api.load(checkpoint_path, out)
+    if not trained.ckpt.get("metrics"):
+        raise click.ClickException(f"{trained.path}: a {trained.name} model is counted, not trained step by "
+                                   "step, so it has no training curve")
+    path = plots.training_curve(trained.ckpt["metrics"], output or plots.curve_path(trained.path),
+                                plots.curve_title(trained.name, trained.ckpt["data"]["path"]))
+    click.echo(path)
+
+
+@plot.command("embeddings")
+@output_option
+@checkpoint_options
+@handle_errors
+def plot_embeddings(output, out, checkpoint_path):
+    """The lecture's scatter of the characters in the embedding table C (its first two principal
+    components when C has more than two dimensions)."""
+    from makemore import api, instruments, plots
+
+    plots.require()
+    trained = api.load(checkpoint_path, out)
+    points, note, axes = instruments.embedding_2d(trained.model)
+    labels = [trained.vocab.show(c) for c in trained.vocab.chars]
+    path = plots.embeddings(points.tolist(), labels, output or trained.path.with_suffix(".embeddings.png"),
+                            f"{trained.name} character embeddings C\n{note}", axes)
+    click.echo(path)
+
+
+@plot.command("counts")
+@output_option
+@checkpoint_options
+@handle_errors
+def plot_counts(output, out, checkpoint_path):
+    """The lecture's table of bigram counts as a labelled heatmap (for bigram-nn: its probabilities)."""
+    from makemore import api, instruments, plots
+
+    plots.require()
+    trained = api.load(checkpoint_path, out)
+    table, counts = instruments.bigram_table(trained.model)
+    labels = [trained.vocab.show(c) for c in trained.vocab.chars]
+    what = "bigram counts N[prev, next]" if counts else "bigram probabilities P[prev, next]"
+    path = plots.bigram_table(table, labels, output or trained.path.with_suffix(".counts.png"),
+                              f"{trained.name}: {what}", counts)
+    click.echo(path)
 
 
 def main():

@@ -1,0 +1,220 @@
+"""The lecture's instruments: the probability of every transition of an item, and the learning-rate sweep.
+
+Neither draws anything; the pictures are in makemore.plots, which needs matplotlib.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from makemore.data import DEFAULT_SPLIT_SEED, DEFAULT_SPLITS, Vocab, build_dataset
+from makemore.errors import DataError, TrainingError
+from makemore.models import MODEL_NAMES, get_model_class
+
+
+@torch.no_grad()
+def score(model, vocab, items: list[str]) -> list[dict]:
+    """For each item, every transition (context -> next character) with its probability and log-probability,
+    then the item's total and mean negative log-likelihood (nats).
+
+    A transition the model gives probability 0 (an unsmoothed counting model) has log-probability -inf and
+    makes the item's loss inf, as the lecture's 'andrejq' does; nothing here divides by it.
+    """
+    if not items:
+        return []
+    if "" in items:
+        # the dataset builder has no example for an empty item, and no data file holds one
+        raise DataError("cannot score an empty item; give items of at least one character")
+    T = model.block_size
+    ds = build_dataset(items, vocab, T).to(next(iter(model.state_dict().values())).device)
+    x, y = ds.tensors()
+    model.eval()
+    logp = torch.cat([F.log_softmax(model(xb).double(), dim=-1).gather(1, yb[:, None]).squeeze(1).cpu()
+                      for xb, yb in ds.chunks(16384)])
+    x, y = x.cpu().tolist(), y.cpu().tolist()
+    results, start = [], 0
+    for item in items:
+        n = len(item) + 1  # every character, then the boundary that ends the item
+        transitions = []
+        for i in range(start, start + n):
+            lp = logp[i].item()
+            transitions.append(dict(context="".join(vocab.show(vocab.chars[t]) for t in x[i]),
+                                    next=vocab.show(vocab.chars[y[i]]),
+                                    prob=math.exp(lp), logprob=lp))
+        nll = -sum(t["logprob"] for t in transitions)
+        results.append(dict(item=item, transitions=transitions, nll=nll, mean_nll=nll / n, n=n))
+        start += n
+    return results
+
+
+@dataclass
+class Sweep:
+    """The learning-rate sweep: the rate and the minibatch loss at each step, and the rate it suggests."""
+
+    lrs: list[float]
+    losses: list[float]  # nan where the loss stopped being finite
+    smoothed: list[float]  # a centred moving average of losses (the raw ones are minibatch noise)
+    suggested_lr: float
+    suggested_step: int
+    floor_step: int  # the lowest smoothed loss before the blow-up
+    blowup_step: int | None  # first step whose smoothed loss left the valley, None if it never did
+    planned_steps: int
+    settings: dict = field(default_factory=dict)
+
+
+def exponential_lrs(min_lr: float, max_lr: float, steps: int) -> torch.Tensor:
+    """steps rates evenly spaced in log10 from min_lr to max_lr, the lecture's 10**linspace(-3, 0, 1000)."""
+    return 10 ** torch.linspace(math.log10(min_lr), math.log10(max_lr), steps, dtype=torch.float64)
+
+
+def smooth(values: list[float], window: int) -> list[float]:
+    """Centred moving average over finite values (no lag, so the valley stays where it is); nan where none."""
+    v = torch.tensor(values, dtype=torch.float64)
+    ok = torch.isfinite(v)
+    csum = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(torch.where(ok, v, 0.0), 0)])
+    ccount = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(ok.double(), 0)])
+    half = window // 2
+    idx = torch.arange(len(values))
+    lo, hi = (idx - half).clamp(min=0), (idx + half + 1).clamp(max=len(values))
+    count = ccount[hi] - ccount[lo]
+    return torch.where(count > 0, (csum[hi] - csum[lo]) / count.clamp(min=1), float("nan")).tolist()
+
+
+# The loss has "blown up" once it is this many times the lowest smoothed loss so far (fastai stops at 4x).
+BLOWUP_FACTOR = 4.0
+# The suggestion is the near edge of the valley: the first rate whose smoothed loss has come down to within
+# this fraction of the whole descent of the floor. The floor itself often lies at the far edge, a hair from
+# blowing up; on names.txt the near edge gives the lecture's 0.1 for SGD and our default 3e-3 for AdamW.
+VALLEY_TOLERANCE = 0.1
+
+
+def suggest(losses: list[float]) -> tuple[int, int, int | None, list[float]]:
+    """The valley before the loss blows up. Returns the suggested step, the step of the valley's floor,
+    the blow-up step (the first whose smoothed loss exceeds BLOWUP_FACTOR times its lowest so far, or whose
+    loss is not finite; None if no step does) and the smoothed losses."""
+    smoothed = smooth(losses, max(1, len(losses) // 20))
+    best, blowup = math.inf, None
+    for i, (raw, s) in enumerate(zip(losses, smoothed)):
+        if not math.isfinite(raw) or (best < math.inf and s > BLOWUP_FACTOR * best):
+            blowup = i
+            break
+        best = min(best, s)
+    if blowup == 0:
+        raise TrainingError("the loss was not finite from the very first step: lower --min-lr")
+    valley = smoothed[:blowup]
+    floor_step = min(range(len(valley)), key=valley.__getitem__)
+    floor, start = valley[floor_step], valley[0]
+    near = floor + VALLEY_TOLERANCE * max(start - floor, 0.0)
+    return next(i for i, s in enumerate(valley) if s <= near), floor_step, blowup, smoothed
+
+
+def lr_sweep(net, train_set, optimizer, lrs: torch.Tensor, batch_size: int, seed: int,
+             weight_decay: float = 0.0, progress: bool = True) -> Sweep:
+    """Train net from its current (fresh) state for len(lrs) steps, step i at rate lrs[i], recording the
+    minibatch loss; stops early once the loss is no longer finite or has blown up far above its minimum."""
+    from tqdm import tqdm
+
+    device = next(net.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    penalty = getattr(net, "penalty", None)
+    losses: list[float] = []
+    best = ema = math.inf
+    net.train()
+    for i in tqdm(range(len(lrs)), disable=not progress, leave=False, desc="lr-find", mininterval=0.5):
+        for g in optimizer.param_groups:
+            g["lr"] = lrs[i].item()
+        ix = torch.randint(len(train_set), (batch_size,), generator=gen).to(device)
+        x, y = train_set.batch(ix)
+        loss = F.cross_entropy(net(x), y)
+        objective = loss + penalty(weight_decay) if penalty is not None and weight_decay else loss
+        optimizer.zero_grad(set_to_none=True)
+        objective.backward()
+        optimizer.step()
+        value = loss.item()
+        losses.append(value if math.isfinite(value) else math.nan)
+        if not math.isfinite(value):
+            break
+        # an exponential average (online, unlike the centred one) decides when to stop early
+        ema = value if ema == math.inf else 0.9 * ema + 0.1 * value
+        best = min(best, ema)
+        if i > 10 and ema > 2 * BLOWUP_FACTOR * best:
+            break
+    ran = [lr.item() for lr in lrs[:len(losses)]]
+    step, floor_step, blowup, smoothed = suggest(losses)
+    return Sweep(ran, losses, smoothed, ran[step], step, floor_step, blowup, len(lrs))
+
+
+def lr_find(model: str = "mlp", data=None, model_options: dict | None = None, train_options: dict | None = None,
+            min_lr: float = 1e-3, max_lr: float = 1.0, steps: int = 1000, splits=DEFAULT_SPLITS,
+            split_seed: int = DEFAULT_SPLIT_SEED, device: str = "auto", progress: bool = True) -> Sweep:
+    """The lecture's sweep on a fresh model, set up from the data and options exactly as train would be."""
+    from makemore import api
+    from makemore.train import make_optimizer
+
+    cls = get_model_class(model)
+    if cls.counts:
+        trainable = [n for n in MODEL_NAMES if not get_model_class(n).counts]
+        raise api.OptionError(f"--model {model} is counted in one pass, it has no learning rate; lr-find "
+                              f"applies to {', '.join(trainable)}")
+    if not min_lr < max_lr:
+        raise api.OptionError(f"--min-lr ({min_lr:g}) must be below --max-lr ({max_lr:g})")
+    dev = api.resolve_device(device)
+    dataset = api.Data.read(data)
+    parts = dataset.split(splits, split_seed)
+    mconfig = api.model_config(model, model_options or {})
+    tconfig = api.train_config(model, train_options or {})
+    vocab = Vocab.from_items(dataset.items)
+    net, train_set, _ = api.build_run(cls, mconfig, tconfig.seed, vocab, dict(parts, dev=[]), dev)
+    sweep = lr_sweep(net, train_set, make_optimizer(net, tconfig), exponential_lrs(min_lr, max_lr, steps),
+                     tconfig.batch_size, tconfig.seed, tconfig.weight_decay, progress)
+    sweep.settings = dict(model=model, data=str(dataset.path), optimizer=tconfig.optimizer,
+                          batch_size=tconfig.batch_size, weight_decay=tconfig.weight_decay, seed=tconfig.seed,
+                          min_lr=min_lr, max_lr=max_lr, steps=steps, config=dataclasses.asdict(mconfig))
+    return sweep
+
+
+def embedding_2d(model) -> tuple[torch.Tensor, str, tuple[str, str]]:
+    """The model's character embeddings C as 2-D points: as they are with 2 dimensions, else projected on
+    their first two principal components. Returns the points, a note for the title and the axis names."""
+    from makemore.errors import CheckpointError
+
+    C = getattr(model, "C", None)
+    if not isinstance(C, torch.Tensor) or C.dim() != 2:
+        raise CheckpointError(f"a {model.name} model has no embedding table C to plot; "
+                              "train a model that has one, such as --model mlp")
+    C = C.detach().double().cpu()
+    E = C.shape[1]
+    if E == 1:
+        return torch.cat([C, torch.zeros_like(C)], 1), "1 dimension, drawn along x", ("C[:, 0]", "")
+    if E == 2:
+        return C, "2 dimensions, as learned", ("C[:, 0]", "C[:, 1]")
+    # PCA by SVD of the centred table: exact and deterministic, where pca_lowrank is randomised
+    centred = C - C.mean(0)
+    U, S, Vh = torch.linalg.svd(centred, full_matrices=False)
+    Vh = Vh * torch.sign(Vh[:, :1]).where(Vh[:, :1] != 0, torch.ones(1, dtype=Vh.dtype))  # fix the signs
+    share = (S[:2] ** 2).sum() / (S**2).sum().clamp(min=1e-300)
+    note = f"first 2 principal components of {E} dimensions ({100 * share:.0f}% of the variance)"
+    return centred @ Vh[:2].T, note, ("PC 1", "PC 2")
+
+
+@torch.no_grad()
+def bigram_table(model) -> tuple[torch.Tensor, bool]:
+    """The (V, V) table of a one-character-context model: the counts N of a counting model, else the
+    probabilities P[prev, next] it predicts. Returns the table and whether it holds counts."""
+    from makemore.errors import CheckpointError
+
+    N = getattr(model, "N", None)
+    V = model.vocab_size
+    if getattr(model, "counts", False) and isinstance(N, torch.Tensor) and N.shape == (V, V):
+        return N.detach().cpu(), True
+    if model.block_size != 1:
+        raise CheckpointError(f"a {model.name} model sees {model.block_size} characters of context, so it has "
+                              "no bigram table; plot counts draws bigram and bigram-nn models")
+    device = next(iter(model.state_dict().values())).device
+    model.eval()
+    contexts = torch.arange(V, device=device)[:, None]
+    return torch.softmax(model(contexts).double(), dim=-1).cpu(), False

@@ -1,0 +1,166 @@
+"""Every picture makemore draws, as PNG files. All matplotlib code lives here.
+
+matplotlib is an optional extra (pip install "makemore[plot]"): it is imported only inside these functions,
+through its object-oriented API on the Agg canvas, so nothing here touches pyplot's global state or needs a
+display. Without matplotlib the plot commands fail with PlotUnavailable; training just skips its curve.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from makemore.errors import MakemoreError
+
+INSTALL_HINT = 'plotting needs matplotlib; install the extra with: pip install "makemore[plot]"'
+
+
+class PlotUnavailable(MakemoreError):
+    """matplotlib is not installed."""
+
+
+def _figure(width: float, height: float):
+    try:
+        import matplotlib  # noqa: F401  (fails first, and clearly, when the extra is missing)
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise PlotUnavailable(INSTALL_HINT) from None
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def available() -> bool:
+    try:
+        _figure(1, 1)
+    except PlotUnavailable:
+        return False
+    return True
+
+
+def require() -> None:
+    """Fail early, before any slow work, when a plot cannot be drawn."""
+    _figure(1, 1)
+
+
+def _save(fig, path: Path, dpi: int) -> Path:
+    """Write fig as a PNG of at most 128 colours: a quarter of the bytes, no visible change on these plots."""
+    import io
+
+    from PIL import Image  # matplotlib's own dependency
+
+    from makemore.checkpoint import atomic_write
+
+    path = Path(path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    image = Image.open(buffer).convert("RGB").quantize(colors=128)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda f: image.save(f, format="png", optimize=True))
+    except OSError as e:
+        raise MakemoreError(f"cannot write the plot {path}: {e.strerror}") from None
+    return path
+
+
+def curve_path(checkpoint_path: Path) -> Path:
+    """Where the loss curve of a checkpoint goes: out/mlp.pt -> out/mlp.loss.png."""
+    return Path(checkpoint_path).with_suffix(".loss.png")
+
+
+def curve_title(model: str, data_path) -> str:
+    return f"{model} on {Path(data_path).name}"
+
+
+def training_curve(metrics: list[dict], path: Path, title: str) -> Path:
+    """Train loss at every log point (the mean since the previous one) and dev loss at every evaluation."""
+    fig = _figure(7, 4.2)
+    ax = fig.add_subplot()
+    steps = [m["step"] for m in metrics]
+    ax.plot(steps, [m["train_loss"] for m in metrics], lw=1, color="tab:blue", label="train (minibatches)")
+    dev = [m for m in metrics if "dev_loss" in m]
+    if dev:
+        ax.plot([m["step"] for m in dev], [m["dev_loss"] for m in dev], "o-", ms=4, color="tab:orange",
+                label="dev (whole split)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (mean NLL per character, nats)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path, 90)
+
+
+def write_curve_if_possible(metrics: list[dict] | None, path: Path, title: str) -> Path | None:
+    """The end-of-training curve: drawn when matplotlib is installed and there are steps to draw."""
+    if not metrics or not available():
+        return None
+    return training_curve(metrics, path, title)
+
+
+def embeddings(points, labels: list[str], path: Path, title: str, axis_names=("dim 0", "dim 1")) -> Path:
+    """The lecture's scatter: each character a big dot at its 2-D position, labelled in white."""
+    fig = _figure(6.5, 6.5)
+    ax = fig.add_subplot()
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    ax.scatter(xs, ys, s=260, color="tab:blue")
+    for x, y, label in zip(xs, ys, labels):
+        ax.text(x, y, label, ha="center", va="center", color="white", fontsize=9, fontweight="bold")
+    ax.set_xlabel(axis_names[0])
+    ax.set_ylabel(axis_names[1])
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    return _save(fig, path, 80)
+
+
+def bigram_table(table, labels: list[str], path: Path, title: str, counts: bool) -> Path:
+    """The lecture's table as a heatmap: row = previous character, column = next; each cell names its
+    bigram and its count (or probability). Cell text is left out when the vocabulary is too big to read."""
+    V = len(labels)
+    size = min(14.0, 2 + 0.42 * V)
+    fig = _figure(size, size)
+    ax = fig.add_subplot()
+    rows = table.tolist()
+    ax.imshow(rows, cmap="Blues")
+    if V <= 40:
+        dark = 0.55 * max(max(row) for row in rows)
+        for i in range(V):
+            for j in range(V):
+                value = rows[i][j]
+                shown = f"{value:.0f}" if counts else f"{value:.2f}".removeprefix("0")
+                # one text per cell, not two: drawing ~1,500 texts is most of the time this takes
+                ax.text(j, i, f"{labels[i]}{labels[j]}\n{shown}", ha="center", va="center", fontsize=6.5,
+                        linespacing=1.1, color="white" if value > dark else "#555555")
+    ax.set_xticks(range(V), labels, fontsize=8)
+    ax.set_yticks(range(V), labels, fontsize=8)
+    ax.xaxis.tick_top()
+    ax.set_xlabel("next character")
+    ax.xaxis.set_label_position("top")
+    ax.set_ylabel("previous character")
+    ax.set_title(title, fontsize=11)
+    return _save(fig, path, 72)
+
+
+def lr_sweep(sweep, path: Path) -> Path:
+    """Loss against the exponent of the learning rate, raw and smoothed, with the suggested rate marked."""
+    fig = _figure(7, 4.2)
+    ax = fig.add_subplot()
+    exps = [math.log10(lr) for lr in sweep.lrs]
+    ax.plot(exps, sweep.losses, lw=0.6, alpha=0.5, color="tab:blue", label="minibatch loss")
+    ax.plot(exps, sweep.smoothed, lw=1.8, color="tab:blue", label="smoothed")
+    suggested = math.log10(sweep.suggested_lr)
+    ax.axvline(suggested, color="tab:red", ls="--",
+               label=f"suggested lr {sweep.suggested_lr:.3g} (10^{suggested:.2f})")
+    floor = math.log10(sweep.lrs[sweep.floor_step])
+    ax.axvline(floor, color="gray", ls=":", label=f"valley floor {sweep.lrs[sweep.floor_step]:.3g}")
+    finite = [s for s in sweep.smoothed if math.isfinite(s)]
+    if finite:
+        # keep the valley readable: the loss far past the blow-up would flatten it
+        low, start = min(finite), finite[0]
+        ax.set_ylim(low - 0.25 * (start - low) - 0.05, max(start, low) + 0.6 * max(start - low, 0.2))
+    s = sweep.settings
+    ax.set_title(f"lr-find: {s.get('model', '')}, {s.get('optimizer', '')}, batch {s.get('batch_size', '')}")
+    ax.set_xlabel("log10(learning rate)")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path, 90)
