@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-MODEL_NAMES = ("bigram", "bigram-nn", "mlp")  # kept as plain names so that --help needs no torch
+MODEL_NAMES = ("bigram", "bigram-nn", "mlp", "ngram")  # kept as plain names so that --help needs no torch
 
 _REGISTRY: dict[str, type] = {}
 
