@@ -7,6 +7,7 @@ import torch
 
 from makemore import api
 from makemore.data import Vocab, build_dataset, read_items
+from makemore.models import ngram
 from makemore.models.ngram import NGram, NGramConfig, estimate_discounts
 from tests.conftest import REPO_NAMES, SHARED_NAMES, needs_shared_names
 
@@ -99,6 +100,17 @@ def test_kneser_ney_equals_the_formula_written_with_dictionaries(discount):
     probs = model(ctx).exp()
     expected = torch.tensor([[p(w, tuple(h)) for w in range(len(vocab))] for h in ctx.tolist()], dtype=torch.float64)
     assert torch.allclose(probs, expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("smoothing", ["kn", 0.5])
+def test_orders_kept_sparse_give_the_same_distributions(small_names, monkeypatch, smoothing):
+    items = read_items(small_names)
+    dense, vocab = fitted(items, 4, smoothing)
+    monkeypatch.setattr(ngram, "DENSE_ROWS", 40 * len(vocab))  # room for the unigram and bigram rows only
+    sparse, _ = fitted(items, 4, smoothing)
+    assert sparse.dense_orders < 5 and dense.dense_orders == 5
+    ctx = contexts(items, vocab, 4)
+    assert torch.allclose(sparse(ctx), dense(ctx), rtol=0, atol=1e-12)
 
 
 def test_estimated_discounts_follow_chen_and_goodman():

@@ -27,6 +27,9 @@ from makemore.models import register
 from makemore.models.base import Model
 
 INT64_MAX = 2**63 - 1
+# Numbers (float64) of whole distributions kept per seen context for fast lookups: 64 MB. Orders beyond it
+# are interpolated at every forward pass from their sparse tables instead.
+DENSE_ROWS = 2**23
 
 
 @dataclass
@@ -186,7 +189,6 @@ class NGram(Model):
             total = c.sum()
             alpha = torch.zeros(V, **f64).index_add_(0, w, (c - d) / total)
             unigram = alpha + d.sum() / total / V
-        self.register_buffer("unigram", unigram, persistent=False)
         for n in range(2, K + 2):
             keys, c = getattr(self, f"ngrams_{n}").long(), getattr(self, f"counts_{n}").to(**f64)
             ctx, inverse, width = torch.unique_consecutive(keys // V, return_inverse=True, return_counts=True)
@@ -208,6 +210,50 @@ class NGram(Model):
             self.register_buffer(f"next_{n}", keys % V, persistent=False)
             self.register_buffer(f"alpha_{n}", alpha, persistent=False)
             self.register_buffer(f"gamma_{n}", gamma, persistent=False)
+        # The whole distribution of every seen context, order by order while they fit in DENSE_ROWS numbers:
+        # then a forward pass only finds each context's longest seen suffix and reads its row.
+        self.register_buffer("rows", unigram[None], persistent=False)
+        self.first_row = [0, 0]  # first_row[n]: where order n's rows start in self.rows
+        self.dense_orders = 1
+        for n in range(2, K + 2):
+            ctx = getattr(self, f"ctx_{n}")
+            if len(self.rows) + len(ctx) > DENSE_ROWS // V:
+                break
+            suffixes = [ctx % V**k for k in range(n - 1)]
+            rows = self._longest_seen(suffixes) * getattr(self, f"gamma_{n}")[:, None]
+            self._add_alphas(rows, n, torch.arange(len(ctx), device=device), torch.ones(len(ctx), dtype=torch.bool, device=device))
+            self.first_row.append(len(self.rows))
+            self.rows = torch.cat([self.rows, rows])
+            self.dense_orders = n
+
+    def _longest_seen(self, suffixes: list) -> torch.Tensor:
+        """The dense row of each context's longest suffix seen in training. suffixes[k] holds the keys of
+        the last k characters (k = 0, 1, ...); only orders up to dense_orders are searched."""
+        index = torch.zeros_like(suffixes[0])  # the unigram row, for contexts not seen at all
+        for n in range(2, min(len(suffixes) + 1, self.dense_orders) + 1):
+            pos, found = self._find(n, suffixes[n - 1])
+            index = torch.where(found, self.first_row[n] + pos, index)
+        return self.rows[index]
+
+    def _find(self, n: int, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where each context key sits in order n's table, and whether it is there at all."""
+        ctx = getattr(self, f"ctx_{n}")
+        if len(ctx) == 0:  # add-k keeps only the longest order
+            return torch.zeros_like(key), torch.zeros_like(key, dtype=torch.bool)
+        pos = torch.searchsorted(ctx, key).clamp(max=len(ctx) - 1)
+        return pos, ctx[pos] == key
+
+    def _add_alphas(self, P: torch.Tensor, n: int, pos: torch.Tensor, found: torch.Tensor) -> None:
+        """P[b, w] += alpha(h, w) for every n-gram h w seen in training, h the context at pos[b] of order n."""
+        start_n = getattr(self, f"start_{n}")
+        start = start_n[pos]
+        width = torch.where(found, start_n[pos + 1] - start, 0)
+        total = int(width.sum())
+        # the rows' n-grams lie side by side in the tables: expand each row into its range of entries
+        rows = torch.repeat_interleave(torch.arange(len(pos), device=P.device), width, output_size=total)
+        first = torch.repeat_interleave(torch.cumsum(width, 0) - width, width, output_size=total)
+        flat = torch.repeat_interleave(start, width, output_size=total) + torch.arange(total, device=P.device) - first
+        P[rows, getattr(self, f"next_{n}")[flat]] += getattr(self, f"alpha_{n}")[flat]
 
     def _discount_of(self, n: int, c: torch.Tensor) -> torch.Tensor:
         D1, D2, D3 = self.discounts[n - 1]
@@ -225,28 +271,16 @@ class NGram(Model):
     # ---- the model contract ----
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """Log-probabilities (B, V) in float64, built from the shortest context up to the longest."""
-        B, V = idx.shape[0], self.vocab_size
-        P = self.unigram.expand(B, V).clone()
-        key = torch.zeros(B, dtype=torch.int64, device=idx.device)
-        scale = 1
-        rows_of = torch.arange(B, device=idx.device)
-        for n in range(2, self.block_size + 2):
-            key = key + idx[:, -(n - 1)].long() * scale  # one more (older) character of context
-            scale *= V
-            ctx = getattr(self, f"ctx_{n}")
-            if len(ctx) == 0:
-                continue  # add-k keeps only the longest order
-            pos = torch.searchsorted(ctx, key).clamp(max=len(ctx) - 1)
-            found = ctx[pos] == key
-            start_n = getattr(self, f"start_{n}")
+        """Log-probabilities (B, V) in float64: the row of the longest seen context, then the orders kept
+        sparse (beyond DENSE_ROWS) interpolated on top of it."""
+        V = self.vocab_size
+        suffixes = [torch.zeros(idx.shape[0], dtype=torch.int64, device=idx.device)]
+        for k in range(1, self.block_size + 1):  # one more (older) character of context each time
+            suffixes.append(suffixes[-1] + idx[:, -k].long() * V ** (k - 1))
+        P = self._longest_seen(suffixes)
+        for n in range(self.dense_orders + 1, self.block_size + 2):
+            pos, found = self._find(n, suffixes[n - 1])
             # an unseen context passes the shorter context's distribution on unchanged (gamma = 1)
             P *= torch.where(found, getattr(self, f"gamma_{n}")[pos], 1.0)[:, None]
-            start = start_n[pos]
-            width = torch.where(found, start_n[pos + 1] - start, 0)
-            total = int(width.sum())
-            rows = torch.repeat_interleave(rows_of, width, output_size=total)
-            first = torch.repeat_interleave(torch.cumsum(width, 0) - width, width, output_size=total)
-            flat = torch.repeat_interleave(start, width, output_size=total) + torch.arange(total, device=idx.device) - first
-            P[rows, getattr(self, f"next_{n}")[flat]] += getattr(self, f"alpha_{n}")[flat]
+            self._add_alphas(P, n, pos, found)
         return P.log()
