@@ -103,8 +103,9 @@ class NGram(Model):
     Stored (the checkpoint): per order n = 1..block_size+1, the sorted keys of the n-grams that occur,
     key = sum of token ids times powers of V (the oldest character most significant), and their counts
     (continuation counts below the top order under kn). Derived when fitted or loaded: per order the
-    contexts that occur, the start of each context's row of n-grams, and the interpolation terms
-    alpha(h, w) and gamma(h) of the formula above, so that a forward pass is a few lookups per order.
+    contexts that occur, the start of each context's row of n-grams, the interpolation terms alpha(h, w)
+    and gamma(h) of the formula above, and the whole distribution of each seen context, so that a forward
+    pass finds each context's longest seen suffix (one binary search per order) and reads its row.
     """
 
     Config = NGramConfig
