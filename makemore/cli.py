@@ -241,5 +241,44 @@ def eval_(split, data, as_json, strict, out, checkpoint_path, device):
                    f"{result['model']} from {result['checkpoint']}")
 
 
+class WeightsType(click.ParamType):
+    """Comma-separated non-negative numbers, one per checkpoint (normalised to sum 1)."""
+
+    name = "W1,W2,..."
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            parts = tuple(float(p) for p in value.split(","))
+        except ValueError:
+            self.fail(f"{value!r} is not numbers such as 0.6,0.4", param, ctx)
+        if not all(0 <= p < math.inf for p in parts) or sum(parts) <= 0:
+            self.fail(f"{value!r} must be numbers >= 0, not all 0", param, ctx)
+        return parts
+
+
+@cli.command()
+@click.argument("checkpoints", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--out", default="out", type=click.Path(file_okay=False), help="Folder for the mixture's checkpoint.")
+@click.option("--name", default="mixture", help="Checkpoint name in --out.")
+@click.option("--weights", type=WeightsType(), help="One weight per checkpoint. [default: fitted on dev by EM]")
+@device_option
+@handle_errors
+def mix(checkpoints, out, name, weights, device):
+    """Mix trained models into one: p = sum of w_i p_i over the CHECKPOINTS (two or more, of the same data
+    file, split and vocabulary), the weights fitted on the dev split. Evaluate the mixture on test: its
+    weights have seen dev."""
+    from makemore import mixing
+
+    if len(checkpoints) < 2:
+        raise click.UsageError("give at least two checkpoints to mix")
+    result = mixing.mix(list(checkpoints), out, name, list(weights) if weights else None, device)
+    for path, w, loss in zip(result.components, result.weights, result.component_dev_losses):
+        click.echo(f"weight {w:.4f}  dev loss {loss:.4f}  {path}")
+    how = f"EM, {result.iterations} iterations" if result.iterations else "given weights"
+    click.echo(f"mixture dev loss {result.dev_loss:.4f} ({how}, {result.seconds:.2f}s); saved {result.path}")
+
+
 def main():
     cli(prog_name="makemore")
