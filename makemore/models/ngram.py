@@ -146,8 +146,6 @@ class NGram(Model):
             u, c = torch.unique(key, sorted=True, return_counts=True)
             keys.append(u)
             counts.append(c)
-        if not keys:
-            keys, counts = [torch.zeros(0, dtype=torch.int64)], [torch.zeros(0, dtype=torch.int64)]
         # the chunks' tables, merged: the same n-gram may occur in several chunks
         top, inverse = torch.unique(torch.cat(keys), sorted=True, return_inverse=True)
         raw = torch.zeros(len(top), dtype=torch.int64, device=top.device).index_add_(0, inverse, torch.cat(counts))
@@ -167,7 +165,8 @@ class NGram(Model):
                 only_padding = keys_n < V if n >= 2 else torch.zeros_like(keys_n, dtype=torch.bool)
                 tables[n] = (keys_n, torch.where(only_padding, raw, continuations))
         for n in range(1, K + 2):
-            keys_n, counts_n = tables.get(n, (torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)))
+            empty = torch.zeros(0, dtype=torch.int64, device=top.device)
+            keys_n, counts_n = tables.get(n, (empty, empty))
             top_count = int(counts_n.max()) + 1 if len(counts_n) else 0
             setattr(self, f"ngrams_{n}", keys_n.to(_key_dtype(V**n)))
             setattr(self, f"counts_{n}", counts_n.to(_key_dtype(top_count)))
