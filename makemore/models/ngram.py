@@ -154,11 +154,11 @@ class NGram(Model):
             # every occurrence of a shorter n-gram is the end of some (K+1)-gram window: the shorter orders
             # come from the table above them, never from the data again
             for n in range(K, 0, -1):
-                above, above_raw = tables[n + 1][0], raw
-                suffix = above % V**n  # drop the oldest character
+                suffix = tables[n + 1][0] % V**n  # the n-grams above without their oldest character
                 keys_n, inverse, continuations = torch.unique(suffix, sorted=True, return_inverse=True,
                                                               return_counts=True)
-                raw = torch.zeros(len(keys_n), dtype=torch.int64, device=top.device).index_add_(0, inverse, above_raw)
+                # raw counts add up over the n-grams above; continuations count them (distinct left characters)
+                raw = torch.zeros(len(keys_n), dtype=torch.int64, device=top.device).index_add_(0, inverse, raw)
                 # a context of padding only (key < V) can only be preceded by padding: its continuation
                 # counts would all be 1, so it keeps its real counts, as KenLM's <s>. (Applying this to every
                 # context that merely starts with padding measured worse on names: dev 1.991 vs 1.983 at K=4.)
