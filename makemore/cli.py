@@ -266,9 +266,10 @@ class WeightsType(click.ParamType):
 @device_option
 @handle_errors
 def mix(checkpoints, out, name, weights, device):
-    """Mix trained models into one: p = sum of w_i p_i over the CHECKPOINTS (two or more, of the same data
-    file, split and vocabulary), the weights fitted on the dev split. Evaluate the mixture on test: its
-    weights have seen dev."""
+    """Mix two or more trained models into one, weighted to fit the dev split.
+
+    The mixture predicts p = w_1 p_1 + w_2 p_2 + ... from the CHECKPOINTS, which must come from the same data
+    file, split and vocabulary. Its weights have seen dev: report its loss on test."""
     from makemore import mixing
 
     if len(checkpoints) < 2:
