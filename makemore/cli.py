@@ -41,6 +41,44 @@ class SplitsType(click.ParamType):
         return parts
 
 
+class SmoothingType(click.ParamType):
+    """A number k >= 0 (add-k) or kn (modified Kneser-Ney)."""
+
+    name = "K|kn"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float) or value == "kn":
+            return value
+        if str(value).strip().lower() == "kn":
+            return "kn"
+        try:
+            k = float(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a number (add-k smoothing) nor kn (Kneser-Ney)", param, ctx)
+        if not 0 <= k < math.inf:
+            self.fail(f"{value!r} must be a number >= 0 (add-k smoothing) or kn", param, ctx)
+        return k
+
+
+class DiscountType(click.ParamType):
+    """Kneser-Ney discounts: D, or D1,D2,D3 with 0 < Dr <= r."""
+
+    name = "D|D1,D2,D3"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            parts = [float(p) for p in str(value).split(",")]
+        except ValueError:
+            self.fail(f"{value!r} is not one number or three such as 0.6,1.2,1.6", param, ctx)
+        if len(parts) == 1:
+            parts = parts * 3
+        if len(parts) != 3 or not all(0 < d <= r for r, d in zip((1, 2, 3), parts)):
+            self.fail(f"{value!r} must be D or D1,D2,D3 with 0 < D1 <= 1, 0 < D2 <= 2, 0 < D3 <= 3", param, ctx)
+        return tuple(parts)
+
+
 def positive_float(min_open: float = 0.0):
     return click.FloatRange(min=min_open, min_open=True)
 
@@ -97,7 +135,10 @@ def cli():
 @click.option("--block-size", type=click.IntRange(min=1), help="Characters of context. [default: per model]")
 @click.option("--n-embd", type=click.IntRange(min=1), help="Embedding dimensions (mlp). [default: 10]")
 @click.option("--n-hidden", type=click.IntRange(min=1), help="Hidden units (mlp). [default: 200]")
-@click.option("--smoothing", type=click.FloatRange(min=0), help="Add-k smoothing (bigram). [default: 1]")
+@click.option("--smoothing", type=SmoothingType(),
+              help="bigram, ngram: add-k (a number k >= 0) or kn (modified Kneser-Ney). [default: 1 for bigram, kn for ngram]")
+@click.option("--discount", type=DiscountType(),
+              help="--smoothing kn: discounts D1,D2,D3+ for every order. [default: estimated from the counts]")
 @click.option("--init", type=click.Choice(["scaled", "randn"]),
               help="mlp weight init: scaled for tanh, or randn as in lecture part 2. [default: scaled]")
 @click.option("--steps", type=click.IntRange(min=0), help="Optimizer steps. [default: per model]")
@@ -119,14 +160,15 @@ def cli():
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @device_option
 @handle_errors
-def train(model_name, data, out, name, block_size, n_embd, n_hidden, smoothing, init, steps, batch_size, lr,
+def train(model_name, data, out, name, block_size, n_embd, n_hidden, smoothing, discount, init, steps, batch_size, lr,
           optimizer, schedule, warmup, weight_decay, eval_interval, seed, splits, split_seed, resume,
           checkpoint_path, strict, quiet, device):
     """Train a model on a file of items and save its checkpoint in --out."""
     from makemore import api, checkpoint
     from makemore.train import Interrupted
 
-    model_options = dict(block_size=block_size, n_embd=n_embd, n_hidden=n_hidden, smoothing=smoothing, init=init)
+    model_options = dict(block_size=block_size, n_embd=n_embd, n_hidden=n_hidden, smoothing=smoothing,
+                         discount=discount, init=init)
     train_options = dict(steps=steps, batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule,
                          warmup=warmup, weight_decay=weight_decay, eval_interval=eval_interval, seed=seed)
     resume_path = None
@@ -377,6 +419,46 @@ def plot_counts(output, out, checkpoint_path):
     path = plots.bigram_table(table, labels, output or trained.path.with_suffix(".counts.png"),
                               f"{trained.name}: {what}", counts)
     click.echo(path)
+
+
+class WeightsType(click.ParamType):
+    """Comma-separated non-negative numbers, one per checkpoint (normalised to sum 1)."""
+
+    name = "W1,W2,..."
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            parts = tuple(float(p) for p in value.split(","))
+        except ValueError:
+            self.fail(f"{value!r} is not numbers such as 0.6,0.4", param, ctx)
+        if not all(0 <= p < math.inf for p in parts) or sum(parts) <= 0:
+            self.fail(f"{value!r} must be numbers >= 0, not all 0", param, ctx)
+        return parts
+
+
+@cli.command()
+@click.argument("checkpoints", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--out", default="out", type=click.Path(file_okay=False), help="Folder for the mixture's checkpoint.")
+@click.option("--name", default="mixture", help="Checkpoint name in --out.")
+@click.option("--weights", type=WeightsType(), help="One weight per checkpoint. [default: fitted on dev by EM]")
+@device_option
+@handle_errors
+def mix(checkpoints, out, name, weights, device):
+    """Mix two or more trained models into one, weighted to fit the dev split.
+
+    The mixture predicts p = w_1 p_1 + w_2 p_2 + ... from the CHECKPOINTS, which must come from the same data
+    file, split and vocabulary. Its weights have seen dev: report its loss on test."""
+    from makemore import mixing
+
+    if len(checkpoints) < 2:
+        raise click.UsageError("give at least two checkpoints to mix")
+    result = mixing.mix(list(checkpoints), out, name, list(weights) if weights else None, device)
+    for path, w, loss in zip(result.components, result.weights, result.component_dev_losses):
+        click.echo(f"weight {w:.4f}  dev loss {loss:.4f}  {path}")
+    how = f"EM, {result.iterations} iterations" if result.iterations else "given weights"
+    click.echo(f"mixture dev loss {result.dev_loss:.4f} ({how}, {result.seconds:.2f}s); saved {result.path}")
 
 
 def main():

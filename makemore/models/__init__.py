@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import importlib
 
-MODEL_NAMES = ("bigram", "bigram-nn", "mlp")  # kept as plain names so that --help needs no torch
+MODEL_NAMES = ("bigram", "bigram-nn", "mlp", "ngram")  # kept as plain names so that --help needs no torch
+# models built from other checkpoints (makemore mix), not trained by makemore train
+BUILT_NAMES = ("mixture",)
 
 _REGISTRY: dict[str, type] = {}
 
@@ -26,7 +28,7 @@ def register(name: str):
 
 def get_model_class(name: str) -> type:
     if name not in _REGISTRY:
-        if name not in MODEL_NAMES:
+        if name not in MODEL_NAMES + BUILT_NAMES:
             raise KeyError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
         importlib.import_module(f"makemore.models.{name.replace('-', '_')}")
     return _REGISTRY[name]

@@ -1,4 +1,9 @@
-"""The counting bigram of the lecture: a table of next-character counts, add-k smoothed, rows normalised."""
+"""The counting bigram of the lecture: the n-gram model at block size 1, add-1 smoothed by default.
+
+P(next | prev) = (N[prev, next] + k) / rowsum(N[prev] + k), in float64 so that the lecture's figures are
+reproduced to four decimals. It is makemore.models.ngram with one character of context; only the counts
+that occur are stored.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,40 +11,49 @@ from dataclasses import dataclass
 import torch
 
 from makemore.models import register
-from makemore.models.base import Model
+from makemore.models.ngram import NGram, _option_error
 
 
 @dataclass
 class BigramConfig:
     block_size: int = 1  # a bigram sees one previous character
-    smoothing: float = 1.0  # add-k: k fake counts in every cell, so no transition has probability 0
+    # add-k: k fake counts in every cell, so no transition has probability 0 (or "kn", as for ngram)
+    smoothing: float | str = 1.0
+    discount: tuple | None = None  # kn only: (D1, D2, D3+)
 
 
 @register("bigram")
-class Bigram(Model):
+class Bigram(NGram):
     """Counts N[prev, next] in one pass; P = (N + k) / rowsum(N + k). No gradient descent."""
 
     Config = BigramConfig
-    counts = True
 
     def __init__(self, config: BigramConfig, vocab_size: int):
-        super().__init__(config, vocab_size)
         if config.block_size != 1:
-            raise ValueError("bigram has block_size 1")
-        # float64: the lecture's figures are reproduced to four decimals
-        self.register_buffer("N", torch.zeros(vocab_size, vocab_size, dtype=torch.float64))
+            raise _option_error("--model bigram has block size 1; for a longer context use --model ngram --block-size K")
+        super().__init__(config, vocab_size)
 
-    def fit(self, dataset) -> None:
+    @property
+    def N(self) -> torch.Tensor:
+        """The lecture's dense (V, V) count table N[prev, next], rebuilt from the stored bigrams."""
         V = self.vocab_size
-        self.N.zero_()
-        for x, y in dataset.chunks(1 << 20):
-            self.N += torch.bincount(x[:, -1] * V + y, minlength=V * V).view(V, V).to(self.N)
+        N = torch.zeros(V * V, dtype=torch.float64, device=self.counts_2.device)
+        N[self.ngrams_2.long()] = self.counts_2.double()
+        return N.view(V, V)
 
     def probs(self) -> torch.Tensor:
-        P = self.N + self.config.smoothing
-        rowsum = P.sum(1, keepdim=True)
-        # a context never seen in training (possible only with smoothing 0) predicts uniformly
-        return torch.where(rowsum > 0, P / rowsum.clamp(min=1e-300), 1.0 / self.vocab_size)
+        """The lecture's (V, V) table P[prev, next]."""
+        prev = torch.arange(self.vocab_size, device=self.unigram.device)[:, None]
+        return self(prev).exp()
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.probs().log()[idx[:, -1]]
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints written before the n-gram model hold the dense count table N: keep its non-zero cells
+        dense = state_dict.pop(prefix + "N", None)
+        if dense is not None:
+            prev, nxt = dense.nonzero(as_tuple=True)
+            state_dict[prefix + "ngrams_2"] = prev * self.vocab_size + nxt
+            state_dict[prefix + "counts_2"] = dense[prev, nxt].round().long()
+            state_dict[prefix + "ngrams_1"] = torch.zeros(0, dtype=torch.int64)
+            state_dict[prefix + "counts_1"] = torch.zeros(0, dtype=torch.int64)
+            state_dict[prefix + "discounts"] = torch.zeros(2, 3, dtype=torch.float64)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

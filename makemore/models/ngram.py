@@ -1,0 +1,286 @@
+"""Counting n-grams over the block_size context: add-k, or interpolated modified Kneser-Ney.
+
+The lecture's bigram keeps a dense V x V table; with block_size K that table would be V^(K+1) cells, almost
+all empty. This model keeps only the n-grams that occur, as sorted integer keys with their counts, and
+looks contexts up with a binary search (torch.searchsorted), so it grows with the data, not with V^K.
+
+Modified Kneser-Ney is the one of Chen and Goodman, "An Empirical Study of Smoothing Techniques for
+Language Modeling" (1998), section 3, interpolated form, as KenLM and SRILM (-kndiscount -interpolate)
+build it:
+
+    p(w | h) = (c(h w) - D(c(h w))) / c(h .)  +  gamma(h) p(w | h')      gamma(h) = sum_w D(c(h w)) / c(h .)
+
+where h' is h without its oldest character, D(c) is one of three discounts D1, D2, D3+ of the order, and
+the shortest context (none) interpolates with the uniform distribution. The longest order counts
+occurrences; shorter orders count continuations: how many different characters precede h w. The
+exception is a context made only of boundary padding (the start of an item): nothing but padding can
+precede it, so (as KenLM does for <s>) its n-grams keep their real counts.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from makemore.models import register
+from makemore.models.base import Model
+
+INT64_MAX = 2**63 - 1
+# Numbers (float64) of whole distributions kept per seen context for fast lookups: 64 MB. Orders beyond it
+# are interpolated at every forward pass from their sparse tables instead.
+DENSE_ROWS = 2**23
+
+
+@dataclass
+class NGramConfig:
+    # characters of context; the model counts (block_size+1)-grams. Dev loss on names-2018 (kn), by block
+    # size 3..7: 2.056, 1.983, 1.974, ... (bench/results/ngram.md): 5 is the best
+    block_size: int = 5
+    # "kn": interpolated modified Kneser-Ney; a number k: add-k at the longest context (the lecture's bigram)
+    smoothing: float | str = "kn"
+    # kn's (D1, D2, D3+) for every order; None: estimated per order from counts of counts (Chen & Goodman)
+    discount: tuple | None = None
+
+
+def _option_error(message: str) -> Exception:
+    from makemore.api import OptionError  # lazily: api imports the model registry
+
+    return OptionError(message)
+
+
+def parse_smoothing(value) -> float | str:
+    """'kn' or a non-negative number k (add-k)."""
+    if isinstance(value, str) and value.strip().lower() == "kn":
+        return "kn"
+    try:
+        k = float(value)
+    except (TypeError, ValueError):
+        raise _option_error(f"--smoothing: {value!r} is neither a number (add-k) nor kn") from None
+    if not k >= 0 or math.isinf(k):
+        raise _option_error(f"--smoothing: {value!r} must be a finite number >= 0, or kn")
+    return k
+
+
+def check_discount(discount) -> tuple[float, float, float] | None:
+    """None, or (D1, D2, D3+) with 0 < Dr <= r, so that every discounted count stays >= 0 and every
+    seen context leaves some probability to the shorter ones."""
+    if discount is None:
+        return None
+    values = [float(d) for d in (discount if isinstance(discount, (tuple, list)) else [discount])]
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3 or not all(0 < d <= r for r, d in zip((1, 2, 3), values)):
+        raise _option_error(f"--discount: {discount!r} must be D or D1,D2,D3 with 0 < D1 <= 1, 0 < D2 <= 2, "
+                            "0 < D3 <= 3")
+    return tuple(values)
+
+
+def estimate_discounts(counts: torch.Tensor) -> list[float]:
+    """Chen & Goodman's D1, D2, D3+ from the numbers n1..n4 of n-grams seen exactly 1..4 times.
+
+    On tiny data a count of counts can be 0 and an estimate meaningless; such a discount falls back to
+    Ney's single absolute discount Y = n1 / (n1 + 2 n2) (or 0.5 without any n1).
+    """
+    n1, n2, n3, n4 = (int((counts == r).sum()) for r in (1, 2, 3, 4))
+    Y = n1 / (n1 + 2 * n2) if n1 else 0.5
+    found = []
+    for r, (a, b) in enumerate(((n1, n2), (n2, n3), (n3, n4)), start=1):
+        D = r - (r + 1) * Y * b / a if a else float("nan")
+        found.append(D if 0 < D <= r else Y)
+    return found
+
+
+def _key_dtype(bound: int) -> torch.dtype:
+    """The smallest integer type holding keys below bound (checkpoints stay small)."""
+    return torch.int32 if bound <= 2**31 - 1 else torch.int64
+
+
+@register("ngram")
+class NGram(Model):
+    """Counts every (block_size+1)-gram of the training data and the shorter n-grams inside them.
+
+    Stored (the checkpoint): per order n = 1..block_size+1, the sorted keys of the n-grams that occur,
+    key = sum of token ids times powers of V (the oldest character most significant), and their counts
+    (continuation counts below the top order under kn). Derived when fitted or loaded: per order the
+    contexts that occur, the start of each context's row of n-grams, the interpolation terms alpha(h, w)
+    and gamma(h) of the formula above, and the whole distribution of each seen context, so that a forward
+    pass finds each context's longest seen suffix (one binary search per order) and reads its row.
+    """
+
+    Config = NGramConfig
+    counts = True
+
+    def __init__(self, config: NGramConfig, vocab_size: int):
+        super().__init__(config, vocab_size)
+        K, V = config.block_size, vocab_size
+        if K < 1:
+            raise _option_error("--block-size must be at least 1")
+        if V ** (K + 1) > INT64_MAX:
+            longest = max(k for k in range(1, K) if V ** (k + 1) <= INT64_MAX) if V ** 2 <= INT64_MAX else 0
+            raise _option_error(f"--block-size {K} is too long for {self.name}'s 64-bit keys with a vocabulary of "
+                                f"{V} characters; use at most {longest}")
+        self.smoothing = parse_smoothing(config.smoothing)
+        self.kn = self.smoothing == "kn"
+        self.given_discount = check_discount(config.discount)
+        if self.given_discount is not None and not self.kn:
+            raise _option_error("--discount applies only with --smoothing kn")
+        for n in range(1, K + 2):
+            self.register_buffer(f"ngrams_{n}", torch.zeros(0, dtype=torch.int64))
+            self.register_buffer(f"counts_{n}", torch.zeros(0, dtype=torch.int64))
+        # the discounts used per order (row n-1 for n-grams of length n), kept for inspection and loading
+        self.register_buffer("discounts", torch.zeros(K + 1, 3, dtype=torch.float64))
+        self._derive()
+
+    # ---- counting ----
+
+    def fit(self, dataset) -> None:
+        """Count the (K+1)-grams chunk by chunk (sort + unique), then the shorter orders from them."""
+        K, V = self.block_size, self.vocab_size
+        keys, counts = [], []
+        for x, y in dataset.chunks(1 << 20):
+            key = torch.zeros(len(y), dtype=torch.int64, device=y.device)
+            for j in range(K):  # oldest context character first: it ends up most significant
+                key = key * V + x[:, j]
+            key = key * V + y
+            u, c = torch.unique(key, sorted=True, return_counts=True)
+            keys.append(u)
+            counts.append(c)
+        # the chunks' tables, merged: the same n-gram may occur in several chunks
+        top, inverse = torch.unique(torch.cat(keys), sorted=True, return_inverse=True)
+        raw = torch.zeros(len(top), dtype=torch.int64, device=top.device).index_add_(0, inverse, torch.cat(counts))
+        tables = {K + 1: (top, raw)}
+        if self.kn:
+            # every occurrence of a shorter n-gram is the end of some (K+1)-gram window: the shorter orders
+            # come from the table above them, never from the data again
+            for n in range(K, 0, -1):
+                suffix = tables[n + 1][0] % V**n  # the n-grams above without their oldest character
+                keys_n, inverse, continuations = torch.unique(suffix, sorted=True, return_inverse=True,
+                                                              return_counts=True)
+                # raw counts add up over the n-grams above; continuations count them (distinct left characters)
+                raw = torch.zeros(len(keys_n), dtype=torch.int64, device=top.device).index_add_(0, inverse, raw)
+                # a context of padding only (key < V) can only be preceded by padding: its continuation
+                # counts would all be 1, so it keeps its real counts, as KenLM's <s>. (Applying this to every
+                # context that merely starts with padding measured worse on names: dev 1.991 vs 1.983 at K=4.)
+                only_padding = keys_n < V if n >= 2 else torch.zeros_like(keys_n, dtype=torch.bool)
+                tables[n] = (keys_n, torch.where(only_padding, raw, continuations))
+        for n in range(1, K + 2):
+            empty = torch.zeros(0, dtype=torch.int64, device=top.device)
+            keys_n, counts_n = tables.get(n, (empty, empty))
+            top_count = int(counts_n.max()) + 1 if len(counts_n) else 0
+            setattr(self, f"ngrams_{n}", keys_n.to(_key_dtype(V**n)))
+            setattr(self, f"counts_{n}", counts_n.to(_key_dtype(top_count)))
+            if self.kn:
+                D = self.given_discount or estimate_discounts(counts_n)
+                self.discounts[n - 1] = torch.tensor(D, dtype=torch.float64)
+        self._derive()
+
+    # ---- the tables a forward pass reads ----
+
+    def _derive(self) -> None:
+        """From the stored keys and counts, the per-order lookup tables (buffers that are not saved)."""
+        K, V = self.block_size, self.vocab_size
+        device = self.discounts.device
+        f64 = dict(dtype=torch.float64, device=device)
+        unigram = torch.full((V,), 1.0 / V, **f64)
+        if self.kn and len(self.counts_1):
+            w, c = self.ngrams_1.long(), self.counts_1.to(**f64)
+            d = self._discount_of(1, c)
+            total = c.sum()
+            alpha = torch.zeros(V, **f64).index_add_(0, w, (c - d) / total)
+            unigram = alpha + d.sum() / total / V
+        for n in range(2, K + 2):
+            keys, c = getattr(self, f"ngrams_{n}").long(), getattr(self, f"counts_{n}").to(**f64)
+            ctx, inverse, width = torch.unique_consecutive(keys // V, return_inverse=True, return_counts=True)
+            total = torch.zeros(len(ctx), **f64).index_add_(0, inverse, c)
+            if self.kn:
+                d = self._discount_of(n, c)
+                alpha = (c - d) / total[inverse]
+                gamma = torch.zeros(len(ctx), **f64).index_add_(0, inverse, d) / total
+            else:
+                k = float(self.smoothing)
+                # add-k: (c + k) / (total + kV) = c / (total + kV) + gamma / V with gamma = kV / (total + kV)
+                denom = total + k * V
+                alpha = c / denom[inverse]
+                gamma = k * V / denom
+            start = torch.zeros(len(ctx) + 1, dtype=torch.int64, device=device)
+            start[1:] = torch.cumsum(width, 0)
+            self.register_buffer(f"ctx_{n}", ctx, persistent=False)
+            self.register_buffer(f"start_{n}", start, persistent=False)
+            self.register_buffer(f"next_{n}", keys % V, persistent=False)
+            self.register_buffer(f"alpha_{n}", alpha, persistent=False)
+            self.register_buffer(f"gamma_{n}", gamma, persistent=False)
+        # The whole distribution of every seen context, order by order while they fit in DENSE_ROWS numbers:
+        # then a forward pass only finds each context's longest seen suffix and reads its row.
+        self.register_buffer("rows", unigram[None], persistent=False)
+        self.first_row = [0, 0]  # first_row[n]: where order n's rows start in self.rows
+        self.dense_orders = 1
+        for n in range(2, K + 2):
+            ctx = getattr(self, f"ctx_{n}")
+            if len(self.rows) + len(ctx) > DENSE_ROWS // V:
+                break
+            suffixes = [ctx % V**k for k in range(n - 1)]
+            rows = self._longest_seen(suffixes) * getattr(self, f"gamma_{n}")[:, None]
+            self._add_alphas(rows, n, torch.arange(len(ctx), device=device), torch.ones(len(ctx), dtype=torch.bool, device=device))
+            self.first_row.append(len(self.rows))
+            self.rows = torch.cat([self.rows, rows])
+            self.dense_orders = n
+
+    def _longest_seen(self, suffixes: list) -> torch.Tensor:
+        """The dense row of each context's longest suffix seen in training. suffixes[k] holds the keys of
+        the last k characters (k = 0, 1, ...); only orders up to dense_orders are searched."""
+        index = torch.zeros_like(suffixes[0])  # the unigram row, for contexts not seen at all
+        for n in range(2, min(len(suffixes) + 1, self.dense_orders) + 1):
+            pos, found = self._find(n, suffixes[n - 1])
+            index = torch.where(found, self.first_row[n] + pos, index)
+        return self.rows[index]
+
+    def _find(self, n: int, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where each context key sits in order n's table, and whether it is there at all."""
+        ctx = getattr(self, f"ctx_{n}")
+        if len(ctx) == 0:  # add-k keeps only the longest order
+            return torch.zeros_like(key), torch.zeros_like(key, dtype=torch.bool)
+        pos = torch.searchsorted(ctx, key).clamp(max=len(ctx) - 1)
+        return pos, ctx[pos] == key
+
+    def _add_alphas(self, P: torch.Tensor, n: int, pos: torch.Tensor, found: torch.Tensor) -> None:
+        """P[b, w] += alpha(h, w) for every n-gram h w seen in training, h the context at pos[b] of order n."""
+        start_n = getattr(self, f"start_{n}")
+        start = start_n[pos]
+        width = torch.where(found, start_n[pos + 1] - start, 0)
+        total = int(width.sum())
+        # the rows' n-grams lie side by side in the tables: expand each row into its range of entries
+        rows = torch.repeat_interleave(torch.arange(len(pos), device=P.device), width, output_size=total)
+        first = torch.repeat_interleave(torch.cumsum(width, 0) - width, width, output_size=total)
+        flat = torch.repeat_interleave(start, width, output_size=total) + torch.arange(total, device=P.device) - first
+        P[rows, getattr(self, f"next_{n}")[flat]] += getattr(self, f"alpha_{n}")[flat]
+
+    def _discount_of(self, n: int, c: torch.Tensor) -> torch.Tensor:
+        D1, D2, D3 = self.discounts[n - 1]
+        return torch.where(c >= 3, D3, torch.where(c == 2, D2, D1))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # the stored tables have data-dependent sizes: take the checkpoint's shapes and types, then derive
+        for name in list(self._buffers):
+            stored = state_dict.get(prefix + name)
+            if isinstance(stored, torch.Tensor) and name not in self._non_persistent_buffers_set:
+                self._buffers[name] = torch.empty_like(stored, device=self.discounts.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._derive()
+
+    # ---- the model contract ----
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities (B, V) in float64: the row of the longest seen context, then the orders kept
+        sparse (beyond DENSE_ROWS) interpolated on top of it."""
+        V = self.vocab_size
+        suffixes = [torch.zeros(idx.shape[0], dtype=torch.int64, device=idx.device)]
+        for k in range(1, self.block_size + 1):  # one more (older) character of context each time
+            suffixes.append(suffixes[-1] + idx[:, -k].long() * V ** (k - 1))
+        P = self._longest_seen(suffixes)
+        for n in range(self.dense_orders + 1, self.block_size + 2):
+            pos, found = self._find(n, suffixes[n - 1])
+            # an unseen context passes the shorter context's distribution on unchanged (gamma = 1)
+            P *= torch.where(found, getattr(self, f"gamma_{n}")[pos], 1.0)[:, None]
+            self._add_alphas(P, n, pos, found)
+        return P.log()
