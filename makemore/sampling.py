@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -167,6 +167,15 @@ def draw_batch(model, prefix_ids: list[int], size: int, generator: torch.Generat
     ended = is_end.any(1) & ~dead
     length = torch.where(is_end.any(1), is_end.int().argmax(1), steps)
     return Batch(tokens, length, ended, dead)
+
+
+def generate(model, vocab, n: int, generator: torch.Generator, temperature: float = 1.0, top_k: int | None = None,
+             prefix: str = "", max_len: int = 64) -> list[str]:
+    """n items in one batch, constrained by nothing but the prefix; one that reaches max_len characters
+    is cut there. The first version's interface, kept for its callers; sample() meets constraints."""
+    batch = draw_batch(model, vocab.encode(prefix), n, generator, max(0, max_len - len(prefix)), 0,
+                       temperature, top_k)
+    return _decode(batch, vocab, prefix)
 
 
 def _draw(probs: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -231,6 +231,8 @@ def test_json_log_prob_split_and_nearest(ckpt_run, bigram):
         assert r["split"] == where.get(r["item"], "none")
         distances = [levenshtein(r["item"], t) for t in train]
         assert r["distance"] == min(distances) and levenshtein(r["item"], r["nearest"]) == r["distance"]
+    plain = ckpt_run("-n", 30, "--seed", 4, "--nearest").stdout.splitlines()
+    assert plain == [f"{r['item']}\t{r['nearest']}\t{r['distance']}" for r in records]
     # a training item scores as one, at distance 0 from itself
     (rec,) = bigram.describe([train[0]], nearest=True)
     assert rec["split"] == "train" and rec["distance"] == 0 and rec["nearest"] == train[0]
