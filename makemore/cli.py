@@ -188,7 +188,7 @@ class RegexType(click.ParamType):
               help="Also reject the items listed in this file, one per line.")
 @click.option("--unique", is_flag=True, help="No item twice.")
 @click.option("--max-tries", type=click.IntRange(min=1),
-              help="Budget of draws. [default: 200 per item asked, at least 200,000, at most 1,000,000]")
+              help="Budget of draws. [default: 100 per item asked, at least 200,000, at most 500,000]")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object per line: item, log_prob, log_prob_per_char and split (train, dev, test, none).")
 @click.option("--nearest", is_flag=True, help="Add the closest item of the train split and its edit distance.")

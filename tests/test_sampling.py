@@ -103,6 +103,20 @@ def test_same_seed_same_output_with_or_without_progress(ckpt_run, bigram):
     assert list(bigram.sample(40, 12, unique=True, suffix="a")) != list(quiet)
 
 
+def test_constraints_by_rejection_filter_one_stream_of_draws(bigram):
+    """With one seed, -n 5 prints the first 5 of -n 9, and rejection constraints print the items of the
+    unconstrained stream that meet them, in order: a constraint never changes what is drawn."""
+    assert list(bigram.sample(5, 3)) == list(bigram.sample(9, 3))[:5]
+    stream = bigram.sample(2000, 21)
+    data = set(bigram.items())
+    expected = []
+    for item in stream:
+        if len(item) <= 8 and item.endswith("a") and item not in data and item not in expected:
+            expected.append(item)
+    got = bigram.sample(40, 21, max_len=8, suffix="a", new=True, unique=True)
+    assert len(expected) > 40 and list(got) == expected[:40]
+
+
 def chi_square_p(counts: torch.Tensor, probs: torch.Tensor) -> float:
     """p-value of Pearson's chi-square test of counts against probs; cells expecting fewer than 5 pooled."""
     expected = probs * counts.sum()
