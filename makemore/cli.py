@@ -176,8 +176,8 @@ class RegexType(click.ParamType):
 @click.option("--top-k", type=click.IntRange(min=1), help="Draw only from the k likeliest characters.")
 @click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True),
               help="Nucleus sampling: draw only from the likeliest characters that together reach P.")
-@click.option("--prefix", default="", help="Items that start with these characters (the model is conditioned on them).")
-@click.option("--suffix", default="", help="Items that end with these characters.")
+@click.option("--prefix", default="", show_default=False, help="Items that start with these characters (the model is conditioned on them).")
+@click.option("--suffix", default="", show_default=False, help="Items that end with these characters.")
 @click.option("--min-len", type=click.IntRange(min=0), default=1,
               help="Shortest item: the end is not drawn before this length.")
 @click.option("--max-len", type=click.IntRange(min=1),
