@@ -14,14 +14,14 @@ import torch
 from makemore import __version__, checkpoint
 from makemore.data import (DEFAULT_SPLIT_SEED, DEFAULT_SPLITS, SPLIT_NAMES, Vocab, build_dataset,
                            default_data_path, fingerprint_bytes, parse_items, read_bytes, split_items)
-from makemore.errors import CheckpointError, DataError, MakemoreError, VocabularyError
+from makemore.errors import CheckpointError, DataError, MakemoreError, OptionError, VocabularyError
 from makemore.models import get_model_class
-from makemore.sampling import generate
+from makemore.sampling import NothingFound, Request, Samples, log_probs
+from makemore.sampling import sample as draw_samples
 from makemore.train import Interrupted, LoopState, TrainConfig, evaluate, stop_on_signals, train_loop
 
-
-class OptionError(MakemoreError):
-    """An option that does not fit the request (the CLI shows it as a usage error)."""
+__all__ = ["load", "train", "inspect", "read_items_file", "Trained", "Samples", "MakemoreError", "OptionError",
+           "NothingFound"]
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -229,6 +229,7 @@ class Trained:
     ckpt: dict
     model: torch.nn.Module
     vocab: Vocab
+    _cache: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def name(self) -> str:
@@ -295,23 +296,75 @@ class Trained:
         return next(iter(self.model.state_dict().values())).device
 
     def sample(self, n: int = 10, seed: int | None = None, temperature: float = 1.0, top_k: int | None = None,
-               prefix: str = "", max_len: int | None = None) -> list[str]:
-        self.check_text(prefix, "--prefix")
+               prefix: str = "", max_len: int | None = None, *, top_p: float | None = None, suffix: str = "",
+               min_len: int = 1, regex: str | None = None, new: bool = False, exclude=(), unique: bool = False,
+               max_tries: int | None = None, progress: bool = False) -> Samples:
+        """Draw n items that meet every constraint (the options of `makemore sample`, same names).
+
+        Returns a Samples list, shorter than n only when max_tries draws ran out first (samples.complete
+        is False and samples.report() says why). Raises OptionError for a request that can never be met
+        and NothingFound when no draw met the constraints.
+        """
+        request = Request(n=n, temperature=temperature, top_k=top_k, top_p=top_p, prefix=prefix, suffix=suffix,
+                          min_len=min_len, max_len=max_len, regex=regex, new=new, exclude=frozenset(exclude),
+                          unique=unique, max_tries=max_tries)
+        if new and not self.ckpt.get("items"):
+            raise CheckpointError(f"{self.path}: keeps no training items, so --new cannot tell new items apart")
         generator = torch.Generator()
         if seed is None:
             generator.seed()
         else:
             generator.manual_seed(seed)
-        longest = max((len(item) for item in self.items()), default=32)
-        cap = max_len if max_len is not None else 2 * longest + len(prefix)
-        return generate(self.model, self.vocab, n, generator, temperature, top_k, prefix, cap)
+        longest = max(map(len, self.items()), default=32)
+        return draw_samples(self.model, self.vocab, request, generator, self._item_set() if new else frozenset(),
+                            default_cap=2 * longest + len(prefix), progress=progress)
+
+    def _item_set(self) -> frozenset:
+        if "items" not in self._cache:
+            self._cache["items"] = frozenset(self.items())
+        return self._cache["items"]
+
+    def log_prob(self, items: list[str]) -> list[float]:
+        """Log-probability (nats) of each item under the model, its end included."""
+        self.check_text("".join(items), "an item")
+        return log_probs(self.model, self.vocab, list(items)).tolist()
+
+    def describe(self, items: list[str], nearest: bool = False) -> list[dict]:
+        """One record per item: item, log_prob (total), log_prob_per_char (per predicted token: the
+        characters and the end, the unit of eval's loss), split (train, dev, test or none), and with
+        nearest the closest item of the train split and its edit distance."""
+        total = self.log_prob(items)
+        where = self.where(items)
+        records = [dict(item=item, log_prob=round(lp, 4), log_prob_per_char=round(lp / (len(item) + 1), 4),
+                        split="none" if w == "new" else w) for item, lp, w in zip(items, total, where)]
+        if nearest and items:
+            train_items = self.splits()["train"]
+            if not train_items:
+                raise CheckpointError(f"{self.path}: keeps no training items to compare with")
+            from makemore.nearest import nearest as closest
+
+            index, distance = closest(list(items), train_items)
+            for record, i, d in zip(records, index, distance):
+                record.update(nearest=train_items[i], distance=d)
+        return records
 
     def where(self, items: list[str]) -> list[str]:
         """For each item: the split of the training data holding it ('train', 'dev', 'test') or 'new'."""
-        found = {}
-        for split in reversed(SPLIT_NAMES):
-            found.update(dict.fromkeys(self.splits()[split], split))
-        return [found.get(item, "new") for item in items]
+        if "where" not in self._cache:
+            found = {}
+            parts = self.splits()
+            for split in reversed(SPLIT_NAMES):  # an item in several splits is reported by the first
+                found.update(dict.fromkeys(parts[split], split))
+            self._cache["where"] = found
+        return [self._cache["where"].get(item, "new") for item in items]
+
+
+def read_items_file(path: str | Path) -> list[str]:
+    """The items of a file such as --exclude's, one per line; an empty file has none."""
+    raw = read_bytes(path)
+    if not raw.strip(b" \t\r\n\xef\xbb\xbf"):
+        return []
+    return parse_items(raw, str(path))
 
 
 def load(path: str | Path | None = None, out: str | Path = "out", device: str = "cpu",
@@ -329,3 +382,34 @@ def load(path: str | Path | None = None, out: str | Path = "out", device: str = 
         raise CheckpointError(f"{path}: does not fit its model ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
     net.to(resolve_device(device)).eval()
     return Trained(path, ckpt, net, Vocab(ckpt["vocab"]))
+
+
+def inspect(path: str | Path | None = None, out: str | Path = "out") -> dict:
+    """What a checkpoint holds, as a JSON-ready dict: model and hyperparameters, vocabulary, data file
+    (and whether it is still there unchanged), split settings, training, file size and format."""
+    trained = load(path, out)
+    ckpt, vocab = trained.ckpt, trained.vocab
+    data = dict(ckpt["data"])
+    recorded = Path(data["path"])
+    if not recorded.exists():
+        data["status"] = "missing"
+    else:
+        try:
+            data["status"] = "unchanged" if fingerprint_bytes(read_bytes(recorded)) == data["fingerprint"] else "changed"
+        except DataError:
+            data["status"] = "unreadable"
+    split = dict(ckpt["split"])
+    if ckpt.get("items"):
+        split["sizes"] = {name: len(part) for name, part in trained.splits().items()}
+    best = ckpt.get("best_dev_loss")
+    return dict(
+        checkpoint=str(trained.path), file_size=trained.path.stat().st_size,
+        format_version=ckpt["format_version"], makemore_version=ckpt.get("makemore_version"),
+        model=ckpt["model"], config=dict(ckpt["config"]),
+        n_params=sum(p.numel() for p in trained.model.parameters()),
+        n_buffers=sum(b.numel() for b in trained.model.buffers()),
+        vocab=vocab.chars, vocab_size=len(vocab), boundary=vocab.boundary,
+        data=data, split=split, train=dict(ckpt.get("train") or {}), steps=ckpt.get("step", 0),
+        best_dev_loss=best if best is not None and math.isfinite(best) else None,
+        resumable="resume" in ckpt,
+    )

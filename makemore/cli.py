@@ -197,28 +197,116 @@ def train(model_name, data, out, name, block_size, n_embd, n_hidden, smoothing, 
         click.echo(f"loss curve: {result.curve}", err=True)
 
 
+class RegexType(click.ParamType):
+    """A Python regular expression, checked when the options are parsed."""
+
+    name = "PATTERN"
+
+    def convert(self, value, param, ctx):
+        import re
+
+        try:
+            re.compile(value)
+        except re.error as e:
+            self.fail(f"{value!r} is not a valid regular expression: {e}", param, ctx)
+        return value
+
+
 @cli.command()
-@click.option("-n", "--num", "n", type=click.IntRange(min=1), default=10, help="How many items.")
+@click.option("-n", "--num", "n", type=click.IntRange(min=1), default=10,
+              help="How many items: exactly this many, each meeting every constraint.")
 @click.option("--seed", type=int, help="Seed for reproducible samples. [default: random]")
 @click.option("--temperature", type=positive_float(), default=1.0, help="Below 1: safer; above 1: wilder.")
 @click.option("--top-k", type=click.IntRange(min=1), help="Draw only from the k likeliest characters.")
-@click.option("--prefix", default="", help="Items that start with these characters.")
-@click.option("--max-len", type=click.IntRange(min=1), help="Longest item. [default: twice the longest in the data]")
+@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True),
+              help="Nucleus sampling: draw only from the likeliest characters that together reach P.")
+@click.option("--prefix", default="", show_default=False, help="Items that start with these characters (the model is conditioned on them).")
+@click.option("--suffix", default="", show_default=False, help="Items that end with these characters.")
+@click.option("--min-len", type=click.IntRange(min=0), default=1,
+              help="Shortest item: the end is not drawn before this length.")
+@click.option("--max-len", type=click.IntRange(min=1),
+              help="Longest item; longer draws are rejected. [default: twice the longest in the data]")
+@click.option("--regex", type=RegexType(), help="Items that the Python regular expression matches whole.")
+@click.option("--new", is_flag=True, help="Only items that are nowhere in the training data (any split).")
+@click.option("--exclude", type=click.Path(exists=True, dir_okay=False),
+              help="Also reject the items listed in this file, one per line.")
+@click.option("--unique", is_flag=True, help="No item twice.")
+@click.option("--max-tries", type=click.IntRange(min=1),
+              help="Budget of draws. [default: 100 per item asked, at least 200,000, at most 500,000]")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per line: item, log_prob, log_prob_per_char and split (train, dev, test, none).")
+@click.option("--nearest", is_flag=True, help="Add the closest item of the train split and its edit distance.")
 @click.option("--mark", is_flag=True, help="Add a tab and where each item occurs: train, dev, test or new.")
 @checkpoint_options
 @device_option
 @handle_errors
-def sample(n, seed, temperature, top_k, prefix, max_len, mark, out, checkpoint_path, device):
-    """Print new items drawn from a trained model, one per line."""
+def sample(n, seed, temperature, top_k, top_p, prefix, suffix, min_len, max_len, regex, new, exclude, unique,
+           max_tries, as_json, nearest, mark, out, checkpoint_path, device):
+    """Print items drawn from a trained model, one per line: exactly -n of them, each meeting every
+    constraint, or as many as --max-tries draws found (then a line on stderr says why; exit 1 if none)."""
     from makemore import api
 
     trained = api.load(checkpoint_path, out, device)
-    if top_k is not None and top_k > len(trained.vocab):
-        raise click.BadParameter(f"{top_k} is above the vocabulary size {len(trained.vocab)}", param_hint="'--top-k'")
-    items = trained.sample(n, seed, temperature, top_k, prefix, max_len)
-    where = trained.where(items) if mark else None
-    for i, item in enumerate(items):
-        click.echo(f"{item}\t{where[i]}" if mark else item)
+    excluded = api.read_items_file(exclude) if exclude else ()
+    items = trained.sample(n, seed, temperature, top_k, prefix, max_len, top_p=top_p, suffix=suffix,
+                           min_len=min_len, regex=regex, new=new, exclude=excluded, unique=unique,
+                           max_tries=max_tries, progress=sys.stderr.isatty())
+    if as_json:
+        for record in trained.describe(items, nearest):
+            click.echo(json.dumps(record, ensure_ascii=False))
+    else:
+        where = trained.where(items) if mark else None
+        records = trained.describe(items, nearest=True) if nearest else None
+        for i, item in enumerate(items):
+            columns = [item] + ([where[i]] if mark else []) + (
+                [records[i]["nearest"], str(records[i]["distance"])] if nearest else [])
+            click.echo("\t".join(columns))
+    if not items.complete:
+        click.echo(items.report(), err=True)
+
+
+@cli.command("inspect")
+@click.argument("checkpoint_file", metavar="[CHECKPOINT]", required=False, type=click.Path(dir_okay=False))
+@click.option("--out", default="out", show_default=True, type=click.Path(file_okay=False),
+              help="Without CHECKPOINT: the model trained last in this folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@handle_errors
+def inspect_(checkpoint_file, out, as_json):
+    """What a checkpoint holds: model, hyperparameters, vocabulary, data, split and training."""
+    from makemore import api
+
+    info = api.inspect(checkpoint_file, out)
+    if as_json:
+        click.echo(json.dumps(info, indent=2, ensure_ascii=False))
+        return
+    config = ", ".join(f"{k} {v}" for k, v in info["config"].items())
+    counted = f", {info['n_buffers']:,} counts" if info["n_buffers"] else ""
+    chars = info["vocab"][1:].replace("\n", "\\n")
+    data, split = info["data"], info["split"]
+    sizes = split.get("sizes")
+    train = info["train"]
+    rows = [
+        ("checkpoint", f"{info['checkpoint']} ({_size(info['file_size'])}, format {info['format_version']}, "
+                       f"makemore {info['makemore_version']})"),
+        ("model", f"{info['model']}: {config} ({info['n_params']:,} parameters{counted})"),
+        ("vocabulary", f"{info['vocab_size']} tokens: the boundary {info['boundary']!r} and {chars!r}"),
+        ("data", f"{data['path']} ({data['n_items']:,} items, fingerprint {data['fingerprint']}; {data['status']})"),
+        ("split", "/".join(f"{f:g}" for f in split["fractions"]) + f" with seed {split['seed']}"
+                  + (": " + ", ".join(f"{v:,} {k}" for k, v in sizes.items()) if sizes else "")),
+        ("training", f"{info['steps']:,} steps" + (f" ({train.get('optimizer')}, lr {train.get('lr'):g}, "
+                     f"{train.get('schedule')}, batch {train.get('batch_size')}, seed {train.get('seed')})"
+                     if info["steps"] else " (counted in one pass)")),
+        ("best dev loss", f"{info['best_dev_loss']:.4f}" if info["best_dev_loss"] is not None else "none recorded"),
+    ]
+    for name, value in rows:
+        click.echo(f"{name:<14}{value}")
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KB", "MB"):
+        if n < 1024 or unit == "MB":
+            return f"{n:,} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
 
 
 @cli.command("eval")

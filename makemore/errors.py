@@ -19,3 +19,7 @@ class VocabularyError(MakemoreError):
 
 class TrainingError(MakemoreError):
     """Training cannot go on (for example the loss became NaN)."""
+
+
+class OptionError(MakemoreError):
+    """An option that does not fit the request or can never be met (the CLI shows it as a usage error)."""
