@@ -407,7 +407,9 @@ def inspect(path: str | Path | None = None, out: str | Path = "out") -> dict:
         format_version=ckpt["format_version"], makemore_version=ckpt.get("makemore_version"),
         model=ckpt["model"], config=dict(ckpt["config"]),
         n_params=sum(p.numel() for p in trained.model.parameters()),
-        n_buffers=sum(b.numel() for b in trained.model.buffers()),
+        # what the checkpoint stores (a counting model's counts), not tables derived from it on load
+        n_buffers=sum(v.numel() for k, v in ckpt["state_dict"].items()
+                      if k not in dict(trained.model.named_parameters())),
         vocab=vocab.chars, vocab_size=len(vocab), boundary=vocab.boundary,
         data=data, split=split, train=dict(ckpt.get("train") or {}), steps=ckpt.get("step", 0),
         best_dev_loss=best if best is not None and math.isfinite(best) else None,

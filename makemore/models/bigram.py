@@ -43,7 +43,7 @@ class Bigram(NGram):
 
     def probs(self) -> torch.Tensor:
         """The lecture's (V, V) table P[prev, next]."""
-        prev = torch.arange(self.vocab_size, device=self.unigram.device)[:, None]
+        prev = torch.arange(self.vocab_size, device=self.discounts.device)[:, None]
         return self(prev).exp()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
