@@ -4,8 +4,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +57,7 @@ class Data:
         return cls(path, parse_items(raw, str(path)), fingerprint_bytes(raw))
 
     def split(self, splits=DEFAULT_SPLITS, seed: int = DEFAULT_SPLIT_SEED) -> dict[str, list[str]]:
-        return split_items(self.items, splits, seed)
+        return split_items(self.items, splits, seed, str(self.path))
 
 
 def model_config(model_name: str, options: dict):
@@ -92,9 +92,8 @@ class TrainResult:
 def check_writable(out_dir: Path) -> None:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        with tempfile.TemporaryFile(dir=out_dir):  # nameless where the OS allows, so nothing is left behind
+            pass
     except OSError as e:
         raise MakemoreError(f"cannot write to the output directory {out_dir}: {e.strerror}") from None
 
@@ -112,7 +111,7 @@ def train(model: str = "mlp", data: str | Path | None = None, out: str | Path = 
         model, name, out = prior["model"], Path(resume).stem, Path(resume).parent
         data = data if data is not None else prior["data"]["path"]
         splits, split_seed = tuple(prior["split"]["fractions"]), prior["split"]["seed"]
-        if not get_model_class(model).counts and "resume" not in prior:
+        if not get_model_class(model).counts and "resume" not in prior and prior["step"] > 0:
             raise CheckpointError(f"{resume}: holds no training state to resume from")
     out = Path(out)
     check_writable(out)
@@ -163,16 +162,20 @@ def train(model: str = "mlp", data: str | Path | None = None, out: str | Path = 
         write(state, net)
     else:
         state = LoopState()
-        if prior is not None:
+        if prior is not None and "resume" not in prior:  # saved before the first step: start afresh from it
+            net.load_state_dict(prior["state_dict"])
+        elif prior is not None:
             r = prior["resume"]
             net.load_state_dict(r["state_dict"])
             state = LoopState(step=prior["step"], best_dev_loss=prior["best_dev_loss"],
                               best_state={k: v.to(dev) for k, v in prior["state_dict"].items()},
                               optimizer=r["optimizer"], rng=r["rng"], metrics=list(prior["metrics"]),
                               elapsed=r["elapsed"])
-        else:
-            write(state, net)  # a complete checkpoint exists from the very start
         with stop_on_signals() as stop:
+            if prior is None and (not path.exists() or tconfig.steps == 0):
+                # a complete checkpoint from the very start, but never one that replaces an earlier
+                # checkpoint with untrained weights: that is left until the first evaluation
+                write(state, net)
             # the loop writes the checkpoint at every evaluation, the last step included
             try:
                 state = train_loop(net, train_set, dev_set, tconfig, state, save=write, progress=progress,
@@ -180,7 +183,8 @@ def train(model: str = "mlp", data: str | Path | None = None, out: str | Path = 
             except Interrupted as e:
                 e.path, e.step = path, state.step
                 raise
-        net.load_state_dict(state.best_state)
+        if state.best_state is not None:  # None when no step ran (--steps 0)
+            net.load_state_dict(state.best_state)
     seconds = state.elapsed
     train_loss = evaluate(net, train_set)
     dev_loss = evaluate(net, dev_set) if dev_set is not None else float("nan")
@@ -232,7 +236,8 @@ class Trained:
 
     def splits(self, data: Data | None = None) -> dict[str, list[str]]:
         items = data.items if data is not None else self.items()
-        return split_items(items, tuple(self.ckpt["split"]["fractions"]), self.ckpt["split"]["seed"])
+        name = str(data.path) if data is not None else self.ckpt["data"]["path"]
+        return split_items(items, tuple(self.ckpt["split"]["fractions"]), self.ckpt["split"]["seed"], name)
 
     def read_data(self, data: str | Path | None = None, strict: bool = False, warn=None) -> Data | None:
         """The training data file (or another given one), checked against the fingerprint; None when the

@@ -18,6 +18,7 @@ from makemore.models import MODEL_NAMES
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "step", "cosine")
 SPLITS = ("train", "dev", "test", "all")
+SEED = click.IntRange(0, 2**63 - 1)  # what torch.manual_seed accepts
 
 
 class SplitsType(click.ParamType):
@@ -79,7 +80,20 @@ def checkpoint_options(f):
                      help="Folder of checkpoints; the model trained last there is used.")(f)
     f = click.option("--checkpoint", "checkpoint_path", type=click.Path(dir_okay=False),
                      help="Use this checkpoint instead of the one trained last in --out.")(f)
+    f = click.option("--model", type=click.Choice(MODEL_NAMES), expose_value=False, callback=_remember_model,
+                     help="Refuse a checkpoint that holds another model. [default: any]")(f)
     return f
+
+
+def _remember_model(ctx, param, value):
+    ctx.meta["makemore.model"] = value
+
+
+def load_trained(checkpoint_path, out, device):
+    """api.load for a command with checkpoint_options, honouring its --model."""
+    from makemore import api
+
+    return api.load(checkpoint_path, out, device, model=click.get_current_context().meta.get("makemore.model"))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -100,7 +114,7 @@ def cli():
 @click.option("--smoothing", type=click.FloatRange(min=0), help="Add-k smoothing (bigram). [default: 1]")
 @click.option("--init", type=click.Choice(["scaled", "randn"]),
               help="mlp weight init: scaled for tanh, or randn as in lecture part 2. [default: scaled]")
-@click.option("--steps", type=click.IntRange(min=0), help="Optimizer steps. [default: per model]")
+@click.option("--steps", type=click.IntRange(min=0), help="Optimizer steps (with --resume: the new total). [default: per model]")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Examples per step. [default: per model]")
 @click.option("--lr", type=positive_float(), help="Learning rate (peak). [default: per model]")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), help="[default: per model]")
@@ -110,7 +124,7 @@ def cli():
 @click.option("--weight-decay", type=click.FloatRange(min=0),
               help="bigram-nn: the lecture's penalty wd*(W**2).mean(); others: the optimizer's decay. [default: 0]")
 @click.option("--eval-interval", type=click.IntRange(min=1), help="Steps between dev evaluations. [default: steps/10]")
-@click.option("--seed", type=int, help="Seed of initialisation and batches. [default: 42]")
+@click.option("--seed", type=SEED, help="Seed of initialisation and batches. [default: 42]")
 @click.option("--splits", type=SplitsType(), default="0.8,0.1,0.1", help="Train, dev, test fractions.")
 @click.option("--split-seed", type=int, default=42, help="Seed of the shuffle before splitting.")
 @click.option("--resume", is_flag=True, help="Continue the run in --checkpoint (or the one trained last in --out).")
@@ -155,7 +169,7 @@ def train(model_name, data, out, name, block_size, n_embd, n_hidden, smoothing, 
 
 @cli.command()
 @click.option("-n", "--num", "n", type=click.IntRange(min=1), default=10, help="How many items.")
-@click.option("--seed", type=int, help="Seed for reproducible samples. [default: random]")
+@click.option("--seed", type=SEED, help="Seed for reproducible samples. [default: random]")
 @click.option("--temperature", type=positive_float(), default=1.0, help="Below 1: safer; above 1: wilder.")
 @click.option("--top-k", type=click.IntRange(min=1), help="Draw only from the k likeliest characters.")
 @click.option("--prefix", default="", help="Items that start with these characters.")
@@ -166,9 +180,7 @@ def train(model_name, data, out, name, block_size, n_embd, n_hidden, smoothing, 
 @handle_errors
 def sample(n, seed, temperature, top_k, prefix, max_len, mark, out, checkpoint_path, device):
     """Print new items drawn from a trained model, one per line."""
-    from makemore import api
-
-    trained = api.load(checkpoint_path, out, device)
+    trained = load_trained(checkpoint_path, out, device)
     if top_k is not None and top_k > len(trained.vocab):
         raise click.BadParameter(f"{top_k} is above the vocabulary size {len(trained.vocab)}", param_hint="'--top-k'")
     items = trained.sample(n, seed, temperature, top_k, prefix, max_len)
@@ -187,9 +199,7 @@ def sample(n, seed, temperature, top_k, prefix, max_len, mark, out, checkpoint_p
 @handle_errors
 def eval_(split, data, as_json, strict, out, checkpoint_path, device):
     """Mean negative log-likelihood per character (nats) and perplexity of a split."""
-    from makemore import api
-
-    trained = api.load(checkpoint_path, out, device)
+    trained = load_trained(checkpoint_path, out, device)
     result = trained.evaluate(split, data, strict)
     if as_json:
         click.echo(json.dumps(result))
