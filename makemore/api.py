@@ -111,8 +111,9 @@ def train(model: str = "mlp", data: str | Path | None = None, out: str | Path = 
         model, name, out = prior["model"], Path(resume).stem, Path(resume).parent
         data = data if data is not None else prior["data"]["path"]
         splits, split_seed = tuple(prior["split"]["fractions"]), prior["split"]["seed"]
-        if not get_model_class(model).counts and "resume" not in prior and prior["step"] > 0:
-            raise CheckpointError(f"{resume}: holds no training state to resume from")
+        if not get_model_class(model).counts and prior["step"] > 0:
+            checkpoint.check_resumable(prior, resume)
+        _model_from(prior, resume)  # a checkpoint whose weights do not fit is refused before any work
     out = Path(out)
     check_writable(out)
     dataset = Data.read(data)
@@ -207,11 +208,20 @@ def atomic_metrics(path: Path, metrics: list[dict]) -> None:
 
 
 def _changed_data(ckpt: dict, data: Data, strict: bool, warn) -> None:
-    message = (f"{data.path} has changed since training (fingerprint {data.fingerprint}, "
-               f"the checkpoint was trained on {ckpt['data']['fingerprint']})")
+    recorded, trained_on = Path(ckpt["data"]["path"]), ckpt["data"]["fingerprint"]
+    if _same_file(data.path, recorded):
+        message = (f"{data.path} has changed since training (fingerprint {data.fingerprint} now, "
+                   f"{trained_on} when the checkpoint was trained)")
+    else:
+        message = (f"{data.path} (fingerprint {data.fingerprint}) is not the data the checkpoint was trained on "
+                   f"({recorded}, fingerprint {trained_on})")
     if strict:
         raise DataError(message)
     warn("warning: " + message)
+
+
+def _same_file(a, b) -> bool:
+    return Path(a).resolve() == Path(b).resolve()
 
 
 @dataclass
@@ -249,7 +259,8 @@ class Trained:
                 return None
             data = recorded
         loaded = Data.read(data)
-        if loaded.fingerprint != self.ckpt["data"]["fingerprint"]:
+        # another file given on purpose is no cause for a warning; the training file changed is
+        if _same_file(loaded.path, self.ckpt["data"]["path"]) and loaded.fingerprint != self.ckpt["data"]["fingerprint"]:
             _changed_data(self.ckpt, loaded, strict, warn)
         return loaded
 
@@ -307,11 +318,20 @@ def load(path: str | Path | None = None, out: str | Path = "out", device: str = 
     ckpt = checkpoint.load(path)
     if model is not None and ckpt["model"] != model:
         raise CheckpointError(f"{path}: holds a {ckpt['model']} model, not {model}")
+    net = _model_from(ckpt, path)
+    net.to(resolve_device(device)).eval()
+    return Trained(path, ckpt, net, Vocab(ckpt["vocab"]))
+
+
+def _model_from(ckpt: dict, path) -> torch.nn.Module:
+    """The checkpoint's model with its weights (the resume weights, when there are any, are tried too)."""
     try:
         cls = get_model_class(ckpt["model"])
         net = cls(cls.Config(**ckpt["config"]), len(ckpt["vocab"]))
+        if isinstance(ckpt.get("resume"), dict):
+            net.load_state_dict(ckpt["resume"]["state_dict"])
         net.load_state_dict(ckpt["state_dict"])
     except (KeyError, TypeError, RuntimeError, ValueError) as e:
-        raise CheckpointError(f"{path}: does not fit its model ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-    net.to(resolve_device(device)).eval()
-    return Trained(path, ckpt, net, Vocab(ckpt["vocab"]))
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise CheckpointError(f"{path}: does not fit its model ({type(e).__name__}: {first})") from None
+    return net

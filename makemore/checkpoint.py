@@ -132,6 +132,19 @@ def check(ckpt, path: Path) -> None:
                               f"(it has {', '.join(MODEL_NAMES)}); upgrade makemore")
 
 
+def check_resumable(ckpt: dict, path) -> None:
+    """Raise CheckpointError unless ckpt holds the training state that `train --resume` needs."""
+    resume = ckpt.get("resume")
+    if not isinstance(resume, dict):
+        raise CheckpointError(f"{path}: holds no training state to resume from")
+    wanted = dict(state_dict=dict, optimizer=dict, rng=torch.Tensor, elapsed=(int, float))
+    for key, kind in wanted.items():
+        if not isinstance(resume.get(key), kind):
+            raise CheckpointError(f"{path}: incomplete training state ({key!r}); it cannot be resumed")
+    if not isinstance(ckpt.get("best_dev_loss"), float) or not isinstance(ckpt.get("metrics"), list):
+        raise CheckpointError(f"{path}: incomplete training state; it cannot be resumed")
+
+
 def write_latest(out_dir: Path, path: Path) -> None:
     atomic_write(Path(out_dir) / LATEST, lambda f: f.write(Path(path).name.encode() + b"\n"))
 

@@ -60,6 +60,8 @@ def parse_items(raw: bytes, name: str = "data") -> list[str]:
     Lines end at \n, \r\n or \r, as in Python's text mode. Items are put in Unicode NFC form, so an
     accented letter is one character whether the file spelt it precomposed or as letter + combining mark.
     """
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataError(f"{name}: UTF-16 text; convert it to UTF-8 first, e.g. iconv -f UTF-16 -t UTF-8")
     nul = raw.find(b"\x00")
     if nul >= 0:
         raise DataError(f"{name}: binary content (a NUL byte at offset {nul}); expected a UTF-8 text file")
