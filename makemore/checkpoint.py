@@ -154,7 +154,12 @@ def latest(out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     pointer = out_dir / LATEST
     if pointer.is_file():
-        return out_dir / pointer.read_text(encoding="utf-8").strip()
+        try:
+            named = pointer.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            named = ""  # a damaged pointer: fall back to the newest checkpoint
+        if named and "/" not in named and (out_dir / named).is_file():
+            return out_dir / named
     found = sorted(out_dir.glob("*.pt"), key=lambda p: p.stat().st_mtime) if out_dir.is_dir() else []
     if not found:
         raise CheckpointError(f"no checkpoint in {out_dir}/; train one first with: makemore train")

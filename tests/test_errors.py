@@ -342,3 +342,14 @@ def test_resume_without_a_checkpoint(tmp_path):
 
 def test_resume_refuses_changed_options(trained):
     usage_error(invoke("train", "--resume", "--checkpoint", trained["mlp"], "--lr", "0.5"), "--lr")
+
+
+def test_damaged_latest_pointer_falls_back_to_the_newest_checkpoint(tmp_path, trained):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mlp.pt").write_bytes(trained["mlp"].read_bytes())
+    for pointer in (b"\xff\xfe\x00garbage", b"gone.pt\n", b"../../etc/passwd\n"):
+        (out / "latest").write_bytes(pointer)
+        assert "mlp from" in ok("eval", "--out", out).stdout
+    (out / "mlp.pt").unlink()
+    error(invoke("sample", "--out", out), "no checkpoint in", "makemore train")
