@@ -85,7 +85,7 @@ def checkpoint_options(f):
     return f
 
 
-def _plain_name(value):
+def _plain_name(ctx, param, value):
     """A checkpoint name is a file name in --out, not a path."""
     if value is not None and (value in ("", ".", "..") or any(c in value for c in "/\\\0")):
         raise click.BadParameter(f"{value!r} must be a plain file name; choose the folder with --out")
@@ -114,7 +114,7 @@ def cli():
 @click.option("--model", "model_name", type=click.Choice(MODEL_NAMES), default="mlp", help="Which model to train.")
 @click.option("--data", type=click.Path(), help="Text file, one item per line. [default: names.txt]")
 @click.option("--out", default="out", type=click.Path(file_okay=False), help="Folder for the checkpoint.")
-@click.option("--name", callback=lambda ctx, param, value: _plain_name(value), help="Checkpoint name in --out. [default: the model's name]")
+@click.option("--name", callback=_plain_name, help="Checkpoint name in --out. [default: the model's name]")
 @click.option("--block-size", type=click.IntRange(min=1), help="Characters of context. [default: per model]")
 @click.option("--n-embd", type=click.IntRange(min=1), help="Embedding dimensions (mlp). [default: 10]")
 @click.option("--n-hidden", type=click.IntRange(min=1), help="Hidden units (mlp). [default: 200]")

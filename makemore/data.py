@@ -57,7 +57,7 @@ def fingerprint(path: str | Path) -> str:
 def parse_items(raw: bytes, name: str = "data") -> list[str]:
     """Decode UTF-8 (a byte-order mark is allowed), one item per line, stripped, blank lines dropped.
 
-    Lines end at \n, \r\n or \r, as in Python's text mode. Items are put in Unicode NFC form, so an
+    Lines end at LF, CRLF or CR, as in Python's text mode. Items are put in Unicode NFC form, so an
     accented letter is one character whether the file spelt it precomposed or as letter + combining mark.
     """
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
