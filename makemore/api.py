@@ -4,8 +4,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +57,7 @@ class Data:
         return cls(path, parse_items(raw, str(path)), fingerprint_bytes(raw))
 
     def split(self, splits=DEFAULT_SPLITS, seed: int = DEFAULT_SPLIT_SEED) -> dict[str, list[str]]:
-        return split_items(self.items, splits, seed)
+        return split_items(self.items, splits, seed, str(self.path))
 
 
 def model_config(model_name: str, options: dict):
@@ -102,9 +102,8 @@ class TrainResult:
 def check_writable(out_dir: Path) -> None:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        with tempfile.TemporaryFile(dir=out_dir):  # nameless where the OS allows, so nothing is left behind
+            pass
     except OSError as e:
         raise MakemoreError(f"cannot write to the output directory {out_dir}: {e.strerror}") from None
 
@@ -122,8 +121,9 @@ def train(model: str = "mlp", data: str | Path | None = None, out: str | Path = 
         model, name, out = prior["model"], Path(resume).stem, Path(resume).parent
         data = data if data is not None else prior["data"]["path"]
         splits, split_seed = tuple(prior["split"]["fractions"]), prior["split"]["seed"]
-        if not get_model_class(model).counts and "resume" not in prior:
-            raise CheckpointError(f"{resume}: holds no training state to resume from")
+        if not get_model_class(model).counts and prior["step"] > 0:
+            checkpoint.check_resumable(prior, resume)
+        _model_from(prior, resume)  # a checkpoint whose weights do not fit is refused before any work
     out = Path(out)
     check_writable(out)
     dataset = Data.read(data)
@@ -170,16 +170,20 @@ def train(model: str = "mlp", data: str | Path | None = None, out: str | Path = 
         write(state, net)
     else:
         state = LoopState()
-        if prior is not None:
+        if prior is not None and "resume" not in prior:  # saved before the first step: start afresh from it
+            net.load_state_dict(prior["state_dict"])
+        elif prior is not None:
             r = prior["resume"]
             net.load_state_dict(r["state_dict"])
             state = LoopState(step=prior["step"], best_dev_loss=prior["best_dev_loss"],
                               best_state={k: v.to(dev) for k, v in prior["state_dict"].items()},
                               optimizer=r["optimizer"], rng=r["rng"], metrics=list(prior["metrics"]),
                               elapsed=r["elapsed"])
-        else:
-            write(state, net)  # a complete checkpoint exists from the very start
         with stop_on_signals() as stop:
+            if prior is None and (not path.exists() or tconfig.steps == 0):
+                # a complete checkpoint from the very start, but never one that replaces an earlier
+                # checkpoint with untrained weights: that is left until the first evaluation
+                write(state, net)
             # the loop writes the checkpoint at every evaluation, the last step included
             try:
                 state = train_loop(net, train_set, dev_set, tconfig, state, save=write, progress=progress,
@@ -187,7 +191,8 @@ def train(model: str = "mlp", data: str | Path | None = None, out: str | Path = 
             except Interrupted as e:
                 e.path, e.step = path, state.step
                 raise
-        net.load_state_dict(state.best_state)
+        if state.best_state is not None:  # None when no step ran (--steps 0)
+            net.load_state_dict(state.best_state)
     seconds = state.elapsed
     train_loss = evaluate(net, train_set)
     dev_loss = evaluate(net, dev_set) if dev_set is not None else float("nan")
@@ -214,11 +219,20 @@ def atomic_metrics(path: Path, metrics: list[dict]) -> None:
 
 
 def _changed_data(ckpt: dict, data: Data, strict: bool, warn) -> None:
-    message = (f"{data.path} has changed since training (fingerprint {data.fingerprint}, "
-               f"the checkpoint was trained on {ckpt['data']['fingerprint']})")
+    recorded, trained_on = Path(ckpt["data"]["path"]), ckpt["data"]["fingerprint"]
+    if _same_file(data.path, recorded):
+        message = (f"{data.path} has changed since training (fingerprint {data.fingerprint} now, "
+                   f"{trained_on} when the checkpoint was trained)")
+    else:
+        message = (f"{data.path} (fingerprint {data.fingerprint}) is not the data the checkpoint was trained on "
+                   f"({recorded}, fingerprint {trained_on})")
     if strict:
         raise DataError(message)
     warn("warning: " + message)
+
+
+def _same_file(a, b) -> bool:
+    return Path(a).resolve() == Path(b).resolve()
 
 
 @dataclass
@@ -244,7 +258,8 @@ class Trained:
 
     def splits(self, data: Data | None = None) -> dict[str, list[str]]:
         items = data.items if data is not None else self.items()
-        return split_items(items, tuple(self.ckpt["split"]["fractions"]), self.ckpt["split"]["seed"])
+        name = str(data.path) if data is not None else self.ckpt["data"]["path"]
+        return split_items(items, tuple(self.ckpt["split"]["fractions"]), self.ckpt["split"]["seed"], name)
 
     def read_data(self, data: str | Path | None = None, strict: bool = False, warn=None) -> Data | None:
         """The training data file (or another given one), checked against the fingerprint; None when the
@@ -256,7 +271,8 @@ class Trained:
                 return None
             data = recorded
         loaded = Data.read(data)
-        if loaded.fingerprint != self.ckpt["data"]["fingerprint"]:
+        # another file given on purpose is no cause for a warning; the training file changed is
+        if _same_file(loaded.path, self.ckpt["data"]["path"]) and loaded.fingerprint != self.ckpt["data"]["fingerprint"]:
             _changed_data(self.ckpt, loaded, strict, warn)
         return loaded
 
@@ -374,14 +390,23 @@ def load(path: str | Path | None = None, out: str | Path = "out", device: str = 
     ckpt = checkpoint.load(path)
     if model is not None and ckpt["model"] != model:
         raise CheckpointError(f"{path}: holds a {ckpt['model']} model, not {model}")
+    net = _model_from(ckpt, path)
+    net.to(resolve_device(device)).eval()
+    return Trained(path, ckpt, net, Vocab(ckpt["vocab"]))
+
+
+def _model_from(ckpt: dict, path) -> torch.nn.Module:
+    """The checkpoint's model with its weights (the resume weights, when there are any, are tried too)."""
     try:
         cls = get_model_class(ckpt["model"])
         net = cls(cls.Config(**ckpt["config"]), len(ckpt["vocab"]))
+        if isinstance(ckpt.get("resume"), dict):
+            net.load_state_dict(ckpt["resume"]["state_dict"])
         net.load_state_dict(ckpt["state_dict"])
     except (KeyError, TypeError, RuntimeError, ValueError) as e:
-        raise CheckpointError(f"{path}: does not fit its model ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-    net.to(resolve_device(device)).eval()
-    return Trained(path, ckpt, net, Vocab(ckpt["vocab"]))
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise CheckpointError(f"{path}: does not fit its model ({type(e).__name__}: {first})") from None
+    return net
 
 
 def inspect(path: str | Path | None = None, out: str | Path = "out") -> dict:

@@ -18,6 +18,7 @@ from makemore.models import MODEL_NAMES
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "step", "cosine")
 SPLITS = ("train", "dev", "test", "all")
+SEED = click.IntRange(0, 2**63 - 1)  # what torch.manual_seed accepts
 
 
 class SplitsType(click.ParamType):
@@ -117,7 +118,27 @@ def checkpoint_options(f):
                      help="Folder of checkpoints; the model trained last there is used.")(f)
     f = click.option("--checkpoint", "checkpoint_path", type=click.Path(dir_okay=False),
                      help="Use this checkpoint instead of the one trained last in --out.")(f)
+    f = click.option("--model", type=click.Choice(MODEL_NAMES), expose_value=False, callback=_remember_model,
+                     help="Refuse a checkpoint that holds another model. [default: any]")(f)
     return f
+
+
+def _plain_name(ctx, param, value):
+    """A checkpoint name is a file name in --out, not a path."""
+    if value is not None and (value in ("", ".", "..") or any(c in value for c in "/\\\0")):
+        raise click.BadParameter(f"{value!r} must be a plain file name; choose the folder with --out")
+    return value
+
+
+def _remember_model(ctx, param, value):
+    ctx.meta["makemore.model"] = value
+
+
+def load_trained(checkpoint_path, out, device):
+    """api.load for a command with checkpoint_options, honouring its --model."""
+    from makemore import api
+
+    return api.load(checkpoint_path, out, device, model=click.get_current_context().meta.get("makemore.model"))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -131,7 +152,7 @@ def cli():
 @click.option("--model", "model_name", type=click.Choice(MODEL_NAMES), default="mlp", help="Which model to train.")
 @click.option("--data", type=click.Path(), help="Text file, one item per line. [default: names.txt]")
 @click.option("--out", default="out", type=click.Path(file_okay=False), help="Folder for the checkpoint.")
-@click.option("--name", help="Checkpoint name in --out. [default: the model's name]")
+@click.option("--name", callback=_plain_name, help="Checkpoint name in --out. [default: the model's name]")
 @click.option("--block-size", type=click.IntRange(min=1), help="Characters of context. [default: per model]")
 @click.option("--n-embd", type=click.IntRange(min=1), help="Embedding dimensions (mlp). [default: 10]")
 @click.option("--n-hidden", type=click.IntRange(min=1), help="Hidden units (mlp). [default: 200]")
@@ -141,7 +162,7 @@ def cli():
               help="--smoothing kn: discounts D1,D2,D3+ for every order. [default: estimated from the counts]")
 @click.option("--init", type=click.Choice(["scaled", "randn"]),
               help="mlp weight init: scaled for tanh, or randn as in lecture part 2. [default: scaled]")
-@click.option("--steps", type=click.IntRange(min=0), help="Optimizer steps. [default: per model]")
+@click.option("--steps", type=click.IntRange(min=0), help="Optimizer steps (with --resume: the new total). [default: per model]")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Examples per step. [default: per model]")
 @click.option("--lr", type=positive_float(), help="Learning rate (peak). [default: per model]")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), help="[default: per model]")
@@ -151,7 +172,7 @@ def cli():
 @click.option("--weight-decay", type=click.FloatRange(min=0),
               help="bigram-nn: the lecture's penalty wd*(W**2).mean(); others: the optimizer's decay. [default: 0]")
 @click.option("--eval-interval", type=click.IntRange(min=1), help="Steps between dev evaluations. [default: steps/10]")
-@click.option("--seed", type=int, help="Seed of initialisation and batches. [default: 42]")
+@click.option("--seed", type=SEED, help="Seed of initialisation and batches. [default: 42]")
 @click.option("--splits", type=SplitsType(), default="0.8,0.1,0.1", help="Train, dev, test fractions.")
 @click.option("--split-seed", type=int, default=42, help="Seed of the shuffle before splitting.")
 @click.option("--resume", is_flag=True, help="Continue the run in --checkpoint (or the one trained last in --out).")
@@ -215,7 +236,7 @@ class RegexType(click.ParamType):
 @cli.command()
 @click.option("-n", "--num", "n", type=click.IntRange(min=1), default=10,
               help="How many items: exactly this many, each meeting every constraint.")
-@click.option("--seed", type=int, help="Seed for reproducible samples. [default: random]")
+@click.option("--seed", type=SEED, help="Seed for reproducible samples. [default: random]")
 @click.option("--temperature", type=positive_float(), default=1.0, help="Below 1: safer; above 1: wilder.")
 @click.option("--top-k", type=click.IntRange(min=1), help="Draw only from the k likeliest characters.")
 @click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True),
@@ -246,7 +267,7 @@ def sample(n, seed, temperature, top_k, top_p, prefix, suffix, min_len, max_len,
     constraint, or as many as --max-tries draws found (then a line on stderr says why; exit 1 if none)."""
     from makemore import api
 
-    trained = api.load(checkpoint_path, out, device)
+    trained = load_trained(checkpoint_path, out, device)
     excluded = api.read_items_file(exclude) if exclude else ()
     items = trained.sample(n, seed, temperature, top_k, prefix, max_len, top_p=top_p, suffix=suffix,
                            min_len=min_len, regex=regex, new=new, exclude=excluded, unique=unique,
@@ -319,9 +340,7 @@ def _size(n: int) -> str:
 @handle_errors
 def eval_(split, data, as_json, strict, out, checkpoint_path, device):
     """Mean negative log-likelihood per character (nats) and perplexity of a split."""
-    from makemore import api
-
-    trained = api.load(checkpoint_path, out, device)
+    trained = load_trained(checkpoint_path, out, device)
     result = trained.evaluate(split, data, strict)
     if as_json:
         click.echo(json.dumps(result))
@@ -354,7 +373,7 @@ def score(items, data, totals, as_json, out, checkpoint_path, device):
     items = list(items) + (read_items(data) if data else [])
     if not items:
         raise click.UsageError("give the items to score, or a file of them with --data")
-    trained = api.load(checkpoint_path, out, device)
+    trained = load_trained(checkpoint_path, out, device)
     results = trained.score(items)
     nll = sum(r["nll"] for r in results)
     n = sum(r["n"] for r in results)
@@ -464,7 +483,7 @@ def plot_loss(output, out, checkpoint_path):
     from makemore import api, plots
 
     plots.require()
-    trained = api.load(checkpoint_path, out)
+    trained = load_trained(checkpoint_path, out, "cpu")
     if not trained.ckpt.get("metrics"):
         raise click.ClickException(f"{trained.path}: a {trained.name} model is counted, not trained step by "
                                    "step, so it has no training curve")
@@ -483,7 +502,7 @@ def plot_embeddings(output, out, checkpoint_path):
     from makemore import api, instruments, plots
 
     plots.require()
-    trained = api.load(checkpoint_path, out)
+    trained = load_trained(checkpoint_path, out, "cpu")
     points, note, axes = instruments.embedding_2d(trained.model)
     labels = [trained.vocab.show(c) for c in trained.vocab.chars]
     path = plots.embeddings(points.tolist(), labels, output or trained.path.with_suffix(".embeddings.png"),
@@ -500,7 +519,7 @@ def plot_counts(output, out, checkpoint_path):
     from makemore import api, instruments, plots
 
     plots.require()
-    trained = api.load(checkpoint_path, out)
+    trained = load_trained(checkpoint_path, out, "cpu")
     table, counts = instruments.bigram_table(trained.model)
     labels = [trained.vocab.show(c) for c in trained.vocab.chars]
     what = "bigram counts N[prev, next]" if counts else "bigram probabilities P[prev, next]"

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import random
+import unicodedata
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -53,7 +55,13 @@ def fingerprint(path: str | Path) -> str:
 
 
 def parse_items(raw: bytes, name: str = "data") -> list[str]:
-    """Decode UTF-8 (a byte-order mark is allowed), one item per line, stripped, blank lines dropped."""
+    """Decode UTF-8 (a byte-order mark is allowed), one item per line, stripped, blank lines dropped.
+
+    Lines end at LF, CRLF or CR, as in Python's text mode. Items are put in Unicode NFC form, so an
+    accented letter is one character whether the file spelt it precomposed or as letter + combining mark.
+    """
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataError(f"{name}: UTF-16 text; convert it to UTF-8 first, e.g. iconv -f UTF-16 -t UTF-8")
     nul = raw.find(b"\x00")
     if nul >= 0:
         raise DataError(f"{name}: binary content (a NUL byte at offset {nul}); expected a UTF-8 text file")
@@ -64,7 +72,8 @@ def parse_items(raw: bytes, name: str = "data") -> list[str]:
             f"{name}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}); "
             "convert it first, e.g. iconv -t UTF-8"
         ) from None
-    items = [line.strip() for line in text.split("\n")]
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    items = [unicodedata.normalize("NFC", line.strip()) for line in lines]
     items = [item for item in items if item]
     if not items:
         what = "is empty" if not text.strip("\n\r\ufeff") else "has only blank lines"
@@ -111,32 +120,44 @@ class Vocab:
         return "\\n" if char == "\n" else char
 
 
-def split_items(items: list[str], splits=DEFAULT_SPLITS, seed: int = DEFAULT_SPLIT_SEED) -> dict[str, list[str]]:
+def split_items(items: list[str], splits=DEFAULT_SPLITS, seed: int = DEFAULT_SPLIT_SEED,
+                name: str = "the data") -> dict[str, list[str]]:
     """Shuffle with the seed, then cut by fractions exactly as the lecture does.
 
     random.Random(seed).shuffle gives the same order as the lecture's random.seed(seed); random.shuffle.
     """
     items = list(items)
     random.Random(seed).shuffle(items)
-    n = len(items)
-    n1 = int(splits[0] * n)
-    n2 = int((splits[0] + splits[1]) * n)
-    if splits[2] == 0:
-        n2 = n  # float round-off must not leave a stray item in an empty test split
-    parts = {"train": items[:n1], "dev": items[n1:n2], "test": items[n2:]}
-    for name, frac in zip(SPLIT_NAMES, splits):
-        if frac > 0 and not parts[name]:
-            need = next(k for k in range(1, 10**9) if _split_sizes(k, splits)[SPLIT_NAMES.index(name)] > 0)
+    sizes = _split_sizes(len(items), splits)
+    for split, frac, size in zip(SPLIT_NAMES, splits, sizes):
+        if frac > 0 and size == 0:
             raise DataError(
-                f"the {name} split would be empty: {n} items at {frac:g} give none; it needs at least {need} items"
+                f"{name}: the {split} split would be empty ({len(items)} items at "
+                f"--splits {','.join(f'{f:g}' for f in splits)}); it needs at least {min_items(splits)} items"
             )
-    return parts
+    n1, n2 = sizes[0], sizes[0] + sizes[1]
+    return {"train": items[:n1], "dev": items[n1:n2], "test": items[n2:]}
 
 
 def _split_sizes(n: int, splits) -> tuple[int, int, int]:
     n1 = int(splits[0] * n)
+    # float round-off must not leave a stray item in an empty test split
     n2 = n if splits[2] == 0 else int((splits[0] + splits[1]) * n)
     return n1, n2 - n1, n - n2
+
+
+def min_items(splits) -> int:
+    """The fewest items for which every split with a positive fraction gets at least one item."""
+    def enough(n: int) -> bool:
+        return all(size > 0 for frac, size in zip(splits, _split_sizes(n, splits)) if frac > 0)
+
+    # From n >= 2/f on, floor arithmetic gives every fraction f at least one item, so the search is short
+    # unless a fraction is tiny; then that bound is the answer. Below it, counts that work can be
+    # followed by ones that do not, so the answer is one past the largest count that does not.
+    bound = math.ceil(2 / min(f for f in splits if f > 0)) + 1
+    if bound > 10**6:
+        return bound
+    return next((n + 1 for n in range(bound - 1, 0, -1) if not enough(n)), 1)
 
 
 def _smallest_int_dtype(max_value: int) -> torch.dtype:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from makemore.data import build_dataset
-from makemore.errors import MakemoreError, OptionError
+from makemore.errors import MakemoreError, OptionError, VocabularyError
 
 # Batch sizes: 256, 512, ... up to 8,192, then 8,192 each. They depend on nothing but the batch's place, and
 # each batch draws from its own generator seeded from the master one, so the stream of draws is the
@@ -87,7 +87,8 @@ def check(request: Request, vocab) -> re.Pattern | None:
         bad = vocab.unknown(text)
         if bad:
             shown = "".join(vocab.show(c) for c in vocab.chars[1:])
-            raise OptionError(f"{flag} has characters the model never saw: {''.join(map(vocab.show, bad))!r} "
+            # exit 1 like every unseen-character error (issue 4), though it is refused before drawing too
+            raise VocabularyError(f"{flag} has characters the model never saw: {''.join(map(vocab.show, bad))!r} "
                               f"(its vocabulary: {shown!r})")
     if r.min_len < 0:
         raise OptionError(f"--min-len must be 0 or more, not {r.min_len}")

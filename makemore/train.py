@@ -108,6 +108,18 @@ def make_optimizer(model, config: TrainConfig):
     raise ValueError(f"unknown optimizer {config.optimizer!r}")
 
 
+@torch.no_grad()
+def divergence_limit(model, x, y) -> float:
+    """A train loss above this means the run diverged: ten times the loss at the start, or ten times a
+    uniform guess's log(vocab_size) when that is larger (a resumed run starts low)."""
+    was_training = model.training
+    model.eval()
+    logits = model(x)
+    start = F.cross_entropy(logits.double(), y).item()
+    model.train(was_training)
+    return 10 * max(start, math.log(logits.shape[-1])) if math.isfinite(start) else math.inf
+
+
 def _clone_state(module) -> dict:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
@@ -167,6 +179,8 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
     chunk_rng = state.rng if state.rng is not None else gen.get_state()
     gen.set_state(chunk_rng)
     batches = torch.randint(N, (chunk, B), generator=gen).to(device)
+    limit = divergence_limit(model, *train_set.batch(batches[step - chunk_start]))
+
     def mark() -> LoopState:
         """Record where we are: the generator state from which the next batch indices are drawn."""
         at_chunk_end = step - chunk_start == chunk
@@ -200,10 +214,10 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
                 train_loss = (loss_sum / loss_count).item()
                 loss_sum.zero_()
                 loss_count = 0
-                if not math.isfinite(train_loss):
+                if not math.isfinite(train_loss) or train_loss > limit:
                     raise TrainingError(
-                        f"the loss became {train_loss} at step {step} (lr {lr:g}): try a lower --lr; "
-                        "the best checkpoint so far is kept"
+                        f"training diverged: the loss became {train_loss:.4g} at step {step} (lr {lr:g}); "
+                        f"try a lower --lr such as {config.lr / 10:g}; the best checkpoint so far is kept"
                     )
                 record = dict(step=step, train_loss=round(train_loss, 6), lr=lr)
                 if step % eval_every == 0 or last:

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from makemore import api, sampling
-from makemore.errors import CheckpointError, MakemoreError, OptionError
+from makemore.errors import CheckpointError, MakemoreError, OptionError, VocabularyError
 from makemore.nearest import nearest
 
 REPO_NAMES = Path(__file__).resolve().parent.parent / "names.txt"
@@ -188,24 +188,25 @@ def test_impossible_constraint_is_exit_1_with_the_figures(ckpt_run):
     assert sum(int(g or 0) for g in m.groups()) == 500
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--prefix", "aB"], "--prefix has characters the model never saw: 'B'"),
-    (["--suffix", "."], "--suffix has characters the model never saw: '.'"),
-    (["--min-len", 6, "--max-len", 5], "--min-len 6 is above --max-len 5"),
-    (["--prefix", "anna", "--max-len", 3], "--prefix 'anna' is longer than --max-len 3"),
-    (["--suffix", "elle", "--max-len", 3], "--suffix 'elle' is longer than --max-len 3"),
-    (["--top-k", 99], "--top-k must be between 1 and the vocabulary size"),
-    (["--regex", "(a"], "is not a valid regular expression"),
-    (["--top-p", 0], "0<x<=1"),
-    (["--exclude", "no-such-file"], "does not exist"),
+@pytest.mark.parametrize("args, message, code", [
+    # unseen characters are exit 1, as every vocabulary error; the rest are usage errors
+    (["--prefix", "aB"], "--prefix has characters the model never saw: 'B'", 1),
+    (["--suffix", "."], "--suffix has characters the model never saw: '.'", 1),
+    (["--min-len", 6, "--max-len", 5], "--min-len 6 is above --max-len 5", 2),
+    (["--prefix", "anna", "--max-len", 3], "--prefix 'anna' is longer than --max-len 3", 2),
+    (["--suffix", "elle", "--max-len", 3], "--suffix 'elle' is longer than --max-len 3", 2),
+    (["--top-k", 99], "--top-k must be between 1 and the vocabulary size", 2),
+    (["--regex", "(a"], "is not a valid regular expression", 2),
+    (["--top-p", 0], "0<x<=1", 2),
+    (["--exclude", "no-such-file"], "does not exist", 2),
 ])
-def test_impossible_requests_are_usage_errors_before_any_drawing(ckpt_run, monkeypatch, args, message):
+def test_impossible_requests_fail_before_any_drawing(ckpt_run, monkeypatch, args, message, code):
     def no_drawing(*a, **k):
         raise AssertionError("drew before refusing")
 
     monkeypatch.setattr(sampling, "draw_batch", no_drawing)
     result = ckpt_run(*args, ok=False)
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == code, result.output
     assert message in result.stderr
 
 
@@ -294,7 +295,7 @@ def test_api_never_exits(bigram, monkeypatch, tmp_path):
         api.load(tmp_path / "missing.pt")
     with pytest.raises(CheckpointError):
         api.inspect(tmp_path / "missing.pt")
-    with pytest.raises(OptionError):
+    with pytest.raises(VocabularyError):
         bigram.sample(3, prefix="A")
     with pytest.raises(OptionError):
         bigram.sample(3, min_len=4, max_len=2)

@@ -1,0 +1,113 @@
+"""Resuming is exact, a diverging run stops before it can spoil a checkpoint, and an output folder that
+cannot be written stops the run before any training."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from makemore.cli import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--model", "mlp", "--n-embd", "4", "--n-hidden", "16", "--batch-size", "16", "-q"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: tiny models gain nothing from more, and on a busy machine the spinning threads of
+    a second one make each step ten times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def names(tmp_path) -> Path:
+    lines = (ROOT / "names.txt").read_text(encoding="utf-8").splitlines()[::50]
+    path = tmp_path / "names.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def invoke(*args):
+    return CliRunner(env={"MAKEMORE_DEBUG": ""}).invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def ok(*args):
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def one_line_error(result) -> str:
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    return lines[0]
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())} if folder.exists() else {}
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_n_steps_then_resumed_to_2n_equals_2n_steps(tmp_path, names, optimizer):
+    """With a constant learning rate, a run of N steps continued to 2N is the run of 2N steps."""
+    n = 60
+    args = [*TINY, "--data", names, "--schedule", "constant", "--optimizer", optimizer, "--lr", "0.01"]
+    ok("train", *args, "--steps", 2 * n, "--out", tmp_path / "whole")
+    ok("train", *args, "--steps", n, "--out", tmp_path / "halves")
+    halves = tmp_path / "halves" / "mlp.pt"
+    assert torch.load(halves, weights_only=True)["step"] == n
+    out = ok("train", "--resume", "--checkpoint", halves, "--steps", 2 * n, "-q").stdout
+    assert f"({2 * n} steps" in out
+    a, b = (torch.load(p, weights_only=True) for p in (tmp_path / "whole" / "mlp.pt", halves))
+    assert a["step"] == b["step"] == 2 * n
+    for k, v in a["resume"]["state_dict"].items():  # the weights after the last step
+        assert torch.equal(v, b["resume"]["state_dict"][k]), k
+    assert a["metrics"][-1]["dev_loss"] == b["metrics"][-1]["dev_loss"]  # evaluated at the last step
+    whole_eval = ok("eval", "--checkpoint", tmp_path / "whole" / "mlp.pt", "--json").stdout
+    halves_eval = ok("eval", "--checkpoint", halves, "--json").stdout
+    assert json.loads(whole_eval)["loss"] == json.loads(halves_eval)["loss"]
+
+
+def test_resume_of_a_finished_run_changes_nothing(tmp_path, names):
+    ok("train", *TINY, "--data", names, "--steps", 30, "--out", tmp_path)
+    before = torch.load(tmp_path / "mlp.pt", weights_only=True)
+    ok("train", "--resume", "--out", tmp_path, "-q")
+    after = torch.load(tmp_path / "mlp.pt", weights_only=True)
+    assert after["step"] == 30 and all(torch.equal(v, after["state_dict"][k]) for k, v in before["state_dict"].items())
+
+
+@pytest.mark.parametrize("model", ["mlp", "bigram-nn"])
+def test_diverging_run_stops_at_once_and_keeps_the_earlier_checkpoint(tmp_path, names, model):
+    ok("train", "--model", model, "--data", names, "--steps", 20, "--out", tmp_path / "out", "-q")
+    kept = files(tmp_path / "out")
+    message = one_line_error(invoke("train", "--model", model, "--data", names, "--steps", 100, "--lr", "1e6",
+                                    "--out", tmp_path / "out", "-q"))
+    assert "diverged" in message and "lower --lr" in message
+    assert int(message.split(" at step ")[1].split()[0]) <= 5  # caught within a few steps of 100
+    assert files(tmp_path / "out") == kept  # checkpoint, metrics and the latest pointer: byte for byte
+
+
+def test_diverging_first_run_leaves_only_a_complete_checkpoint(tmp_path, names):
+    one_line_error(invoke("train", *TINY, "--data", names, "--steps", 100, "--lr", "1e6", "--out", tmp_path / "out"))
+    assert sorted(files(tmp_path / "out")) == ["latest", "mlp.metrics.jsonl", "mlp.pt"]
+    assert torch.load(tmp_path / "out" / "mlp.pt", weights_only=True)["step"] == 0  # the weights before training
+
+
+def test_output_folder_that_cannot_be_written(tmp_path, names):
+    blocker = tmp_path / "somefile"
+    blocker.write_text("not a folder")
+    message = one_line_error(invoke("train", *TINY, "--data", names, "--out", blocker / "sub"))
+    assert f"{blocker / 'sub'}" in message and "Not a directory" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["names.txt", "somefile"]
+    result = invoke("train", *TINY, "--data", names, "--out", blocker)  # a file where a folder is wanted
+    assert result.exit_code == 2 and "--out" in result.stderr
+
+
+def test_checkpoint_name_must_be_a_plain_name(tmp_path, names):
+    result = invoke("train", *TINY, "--data", names, "--out", tmp_path / "out", "--name", "a/b")
+    assert result.exit_code == 2 and "--name" in result.stderr
