@@ -190,10 +190,26 @@ class Dataset:
         return Dataset(self.tokens.to(device), self.positions.to(device), self.block_size, self.n_items)
 
 
+BUILD_CHUNK = 1 << 16  # items encoded at a time: the working tensors stay in cache, the peak near the result
+
+
 def build_dataset(items: list[str], vocab: Vocab, block_size: int) -> Dataset:
     """Encode items with whole-string and tensor operations: no Python loop per character."""
     if block_size < 1:
         raise ValueError("block_size must be at least 1")
+    token_parts, position_parts, offset = [], [], 0
+    for start in range(0, len(items), BUILD_CHUNK):
+        tokens, positions = _encode_items(items[start:start + BUILD_CHUNK], vocab, block_size)
+        position_parts.append(positions.to(_smallest_int_dtype(offset + tokens.numel())).add_(offset))
+        token_parts.append(tokens)
+        offset += tokens.numel()
+    tokens = token_parts[0] if len(token_parts) == 1 else torch.cat(token_parts)
+    positions = position_parts[0] if len(position_parts) == 1 else torch.cat(position_parts)
+    return Dataset(tokens, positions.to(_smallest_int_dtype(offset)), block_size, len(items))
+
+
+def _encode_items(items: list[str], vocab: Vocab, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token stream and target positions (int64) of some items; chunks of it concatenate to the whole."""
     # Each item gets block_size newlines before it and one after: the newlines become boundary
     # tokens, so a context window never reaches into the previous item.
     pad = "\n" * (block_size + 1)
@@ -207,9 +223,7 @@ def build_dataset(items: list[str], vocab: Vocab, block_size: int) -> Dataset:
     nonzero = tokens != 0
     is_target = nonzero.clone()
     is_target[1:] |= nonzero[:-1]
-    positions = is_target.nonzero().squeeze(1)
-    positions = positions.to(_smallest_int_dtype(tokens.numel()))
-    return Dataset(tokens, positions, block_size, len(items))
+    return tokens, is_target.nonzero().squeeze(1)
 
 
 def _encode_ascii(text: str, vocab: Vocab) -> torch.Tensor | None:

@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 import torch
 
-from makemore import api
+from makemore import api, data
 from makemore.data import Vocab, build_dataset, read_items, split_items
 from makemore.models import MODEL_NAMES, get_model_class
 from makemore.models.bigram import Bigram, BigramConfig
@@ -40,6 +40,15 @@ def test_builder_matches_the_lecture_loop(small_names, block_size):
     vocab = Vocab.from_items(words)
     x, y = build_dataset(words, vocab, block_size).tensors()
     X, Y = lecture_examples(words, block_size, {c: i for i, c in enumerate(vocab.chars)})
+    assert x.tolist() == X and y.tolist() == Y
+
+
+def test_builder_in_chunks_matches_the_lecture_loop(small_names, monkeypatch):
+    monkeypatch.setattr(data, "BUILD_CHUNK", 7)  # many chunks, the last one short
+    words = read_items(small_names)[:100]
+    vocab = Vocab.from_items(words)
+    x, y = build_dataset(words, vocab, 3).tensors()
+    X, Y = lecture_examples(words, 3, {c: i for i, c in enumerate(vocab.chars)})
     assert x.tolist() == X and y.tolist() == Y
 
 
