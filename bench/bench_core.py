@@ -359,9 +359,10 @@ def run(data: Path | None = None) -> str:
 
     return f"""## Core: counting, bigram-nn, sampling, start-up, dataset builder (bench_core)
 
-Data: {about}, {len(words):,} items. Times are the best of several runs (the least disturbed by other work
-on the machine), for makemore and the baselines alike; every baseline is the lecture's code, run in the
-same process just before makemore's. Conditions: {conditions}.
+Data: {about}, {len(words):,} items. Each time is the best of several runs (the least disturbed by other
+work on the machine) for makemore and the baselines alike, except the lecture's gradient descent, its
+sampling loop and its list builder, timed once. Every baseline is the lecture's code, run in the same process
+just before makemore's. Conditions: {conditions}.
 
 {summary}
 
