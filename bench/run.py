@@ -133,10 +133,8 @@ def machine() -> list[tuple[str, str]]:
         [sys.executable, "-c", "import torch; print(torch.__version__, torch.get_num_threads())"],
         capture_output=True, text=True).stdout.split()
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                           capture_output=True, text=True).stdout.strip()
+    commit = _git("rev-parse", "--short", "HEAD")
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
     rows = [
         ("CPU", f"{cpu}, {os.cpu_count()} logical cores" + (f", {memory} memory" if memory else "")),
         ("torch", f"{torch_info[0]} ({torch_info[1]} intra-op threads)" if len(torch_info) == 2 else "not importable"),
@@ -150,6 +148,14 @@ def machine() -> list[tuple[str, str]]:
     if commit:
         rows.append(("commit", commit + (" with uncommitted changes" if dirty else "")))
     return rows
+
+
+def _git(*args) -> str:
+    """git's output, or '' outside a checkout or without git."""
+    try:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return ""
 
 
 def write(path: Path, text: str) -> None:
