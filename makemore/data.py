@@ -235,7 +235,7 @@ def _encode_ascii(text: str, vocab: Vocab) -> torch.Tensor | None:
     unknown = 127
     table = [unknown] * 128
     for i, c in enumerate(vocab.chars):
-        if i and c != "\n":
+        if i and ord(c) < 128:  # other characters cannot occur in an ASCII text
             table[ord(c)] = i
     table[ord("\n")] = 0  # newline is the boundary's stand-in whatever the boundary character is
     ids = torch.frombuffer(bytearray(text.translate(table).encode("ascii")), dtype=torch.uint8)

@@ -52,9 +52,10 @@ def test_builder_in_chunks_matches_the_lecture_loop(small_names, monkeypatch):
     assert x.tolist() == X and y.tolist() == Y
 
 
-def test_builder_handles_non_ascii_items():
-    words = ["ёлка", "мир", "жук"]
-    vocab = Vocab.from_items(words)
+@pytest.mark.parametrize("words", [["ёлка", "мир", "жук"], ["ann", "bo"]])
+def test_builder_handles_non_ascii_vocabularies(words):
+    # the second case: a split with only ASCII items, from data that also has other characters
+    vocab = Vocab.from_items(["ёлка", "мир", "жук", "ann", "bo"])
     x, y = build_dataset(words, vocab, 2).tensors()
     stoi = {c: i for i, c in enumerate(vocab.chars)}
     X, Y = lecture_examples(words, 2, stoi)
