@@ -24,8 +24,10 @@ class BigramNN(Model):
     """
 
     Config = BigramNNConfig
-    # Adam on large batches reaches the counting model's loss in a fraction of the lecture's steps
-    train_defaults = dict(steps=1500, batch_size=4096, lr=0.3, optimizer="adamw", schedule="cosine")
+    # Adam on batches of 8192 with a cosine decay, measured on names-2018 (--splits 1,0,0): within 0.01 nats
+    # of the counting model after ~50 steps (the lecture's full-batch descent at lr 50 needs 171 steps of
+    # all 228k examples) and within 0.001 after 300; batches of 2048 or 4096 at lr 0.3 end 0.001-0.002 away.
+    train_defaults = dict(steps=300, batch_size=8192, lr=0.3, optimizer="adamw", schedule="cosine")
 
     def __init__(self, config: BigramNNConfig, vocab_size: int):
         super().__init__(config, vocab_size)

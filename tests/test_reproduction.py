@@ -1,0 +1,33 @@
+"""The lecture's figures on the lecture's own file (../shared/data/names-2018.txt), through the CLI.
+
+Reference values (../shared/data/README.md): the counting bigram over all 228,146 bigrams has mean NLL
+2.45401 without smoothing and 2.45458 with +1 smoothing. Skipped when the file is absent.
+"""
+import json
+
+import pytest
+
+from conftest import SHARED_NAMES, needs_shared_names
+
+pytestmark = needs_shared_names()
+
+
+def train_and_eval_all(run, model, *flags) -> float:
+    """Train on every item (--splits 1,0,0) and return the mean NLL over all of them."""
+    run("train", "--model", model, "--data", SHARED_NAMES, "--splits", "1,0,0", "--name", model, "-q", *flags)
+    result = json.loads(run("eval", "--checkpoint", f"out/{model}.pt", "--split", "all", "--json").output)
+    assert result["n_items"] == 32033 and result["n_chars"] == 228146
+    return result["loss"]
+
+
+@pytest.mark.parametrize("smoothing, expected", [("1", 2.4546), ("0", 2.4540)])
+def test_counting_bigram_gives_the_lecture_loss_to_four_decimals(run, smoothing, expected):
+    loss = train_and_eval_all(run, "bigram", "--smoothing", smoothing)
+    assert round(loss, 4) == expected
+
+
+def test_bigram_nn_with_its_defaults_converges_to_the_counting_model(run):
+    counted = train_and_eval_all(run, "bigram", "--smoothing", "0")
+    trained = train_and_eval_all(run, "bigram-nn", "--weight-decay", "0")
+    # the counts (smoothing 0) are the maximum-likelihood bigram, so the network can only approach them
+    assert counted - 1e-9 <= trained < counted + 0.002
