@@ -136,6 +136,9 @@ def train(model: str = "mlp", data: str | Path | None = None, out: str | Path = 
     net = cls(mconfig, len(vocab)).to(dev)
     train_set = build_dataset(parts["train"], vocab, mconfig.block_size).to(dev)
     dev_set = build_dataset(parts["dev"], vocab, mconfig.block_size).to(dev) if parts["dev"] else None
+    if prior is None and (train_options or {}).get("steps") is None and hasattr(cls, "default_steps"):
+        # no --steps: the model's documented rule sets the length of training from the data's size
+        tconfig.steps = cls.default_steps(len(train_set), tconfig.batch_size)
 
     path = out / f"{name or model}.pt"
     replaced = path.exists() and prior is None
