@@ -17,6 +17,7 @@ steadier figure. Tune nothing on these numbers' test split: only dev losses are 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import platform
@@ -34,8 +35,10 @@ import torch.nn.functional as F  # noqa: E402
 
 from makemore import api  # noqa: E402
 from makemore.data import Vocab, build_dataset, read_items, split_items  # noqa: E402
+from makemore.models import get_model_class  # noqa: E402
+from makemore.train import evaluate, train_loop  # noqa: E402
 
-LECTURE = dict(block_size=3, n_embd=10, n_hidden=200, init="randn")
+LECTURE = dict(block_size=3, n_embd=10, n_hidden=200, init="randn", direct=False)
 LECTURE_TRAIN = dict(optimizer="sgd", batch_size=32, lr=0.1, schedule="step")
 TARGET = 2.17
 
@@ -110,6 +113,38 @@ def ours(data, out, steps, model_options=None, train_options=None, name="mlp"):
                      dict(train_options or {}, **({"steps": steps} if steps else {})), progress=False)
 
 
+def default_time_to(data, target, every):
+    """Train the MLP with its defaults as api.train sets them up, checking dev loss every `every` steps
+    off the clock. Returns hit ((seconds, step) when dev loss first reached target, or None), the dev
+    loss at the end, the training seconds, the steps, the batch size and the configs."""
+    cls = get_model_class("mlp")
+    items = read_items(data)
+    parts = split_items(items)
+    vocab = Vocab.from_items(items)
+    mconfig, tconfig = api.model_config("mlp", {}), api.train_config("mlp", {})
+    torch.manual_seed(tconfig.seed)
+    model = cls(mconfig, len(vocab))
+    train_set = build_dataset(parts["train"], vocab, mconfig.block_size)
+    dev_set = build_dataset(parts["dev"], vocab, mconfig.block_size)
+    tconfig.steps = cls.default_steps(len(train_set), tconfig.batch_size)
+    tconfig.eval_interval = tconfig.steps  # the loop's own evaluation only at the end
+    off_clock, hit, dev, due = [0.0], [None], [None], [every]
+
+    def on_log(record):  # called at the loop's log points, about 200 a run
+        if record["step"] < due[0] and record["step"] != tconfig.steps:
+            return
+        due[0] = record["step"] + every
+        t = time.perf_counter()
+        dev[0] = evaluate(model, dev_set)
+        if hit[0] is None and dev[0] <= target:
+            hit[0] = (record["elapsed"] - off_clock[0], record["step"])
+        off_clock[0] += time.perf_counter() - t
+
+    state = train_loop(model, train_set, None, tconfig, progress=False, on_log=on_log)
+    return dict(hit=hit[0], dev=dev[0], seconds=state.elapsed - off_clock[0], steps=state.step,
+                train=evaluate(model, train_set), mconfig=mconfig, tconfig=tconfig)
+
+
 def ngram_dev_loss(train: list[str], dev: list[str], n: int) -> float:
     """Dev NLL of an interpolated absolute-discounting n-gram (discount chosen on dev)."""
     best = math.inf
@@ -147,8 +182,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "names-2018.txt"))
     ap.add_argument("--extra", help="folder made by scripts/make_bench_data.py")
-    ap.add_argument("--speed-steps", type=int, default=20000, help="steps per speed measurement")
+    ap.add_argument("--speed-steps", type=int, default=10000, help="steps per speed measurement")
     ap.add_argument("--rounds", type=int, default=2, help="alternated speed measurements of each loop")
+    ap.add_argument("--parts", default="speed,time,extra", help="which sections to run")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
     if args.threads:
@@ -166,9 +202,19 @@ def main():
       f"{torch.get_num_threads()} torch threads; load average at start {os.getloadavg()[0]:.1f}. "
       f"Data: {Path(args.data).name} ({len(items):,} items), 80/10/10 split, seed 42. "
       f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n")
-    p(f"Command: `python bench/bench_mlp.py{' --extra ' + args.extra if args.extra else ''}`\n")
+    p(f"Command: `python bench/bench_mlp.py {' '.join(sys.argv[1:])}`\n")
 
-    # 1. steps per second at the lecture's configuration, alternated
+    if "speed" in args.parts:
+        speed(args, Xtr, Ytr, V, out, log)
+    if "time" in args.parts:
+        to_target(args, Xtr, Ytr, V, Xdev, Ydev, log)
+    if args.extra and "extra" in args.parts:
+        extra(args, out, log)
+
+
+def speed(args, Xtr, Ytr, V, out, log):
+    """Steps per second at the lecture's configuration, the two loops alternated."""
+    p = print
     lec, our = [], []
     for r in range(args.rounds):
         log(f"speed round {r + 1}: lecture loop")
@@ -189,52 +235,53 @@ def main():
     p("All rounds (steps/s wall, CPU): lecture " + ", ".join(f"{a:,.0f}/{b:,.0f}" for a, b in lec)
       + "; makemore " + ", ".join(f"{a:,.0f}/{b:,.0f}" for a, b in our) + ".\n")
 
-    # 2. time to dev 2.17
+
+def to_target(args, Xtr, Ytr, V, Xdev, Ydev, log):
+    """Time to dev loss TARGET, lecture loop against the defaults; and the defaults' figures."""
+    p = print
     log("lecture loop, 200,000 steps with dev checks every 1,000")
     lec_clock, reached, lec_dev = lecture_loop(Xtr, Ytr, V, 200000, Xdev, Ydev, 1000, TARGET)
-    log("makemore defaults with frequent dev checks")
-    res = ours(args.data, out, None, None, {"eval_interval": 250}, "timed")
-    metrics = api.load(res.path).ckpt["metrics"]
-    hit = next((m for m in metrics if m.get("dev_loss", 9) <= TARGET), None)
-    p(f"### Wall time to dev loss {TARGET}\n")
-    p("| run | reached at step | seconds | final dev |")
+    log("makemore defaults with dev checks every 250 steps")
+    d = default_time_to(args.data, TARGET, 250)
+    hit = d["hit"]
+    p(f"### Wall time to dev loss {TARGET} (dev checks off the clock in both)\n")
+    p("| run | reached at step | seconds | dev loss at the end of the run |")
     p("|---|---:|---:|---:|")
     lec_s = f"{reached[1]:,} | {reached[0]:.1f}" if reached else "never | -"
-    p(f"| lecture's loop (200k steps; its dev checks off the clock) | {lec_s} | {lec_dev:.4f} |")
-    our_s = f"{hit['step']:,} | {hit['elapsed']:.1f}" if hit else "never | -"
-    p(f"| makemore defaults (dev checks every 250 steps, on the clock) | {our_s} | {res.dev_loss:.4f} |")
+    p(f"| lecture's loop (200,000 steps, checks every 1,000) | {lec_s} | {lec_dev:.4f} |")
+    our_s = f"{hit[1]:,} | {hit[0]:.1f}" if hit else "never | -"
+    p(f"| makemore defaults (checks every 250 steps) | {our_s} | {d['dev']:.4f} |")
     if reached and hit:
-        p(f"| **ratio** | | **{reached[0] / hit['elapsed']:.1f}x sooner** | |")
+        p(f"| **ratio** | | **{reached[0] / hit[0]:.1f}x sooner** | |")
     p("")
 
-    # 3. the defaults
-    log("makemore defaults")
-    res, wall, cpu = timed(lambda: ours(args.data, out, None, name="default"))
-    ckpt = api.load(res.path).ckpt
-    ex = res.step * ckpt["train"]["batch_size"]
+    # 3. the defaults (the same run: dev checks do not change the training)
+    tc = d["tconfig"]
     p("### `makemore train --model mlp` with its defaults\n")
-    p(f"dev loss **{res.dev_loss:.4f}** (train {res.train_loss:.4f}) after {res.step:,} steps of "
-      f"{ckpt['train']['batch_size']}: {res.seconds:.1f} s of training ({ex / res.seconds:,.0f} examples/s), "
-      f"{cpu:.1f} s CPU for the whole call. Config: {ckpt['config']}; training: "
-      + ", ".join(f"{k} {ckpt['train'][k]}" for k in ("steps", "batch_size", "lr", "optimizer", "schedule",
-                                                      "warmup", "weight_decay")) + ".\n")
+    p(f"dev loss **{d['dev']:.4f}** (train {d['train']:.4f}) after {d['steps']:,} steps of {tc.batch_size}: "
+      f"**{d['seconds']:.1f} s** of training, {d['steps'] * tc.batch_size / d['seconds']:,.0f} examples/s. "
+      f"Model: {dataclasses.asdict(d['mconfig'])}; training: "
+      + ", ".join(f"{k} {getattr(tc, k)}" for k in ("steps", "batch_size", "lr", "optimizer", "schedule",
+                                                    "weight_decay")) + ".\n")
 
-    # 4. other data
-    if args.extra:
-        p("### The defaults on data they were not tuned on (dev loss, nats per character)\n")
-        p("| file | items | counting bigram | smoothed 4-gram | MLP defaults | MLP steps | MLP train loss |")
-        p("|---|---:|---:|---:|---:|---:|---:|")
-        for path in sorted(Path(args.extra).glob("*.txt")):
-            log(f"extra data {path.name}")
-            its = read_items(path)
-            sp = split_items(its)
-            bigram = api.train("bigram", path, out, "bigram-" + path.stem, progress=False).dev_loss
-            four = ngram_dev_loss(sp["train"], sp["dev"], 4)
-            res = ours(path, out, None, name="mlp-" + path.stem)
-            p(f"| {path.name} | {len(its):,} | {bigram:.4f} | {four:.4f} | **{res.dev_loss:.4f}** | {res.step:,} | "
-              f"{res.train_loss:.4f} |")
-        p("\nSmoothed 4-gram: interpolated absolute discounting down to a uniform distribution, the discount "
-          "picked on dev from 0.5-0.9 (so its figure is, if anything, flattered).\n")
+
+def extra(args, out, log):
+    """The defaults against counting models on the files made by scripts/make_bench_data.py."""
+    p = print
+    p("### The defaults on data they were not tuned on (dev loss, nats per character)\n")
+    p("| file | items | counting bigram | smoothed 4-gram | MLP defaults | MLP steps | MLP train loss |")
+    p("|---|---:|---:|---:|---:|---:|---:|")
+    for path in sorted(Path(args.extra).glob("*.txt")):
+        log(f"extra data {path.name}")
+        its = read_items(path)
+        sp = split_items(its)
+        bigram = api.train("bigram", path, out, "bigram-" + path.stem, progress=False).dev_loss
+        four = ngram_dev_loss(sp["train"], sp["dev"], 4)
+        res = ours(path, out, None, name="mlp-" + path.stem)
+        p(f"| {path.name} | {len(its):,} | {bigram:.4f} | {four:.4f} | **{res.dev_loss:.4f}** | {res.step:,} | "
+          f"{res.train_loss:.4f} |")
+    p("\nSmoothed 4-gram: interpolated absolute discounting down to a uniform distribution, the discount "
+      "picked on dev from 0.5-0.9 (so its figure is, if anything, flattered).\n")
 
 
 if __name__ == "__main__":

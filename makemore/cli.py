@@ -100,7 +100,10 @@ def cli():
 @click.option("--smoothing", type=click.FloatRange(min=0), help="Add-k smoothing (bigram). [default: 1]")
 @click.option("--init", type=click.Choice(["scaled", "randn"]),
               help="mlp weight init: scaled for tanh, or randn as in lecture part 2. [default: scaled]")
-@click.option("--steps", type=click.IntRange(min=0), help="Optimizer steps. [default: per model]")
+@click.option("--direct/--no-direct", default=None,
+              help="mlp: direct connections from the embeddings to the logits (Bengio et al.). [default: on]")
+@click.option("--steps", type=click.IntRange(min=0),
+              help="Optimizer steps. [default: per model; mlp: a number of passes over the data]")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Examples per step. [default: per model]")
 @click.option("--lr", type=positive_float(), help="Learning rate (peak). [default: per model]")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), help="[default: per model]")
@@ -119,14 +122,15 @@ def cli():
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @device_option
 @handle_errors
-def train(model_name, data, out, name, block_size, n_embd, n_hidden, smoothing, init, steps, batch_size, lr,
+def train(model_name, data, out, name, block_size, n_embd, n_hidden, smoothing, init, direct, steps, batch_size, lr,
           optimizer, schedule, warmup, weight_decay, eval_interval, seed, splits, split_seed, resume,
           checkpoint_path, strict, quiet, device):
     """Train a model on a file of items and save its checkpoint in --out."""
     from makemore import api, checkpoint
     from makemore.train import Interrupted
 
-    model_options = dict(block_size=block_size, n_embd=n_embd, n_hidden=n_hidden, smoothing=smoothing, init=init)
+    model_options = dict(block_size=block_size, n_embd=n_embd, n_hidden=n_hidden, smoothing=smoothing, init=init,
+                         direct=direct)
     train_options = dict(steps=steps, batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule,
                          warmup=warmup, weight_decay=weight_decay, eval_interval=eval_interval, seed=seed)
     resume_path = None

@@ -13,9 +13,6 @@ def reference_logits(model, idx):
     """The MLP written out as the lecture writes it, with one-hot rows instead of a lookup."""
     x = (F.one_hot(idx, model.vocab_size).double() @ model.C.double()).flatten(1)
     pre = x @ model.W1.double() + model.b1.double()
-    if model.config.norm == "layer":
-        pre = (pre - pre.mean(1, keepdim=True)) / (pre.var(1, unbiased=False, keepdim=True) + 1e-5).sqrt()
-        pre = pre * model.ln_gain.double() + model.ln_bias.double()
     logits = torch.tanh(pre) @ model.W2.double() + model.b2.double()
     if model.config.direct:
         logits = logits + x @ model.Wd.double()
@@ -23,10 +20,9 @@ def reference_logits(model, idx):
 
 
 @pytest.mark.parametrize("direct", [False, True])
-@pytest.mark.parametrize("norm", ["none", "layer"])
-def test_forward_matches_the_written_out_model(direct, norm):
+def test_forward_matches_the_written_out_model(direct):
     torch.manual_seed(0)
-    model = MLP(MLPConfig(block_size=4, n_embd=5, n_hidden=7, direct=direct, norm=norm), vocab_size=11)
+    model = MLP(MLPConfig(block_size=4, n_embd=5, n_hidden=7, direct=direct), vocab_size=11)
     if direct:
         torch.nn.init.normal_(model.Wd)  # it starts at zero; make the path visible
     idx = torch.randint(11, (6, 4))
@@ -47,11 +43,9 @@ def test_direct_connections_start_as_no_path():
     assert direct.Wd.grad.abs().sum() > 0  # the path learns from the first step
 
 
-def test_unknown_init_or_norm_is_refused():
+def test_unknown_init_is_refused():
     with pytest.raises(ValueError):
         MLP(MLPConfig(init="xavier"), 5)
-    with pytest.raises(ValueError):
-        MLP(MLPConfig(norm="batch"), 5)
 
 
 def test_default_steps_follow_the_data_size():
@@ -118,9 +112,17 @@ def test_fast_step_falls_back_for_momentum():
 
 
 def test_lecture_model_is_reachable_with_flags():
-    config = api.model_config("mlp", dict(block_size=3, n_embd=10, n_hidden=200, init="randn", direct=False,
-                                          norm="none"))
-    assert dataclasses.asdict(config) == dict(block_size=3, n_embd=10, n_hidden=200, init="randn", direct=False,
-                                              norm="none")
+    config = api.model_config("mlp", dict(block_size=3, n_embd=10, n_hidden=200, init="randn", direct=False))
+    assert dataclasses.asdict(config) == dict(block_size=3, n_embd=10, n_hidden=200, init="randn", direct=False)
     model = MLP(config, 27)
     assert sum(p.numel() for p in model.parameters()) == 11897  # the lecture's parameter count
+
+
+def test_lecture_flags_reach_the_checkpoint(run, small_names):
+    run("train", "--model", "mlp", "--data", small_names, "-q", "--block-size", 3, "--n-embd", 10, "--n-hidden", 200,
+        "--init", "randn", "--no-direct", "--optimizer", "sgd", "--batch-size", 32, "--lr", 0.1, "--schedule", "step",
+        "--steps", 4)
+    ckpt = api.load(out="out").ckpt
+    assert ckpt["config"] == dict(block_size=3, n_embd=10, n_hidden=200, init="randn", direct=False)
+    assert {k: ckpt["train"][k] for k in ("optimizer", "batch_size", "lr", "schedule", "steps")} == dict(
+        optimizer="sgd", batch_size=32, lr=0.1, schedule="step", steps=4)
