@@ -95,8 +95,8 @@ def cli():
 @click.option("--out", default="out", type=click.Path(file_okay=False), help="Folder for the checkpoint.")
 @click.option("--name", help="Checkpoint name in --out. [default: the model's name]")
 @click.option("--block-size", type=click.IntRange(min=1), help="Characters of context. [default: per model]")
-@click.option("--n-embd", type=click.IntRange(min=1), help="Embedding dimensions (mlp). [default: 10]")
-@click.option("--n-hidden", type=click.IntRange(min=1), help="Hidden units (mlp). [default: 200]")
+@click.option("--n-embd", type=click.IntRange(min=1), help="Embedding dimensions (mlp). [default: 32]")
+@click.option("--n-hidden", type=click.IntRange(min=1), help="Hidden units (mlp). [default: 512]")
 @click.option("--smoothing", type=click.FloatRange(min=0), help="Add-k smoothing (bigram). [default: 1]")
 @click.option("--init", type=click.Choice(["scaled", "randn"]),
               help="mlp weight init: scaled for tanh, or randn as in lecture part 2. [default: scaled]")
