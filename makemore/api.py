@@ -143,6 +143,9 @@ def train(model: str = "mlp", data: str | Path | None = None, out: str | Path = 
         raise DataError(f"{dataset.path}: has characters the checkpoint's vocabulary lacks: "
                         f"{''.join(vocab.unknown(''.join(dataset.items)))!r}")
     net, train_set, dev_set = build_run(cls, mconfig, tconfig.seed, vocab, parts, dev)
+    if prior is None and (train_options or {}).get("steps") is None and hasattr(cls, "default_steps"):
+        # no --steps: the model's documented rule sets the length of training from the data's size
+        tconfig.steps = cls.default_steps(len(train_set), tconfig.batch_size)
 
     path = out / f"{name or model}.pt"
     replaced = path.exists() and prior is None

@@ -154,15 +154,18 @@ def cli():
 @click.option("--out", default="out", type=click.Path(file_okay=False), help="Folder for the checkpoint.")
 @click.option("--name", callback=_plain_name, help="Checkpoint name in --out. [default: the model's name]")
 @click.option("--block-size", type=click.IntRange(min=1), help="Characters of context. [default: per model]")
-@click.option("--n-embd", type=click.IntRange(min=1), help="Embedding dimensions (mlp). [default: 10]")
-@click.option("--n-hidden", type=click.IntRange(min=1), help="Hidden units (mlp). [default: 200]")
+@click.option("--n-embd", type=click.IntRange(min=1), help="Embedding dimensions (mlp). [default: 32]")
+@click.option("--n-hidden", type=click.IntRange(min=1), help="Hidden units (mlp). [default: 512]")
 @click.option("--smoothing", type=SmoothingType(),
               help="bigram, ngram: add-k (a number k >= 0) or kn (modified Kneser-Ney). [default: 1 for bigram, kn for ngram]")
 @click.option("--discount", type=DiscountType(),
               help="--smoothing kn: discounts D1,D2,D3+ for every order. [default: estimated from the counts]")
 @click.option("--init", type=click.Choice(["scaled", "randn"]),
               help="mlp weight init: scaled for tanh, or randn as in lecture part 2. [default: scaled]")
-@click.option("--steps", type=click.IntRange(min=0), help="Optimizer steps (with --resume: the new total). [default: per model]")
+@click.option("--direct/--no-direct", default=None,
+              help="mlp: direct connections from the embeddings to the logits (Bengio et al.). [default: on]")
+@click.option("--steps", type=click.IntRange(min=0),
+              help="Optimizer steps (with --resume: the new total). [default: per model; mlp: a number of passes over the data]")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Examples per step. [default: per model]")
 @click.option("--lr", type=positive_float(), help="Learning rate (peak). [default: per model]")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), help="[default: per model]")
@@ -181,7 +184,8 @@ def cli():
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @device_option
 @handle_errors
-def train(model_name, data, out, name, block_size, n_embd, n_hidden, smoothing, discount, init, steps, batch_size, lr,
+def train(model_name, data, out, name, block_size, n_embd, n_hidden, smoothing, discount, init, direct, steps,
+          batch_size, lr,
           optimizer, schedule, warmup, weight_decay, eval_interval, seed, splits, split_seed, resume,
           checkpoint_path, strict, quiet, device):
     """Train a model on a file of items and save its checkpoint in --out."""
@@ -189,7 +193,7 @@ def train(model_name, data, out, name, block_size, n_embd, n_hidden, smoothing, 
     from makemore.train import Interrupted
 
     model_options = dict(block_size=block_size, n_embd=n_embd, n_hidden=n_hidden, smoothing=smoothing,
-                         discount=discount, init=init)
+                         discount=discount, init=init, direct=direct)
     train_options = dict(steps=steps, batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule,
                          warmup=warmup, weight_decay=weight_decay, eval_interval=eval_interval, seed=seed)
     resume_path = None

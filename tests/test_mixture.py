@@ -39,11 +39,11 @@ def test_weights_one_and_zero_give_the_first_component_exactly(run, two_models):
 
 
 def test_em_never_increases_the_dev_loss(run, two_models):
-    mixture = api.load("out/ngram.pt")
-    dev = build_dataset(mixture.splits()["dev"], mixture.vocab, 4)
+    ngram, mlp = api.load("out/ngram.pt"), api.load("out/mlp.pt")
+    dev = build_dataset(ngram.splits()["dev"], ngram.vocab, max(ngram.block_size, mlp.block_size))
     from makemore.mixing import target_probs
 
-    P = target_probs([api.load("out/ngram.pt").model, api.load("out/mlp.pt").model], dev)
+    P = target_probs([ngram.model, mlp.model], dev)
     random_P = torch.rand(500, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     for probs in (P, random_P):
         weights, losses = em(probs)

@@ -1,0 +1,307 @@
+"""MLP benchmark: the project's loop against the lecture's hand-written loop, in the same run.
+
+    python bench/bench_mlp.py [--data ../shared/data/names-2018.txt] [--extra bench/out/data] > bench/results/mlp.md
+
+Prints a markdown section:
+1. steps per second at the lecture's configuration (block 3, n_embd 10, n_hidden 200, SGD, batch 32):
+   the lecture's bare loop, written as in the lecture, against makemore's loop (api.train, with its
+   dev evaluations, progress and checkpoints), alternated so that both see the same machine load;
+2. wall time until dev loss 2.17: the lecture's loop (its dev evaluations left off its clock) against
+   `makemore train --model mlp` with its defaults (evaluations on its clock);
+3. the default MLP's dev loss, training time and examples per second;
+4. with --extra FOLDER (made by scripts/make_bench_data.py): on each file there, the default MLP against
+   the counting bigram and a smoothed counting 4-gram.
+Timings are wall clock (time.perf_counter) and process CPU time; on a shared machine CPU time is the
+steadier figure. Tune nothing on these numbers' test split: only dev losses are printed.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from makemore import api  # noqa: E402
+from makemore.data import Vocab, build_dataset, read_items, split_items  # noqa: E402
+from makemore.models import get_model_class  # noqa: E402
+from makemore.train import evaluate, train_loop  # noqa: E402
+
+LECTURE = dict(block_size=3, n_embd=10, n_hidden=200, init="randn", direct=False)
+LECTURE_TRAIN = dict(optimizer="sgd", batch_size=32, lr=0.1, schedule="step", weight_decay=0.0)
+TARGET = 2.17
+
+
+def lecture_arrays(items: list[str], block_size: int = 3):
+    """The lecture's build_dataset: Python loops over words and characters, int64 tensors."""
+    chars = sorted(set("".join(items)))
+    stoi = {s: i + 1 for i, s in enumerate(chars)}
+    stoi["."] = 0
+    X, Y = [], []
+    for w in items:
+        context = [0] * block_size
+        for ch in w + ".":
+            ix = stoi[ch]
+            X.append(context)
+            Y.append(ix)
+            context = context[1:] + [ix]
+    return torch.tensor(X), torch.tensor(Y), len(stoi)
+
+
+def lecture_loop(Xtr, Ytr, vocab_size, steps, Xdev=None, Ydev=None, eval_every=0, target=None):
+    """The lecture's MLP training loop as written there (part 2), with its plain randn init.
+
+    With Xdev it also measures dev loss every eval_every steps, off the clock, and returns the
+    seconds of training until dev loss first reached target (None if never).
+    """
+    g = torch.Generator().manual_seed(2147483647)
+    C = torch.randn((vocab_size, 10), generator=g)
+    W1 = torch.randn((30, 200), generator=g)
+    b1 = torch.randn(200, generator=g)
+    W2 = torch.randn((200, vocab_size), generator=g)
+    b2 = torch.randn(vocab_size, generator=g)
+    parameters = [C, W1, b1, W2, b2]
+    for p in parameters:
+        p.requires_grad = True
+    lossi = []
+    clock, reached = 0.0, None
+    t0 = time.perf_counter()
+    for i in range(steps):
+        ix = torch.randint(0, Xtr.shape[0], (32,))
+        emb = C[Xtr[ix]]
+        h = torch.tanh(emb.view(-1, 30) @ W1 + b1)
+        logits = h @ W2 + b2
+        loss = F.cross_entropy(logits, Ytr[ix])
+        for p in parameters:
+            p.grad = None
+        loss.backward()
+        lr = 0.1 if i < steps // 2 else 0.01
+        for p in parameters:
+            p.data += -lr * p.grad
+        lossi.append(loss.log10().item())
+        if Xdev is not None and (i + 1) % eval_every == 0:
+            clock += time.perf_counter() - t0
+            with torch.no_grad():
+                h = torch.tanh(C[Xdev].view(-1, 30) @ W1 + b1)
+                dev = F.cross_entropy(h @ W2 + b2, Ydev).item()
+            if reached is None and dev <= target:
+                reached = (clock, i + 1, dev)
+            t0 = time.perf_counter()
+    clock += time.perf_counter() - t0
+    return clock, reached, dev if Xdev is not None else None
+
+
+def timed(fn):
+    w, c = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - w, time.process_time() - c
+
+
+def ours(data, out, steps, model_options=None, train_options=None, name="mlp"):
+    return api.train("mlp", data, out, name, dict(model_options or {}),
+                     dict(train_options or {}, **({"steps": steps} if steps else {})), progress=False)
+
+
+def lecture_config_loop(data):
+    """A function running makemore's train_loop for n steps on the lecture's model and settings, with
+    its dev evaluations, best-on-dev copies and progress bar (on stderr); the data is prepared here,
+    off the clock."""
+    items = read_items(data)
+    parts = split_items(items)
+    vocab = Vocab.from_items(items)
+    train_set, dev_set = (build_dataset(parts[s], vocab, LECTURE["block_size"]) for s in ("train", "dev"))
+    cls = get_model_class("mlp")
+
+    def run(steps):
+        torch.manual_seed(42)
+        model = cls(api.model_config("mlp", LECTURE), len(vocab))
+        config = api.train_config("mlp", dict(LECTURE_TRAIN, steps=steps))
+        return train_loop(model, train_set, dev_set, config, progress=True)
+
+    return run
+
+
+def default_time_to(data, target, every):
+    """Train the MLP with its defaults as api.train sets them up, checking dev loss every `every` steps
+    off the clock. Returns hit ((seconds, step) when dev loss first reached target, or None), the dev
+    loss at the end, the training seconds, the steps, the batch size and the configs."""
+    cls = get_model_class("mlp")
+    items = read_items(data)
+    parts = split_items(items)
+    vocab = Vocab.from_items(items)
+    mconfig, tconfig = api.model_config("mlp", {}), api.train_config("mlp", {})
+    torch.manual_seed(tconfig.seed)
+    model = cls(mconfig, len(vocab))
+    train_set = build_dataset(parts["train"], vocab, mconfig.block_size)
+    dev_set = build_dataset(parts["dev"], vocab, mconfig.block_size)
+    tconfig.steps = cls.default_steps(len(train_set), tconfig.batch_size)
+    tconfig.eval_interval = tconfig.steps  # the loop's own evaluation only at the end
+    off_clock, hit, dev, due = [0.0], [None], [None], [every]
+
+    def on_log(record):  # called at the loop's log points, about 200 a run
+        if record["step"] < due[0] and record["step"] != tconfig.steps:
+            return
+        due[0] = record["step"] + every
+        t = time.perf_counter()
+        dev[0] = evaluate(model, dev_set)
+        if hit[0] is None and dev[0] <= target:
+            hit[0] = (record["elapsed"] - off_clock[0], record["step"])
+        off_clock[0] += time.perf_counter() - t
+
+    state = train_loop(model, train_set, None, tconfig, progress=False, on_log=on_log)
+    return dict(hit=hit[0], dev=dev[0], seconds=state.elapsed - off_clock[0], steps=state.step,
+                train=evaluate(model, train_set), mconfig=mconfig, tconfig=tconfig)
+
+
+def ngram_dev_loss(train: list[str], dev: list[str], n: int) -> float:
+    """Dev NLL of an interpolated absolute-discounting n-gram (discount chosen on dev)."""
+    best = math.inf
+    counts = [Counter() for _ in range(n)]  # counts[k][(context of k chars, char)]
+    ctx_counts = [Counter() for _ in range(n)]
+    followers = [Counter() for _ in range(n)]
+    for w in train:
+        s = "." * (n - 1) + w + "."
+        for i in range(n - 1, len(s)):
+            for k in range(n):
+                ctx = s[i - k:i]
+                if counts[k][(ctx, s[i])] == 0:
+                    followers[k][ctx] += 1
+                counts[k][(ctx, s[i])] += 1
+                ctx_counts[k][ctx] += 1
+    V = len(set("".join(train))) + 1
+    for d in (0.5, 0.6, 0.7, 0.8, 0.9):
+        total, m = 0.0, 0
+        for w in dev:
+            s = "." * (n - 1) + w + "."
+            for i in range(n - 1, len(s)):
+                p = 1.0 / V
+                for k in range(n):
+                    ctx = s[i - k:i]
+                    c = ctx_counts[k][ctx]
+                    if c:
+                        p = (max(counts[k][(ctx, s[i])] - d, 0) + d * followers[k][ctx] * p) / c
+                total -= math.log(p)
+                m += 1
+        best = min(best, total / m)
+    return best
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "names-2018.txt"))
+    ap.add_argument("--extra", help="folder made by scripts/make_bench_data.py")
+    ap.add_argument("--speed-steps", type=int, default=10000, help="steps per speed measurement")
+    ap.add_argument("--rounds", type=int, default=2, help="alternated speed measurements of each loop")
+    ap.add_argument("--parts", default="speed,time,extra", help="which sections to run")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    items = read_items(args.data)
+    parts = split_items(items)
+    Xtr, Ytr, V = lecture_arrays(parts["train"])
+    Xdev, Ydev, _ = lecture_arrays(parts["dev"])
+    out = tempfile.mkdtemp(prefix="bench-mlp-")
+    log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
+
+    p = print
+    p("## MLP: the project's loop against the lecture's\n")
+    p(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+      f"{torch.get_num_threads()} torch threads; load average at start {os.getloadavg()[0]:.1f}. "
+      f"Data: {Path(args.data).name} ({len(items):,} items), 80/10/10 split, seed 42. "
+      f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n")
+    p(f"Command: `python bench/bench_mlp.py {' '.join(sys.argv[1:])}`\n")
+
+    if "speed" in args.parts:
+        speed(args, Xtr, Ytr, V, out, log)
+    if "time" in args.parts:
+        to_target(args, Xtr, Ytr, V, Xdev, Ydev, log)
+    if args.extra and "extra" in args.parts:
+        extra(args, out, log)
+
+
+def speed(args, Xtr, Ytr, V, out, log):
+    """Steps per second at the lecture's configuration, the two loops alternated."""
+    p = print
+    lec, our = [], []
+    loop = lecture_config_loop(args.data)
+    for r in range(args.rounds):
+        log(f"speed round {r + 1}: lecture loop")
+        (clock, _, _), wall, cpu = timed(lambda: lecture_loop(Xtr, Ytr, V, args.speed_steps))
+        lec.append((args.speed_steps / wall, args.speed_steps / cpu))
+        log(f"speed round {r + 1}: makemore loop")
+        _, wall, cpu = timed(lambda: loop(args.speed_steps))
+        our.append((args.speed_steps / wall, args.speed_steps / cpu))
+    best = lambda xs, i: max(x[i] for x in xs)  # noqa: E731
+    p(f"### Steps per second at the lecture's configuration ({args.speed_steps:,} steps, best of {args.rounds})\n")
+    p("| loop | steps/s (wall) | steps/s (CPU time) | µs/step (wall) |")
+    p("|---|---:|---:|---:|")
+    p(f"| lecture's bare loop | {best(lec, 0):,.0f} | {best(lec, 1):,.0f} | {1e6 / best(lec, 0):.0f} |")
+    p(f"| makemore's train_loop (10 dev evaluations, best-on-dev copies, progress bar) | {best(our, 0):,.0f} | {best(our, 1):,.0f} | "
+      f"{1e6 / best(our, 0):.0f} |")
+    p(f"| **ratio** | **{best(our, 0) / best(lec, 0):.2f}x** | **{best(our, 1) / best(lec, 1):.2f}x** | |\n")
+    p("All rounds (steps/s wall, CPU): lecture " + ", ".join(f"{a:,.0f}/{b:,.0f}" for a, b in lec)
+      + "; makemore " + ", ".join(f"{a:,.0f}/{b:,.0f}" for a, b in our) + ".\n")
+
+
+def to_target(args, Xtr, Ytr, V, Xdev, Ydev, log):
+    """Time to dev loss TARGET, lecture loop against the defaults; and the defaults' figures."""
+    p = print
+    log("lecture loop, 200,000 steps with dev checks every 1,000")
+    lec_clock, reached, lec_dev = lecture_loop(Xtr, Ytr, V, 200000, Xdev, Ydev, 1000, TARGET)
+    log("makemore defaults with dev checks every 250 steps")
+    d = default_time_to(args.data, TARGET, 250)
+    hit = d["hit"]
+    p(f"### Wall time to dev loss {TARGET} (dev checks off the clock in both)\n")
+    p("| run | reached at step | seconds | dev loss at the end of the run |")
+    p("|---|---:|---:|---:|")
+    lec_s = f"{reached[1]:,} | {reached[0]:.1f}" if reached else "never | -"
+    p(f"| lecture's loop (200,000 steps, checks every 1,000) | {lec_s} | {lec_dev:.4f} |")
+    our_s = f"{hit[1]:,} | {hit[0]:.1f}" if hit else "never | -"
+    p(f"| makemore defaults (checks every 250 steps) | {our_s} | {d['dev']:.4f} |")
+    if reached and hit:
+        p(f"| **ratio** | | **{reached[0] / hit[0]:.1f}x sooner** | |")
+    p("")
+
+    # 3. the defaults (the same run: dev checks do not change the training)
+    tc = d["tconfig"]
+    p("### `makemore train --model mlp` with its defaults\n")
+    p(f"dev loss **{d['dev']:.4f}** (train {d['train']:.4f}) after {d['steps']:,} steps of {tc.batch_size}: "
+      f"**{d['seconds']:.1f} s** of training, {d['steps'] * tc.batch_size / d['seconds']:,.0f} examples/s. "
+      f"Model: {dataclasses.asdict(d['mconfig'])}; training: "
+      + ", ".join(f"{k} {getattr(tc, k)}" for k in ("steps", "batch_size", "lr", "optimizer", "schedule",
+                                                    "weight_decay")) + ".\n")
+
+
+def extra(args, out, log):
+    """The defaults against counting models on the files made by scripts/make_bench_data.py."""
+    p = print
+    p("### The defaults on data they were not tuned on (dev loss, nats per character)\n")
+    p("| file | items | counting bigram | smoothed 4-gram | MLP defaults | MLP steps | MLP train loss |")
+    p("|---|---:|---:|---:|---:|---:|---:|")
+    for path in sorted(Path(args.extra).glob("*.txt")):
+        log(f"extra data {path.name}")
+        its = read_items(path)
+        sp = split_items(its)
+        bigram = api.train("bigram", path, out, "bigram-" + path.stem, progress=False).dev_loss
+        four = ngram_dev_loss(sp["train"], sp["dev"], 4)
+        res = ours(path, out, None, name="mlp-" + path.stem)
+        p(f"| {path.name} | {len(its):,} | {bigram:.4f} | {four:.4f} | **{res.dev_loss:.4f}** | {res.step:,} | "
+          f"{res.train_loss:.4f} |")
+    p("\nSmoothed 4-gram: interpolated absolute discounting down to a uniform distribution, the discount "
+      "picked on dev from 0.5-0.9 (so its figure is, if anything, flattered).\n")
+
+
+if __name__ == "__main__":
+    main()

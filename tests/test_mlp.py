@@ -1,0 +1,128 @@
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from makemore import api
+from makemore.models.mlp import MLP, MLPConfig
+from makemore.train import FastStep, TrainConfig, make_optimizer
+
+
+def reference_logits(model, idx):
+    """The MLP written out as the lecture writes it, with one-hot rows instead of a lookup."""
+    x = (F.one_hot(idx, model.vocab_size).double() @ model.C.double()).flatten(1)
+    pre = x @ model.W1.double() + model.b1.double()
+    logits = torch.tanh(pre) @ model.W2.double() + model.b2.double()
+    if model.config.direct:
+        logits = logits + x @ model.Wd.double()
+    return logits
+
+
+@pytest.mark.parametrize("direct", [False, True])
+def test_forward_matches_the_written_out_model(direct):
+    torch.manual_seed(0)
+    model = MLP(MLPConfig(block_size=4, n_embd=5, n_hidden=7, direct=direct), vocab_size=11)
+    if direct:
+        torch.nn.init.normal_(model.Wd)  # it starts at zero; make the path visible
+    idx = torch.randint(11, (6, 4))
+    logits = model(idx)
+    assert logits.shape == (6, 11)
+    torch.testing.assert_close(logits.double(), reference_logits(model, idx), rtol=1e-5, atol=1e-5)
+
+
+def test_direct_connections_start_as_no_path():
+    torch.manual_seed(3)
+    plain = MLP(MLPConfig(block_size=3, n_embd=4, n_hidden=8), 9)
+    torch.manual_seed(3)
+    direct = MLP(MLPConfig(block_size=3, n_embd=4, n_hidden=8, direct=True), 9)
+    idx = torch.randint(9, (5, 3))
+    assert torch.equal(plain(idx), direct(idx))
+    assert direct.Wd.shape == (12, 9)
+    F.cross_entropy(direct(idx), torch.randint(9, (5,))).backward()
+    assert direct.Wd.grad.abs().sum() > 0  # the path learns from the first step
+
+
+def test_unknown_init_is_refused():
+    with pytest.raises(ValueError):
+        MLP(MLPConfig(init="xavier"), 5)
+
+
+def test_default_steps_follow_the_data_size():
+    rule = MLP.default_steps
+    B = MLP.train_defaults["batch_size"]
+    small, mid, large = rule(20_000, B), rule(180_000, B), rule(10_000_000, B)
+    assert small < mid <= large
+    assert rule(10, B) == MLP.MIN_STEPS  # a tiny file still gets enough steps to learn
+    assert large == MLP.MAX_STEPS  # a huge one does not train for hours
+    n = 200_000
+    assert rule(n, B) == round(MLP.EPOCHS * n / B)  # in between: a fixed number of passes over the data
+    assert rule(n, 2 * B) == round(MLP.EPOCHS * n / (2 * B))
+
+
+def test_train_without_steps_uses_the_rule(small_names, tmp_path, monkeypatch):
+    monkeypatch.setattr(MLP, "EPOCHS", 0.25)  # a short run: the rule, not its constants, is under test
+    monkeypatch.setattr(MLP, "MIN_STEPS", 3)
+    result = api.train("mlp", small_names, tmp_path / "out", model_options={"n_hidden": 16},
+                       train_options={"batch_size": 256}, progress=False)
+    ckpt = api.load(result.path).ckpt
+    from makemore.data import Vocab, build_dataset, read_items, split_items
+
+    items = read_items(small_names)
+    n = len(build_dataset(split_items(items)["train"], Vocab.from_items(items), ckpt["config"]["block_size"]))
+    assert result.step == ckpt["train"]["steps"] == MLP.default_steps(n, 256)
+    given = api.train("mlp", small_names, tmp_path / "out", "given", train_options={"steps": 7}, progress=False)
+    assert given.step == 7
+
+
+@pytest.mark.parametrize("optimizer,wd", [("sgd", 0.0), ("sgd", 0.1), ("adamw", 0.0), ("adamw", 0.1)])
+def test_fast_step_equals_optimizer_step(optimizer, wd):
+    torch.manual_seed(1)
+    a = MLP(MLPConfig(block_size=3, n_embd=4, n_hidden=8, direct=True), 9)
+    b = MLP(MLPConfig(block_size=3, n_embd=4, n_hidden=8, direct=True), 9)
+    b.load_state_dict(a.state_dict())
+    config = TrainConfig(optimizer=optimizer, lr=0.05, weight_decay=wd)
+    opt_a, opt_b = make_optimizer(a, config), make_optimizer(b, config)
+    fast = FastStep(opt_b)
+    assert fast.kind == optimizer
+    for step in range(5):
+        idx, y = torch.randint(9, (16, 3)), torch.randint(9, (16,))
+        lr = 0.05 / (step + 1)
+        for model, opt in ((a, opt_a), (b, opt_b)):
+            for p in model.parameters():
+                p.grad = None
+            F.cross_entropy(model(idx), y).backward()
+            if model is a:
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                opt.step()
+            else:
+                fast(lr)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-6, atol=1e-7)
+    assert opt_b.state_dict()["param_groups"][0]["lr"] == opt_a.state_dict()["param_groups"][0]["lr"]
+    if optimizer == "adamw":
+        assert all(opt_b.state[p]["step"].item() == 5 for p in b.parameters())
+
+
+def test_fast_step_falls_back_for_momentum():
+    model = MLP(MLPConfig(), 5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    assert FastStep(opt).kind is None
+
+
+def test_lecture_model_is_reachable_with_flags():
+    config = api.model_config("mlp", dict(block_size=3, n_embd=10, n_hidden=200, init="randn", direct=False))
+    assert dataclasses.asdict(config) == dict(block_size=3, n_embd=10, n_hidden=200, init="randn", direct=False)
+    model = MLP(config, 27)
+    assert sum(p.numel() for p in model.parameters()) == 11897  # the lecture's parameter count
+
+
+def test_lecture_flags_reach_the_checkpoint(run, small_names):
+    run("train", "--model", "mlp", "--data", small_names, "-q", "--block-size", 3, "--n-embd", 10, "--n-hidden", 200,
+        "--init", "randn", "--no-direct", "--optimizer", "sgd", "--batch-size", 32, "--lr", 0.1, "--schedule", "step",
+        "--steps", 4)
+    ckpt = api.load(out="out").ckpt
+    assert ckpt["config"] == dict(block_size=3, n_embd=10, n_hidden=200, init="randn", direct=False)
+    assert {k: ckpt["train"][k] for k in ("optimizer", "batch_size", "lr", "schedule", "steps")} == dict(
+        optimizer="sgd", batch_size=32, lr=0.1, schedule="step", steps=4)
