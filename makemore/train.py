@@ -176,9 +176,14 @@ class FastStep:
         exp_avgs, exp_avg_sqs, steps = self.adam_state
         beta1, beta2 = g["betas"]
         torch._foreach_add_(steps, 1)
-        torch._fused_adamw_(self.params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=lr,
-                            beta1=beta1, beta2=beta2, weight_decay=g["weight_decay"], eps=g["eps"],
-                            maximize=False, grad_scale=None, found_inf=None)
+        try:
+            torch._fused_adamw_(self.params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=lr,
+                                beta1=beta1, beta2=beta2, weight_decay=g["weight_decay"], eps=g["eps"],
+                                maximize=False, grad_scale=None, found_inf=None)
+        except TypeError:  # a torch whose private kernel takes other arguments: the public path
+            torch._foreach_add_(steps, -1)
+            self.kind = None
+            self.optimizer.step()
 
 
 def _clone_state(module) -> dict:
