@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from makemore import __version__, checkpoint
+from makemore import __version__, checkpoint, distributed
 from makemore.data import (DEFAULT_SPLIT_SEED, DEFAULT_SPLITS, SPLIT_NAMES, Vocab, build_dataset,
                            default_data_path, fingerprint_bytes, parse_items, read_bytes, split_items)
 from makemore.errors import CheckpointError, DataError, MakemoreError, VocabularyError
@@ -99,13 +99,19 @@ def check_writable(out_dir: Path) -> None:
         raise MakemoreError(f"cannot write to the output directory {out_dir}: {e.strerror}") from None
 
 
+@distributed.leaves_process_group
 def train(model: str = "mlp", data: str | Path | None = None, out: str | Path = "out", name: str | None = None,
           model_options: dict | None = None, train_options: dict | None = None,
           splits=DEFAULT_SPLITS, split_seed: int = DEFAULT_SPLIT_SEED, resume: str | Path | None = None,
           device: str = "auto", progress: bool = True, strict: bool = False, warn=None) -> TrainResult:
-    """Train a model (or resume the checkpoint named by resume) and write its checkpoint under out."""
+    """Train a model (or resume the checkpoint named by resume) and write its checkpoint under out.
+
+    Under torchrun every process calls this; rank 0 alone warns, evaluates and writes (see distributed).
+    """
     warn = warn or (lambda message: print(message, file=sys.stderr))
-    dev = resolve_device(device)
+    world, dev = distributed.setup(resolve_device(device))
+    if not world.is_main:
+        warn, progress = (lambda message: None), False
     prior = None
     if resume is not None:
         prior = checkpoint.load(resume)
@@ -115,7 +121,8 @@ def train(model: str = "mlp", data: str | Path | None = None, out: str | Path = 
         if not get_model_class(model).counts and "resume" not in prior:
             raise CheckpointError(f"{resume}: holds no training state to resume from")
     out = Path(out)
-    check_writable(out)
+    if world.is_main:
+        check_writable(out)
     dataset = Data.read(data)
     if prior is not None and dataset.fingerprint != prior["data"]["fingerprint"]:
         _changed_data(prior, dataset, strict, warn)
@@ -135,7 +142,8 @@ def train(model: str = "mlp", data: str | Path | None = None, out: str | Path = 
     torch.manual_seed(tconfig.seed)
     net = cls(mconfig, len(vocab)).to(dev)
     train_set = build_dataset(parts["train"], vocab, mconfig.block_size).to(dev)
-    dev_set = build_dataset(parts["dev"], vocab, mconfig.block_size).to(dev) if parts["dev"] else None
+    dev_set = (build_dataset(parts["dev"], vocab, mconfig.block_size).to(dev)
+               if parts["dev"] and world.is_main else None)
 
     path = out / f"{name or model}.pt"
     replaced = path.exists() and prior is None
@@ -152,36 +160,43 @@ def train(model: str = "mlp", data: str | Path | None = None, out: str | Path = 
                     best_dev_loss=state.best_dev_loss, metrics=list(state.metrics or []))
         if state.optimizer is not None:
             ckpt["resume"] = dict(state_dict=_cpu(net.state_dict()), optimizer=_cpu(state.optimizer),
-                                  rng=state.rng, elapsed=state.elapsed)
+                                  rng=state.rng, elapsed=state.elapsed, world_size=world.size)
         checkpoint.save(ckpt, path)
         checkpoint.write_latest(out, path)
         atomic_metrics(metrics_path, state.metrics or [])
 
     if cls.counts:
-        net.fit(train_set)
         state = LoopState(step=0, metrics=[], best_state=net.state_dict())
-        write(state, net)
+        if world.is_main:  # counting is one quick pass: the other processes have nothing to do
+            net.fit(train_set)
+            write(state, net)
     else:
         state = LoopState()
         if prior is not None:
             r = prior["resume"]
+            if r.get("world_size", 1) != world.size:
+                warn(f"warning: resuming with {world.size} process(es) a run trained with {r.get('world_size', 1)}: "
+                     f"the batch of each step changes from {r.get('world_size', 1) * tconfig.batch_size} to "
+                     f"{world.size * tconfig.batch_size} examples")
             net.load_state_dict(r["state_dict"])
             state = LoopState(step=prior["step"], best_dev_loss=prior["best_dev_loss"],
                               best_state={k: v.to(dev) for k, v in prior["state_dict"].items()},
                               optimizer=r["optimizer"], rng=r["rng"], metrics=list(prior["metrics"]),
                               elapsed=r["elapsed"])
-        else:
+        elif world.is_main:
             write(state, net)  # a complete checkpoint exists from the very start
         with stop_on_signals() as stop:
             # the loop writes the checkpoint at every evaluation, the last step included
             try:
-                state = train_loop(net, train_set, dev_set, tconfig, state, save=write, progress=progress,
-                                   stop=stop)
+                state = train_loop(net, train_set, dev_set, tconfig, state, save=write if world.is_main else None,
+                                   progress=progress, stop=stop, world=world)
             except Interrupted as e:
                 e.path, e.step = path, state.step
                 raise
         net.load_state_dict(state.best_state)
     seconds = state.elapsed
+    if not world.is_main:
+        return TrainResult(path, state.step, float("nan"), float("nan"), seconds, replaced)
     train_loss = evaluate(net, train_set)
     dev_loss = evaluate(net, dev_set) if dev_set is not None else float("nan")
     return TrainResult(path, state.step, train_loss, dev_loss, seconds, replaced)

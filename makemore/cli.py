@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from makemore import __version__
+from makemore import __version__, distributed
 from makemore.models import MODEL_NAMES
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -59,11 +59,14 @@ def handle_errors(command):
                 raise
             from makemore.api import OptionError
 
+            # under torchrun an error may be one process's own (a file missing on one machine): say whose
+            message = str(e) if distributed.is_main() else f"rank {distributed.rank()}: {e}"
             if isinstance(e, OptionError):
-                raise click.UsageError(str(e)) from None
-            raise click.ClickException(str(e)) from None
+                raise click.UsageError(message) from None
+            raise click.ClickException(message) from None
         except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
+            if distributed.is_main():
+                click.echo("interrupted", err=True)
             sys.exit(130)
 
     return wrapper
@@ -101,7 +104,8 @@ def cli():
 @click.option("--init", type=click.Choice(["scaled", "randn"]),
               help="mlp weight init: scaled for tanh, or randn as in lecture part 2. [default: scaled]")
 @click.option("--steps", type=click.IntRange(min=0), help="Optimizer steps. [default: per model]")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Examples per step. [default: per model]")
+@click.option("--batch-size", type=click.IntRange(min=1),
+              help="Examples per step, per process under torchrun (N processes: N x this). [default: per model]")
 @click.option("--lr", type=positive_float(), help="Learning rate (peak). [default: per model]")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), help="[default: per model]")
 @click.option("--schedule", type=click.Choice(SCHEDULES),
@@ -122,7 +126,11 @@ def cli():
 def train(model_name, data, out, name, block_size, n_embd, n_hidden, smoothing, init, steps, batch_size, lr,
           optimizer, schedule, warmup, weight_decay, eval_interval, seed, splits, split_seed, resume,
           checkpoint_path, strict, quiet, device):
-    """Train a model on a file of items and save its checkpoint in --out."""
+    """Train a model on a file of items and save its checkpoint in --out.
+
+    For data-parallel training on several CPU processes or GPUs, launch it with torchrun, e.g.
+    torchrun --standalone --nproc-per-node 2 -m makemore train; rank 0 prints and saves.
+    """
     from makemore import api, checkpoint
     from makemore.train import Interrupted
 
@@ -143,9 +151,13 @@ def train(model_name, data, out, name, block_size, n_embd, n_hidden, smoothing, 
         result = api.train(model_name, data, out, name, model_options, train_options, splits, split_seed,
                            resume=resume_path, device=device, progress=not quiet, strict=strict)
     except Interrupted as e:
-        click.echo(f"{e}: stopped at step {e.step:,} and saved {e.path}; continue with: "
-                   f"makemore train --resume --checkpoint {e.path}", err=True)
+        if distributed.is_main():
+            launcher = "torchrun ... -m makemore" if distributed.launched() else "makemore"
+            click.echo(f"{e}: stopped at step {e.step:,} and saved {e.path}; continue with: "
+                       f"{launcher} train --resume --checkpoint {e.path}", err=True)
         sys.exit(128 + e.signum)
+    if not distributed.is_main():
+        return
     if result.replaced:
         click.echo(f"replaced the earlier checkpoint {result.path}", err=True)
     dev = f", dev loss {result.dev_loss:.4f}" if not math.isnan(result.dev_loss) else ""

@@ -15,6 +15,7 @@ from dataclasses import dataclass, asdict
 import torch
 import torch.nn.functional as F
 
+from makemore.distributed import World
 from makemore.errors import TrainingError
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -126,11 +127,13 @@ class LoopState:
 
 
 def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState | None = None,
-               save=None, on_log=None, progress: bool = True, stop=None) -> LoopState:
+               save=None, on_log=None, progress: bool = True, stop=None, world: World = World()) -> LoopState:
     """Train model in place for config.steps steps (resuming from state) and return the final state.
 
     save(state, model) is called at every evaluation and on interruption; on_log(record) at
     every log point with {step, train_loss, lr, elapsed} (+ dev_loss at evaluations).
+    With several processes (world, from makemore.distributed) each trains on its share of every batch
+    through DDP; the caller gives dev_set, save and progress to rank 0 only.
     """
     from tqdm import tqdm
 
@@ -151,10 +154,18 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
     # Log (and check the loss is finite) about 200 times a run; on the CPU reading a loss is free, so
     # a diverging run is caught at the very step it diverges.
     log_every = 1 if device.type == "cpu" and config.steps <= 200 else max(1, min(eval_every, config.steps // 200))
+    if world.size > 1:
+        # processes exchange the loss and stop flags at log points: not every step, but often enough
+        # that a signal stops them well within torchrun's 30 s grace before it kills them
+        log_every = min(eval_every, 100, max(10, config.steps // 200))
+    forward = world.wrap(model)
     N, B = len(train_set), config.batch_size
     # Batches are drawn in chunks of random indices (one randint call per chunk, not per step); the
     # generator state at a chunk's start is what a checkpoint keeps, so resuming redraws the same chunk.
+    # Every process draws the global batch, as one process with world.size x B would, and keeps its own
+    # columns: the processes see different examples and share one generator state to resume from.
     chunk = BATCH_CHUNK
+    mine = world.columns(B)
 
     model.train()
     t0 = time.perf_counter() - state.elapsed
@@ -166,7 +177,7 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
     chunk_start = step - step % chunk
     chunk_rng = state.rng if state.rng is not None else gen.get_state()
     gen.set_state(chunk_rng)
-    batches = torch.randint(N, (chunk, B), generator=gen).to(device)
+    batches = torch.randint(N, (chunk, B * world.size), generator=gen)[:, mine].to(device)
     def mark() -> LoopState:
         """Record where we are: the generator state from which the next batch indices are drawn."""
         at_chunk_end = step - chunk_start == chunk
@@ -180,12 +191,12 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
             if step - chunk_start == chunk:
                 chunk_start = step
                 chunk_rng = gen.get_state()
-                batches = torch.randint(N, (chunk, B), generator=gen).to(device)
+                batches = torch.randint(N, (chunk, B * world.size), generator=gen)[:, mine].to(device)
             lr = config.lr_at(step)
             for g in optimizer.param_groups:
                 g["lr"] = lr
             x, y = train_set.batch(batches[step - chunk_start])
-            loss = F.cross_entropy(model(x), y)
+            loss = F.cross_entropy(forward(x), y)
             objective = loss + penalty(wd) if penalty is not None and wd else loss
             optimizer.zero_grad(set_to_none=True)
             objective.backward()
@@ -196,8 +207,10 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
             state.step = step
 
             last = step == config.steps
+            # one process stops at once; several agree on it at the next log point
+            halt = stop.signum if stop is not None and world.size == 1 else 0
             if step % log_every == 0 or last or step % eval_every == 0:
-                train_loss = (loss_sum / loss_count).item()
+                train_loss, halt = world.agree(loss_sum / loss_count, stop.signum if stop is not None else 0)
                 loss_sum.zero_()
                 loss_count = 0
                 if not math.isfinite(train_loss):
@@ -227,12 +240,13 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
                                 **({"dev": f"{record['dev_loss']:.4f}"} if "dev_loss" in record else {}))
                 if evaluated and save is not None:
                     save(mark(), model)
-            if stop is not None and stop.signum:
+            if halt:
                 if state.best_state is None:
                     state.best_state = _clone_state(model)
                 if save is not None:
                     save(mark(), model)
-                raise Interrupted(stop.signum)
+                world.barrier()  # the others wait for rank 0's checkpoint before torchrun sees them exit
+                raise Interrupted(halt)
     finally:
         bar.close()
     return mark()
