@@ -151,10 +151,12 @@ def train(model_name, data, out, name, block_size, n_embd, n_hidden, smoothing, 
         result = api.train(model_name, data, out, name, model_options, train_options, splits, split_seed,
                            resume=resume_path, device=device, progress=not quiet, strict=strict)
     except Interrupted as e:
-        if distributed.is_main():
-            launcher = "torchrun ... -m makemore" if distributed.launched() else "makemore"
-            click.echo(f"{e}: stopped at step {e.step:,} and saved {e.path}; continue with: "
-                       f"{launcher} train --resume --checkpoint {e.path}", err=True)
+        if not distributed.is_main():
+            # the others exit quietly: a failed one would make torchrun kill rank 0 before it reports
+            sys.exit(0)
+        launcher = "torchrun ... -m makemore" if distributed.launched() else "makemore"
+        click.echo(f"{e}: stopped at step {e.step:,} and saved {e.path}; continue with: "
+                   f"{launcher} train --resume --checkpoint {e.path}", err=True)
         sys.exit(128 + e.signum)
     if not distributed.is_main():
         return

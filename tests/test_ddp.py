@@ -131,3 +131,34 @@ def test_two_gpus_with_nccl(tmp_path):
     (out0, _), (out1, err1) = (rank_output(tmp_path / "logs", r) for r in (0, 1))
     assert "saved out/mlp.pt" in out0 and out1 == "" and err1 == ""
     assert torch.load(tmp_path / "out" / "mlp.pt", weights_only=True)["step"] == 60
+
+
+def test_errors_of_other_ranks_say_whose(run, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = run("train", "--device", "bogus", ok=False)
+    assert result.exit_code == 2
+    assert "rank 1: --device: unknown device 'bogus'" in result.output
+
+
+# Large data: the dataset is encoded a chunk of items at a time; the chunks must not show.
+
+def test_dataset_built_in_chunks_matches_a_plain_loop(monkeypatch):
+    from makemore import data
+
+    items = ["emma", "olivia", "x", "ava", "é.ü", "li"]
+    vocab = data.Vocab.from_items(items)
+    monkeypatch.setattr(data, "ENCODE_CHUNK", 2)
+    monkeypatch.setattr(data, "POSITIONS_CHUNK", 3)
+    for block_size in (1, 3):
+        ds = data.build_dataset(items, vocab, block_size)
+        tokens = [0] * block_size
+        for item in items:
+            tokens += [vocab.stoi[c] for c in item] + [0] * (block_size + 1)
+        tokens = tokens[:len(tokens) - block_size]  # the last item is followed by one boundary only
+        targets = [i for i, t in enumerate(tokens) if t or (i and tokens[i - 1])]
+        assert ds.tokens.tolist() == tokens and ds.tokens.dtype == torch.uint8
+        assert ds.positions.tolist() == targets
+        x, y = ds.tensors()
+        assert len(y) == sum(len(item) + 1 for item in items)
+        assert x[0].tolist() == [0] * block_size and y[0] == vocab.stoi["e"]
