@@ -29,7 +29,8 @@ def launched() -> bool:
 
 
 def is_main() -> bool:
-    return rank() == 0
+    """Rank 0 of several, or the one process (a stray RANK without WORLD_SIZE does not count)."""
+    return not launched() or rank() == 0
 
 
 @dataclass(frozen=True)

@@ -162,3 +162,9 @@ def test_dataset_built_in_chunks_matches_a_plain_loop(monkeypatch):
         x, y = ds.tensors()
         assert len(y) == sum(len(item) + 1 for item in items)
         assert x[0].tolist() == [0] * block_size and y[0] == vocab.stoi["e"]
+
+
+def test_a_stray_rank_without_world_size_still_prints(run, small_names, monkeypatch):
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert "saved out/bigram.pt" in run("train", "--model", "bigram", "--data", small_names, "-q").output
