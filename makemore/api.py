@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from makemore import __version__, checkpoint
+from makemore import __version__, checkpoint, distributed
 from makemore.data import (DEFAULT_SPLIT_SEED, DEFAULT_SPLITS, SPLIT_NAMES, Vocab, build_dataset,
                            default_data_path, fingerprint_bytes, parse_items, read_bytes, split_items)
 from makemore.errors import CheckpointError, DataError, MakemoreError, OptionError, VocabularyError
@@ -79,12 +79,13 @@ def train_config(model_name: str, options: dict) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def build_run(cls, mconfig, seed: int, vocab: Vocab, parts: dict, dev: torch.device):
-    """A fresh model initialised from seed, and the train and dev datasets (dev None when empty) on dev."""
+def build_run(cls, mconfig, seed: int, vocab: Vocab, parts: dict, dev: torch.device, with_dev: bool = True):
+    """A fresh model initialised from seed, and the train and dev datasets (dev None when empty, or when
+    not with_dev: only the main process of a distributed run evaluates) on dev."""
     torch.manual_seed(seed)
     net = cls(mconfig, len(vocab)).to(dev)
     train_set = build_dataset(parts["train"], vocab, mconfig.block_size).to(dev)
-    dev_set = build_dataset(parts["dev"], vocab, mconfig.block_size).to(dev) if parts["dev"] else None
+    dev_set = build_dataset(parts["dev"], vocab, mconfig.block_size).to(dev) if parts["dev"] and with_dev else None
     return net, train_set, dev_set
 
 
@@ -108,13 +109,19 @@ def check_writable(out_dir: Path) -> None:
         raise MakemoreError(f"cannot write to the output directory {out_dir}: {e.strerror}") from None
 
 
+@distributed.leaves_process_group
 def train(model: str = "mlp", data: str | Path | None = None, out: str | Path = "out", name: str | None = None,
           model_options: dict | None = None, train_options: dict | None = None,
           splits=DEFAULT_SPLITS, split_seed: int = DEFAULT_SPLIT_SEED, resume: str | Path | None = None,
           device: str = "auto", progress: bool = True, strict: bool = False, warn=None) -> TrainResult:
-    """Train a model (or resume the checkpoint named by resume) and write its checkpoint under out."""
+    """Train a model (or resume the checkpoint named by resume) and write its checkpoint under out.
+
+    Under torchrun every process calls this; rank 0 alone warns, evaluates and writes (see distributed).
+    """
     warn = warn or (lambda message: print(message, file=sys.stderr))
-    dev = resolve_device(device)
+    world, dev = distributed.setup(resolve_device(device))
+    if not world.is_main:
+        warn, progress = (lambda message: None), False
     prior = None
     if resume is not None:
         prior = checkpoint.load(resume)
@@ -125,7 +132,8 @@ def train(model: str = "mlp", data: str | Path | None = None, out: str | Path = 
             checkpoint.check_resumable(prior, resume)
         _model_from(prior, resume)  # a checkpoint whose weights do not fit is refused before any work
     out = Path(out)
-    check_writable(out)
+    if world.is_main:
+        check_writable(out)
     dataset = Data.read(data)
     if prior is not None and dataset.fingerprint != prior["data"]["fingerprint"]:
         _changed_data(prior, dataset, strict, warn)
@@ -142,7 +150,7 @@ def train(model: str = "mlp", data: str | Path | None = None, out: str | Path = 
     if prior is not None and vocab.unknown("".join(dataset.items)):
         raise DataError(f"{dataset.path}: has characters the checkpoint's vocabulary lacks: "
                         f"{''.join(vocab.unknown(''.join(dataset.items)))!r}")
-    net, train_set, dev_set = build_run(cls, mconfig, tconfig.seed, vocab, parts, dev)
+    net, train_set, dev_set = build_run(cls, mconfig, tconfig.seed, vocab, parts, dev, with_dev=world.is_main)
     if prior is None and (train_options or {}).get("steps") is None and hasattr(cls, "default_steps"):
         # no --steps: the model's documented rule sets the length of training from the data's size
         tconfig.steps = cls.default_steps(len(train_set), tconfig.batch_size)
@@ -162,41 +170,49 @@ def train(model: str = "mlp", data: str | Path | None = None, out: str | Path = 
                     best_dev_loss=state.best_dev_loss, metrics=list(state.metrics or []))
         if state.optimizer is not None:
             ckpt["resume"] = dict(state_dict=_cpu(net.state_dict()), optimizer=_cpu(state.optimizer),
-                                  rng=state.rng, elapsed=state.elapsed)
+                                  rng=state.rng, elapsed=state.elapsed, world_size=world.size)
         checkpoint.save(ckpt, path)
         checkpoint.write_latest(out, path)
         atomic_metrics(metrics_path, state.metrics or [])
 
     if cls.counts:
-        net.fit(train_set)
+        if world.is_main:  # counting is one quick pass: the other processes have nothing to do
+            net.fit(train_set)
         state = LoopState(step=0, metrics=[], best_state=net.state_dict())
-        write(state, net)
+        if world.is_main:
+            write(state, net)
     else:
         state = LoopState()
         if prior is not None and "resume" not in prior:  # saved before the first step: start afresh from it
             net.load_state_dict(prior["state_dict"])
         elif prior is not None:
             r = prior["resume"]
+            if r.get("world_size", 1) != world.size:
+                warn(f"warning: resuming with {world.size} process(es) a run trained with {r.get('world_size', 1)}: "
+                     f"the batch of each step changes from {r.get('world_size', 1) * tconfig.batch_size} to "
+                     f"{world.size * tconfig.batch_size} examples")
             net.load_state_dict(r["state_dict"])
             state = LoopState(step=prior["step"], best_dev_loss=prior["best_dev_loss"],
                               best_state={k: v.to(dev) for k, v in prior["state_dict"].items()},
                               optimizer=r["optimizer"], rng=r["rng"], metrics=list(prior["metrics"]),
                               elapsed=r["elapsed"])
         with stop_on_signals() as stop:
-            if prior is None and (not path.exists() or tconfig.steps == 0):
+            if world.is_main and prior is None and (not path.exists() or tconfig.steps == 0):
                 # a complete checkpoint from the very start, but never one that replaces an earlier
                 # checkpoint with untrained weights: that is left until the first evaluation
                 write(state, net)
             # the loop writes the checkpoint at every evaluation, the last step included
             try:
-                state = train_loop(net, train_set, dev_set, tconfig, state, save=write, progress=progress,
-                                   stop=stop)
+                state = train_loop(net, train_set, dev_set, tconfig, state, save=write if world.is_main else None,
+                                   progress=progress, stop=stop, world=world)
             except Interrupted as e:
                 e.path, e.step = path, state.step
                 raise
         if state.best_state is not None:  # None when no step ran (--steps 0)
             net.load_state_dict(state.best_state)
     seconds = state.elapsed
+    if not world.is_main:
+        return TrainResult(path, state.step, float("nan"), float("nan"), seconds, replaced)
     train_loss = evaluate(net, train_set)
     dev_loss = evaluate(net, dev_set) if dev_set is not None else float("nan")
     from makemore import plots

@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from makemore import __version__
+from makemore import __version__, distributed
 from makemore.models import MODEL_NAMES
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -98,11 +98,14 @@ def handle_errors(command):
                 raise
             from makemore.api import OptionError
 
+            # under torchrun an error may be one process's own (a file missing on one machine): say whose
+            message = str(e) if distributed.is_main() else f"rank {distributed.rank()}: {e}"
             if isinstance(e, OptionError):
-                raise click.UsageError(str(e)) from None
-            raise click.ClickException(str(e)) from None
+                raise click.UsageError(message) from None
+            raise click.ClickException(message) from None
         except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
+            if distributed.is_main():
+                click.echo("interrupted", err=True)
             sys.exit(130)
 
     return wrapper
@@ -166,7 +169,8 @@ def cli():
               help="mlp: direct connections from the embeddings to the logits (Bengio et al.). [default: on]")
 @click.option("--steps", type=click.IntRange(min=0),
               help="Optimizer steps (with --resume: the new total). [default: per model; mlp: a number of passes over the data]")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Examples per step. [default: per model]")
+@click.option("--batch-size", type=click.IntRange(min=1),
+              help="Examples per step, per process under torchrun (N processes: N x this). [default: per model]")
 @click.option("--lr", type=positive_float(), help="Learning rate (peak). [default: per model]")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), help="[default: per model]")
 @click.option("--schedule", type=click.Choice(SCHEDULES),
@@ -188,7 +192,11 @@ def train(model_name, data, out, name, block_size, n_embd, n_hidden, smoothing, 
           batch_size, lr,
           optimizer, schedule, warmup, weight_decay, eval_interval, seed, splits, split_seed, resume,
           checkpoint_path, strict, quiet, device):
-    """Train a model on a file of items and save its checkpoint in --out."""
+    """Train a model on a file of items and save its checkpoint in --out.
+
+    For data-parallel training on several CPU processes or GPUs, launch it with torchrun, e.g.
+    torchrun --standalone --nproc-per-node 2 -m makemore train; rank 0 prints and saves.
+    """
     from makemore import api, checkpoint
     from makemore.train import Interrupted
 
@@ -210,9 +218,15 @@ def train(model_name, data, out, name, block_size, n_embd, n_hidden, smoothing, 
         result = api.train(model_name, data, out, name, model_options, train_options, splits, split_seed,
                            resume=resume_path, device=device, progress=not quiet, strict=strict)
     except Interrupted as e:
+        if not distributed.is_main():
+            # the others exit quietly: a failed one would make torchrun kill rank 0 before it reports
+            sys.exit(0)
+        launcher = "torchrun ... -m makemore" if distributed.launched() else "makemore"
         click.echo(f"{e}: stopped at step {e.step:,} and saved {e.path}; continue with: "
-                   f"makemore train --resume --checkpoint {e.path}", err=True)
+                   f"{launcher} train --resume --checkpoint {e.path}", err=True)
         sys.exit(128 + e.signum)
+    if not distributed.is_main():
+        return
     if result.replaced:
         click.echo(f"replaced the earlier checkpoint {result.path}", err=True)
     dev = f", dev loss {result.dev_loss:.4f}" if not math.isnan(result.dev_loss) else ""

@@ -219,7 +219,7 @@ def build_dataset(items: list[str], vocab: Vocab, block_size: int) -> Dataset:
     if block_size < 1:
         raise ValueError("block_size must be at least 1")
     token_parts, position_parts, offset = [], [], 0
-    for start in range(0, len(items), BUILD_CHUNK):
+    for start in range(0, max(len(items), 1), BUILD_CHUNK):
         tokens, positions = _encode_items(items[start:start + BUILD_CHUNK], vocab, block_size)
         position_parts.append(positions.to(_smallest_int_dtype(offset + tokens.numel())).add_(offset))
         token_parts.append(tokens)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, asdict
 import torch
 import torch.nn.functional as F
 
+from makemore.distributed import World
 from makemore.errors import TrainingError
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -204,7 +205,7 @@ class LoopState:
 
 
 def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState | None = None,
-               save=None, on_log=None, progress: bool = True, stop=None) -> LoopState:
+               save=None, on_log=None, progress: bool = True, stop=None, world: World = World()) -> LoopState:
     """Train model in place for config.steps steps (resuming from state) and return the final state.
 
     save(state, model) is called at every evaluation and on interruption; on_log(record) at
@@ -213,6 +214,9 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
     The step itself is kept lean, because for small models the per-step overhead, not the maths, sets
     the speed: batches are gathered for many steps at once, the loss is read back only at log points,
     gradients are dropped by setting them to None and the optimizer step goes through FastStep.
+
+    With several processes (world, from makemore.distributed) each trains on its share of every batch
+    through DDP; the caller gives dev_set, save and progress to rank 0 only.
     """
     from tqdm import tqdm
 
@@ -235,10 +239,18 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
     # Log (and check the loss is finite) about 200 times a run; on the CPU reading a loss is free, so
     # a diverging run is caught at the very step it diverges.
     log_every = 1 if device.type == "cpu" and config.steps <= 200 else max(1, min(eval_every, config.steps // 200))
+    if world.size > 1:
+        # processes exchange the loss and stop flags at log points: not every step, but often enough
+        # that a signal stops them well within torchrun's 30 s grace before it kills them
+        log_every = min(eval_every, 100, max(10, config.steps // 200))
+    forward = world.wrap(model)
     N, B = len(train_set), config.batch_size
     # Batches are drawn in chunks of random indices (one randint call per chunk, not per step); the
     # generator state at a chunk's start is what a checkpoint keeps, so resuming redraws the same chunk.
+    # Every process draws the global batch, as one process with world.size x B would, and keeps its own
+    # columns: the processes see different examples and share one generator state to resume from.
     chunk = BATCH_CHUNK
+    mine = world.columns(B)
     # Contexts are gathered for `group` steps at once (about 64k examples), then handed out as views.
     group = max(1, min(chunk, 65536 // B))
 
@@ -251,7 +263,7 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
     chunk_start = step - step % chunk
     chunk_rng = state.rng if state.rng is not None else gen.get_state()
     gen.set_state(chunk_rng)
-    batches = torch.randint(N, (chunk, B), generator=gen).to(device)
+    batches = torch.randint(N, (chunk, B * world.size), generator=gen)[:, mine].to(device)
     limit = divergence_limit(model, *train_set.batch(batches[step - chunk_start]))
     xs = ys = ()
     group_start = step
@@ -274,14 +286,14 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
             if step - chunk_start == chunk:
                 chunk_start = step
                 chunk_rng = gen.get_state()
-                batches = torch.randint(N, (chunk, B), generator=gen).to(device)
+                batches = torch.randint(N, (chunk, B * world.size), generator=gen)[:, mine].to(device)
             if step - group_start >= len(xs):
                 group_start = step
                 rows = batches[step - chunk_start:min(step - chunk_start + group, chunk)]
                 x, y = train_set.batch(rows.reshape(-1))
                 xs, ys = x.view(rows.shape[0], B, -1).unbind(0), y.view(rows.shape[0], B).unbind(0)
             lr = config.lr_at(step)
-            loss = F.cross_entropy(model(xs[step - group_start]), ys[step - group_start])
+            loss = F.cross_entropy(forward(xs[step - group_start]), ys[step - group_start])
             objective = loss + penalty(wd) if penalty is not None and wd else loss
             for p in params:
                 p.grad = None
@@ -291,10 +303,12 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
             step += 1
             state.step = step
 
+            # one process stops at once; several agree on it at the next log point
+            halt = stop.signum if stop is not None and world.size == 1 else 0
             if step == event:
                 event = next_event(step)
                 last = step == config.steps
-                train_loss = torch.stack(losses).mean().item()
+                train_loss, halt = world.agree(torch.stack(losses).mean(), stop.signum if stop is not None else 0)
                 losses.clear()
                 if not math.isfinite(train_loss) or train_loss > limit:
                     raise TrainingError(
@@ -323,12 +337,13 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
                                 **({"dev": f"{record['dev_loss']:.4f}"} if "dev_loss" in record else {}))
                 if evaluated and save is not None:
                     save(mark(), model)
-            if stop is not None and stop.signum:
+            if halt:
                 if state.best_state is None:
                     state.best_state = _clone_state(model)
                 if save is not None:
                     save(mark(), model)
-                raise Interrupted(stop.signum)
+                world.barrier()  # the others wait for rank 0's checkpoint before torchrun sees them exit
+                raise Interrupted(halt)
     finally:
         bar.close()
     return mark()
