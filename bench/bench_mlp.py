@@ -303,5 +303,17 @@ def extra(args, out, log):
       "picked on dev from 0.5-0.9 (so its figure is, if anything, flattered).\n")
 
 
+def run(data=None) -> str:
+    """The three sections, the extra data files made first by scripts/make_bench_data.py."""
+    import subprocess
+
+    from common import section_of
+
+    extra = tempfile.mkdtemp(prefix="bench-mlp-data-")
+    made = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_bench_data.py"), extra],
+                          stdout=sys.stderr).returncode == 0
+    return section_of(main, (["--data", str(data)] if data else []) + (["--extra", extra] if made else []))
+
+
 if __name__ == "__main__":
     main()

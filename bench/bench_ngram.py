@@ -235,5 +235,11 @@ def main() -> None:
               "discount (0.1) per order; ours estimates three per order (Chen & Goodman).")
 
 
+def run(data=None) -> str:
+    from common import section_of
+
+    return section_of(main, ["--data", str(data)] if data else [])
+
+
 if __name__ == "__main__":
     main()

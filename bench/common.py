@@ -65,3 +65,19 @@ _START = time.perf_counter()
 def log(*args) -> None:
     """Progress for the person running the bench: stderr, so that stdout stays the markdown section."""
     print(f"[{time.perf_counter() - _START:6.1f}s]", *args, file=sys.stderr, flush=True)
+
+
+def section_of(main, argv: list[str]) -> str:
+    """Run a module's command-line main() with argv and return what it printed: its markdown section."""
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    saved = sys.argv
+    sys.argv = [saved[0]] + argv
+    try:
+        with contextlib.redirect_stdout(buffer):
+            main()
+    finally:
+        sys.argv = saved
+    return buffer.getvalue()

@@ -427,8 +427,8 @@ def score(items, data, totals, as_json, out, checkpoint_path, device):
 @click.option("--steps", type=click.IntRange(min=20), default=1000,
               help="Steps of the sweep, one rate each, spaced exponentially.")
 @click.option("--block-size", type=click.IntRange(min=1), help="Characters of context. [default: per model]")
-@click.option("--n-embd", type=click.IntRange(min=1), help="Embedding dimensions (mlp). [default: 10]")
-@click.option("--n-hidden", type=click.IntRange(min=1), help="Hidden units (mlp). [default: 200]")
+@click.option("--n-embd", type=click.IntRange(min=1), help="Embedding dimensions (mlp). [default: 32]")
+@click.option("--n-hidden", type=click.IntRange(min=1), help="Hidden units (mlp). [default: 512]")
 @click.option("--init", type=click.Choice(["scaled", "randn"]), help="mlp weight init. [default: scaled]")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Examples per step. [default: per model]")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS),
