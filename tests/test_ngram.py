@@ -169,19 +169,6 @@ def test_block_4_checkpoint_is_small(run):
     assert table_bytes < 1.5e6  # sparse tables; a dense 27^5 table of float64 would be 115 MB
 
 
-def test_bigram_checkpoint_with_a_dense_table_still_loads(run, small_names):
-    run("train", "--model", "bigram", "--data", small_names, "--smoothing", 0.5, "-q")
-    before = json.loads(run("eval", "--json").output)["loss"]
-    ckpt = torch.load("out/bigram.pt", weights_only=True)
-    V = len(ckpt["vocab"])
-    sd = ckpt["state_dict"]
-    N = torch.zeros(V * V, dtype=torch.float64).index_put_((sd["ngrams_2"].long(),), sd["counts_2"].double())
-    ckpt["state_dict"] = {"N": N.view(V, V)}
-    ckpt["config"] = dict(block_size=1, smoothing=0.5)
-    torch.save(ckpt, "out/bigram.pt")
-    assert json.loads(run("eval", "--json").output)["loss"] == pytest.approx(before, rel=1e-12)
-
-
 @pytest.mark.parametrize("args, message", [
     (["--smoothing", "-1"], "must be a number >= 0"),
     (["--smoothing", "kneser"], "neither a number"),

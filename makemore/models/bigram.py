@@ -45,15 +45,3 @@ class Bigram(NGram):
         """The lecture's (V, V) table P[prev, next]."""
         prev = torch.arange(self.vocab_size, device=self.discounts.device)[:, None]
         return self(prev).exp()
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # checkpoints written before the n-gram model hold the dense count table N: keep its non-zero cells
-        dense = state_dict.pop(prefix + "N", None)
-        if dense is not None:
-            prev, nxt = dense.nonzero(as_tuple=True)
-            state_dict[prefix + "ngrams_2"] = prev * self.vocab_size + nxt
-            state_dict[prefix + "counts_2"] = dense[prev, nxt].round().long()
-            state_dict[prefix + "ngrams_1"] = torch.zeros(0, dtype=torch.int64)
-            state_dict[prefix + "counts_1"] = torch.zeros(0, dtype=torch.int64)
-            state_dict[prefix + "discounts"] = torch.zeros(2, 3, dtype=torch.float64)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
