@@ -181,7 +181,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, nargs="+", default=[2048, 4096],
                         help="per process; the first is also the one whose dev loss is compared")
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--no-memory", action="store_true", help="skip the x100 memory runs")
     args = parser.parse_args()
     print(run(args.data, args.steps, args.batch_size, args.repeat, not args.no_memory), end="")
