@@ -22,6 +22,23 @@ def small_names(tmp_path) -> Path:
 
 
 @pytest.fixture
+def names(small_names) -> Path:
+    return small_names
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: the tests' tiny models gain nothing from more, and on a busy machine the
+    spinning threads of a second one make each step ten times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def run(tmp_path, monkeypatch):
     """Invoke the real CLI in a temporary working directory; returns click's Result."""
     monkeypatch.chdir(tmp_path)

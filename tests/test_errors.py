@@ -19,16 +19,6 @@ LOWER = "abcdefghijklmnopqrstuvwxyz"
 TINY_MLP = ["--model", "mlp", "--steps", "20", "--n-hidden", "16", "--batch-size", "16", "-q"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: tiny models gain nothing from more, and on a busy machine the spinning threads of
-    a second one make each step ten times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def invoke(*args):
     runner = CliRunner(env={"MAKEMORE_DEBUG": ""})
     return runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)

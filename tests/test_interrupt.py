@@ -25,23 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model", "mlp", "--n-embd", "4", "--n-hidden", "16", "--batch-size", "16", "-q"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread in every process compared (and on a busy machine, far faster for tiny models)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def names(tmp_path) -> Path:
-    lines = (ROOT / "names.txt").read_text(encoding="utf-8").splitlines()[::50]
-    path = tmp_path / "names.txt"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
 def ok(*args):
     result = CliRunner(env={"MAKEMORE_DEBUG": ""}).invoke(cli, [str(a) for a in args], catch_exceptions=False)
     assert result.exit_code == 0, result.output

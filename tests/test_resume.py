@@ -13,24 +13,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model", "mlp", "--n-embd", "4", "--n-hidden", "16", "--batch-size", "16", "-q"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: tiny models gain nothing from more, and on a busy machine the spinning threads of
-    a second one make each step ten times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def names(tmp_path) -> Path:
-    lines = (ROOT / "names.txt").read_text(encoding="utf-8").splitlines()[::50]
-    path = tmp_path / "names.txt"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
 def invoke(*args):
     return CliRunner(env={"MAKEMORE_DEBUG": ""}).invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
