@@ -21,10 +21,10 @@ SPLITS = ("train", "dev", "test", "all")
 SEED = click.IntRange(0, 2**63 - 1)  # what torch.manual_seed accepts
 
 
-class SplitsType(click.ParamType):
-    """Three non-negative fractions summing to 1, e.g. 0.8,0.1,0.1."""
+class NumbersType(click.ParamType):
+    """Comma-separated numbers, e.g. 0.8,0.1,0.1; subclasses check them."""
 
-    name = "TRAIN,DEV,TEST"
+    example = "0.8,0.1,0.1"
 
     def convert(self, value, param, ctx):
         if isinstance(value, tuple):
@@ -32,7 +32,16 @@ class SplitsType(click.ParamType):
         try:
             parts = tuple(float(p) for p in value.split(","))
         except ValueError:
-            self.fail(f"{value!r} is not three numbers such as 0.8,0.1,0.1", param, ctx)
+            self.fail(f"{value!r} is not numbers such as {self.example}", param, ctx)
+        return self.check(value, parts, param, ctx)
+
+
+class SplitsType(NumbersType):
+    """Three non-negative fractions summing to 1, e.g. 0.8,0.1,0.1."""
+
+    name = "TRAIN,DEV,TEST"
+
+    def check(self, value, parts, param, ctx):
         if len(parts) != 3 or any(p < 0 or math.isnan(p) for p in parts):
             self.fail(f"{value!r} must be three non-negative numbers such as 0.8,0.1,0.1", param, ctx)
         if abs(sum(parts) - 1) > 1e-6:
@@ -61,18 +70,13 @@ class SmoothingType(click.ParamType):
         return k
 
 
-class DiscountType(click.ParamType):
+class DiscountType(NumbersType):
     """Kneser-Ney discounts: D, or D1,D2,D3 with 0 < Dr <= r."""
 
     name = "D|D1,D2,D3"
+    example = "0.6,1.2,1.6"
 
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        try:
-            parts = [float(p) for p in str(value).split(",")]
-        except ValueError:
-            self.fail(f"{value!r} is not one number or three such as 0.6,1.2,1.6", param, ctx)
+    def check(self, value, parts, param, ctx):
         if len(parts) == 1:
             parts = parts * 3
         if len(parts) != 3 or not all(0 < d <= r for r, d in zip((1, 2, 3), parts)):
@@ -546,18 +550,13 @@ def plot_counts(output, out, checkpoint_path):
     click.echo(path)
 
 
-class WeightsType(click.ParamType):
+class WeightsType(NumbersType):
     """Comma-separated non-negative numbers, one per checkpoint (normalised to sum 1)."""
 
     name = "W1,W2,..."
+    example = "0.6,0.4"
 
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        try:
-            parts = tuple(float(p) for p in value.split(","))
-        except ValueError:
-            self.fail(f"{value!r} is not numbers such as 0.6,0.4", param, ctx)
+    def check(self, value, parts, param, ctx):
         if not all(0 <= p < math.inf for p in parts) or sum(parts) <= 0:
             self.fail(f"{value!r} must be numbers >= 0, not all 0", param, ctx)
         return parts

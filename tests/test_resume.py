@@ -9,7 +9,6 @@ from click.testing import CliRunner
 
 from makemore.cli import cli
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model", "mlp", "--n-embd", "4", "--n-hidden", "16", "--batch-size", "16", "-q"]
 
 
