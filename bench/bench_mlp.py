@@ -43,20 +43,15 @@ LECTURE_TRAIN = dict(optimizer="sgd", batch_size=32, lr=0.1, schedule="step", we
 TARGET = 2.17
 
 
-def lecture_arrays(items: list[str], block_size: int = 3):
-    """The lecture's build_dataset: Python loops over words and characters, int64 tensors."""
-    chars = sorted(set("".join(items)))
+def lecture_arrays(items: list[str], all_items: list[str], block_size: int = 3):
+    """The lecture's build_dataset (Python loops, int64 tensors), its stoi made from every item."""
+    from bench_core import lecture_build_dataset
+
+    chars = sorted(set("".join(all_items)))
     stoi = {s: i + 1 for i, s in enumerate(chars)}
     stoi["."] = 0
-    X, Y = [], []
-    for w in items:
-        context = [0] * block_size
-        for ch in w + ".":
-            ix = stoi[ch]
-            X.append(context)
-            Y.append(ix)
-            context = context[1:] + [ix]
-    return torch.tensor(X), torch.tensor(Y), len(stoi)
+    X, Y = lecture_build_dataset(items, block_size, stoi)
+    return X, Y, len(stoi)
 
 
 def lecture_loop(Xtr, Ytr, vocab_size, steps, Xdev=None, Ydev=None, eval_every=0, target=None):
@@ -210,8 +205,8 @@ def main():
         torch.set_num_threads(args.threads)
     items = read_items(args.data)
     parts = split_items(items)
-    Xtr, Ytr, V = lecture_arrays(parts["train"])
-    Xdev, Ydev, _ = lecture_arrays(parts["dev"])
+    Xtr, Ytr, V = lecture_arrays(parts["train"], items)
+    Xdev, Ydev, _ = lecture_arrays(parts["dev"], items)
     out = tempfile.mkdtemp(prefix="bench-mlp-")
     log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
 
