@@ -389,7 +389,6 @@ def _finite(value):
 def score(items, data, totals, as_json, out, checkpoint_path, device):
     """How likely the model finds each ITEM: every transition's probability and log-probability (the
     lecture's `.e: 0.0478 -3.0408`), then the item's total and mean negative log-likelihood (nats)."""
-    from makemore import api
     from makemore.data import read_items
 
     items = list(items) + (read_items(data) if data else [])
@@ -502,7 +501,7 @@ def output_option(f):
 def plot_loss(output, out, checkpoint_path):
     """The training curve: train loss at each log point, dev loss at each evaluation (training also
     writes it, as OUT/NAME.loss.png)."""
-    from makemore import api, plots
+    from makemore import plots
 
     plots.require()
     trained = load_trained(checkpoint_path, out, "cpu")
@@ -521,7 +520,7 @@ def plot_loss(output, out, checkpoint_path):
 def plot_embeddings(output, out, checkpoint_path):
     """The lecture's scatter of the characters in the embedding table C (its first two principal
     components when C has more than two dimensions)."""
-    from makemore import api, instruments, plots
+    from makemore import instruments, plots
 
     plots.require()
     trained = load_trained(checkpoint_path, out, "cpu")
@@ -538,7 +537,7 @@ def plot_embeddings(output, out, checkpoint_path):
 @handle_errors
 def plot_counts(output, out, checkpoint_path):
     """The lecture's table of bigram counts as a labelled heatmap (for bigram-nn: its probabilities)."""
-    from makemore import api, instruments, plots
+    from makemore import instruments, plots
 
     plots.require()
     trained = load_trained(checkpoint_path, out, "cpu")

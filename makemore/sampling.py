@@ -175,15 +175,6 @@ def draw_batch(model, prefix_ids: list[int], size: int, generator: torch.Generat
     return Batch(tokens, length, ended, dead)
 
 
-def generate(model, vocab, n: int, generator: torch.Generator, temperature: float = 1.0, top_k: int | None = None,
-             prefix: str = "", max_len: int = 64) -> list[str]:
-    """n items in one batch, constrained by nothing but the prefix; one that reaches max_len characters
-    is cut there. The first version's interface, kept for its callers; sample() meets constraints."""
-    batch = draw_batch(model, vocab.encode(prefix), n, generator, max(0, max_len - len(prefix)), 0,
-                       temperature, top_k)
-    return _decode(batch, vocab, prefix)
-
-
 def _draw(probs: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """One token per row of probs (B, V), and which rows had no token to draw (all zero or NaN).
 

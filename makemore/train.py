@@ -10,7 +10,7 @@ import math
 import signal
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -347,7 +347,3 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
     finally:
         bar.close()
     return mark()
-
-
-def config_dict(config: TrainConfig) -> dict:
-    return asdict(config)
