@@ -155,8 +155,13 @@ class FastStep:
         return ([state[p]["exp_avg"] for p in self.params], [state[p]["exp_avg_sq"] for p in self.params],
                 [state[p]["step"] for p in self.params])
 
-    @torch.no_grad()
     def __call__(self, lr: float) -> None:
+        if torch.is_grad_enabled():
+            with torch.no_grad():
+                return self._step(lr)
+        return self._step(lr)  # the loop already turned autograd off: no context to enter at every step
+
+    def _step(self, lr: float) -> None:
         g = self.group
         if g is not None:
             g["lr"] = lr
@@ -213,7 +218,8 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
 
     The step itself is kept lean, because for small models the per-step overhead, not the maths, sets
     the speed: batches are gathered for many steps at once, the loss is read back only at log points,
-    gradients are dropped by setting them to None and the optimizer step goes through FastStep.
+    a model with a loss_and_grads method computes its gradients without autograd, and the optimizer
+    step goes through FastStep.
 
     With several processes (world, from makemore.distributed) each trains on its share of every batch
     through DDP; the caller gives dev_set, save and progress to rank 0 only.
@@ -244,6 +250,8 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
         # that a signal stops them well within torchrun's 30 s grace before it kills them
         log_every = min(eval_every, 100, max(10, config.steps // 200))
     forward = world.wrap(model)
+    # a model that computes its own gradients skips autograd (DDP needs autograd's hooks, so not there)
+    by_hand = getattr(model, "loss_and_grads", None) if world.size == 1 and penalty is None else None
     N, B = len(train_set), config.batch_size
     # Batches are drawn in chunks of random indices (one randint call per chunk, not per step); the
     # generator state at a chunk's start is what a checkpoint keeps, so resuming redraws the same chunk.
@@ -281,7 +289,9 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
         return min(config.steps, (step // log_every + 1) * log_every, (step // eval_every + 1) * eval_every)
 
     event = next_event(step)
+    grad_was_enabled = torch.is_grad_enabled()
     try:
+        torch.set_grad_enabled(by_hand is None)  # gradients by hand need no graph
         while step < config.steps:
             if step - chunk_start == chunk:
                 chunk_start = step
@@ -293,13 +303,16 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
                 x, y = train_set.batch(rows.reshape(-1))
                 xs, ys = x.view(rows.shape[0], B, -1).unbind(0), y.view(rows.shape[0], B).unbind(0)
             lr = config.lr_at(step)
-            loss = F.cross_entropy(forward(xs[step - group_start]), ys[step - group_start])
-            objective = loss + penalty(wd) if penalty is not None and wd else loss
-            for p in params:
-                p.grad = None
-            objective.backward()
+            if by_hand is not None:
+                loss = by_hand(xs[step - group_start], ys[step - group_start])
+            else:
+                loss = F.cross_entropy(forward(xs[step - group_start]), ys[step - group_start])
+                objective = loss + penalty(wd) if penalty is not None and wd else loss
+                for p in params:
+                    p.grad = None
+                objective.backward()
             optimizer_step(lr)
-            losses.append(loss.detach())
+            losses.append(loss if by_hand is not None else loss.detach())
             step += 1
             state.step = step
 
@@ -332,9 +345,9 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
                 state.metrics.append(record)
                 if on_log is not None:
                     on_log(record)
-                bar.update(step - bar.n)
-                bar.set_postfix(loss=f"{train_loss:.4f}",
+                bar.set_postfix(loss=f"{train_loss:.4f}", refresh=False,  # update() redraws, at most twice a second
                                 **({"dev": f"{record['dev_loss']:.4f}"} if "dev_loss" in record else {}))
+                bar.update(step - bar.n)
                 if evaluated and save is not None:
                     save(mark(), model)
             if halt:
@@ -345,5 +358,6 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
                 world.barrier()  # the others wait for rank 0's checkpoint before torchrun sees them exit
                 raise Interrupted(halt)
     finally:
+        torch.set_grad_enabled(grad_was_enabled)
         bar.close()
     return mark()

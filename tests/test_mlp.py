@@ -105,6 +105,52 @@ def test_fast_step_equals_optimizer_step(optimizer, wd):
         assert all(opt_b.state[p]["step"].item() == 5 for p in b.parameters())
 
 
+@pytest.mark.parametrize("direct", [False, True])
+@pytest.mark.parametrize("init", ["scaled", "randn"])
+def test_gradients_by_hand_equal_autograd(direct, init):
+    torch.manual_seed(2)
+    model = MLP(MLPConfig(block_size=5, n_embd=3, n_hidden=13, init=init, direct=direct), vocab_size=9)
+    with torch.no_grad():  # move every parameter off its initial value, Wd's zeros included
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    idx, y = torch.randint(9, (17, 5)), torch.randint(9, (17,))
+    idx[0] = idx[1]  # a repeated context: its embedding gradients must add up
+    loss = F.cross_entropy(model(idx), y)
+    loss.backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters()}
+    for _ in range(2):  # the second call reuses the buffers the first one made
+        with torch.no_grad():
+            by_hand = model.loss_and_grads(idx, y)
+        torch.testing.assert_close(by_hand, loss.detach())
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(p.grad, expected[name], msg=name)
+
+
+def test_training_by_hand_follows_the_autograd_path(small_names):
+    """Ten steps of the loop with gradients by hand land where ten steps through autograd do."""
+    from makemore.data import Vocab, build_dataset, read_items
+    from makemore.train import train_loop
+
+    items = read_items(small_names)
+    data = build_dataset(items, Vocab.from_items(items), 3)
+    config = TrainConfig(steps=10, batch_size=8, lr=0.05, optimizer="adamw", weight_decay=0.1)
+    models, calls = [], []
+    for by_hand in (True, False):
+        torch.manual_seed(0)
+        model = MLP(MLPConfig(block_size=3, n_embd=4, n_hidden=8), 27)
+        if by_hand:
+            counted = model.loss_and_grads
+            model.loss_and_grads = lambda x, y: calls.append(1) or counted(x, y)
+        else:
+            model.loss_and_grads = None  # the loop then takes the autograd path
+        train_loop(model, data, None, config, progress=False)
+        models.append(model)
+    assert len(calls) == 10
+    for a, b in zip(*(m.parameters() for m in models)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert torch.is_grad_enabled()
+
+
 def test_fast_step_falls_back_for_momentum():
     model = MLP(MLPConfig(), 5)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
