@@ -154,6 +154,9 @@ def train(model: str = "mlp", data: str | Path | None = None, out: str | Path = 
     if prior is None and (train_options or {}).get("steps") is None and hasattr(cls, "default_steps"):
         # no --steps: the model's documented rule sets the length of training from the data's size
         tconfig.steps = cls.default_steps(len(train_set), tconfig.batch_size)
+    if prior is None and (train_options or {}).get("weight_decay") is None and hasattr(cls, "default_weight_decay"):
+        # likewise the weight decay: stronger on a small file (see the model's rule)
+        tconfig.weight_decay = cls.default_weight_decay(len(train_set))
 
     path = out / f"{name or model}.pt"
     replaced = path.exists() and prior is None

@@ -181,7 +181,8 @@ def cli():
               help="constant; step (the lecture's: lr/10 for the second half); cosine. [default: per model]")
 @click.option("--warmup", type=click.IntRange(min=0), help="Linear warmup steps (cosine). [default: 0]")
 @click.option("--weight-decay", type=click.FloatRange(min=0),
-              help="bigram-nn: the lecture's penalty wd*(W**2).mean(); others: the optimizer's decay. [default: 0]")
+              help="bigram-nn: the lecture's penalty wd*(W**2).mean(); others: the optimizer's decay. "
+                   "[default: per model; mlp: 0.05, up to 0.2 on small data]")
 @click.option("--eval-interval", type=click.IntRange(min=1), help="Steps between dev evaluations. [default: steps/10]")
 @click.option("--seed", type=SEED, help="Seed of initialisation and batches. [default: 42]")
 @click.option("--splits", type=SplitsType(), default="0.8,0.1,0.1", help="Train, dev, test fractions.")
@@ -436,7 +437,7 @@ def score(items, data, totals, as_json, out, checkpoint_path, device):
 @click.option("--batch-size", type=click.IntRange(min=1), help="Examples per step. [default: per model]")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS),
               help="The lecture sweeps sgd. [default: the model's, as train uses]")
-@click.option("--weight-decay", type=click.FloatRange(min=0), help="As in train. [default: 0]")
+@click.option("--weight-decay", type=click.FloatRange(min=0), help="As in train. [default: the model's]")
 @click.option("--seed", type=int, help="Seed of initialisation and batches. [default: 42]")
 @click.option("--splits", type=SplitsType(), default="0.8,0.1,0.1", help="Train, dev, test fractions (sweeps on train).")
 @click.option("--split-seed", type=int, default=42, help="Seed of the shuffle before splitting.")

@@ -71,8 +71,19 @@ def test_train_without_steps_uses_the_rule(small_names, tmp_path, monkeypatch):
     items = read_items(small_names)
     n = len(build_dataset(split_items(items)["train"], Vocab.from_items(items), ckpt["config"]["block_size"]))
     assert result.step == ckpt["train"]["steps"] == MLP.default_steps(n, 256)
-    given = api.train("mlp", small_names, tmp_path / "out", "given", train_options={"steps": 7}, progress=False)
-    assert given.step == 7
+    assert ckpt["train"]["weight_decay"] == MLP.default_weight_decay(n) > MLP.train_defaults["weight_decay"]
+    given = api.train("mlp", small_names, tmp_path / "out", "given", train_options={"steps": 7, "weight_decay": 0.01},
+                      progress=False)
+    ckpt = api.load(given.path).ckpt
+    assert given.step == ckpt["train"]["steps"] == 7 and ckpt["train"]["weight_decay"] == 0.01
+
+
+def test_default_weight_decay_grows_as_the_data_shrinks():
+    rule, base = MLP.default_weight_decay, MLP.train_defaults["weight_decay"]
+    ref = MLP.REFERENCE_EXAMPLES
+    assert rule(ref) == rule(10 * ref) == base  # the tuning data's size and more: the tuned value
+    assert rule(ref / 4) == pytest.approx(2 * base)  # a quarter of the data: twice the decay
+    assert base < rule(ref // 2) < rule(ref // 4) < rule(ref // 100) == rule(1) == MLP.MAX_DECAY_FACTOR * base
 
 
 @pytest.mark.parametrize("optimizer,wd", [("sgd", 0.0), ("sgd", 0.1), ("adamw", 0.0), ("adamw", 0.1)])
@@ -146,6 +157,7 @@ def test_training_by_hand_follows_the_autograd_path(small_names):
         train_loop(model, data, None, config, progress=False)
         models.append(model)
     assert len(calls) == 10
+    assert all(p.grad is None for p in models[0].parameters())  # the buffers made in inference mode are dropped
     for a, b in zip(*(m.parameters() for m in models)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert torch.is_grad_enabled()
