@@ -84,10 +84,14 @@ def stop_on_signals():
 
 
 @torch.no_grad()
-def evaluate(model, dataset, batch_size: int = 16384) -> float:
+def evaluate(model, dataset, batch_size: int | None = None) -> float:
     """Mean negative log-likelihood per predicted token (nats), summed in float64."""
     if len(dataset) == 0:
         return float("nan")
+    if batch_size is None:
+        # on the CPU a chunk whose activations stay in cache is faster than a large one (the lecture's
+        # MLP on its dev set: 26 ms in chunks of 4,096 against 42 ms in chunks of 16,384)
+        batch_size = 4096 if dataset.positions.device.type == "cpu" else 65536
     was_training = model.training
     model.eval()
     total = torch.zeros((), dtype=torch.float64)

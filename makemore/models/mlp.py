@@ -125,7 +125,10 @@ class MLP(Model):
         logp = torch.log_softmax(logits, 1)
         loss = F.nll_loss(logp, targets)
         # d loss / d logits = (softmax - one_hot(targets)) / B
-        dlogits = logp.exp_().mul_(1.0 / B).scatter_add_(1, targets.view(B, 1), self._minus(B, logp))
+        minus = self.__dict__.get("_minus")  # a (B, 1) column of -1/B, made once per batch size
+        if minus is None or minus.shape[0] != B or minus.dtype != logp.dtype or minus.device != logp.device:
+            minus = self.__dict__["_minus"] = logp.new_full((B, 1), -1.0 / B)
+        dlogits = logp.exp_().mul_(1.0 / B).scatter_add_(1, targets.view(B, 1), minus)
         torch.mm(h.t(), dlogits, out=W2.grad)
         torch.sum(dlogits, 0, out=b2.grad)
         dh = F.linear(dlogits, W2)  # dlogits @ W2.T
@@ -138,10 +141,3 @@ class MLP(Model):
             dx.addmm_(dlogits, Wd.t())
         C.grad.zero_().index_add_(0, idx.view(-1), dx.view(-1, C.shape[1]))
         return loss
-
-    def _minus(self, B: int, like: torch.Tensor) -> torch.Tensor:
-        """A (B, 1) column of -1/B, made once per batch size, dtype and device."""
-        col = self.__dict__.get("_minus_col")
-        if col is None or col.shape[0] != B or col.dtype != like.dtype or col.device != like.device:
-            col = self.__dict__["_minus_col"] = like.new_full((B, 1), -1.0 / B)
-        return col
