@@ -125,10 +125,12 @@ class MLP(Model):
         logp = torch.log_softmax(logits, 1)
         loss = F.nll_loss(logp, targets)
         # d loss / d logits = (softmax - one_hot(targets)) / B
-        minus = self.__dict__.get("_minus")  # a (B, 1) column of -1/B, made once per batch size
-        if minus is None or minus.shape[0] != B or minus.dtype != logp.dtype or minus.device != logp.device:
-            minus = self.__dict__["_minus"] = logp.new_full((B, 1), -1.0 / B)
-        dlogits = logp.exp_().mul_(1.0 / B).scatter_add_(1, targets.view(B, 1), minus)
+        # 1/B as a 0-dim tensor and a (B, 1) column of -1/B, made once per batch size: a Python float
+        # argument costs a tensor conversion at every call
+        consts = self.__dict__.get("_scale_consts")
+        if consts is None or consts[1].shape[0] != B or consts[1].dtype != logp.dtype or consts[1].device != logp.device:
+            consts = self.__dict__["_scale_consts"] = (logp.new_tensor(1.0 / B), logp.new_full((B, 1), -1.0 / B))
+        dlogits = logp.exp_().mul_(consts[0]).scatter_add_(1, targets.view(B, 1), consts[1])
         torch.mm(h.t(), dlogits, out=W2.grad)
         torch.sum(dlogits, 0, out=b2.grad)
         dh = F.linear(dlogits, W2)  # dlogits @ W2.T
