@@ -208,6 +208,8 @@ def bench_sampling_and_cli(path, tmp: Path):
 
     cli = {}
     for label, args, n in [("python -c pass", ["-c", "pass"], 5),
+                           ("python -c 'import torch' (the floor of any command that uses a model)",
+                            ["-c", "import torch"], 5),
                            ("makemore --help", ["-m", "makemore", "--help"], 7),
                            ("makemore sample -n 20", ["-m", "makemore", "sample", "-n", "20", "--out", str(out)], 5)]:
         times = [wall(*args) for _ in range(n)]
