@@ -161,7 +161,7 @@ def main():
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "names-2018.txt"))
     ap.add_argument("--extra", help="folder made by scripts/make_bench_data.py")
     ap.add_argument("--speed-steps", type=int, default=10000, help="steps per speed measurement")
-    ap.add_argument("--rounds", type=int, default=3, help="alternated speed measurements of each loop")
+    ap.add_argument("--rounds", type=int, default=5, help="alternated speed measurements of each loop")
     ap.add_argument("--parts", default="speed,time,extra", help="which sections to run")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
