@@ -79,6 +79,16 @@ def train_config(model_name: str, options: dict) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def apply_size_rules(cls, tconfig: TrainConfig, train_options: dict | None, n_examples: int) -> None:
+    """Set the loop settings that the model's documented rules derive from the number of training
+    examples (default_steps, default_weight_decay), wherever the user gave no value of their own."""
+    given = train_options or {}
+    if given.get("steps") is None and hasattr(cls, "default_steps"):
+        tconfig.steps = cls.default_steps(n_examples, tconfig.batch_size)
+    if given.get("weight_decay") is None and hasattr(cls, "default_weight_decay"):
+        tconfig.weight_decay = cls.default_weight_decay(n_examples)
+
+
 def build_run(cls, mconfig, seed: int, vocab: Vocab, parts: dict, dev: torch.device, with_dev: bool = True):
     """A fresh model initialised from seed, and the train and dev datasets (dev None when empty, or when
     not with_dev: only the main process of a distributed run evaluates) on dev."""
@@ -151,12 +161,8 @@ def train(model: str = "mlp", data: str | Path | None = None, out: str | Path = 
         raise DataError(f"{dataset.path}: has characters the checkpoint's vocabulary lacks: "
                         f"{''.join(vocab.unknown(''.join(dataset.items)))!r}")
     net, train_set, dev_set = build_run(cls, mconfig, tconfig.seed, vocab, parts, dev, with_dev=world.is_main)
-    if prior is None and (train_options or {}).get("steps") is None and hasattr(cls, "default_steps"):
-        # no --steps: the model's documented rule sets the length of training from the data's size
-        tconfig.steps = cls.default_steps(len(train_set), tconfig.batch_size)
-    if prior is None and (train_options or {}).get("weight_decay") is None and hasattr(cls, "default_weight_decay"):
-        # likewise the weight decay: stronger on a small file (see the model's rule)
-        tconfig.weight_decay = cls.default_weight_decay(len(train_set))
+    if prior is None:  # a resumed run keeps the settings it started with
+        apply_size_rules(cls, tconfig, train_options, len(train_set))
 
     path = out / f"{name or model}.pt"
     replaced = path.exists() and prior is None

@@ -169,6 +169,7 @@ def lr_find(model: str = "mlp", data=None, model_options: dict | None = None, tr
     tconfig = api.train_config(model, train_options or {})
     vocab = Vocab.from_items(dataset.items)
     net, train_set, _ = api.build_run(cls, mconfig, tconfig.seed, vocab, dict(parts, dev=[]), dev)
+    api.apply_size_rules(cls, tconfig, train_options, len(train_set))  # the weight decay train would use
     sweep = lr_sweep(net, train_set, make_optimizer(net, tconfig), exponential_lrs(min_lr, max_lr, steps),
                      tconfig.batch_size, tconfig.seed, tconfig.weight_decay, progress)
     sweep.settings = dict(model=model, data=str(dataset.path), optimizer=tconfig.optimizer,

@@ -320,7 +320,7 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
                     p.grad = None
                 objective.backward()
             optimizer_step(lr)
-            losses.append(loss if by_hand is not None else loss.detach())
+            losses.append(loss.detach())
             step += 1
             state.step = step
 
@@ -368,7 +368,7 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
     finally:
         modes.close()
         bar.close()
-    if by_hand is not None:
-        for p in params:
-            p.grad = None  # made in inference mode: no later backward() may accumulate into them
+        if by_hand is not None:
+            for p in params:
+                p.grad = None  # made in inference mode: no later backward() may accumulate into them
     return mark()

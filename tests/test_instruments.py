@@ -145,6 +145,10 @@ def test_lr_find_suggests_a_rate_inside_the_sweep(run, small_names):
     assert lrs[1] / lrs[0] == pytest.approx(10 ** (4 / 99))
     assert len(sweep["losses"]) == len(lrs) <= 100
     assert sweep["settings"]["optimizer"] == "sgd"
+    # the weight decay train would use on this small file: the MLP's data-size rule, not the bare default
+    from makemore.models.mlp import MLP
+
+    assert sweep["settings"]["weight_decay"] > MLP.train_defaults["weight_decay"]
     assert sweep["plot"] == "sweep.png"
     assert_picture(Path("sweep.png"))
 
