@@ -222,8 +222,8 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
 
     The step itself is kept lean, because for small models the per-step overhead, not the maths, sets
     the speed: batches are gathered for many steps at once, the loss is read back only at log points,
-    a model with a loss_and_grads method computes its gradients without autograd, and the optimizer
-    step goes through FastStep.
+    a model with a step_by_hand method does its steps without autograd (and with plain SGD applies
+    the update itself), and otherwise the optimizer step goes through FastStep.
 
     With several processes (world, from makemore.distributed) each trains on its share of every batch
     through DDP; the caller gives dev_set, save and progress to rank 0 only.
@@ -254,8 +254,11 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
         # that a signal stops them well within torchrun's 30 s grace before it kills them
         log_every = min(eval_every, 100, max(10, config.steps // 200))
     forward = world.wrap(model)
-    # a model that computes its own gradients skips autograd (DDP needs autograd's hooks, so not there)
-    by_hand = getattr(model, "loss_and_grads", None) if world.size == 1 and penalty is None else None
+    # a model that writes out its own steps skips autograd (DDP needs autograd's hooks, so not there)
+    make_step = getattr(model, "step_by_hand", None) if world.size == 1 and penalty is None else None
+    fused_sgd = make_step is not None and optimizer_step.kind == "sgd"
+    by_hand = make_step(sgd=fused_sgd) if make_step is not None else None
+    sgd_group = optimizer.param_groups[0] if fused_sgd else None
     N, B = len(train_set), config.batch_size
     # Batches are drawn in chunks of random indices (one randint call per chunk, not per step); the
     # generator state at a chunk's start is what a checkpoint keeps, so resuming redraws the same chunk.
@@ -309,18 +312,26 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
                 group_start = step
                 rows = batches[step - chunk_start:min(step - chunk_start + group, chunk)]
                 x, y = train_set.batch(rows.reshape(-1))
-                xs, ys = x.view(rows.shape[0], B, -1).unbind(0), y.view(rows.shape[0], B).unbind(0)
+                if by_hand is not None:  # the shapes a step by hand takes: flat contexts, a column of targets
+                    xs, ys = x.view(rows.shape[0], -1).unbind(0), y.view(rows.shape[0], B, 1).unbind(0)
+                else:
+                    xs, ys = x.view(rows.shape[0], B, -1).unbind(0), y.view(rows.shape[0], B).unbind(0)
             lr = config.lr_at(step)
             if by_hand is not None:
-                loss = by_hand(xs[step - group_start], ys[step - group_start])
+                # the probabilities of the targets; their mean -log is the loss, read at log points
+                losses.append(by_hand(xs[step - group_start], ys[step - group_start], lr, wd))
+                if fused_sgd:
+                    sgd_group["lr"] = lr  # the step applied the update; the optimizer keeps the lr it would have
+                else:
+                    optimizer_step(lr)
             else:
                 loss = F.cross_entropy(forward(xs[step - group_start]), ys[step - group_start])
                 objective = loss + penalty(wd) if penalty is not None and wd else loss
                 for p in params:
                     p.grad = None
                 objective.backward()
-            optimizer_step(lr)
-            losses.append(loss.detach())
+                optimizer_step(lr)
+                losses.append(loss.detach())
             step += 1
             state.step = step
 
@@ -329,7 +340,8 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
             if step == event:
                 event = next_event(step)
                 last = step == config.steps
-                train_loss, halt = world.agree(torch.stack(losses).mean(), stop.signum if stop is not None else 0)
+                mean_loss = -torch.cat(losses).log().mean() if by_hand is not None else torch.stack(losses).mean()
+                train_loss, halt = world.agree(mean_loss, stop.signum if stop is not None else 0)
                 losses.clear()
                 if not math.isfinite(train_loss) or train_loss > limit:
                     raise TrainingError(

@@ -1,4 +1,5 @@
 import dataclasses
+import functools
 
 import pytest
 import torch
@@ -116,50 +117,91 @@ def test_fast_step_equals_optimizer_step(optimizer, wd):
         assert all(opt_b.state[p]["step"].item() == 5 for p in b.parameters())
 
 
-@pytest.mark.parametrize("direct", [False, True])
-@pytest.mark.parametrize("init", ["scaled", "randn"])
-def test_gradients_by_hand_equal_autograd(direct, init):
-    torch.manual_seed(2)
+def _moved_mlp(direct, init, seed=2):
+    torch.manual_seed(seed)
     model = MLP(MLPConfig(block_size=5, n_embd=3, n_hidden=13, init=init, direct=direct), vocab_size=9)
     with torch.no_grad():  # move every parameter off its initial value, Wd's zeros included
         for p in model.parameters():
             p.add_(0.3 * torch.randn_like(p))
     idx, y = torch.randint(9, (17, 5)), torch.randint(9, (17,))
     idx[0] = idx[1]  # a repeated context: its embedding gradients must add up
+    return model, idx, y
+
+
+@pytest.mark.parametrize("direct", [False, True])
+@pytest.mark.parametrize("init", ["scaled", "randn"])
+def test_gradients_by_hand_equal_autograd(direct, init):
+    model, idx, y = _moved_mlp(direct, init)
     loss = F.cross_entropy(model(idx), y)
     loss.backward()
     expected = {name: p.grad.clone() for name, p in model.named_parameters()}
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    step = model.step_by_hand(sgd=False)
     for _ in range(2):  # the second call reuses the buffers the first one made
         with torch.no_grad():
-            by_hand = model.loss_and_grads(idx, y)
-        torch.testing.assert_close(by_hand, loss.detach())
+            probs = step(idx.view(-1), y.view(-1, 1), 0.5, 0.1)  # lr and weight decay are the optimizer's business here
+        assert probs.shape == (17, 1)
+        torch.testing.assert_close(-probs.log().mean(), loss.detach())
         for name, p in model.named_parameters():
             torch.testing.assert_close(p.grad, expected[name], msg=name)
+            assert torch.equal(p.detach(), before[name]), name
 
 
-def test_training_by_hand_follows_the_autograd_path(small_names):
-    """Ten steps of the loop with gradients by hand land where ten steps through autograd do."""
+@pytest.mark.parametrize("direct", [False, True])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.3])
+def test_sgd_by_hand_equals_torch_sgd(direct, weight_decay):
+    a, idx, y = _moved_mlp(direct, "scaled")
+    b, _, _ = _moved_mlp(direct, "scaled")
+    opt = torch.optim.SGD(a.parameters(), lr=0.2, weight_decay=weight_decay)
+    step = b.step_by_hand(sgd=True)
+    for lr in (0.2, 0.05):  # two steps: the second sees the first one's updated weights
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.zero_grad()
+        loss = F.cross_entropy(a(idx), y)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            probs = step(idx.view(-1), y.view(-1, 1), lr, weight_decay)
+        torch.testing.assert_close(-probs.log().mean(), loss.detach())
+        for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+            torch.testing.assert_close(pb, pa, rtol=1e-5, atol=1e-6, msg=name)
+            assert pb.grad is None, name
+
+
+@pytest.mark.parametrize("optimizer,weight_decay", [("adamw", 0.1), ("sgd", 0.0), ("sgd", 0.1)])
+def test_training_by_hand_follows_the_autograd_path(small_names, optimizer, weight_decay):
+    """Ten steps of the loop with steps by hand land where ten steps through autograd do."""
     from makemore.data import Vocab, build_dataset, read_items
     from makemore.train import train_loop
 
     items = read_items(small_names)
     data = build_dataset(items, Vocab.from_items(items), 3)
-    config = TrainConfig(steps=10, batch_size=8, lr=0.05, optimizer="adamw", weight_decay=0.1)
-    models, calls = [], []
+    config = TrainConfig(steps=10, batch_size=8, lr=0.05, optimizer=optimizer, weight_decay=weight_decay)
+    models, states, made, steps = [], [], [], []
+
+    def counted(make, sgd):
+        made.append(sgd)
+        step = make(sgd)
+        return lambda *args: steps.append(1) or step(*args)
+
     for by_hand in (True, False):
         torch.manual_seed(0)
         model = MLP(MLPConfig(block_size=3, n_embd=4, n_hidden=8), 27)
         if by_hand:
-            counted = model.loss_and_grads
-            model.loss_and_grads = lambda x, y: calls.append(1) or counted(x, y)
+            model.step_by_hand = functools.partial(counted, model.step_by_hand)
         else:
-            model.loss_and_grads = None  # the loop then takes the autograd path
-        train_loop(model, data, None, config, progress=False)
+            model.step_by_hand = None  # the loop then takes the autograd path
+        states.append(train_loop(model, data, None, config, progress=False))
         models.append(model)
-    assert len(calls) == 10
-    assert all(p.grad is None for p in models[0].parameters())  # the buffers made in inference mode are dropped
+    assert made == [optimizer == "sgd"] and len(steps) == 10  # plain SGD is applied by the step itself
+    assert all(p.grad is None for p in models[0].parameters())  # the buffers made for the loop are dropped
     for a, b in zip(*(m.parameters() for m in models)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    train_losses = [[r["train_loss"] for r in s.metrics] for s in states]
+    assert len(train_losses[0]) == 10
+    torch.testing.assert_close(train_losses[0], train_losses[1], rtol=1e-5, atol=1e-5)
+    assert states[0].optimizer["param_groups"][0]["lr"] == states[1].optimizer["param_groups"][0]["lr"]
     assert torch.is_grad_enabled()
 
 
