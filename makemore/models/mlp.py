@@ -28,6 +28,18 @@ class MLPConfig:
     direct: bool = True
 
 
+def _tanh(z: torch.Tensor) -> torch.Tensor:
+    """tanh, computed as 2 sigmoid(2z) - 1 on the CPU outside autograd.
+
+    torch's tanh is slow on the CPU: for the default MLP's 128 x 512 activations it takes 160 us against
+    59 us for the sigmoid form (32 x 200: 19 against 16), which agrees with it to 2e-7. Under autograd
+    torch.tanh stays: one node in the graph instead of three.
+    """
+    if z.device.type != "cpu" or (z.requires_grad and torch.is_grad_enabled()):
+        return torch.tanh(z)
+    return torch.add(-1.0, torch.sigmoid_(z.mul_(2)), alpha=2)
+
+
 @register("mlp")
 class MLP(Model):
     """Embedding table C, block_size embeddings concatenated, a tanh hidden layer, linear to logits.
@@ -99,7 +111,7 @@ class MLP(Model):
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         x = F.embedding(idx, self.C).view(idx.shape[0], -1)  # (B, T*E): the embeddings side by side
-        h = torch.tanh(torch.addmm(self.b1, x, self.W1))  # (B, H); addmm: x @ W1 + b1 in one op
+        h = _tanh(torch.addmm(self.b1, x, self.W1))  # (B, H); addmm: x @ W1 + b1 in one op
         logits = torch.addmm(self.b2, h, self.W2)  # (B, V)
         if self.config.direct:
             logits = torch.addmm(logits, x, self.Wd)
@@ -132,9 +144,7 @@ class MLP(Model):
             gC, gW1, gb1, gW2, gb2 = (p.grad for p in (self.C, self.W1, self.b1, self.W2, self.b2))
             gWd = self.Wd.grad if Wd is not None else None
         tanh_backward = torch.ops.aten.tanh_backward.grad_input  # grad * (1 - tanh^2) in one call
-        # torch's tanh is slow on the CPU; tanh(z) = 2 sigmoid(2z) - 1 is the same to 2e-7 and, for the
-        # default MLP's 128 x 512 activations, takes 59 us against tanh's 160 (32 x 200: 16 against 19)
-        sigmoid_tanh = C.device.type == "cpu"
+        sigmoid_tanh = C.device.type == "cpu"  # see _tanh
         minus_one = C.new_tensor(-1.0)
         buffers = {}
 
