@@ -340,7 +340,12 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
             if step == event:
                 event = next_event(step)
                 last = step == config.steps
-                mean_loss = -torch.cat(losses).log().mean() if by_hand is not None else torch.stack(losses).mean()
+                if by_hand is not None:
+                    # a target probability that underflowed to 0 (a loss beyond 87 nats: a diverging run, or
+                    # the lecture's randn init in its first steps) counts as 87 nats, not as infinity
+                    mean_loss = -torch.cat(losses).clamp_min_(torch.finfo(torch.float32).tiny).log().mean()
+                else:
+                    mean_loss = torch.stack(losses).mean()
                 train_loss, halt = world.agree(mean_loss, stop.signum if stop is not None else 0)
                 losses.clear()
                 if not math.isfinite(train_loss) or train_loss > limit:
