@@ -37,7 +37,8 @@ def _tanh(z: torch.Tensor) -> torch.Tensor:
     """
     if z.device.type != "cpu" or (z.requires_grad and torch.is_grad_enabled()):
         return torch.tanh(z)
-    return torch.add(-1.0, torch.sigmoid_(z.mul_(2)), alpha=2)
+    s = torch.sigmoid_(z.mul_(2))
+    return torch.add(-1.0, s, alpha=2, out=s)  # in place: a new tensor of this size costs more than the sum
 
 
 @register("mlp")
@@ -121,8 +122,8 @@ class MLP(Model):
         """Return step(contexts, targets, lr, weight_decay): one training step written out by hand.
 
         step takes a batch of B contexts flattened, (B * block_size,), and its targets as a column,
-        (B, 1): the shapes its index ops use. It does the forward and backward pass with the same
-        arithmetic as loss.backward() (tests compare the two), without autograd, and returns the
+        (B, 1): the shapes its index ops use. It does the forward and backward pass by hand, without
+        autograd (tests check its gradients and updates against autograd and torch.optim), and returns the
         probability the model gave each target, (B, 1), from which the loop reads the loss when it logs.
         With sgd=True it also applies plain SGD in place, p -= lr * (grad + weight_decay * p), folding
         each update into the product that makes its gradient, and writes no .grad; with sgd=False it
@@ -136,7 +137,7 @@ class MLP(Model):
         """
         C, W1, b1, W2, b2 = (p.detach() for p in (self.C, self.W1, self.b1, self.W2, self.b2))
         Wd = self.Wd.detach() if self.config.direct else None
-        (V, E), (TE, H) = C.shape, W1.shape
+        E, (TE, H) = C.shape[1], W1.shape
         W1t, W2t, Wdt = W1.t(), W2.t(), (Wd.t() if Wd is not None else None)
         if not sgd:
             for p in self.parameters():
