@@ -237,6 +237,22 @@ def test_lecture_model_is_reachable_with_flags():
     assert sum(p.numel() for p in model.parameters()) == 11897  # the lecture's parameter count
 
 
+def test_the_lecture_seed_gives_the_lectures_initial_weights(small_names):
+    """With --seed 2147483647 train starts from the lecture's own weights: its generator, seeded so, draws
+    C, W1, b1, W2, b2 in this order and these shapes."""
+    from makemore.data import Vocab, read_items
+
+    items = read_items(small_names)
+    vocab = Vocab.from_items(items)
+    config = api.model_config("mlp", dict(block_size=3, n_embd=10, n_hidden=200, init="randn", direct=False))
+    model, _, _ = api.build_run(MLP, config, 2147483647, vocab, dict(train=items, dev=[]), torch.device("cpu"))
+    g = torch.Generator().manual_seed(2147483647)
+    lecture = [torch.randn(shape, generator=g) for shape in ((27, 10), (30, 200), (200,), (200, 27), (27,))]
+    assert len(vocab) == 27
+    for mine, theirs in zip((model.C, model.W1, model.b1, model.W2, model.b2), lecture):
+        assert torch.equal(mine.detach(), theirs)
+
+
 def test_lecture_flags_reach_the_checkpoint(run, small_names):
     run("train", "--model", "mlp", "--data", small_names, "-q", "--block-size", 3, "--n-embd", 10, "--n-hidden", 200,
         "--init", "randn", "--no-direct", "--optimizer", "sgd", "--batch-size", 32, "--lr", 0.1, "--schedule", "step",

@@ -1,7 +1,8 @@
 """The lecture's figures on the lecture's own file (../shared/data/names-2018.txt), through the CLI.
 
 Reference values (../shared/data/README.md): the counting bigram over all 228,146 bigrams has mean NLL
-2.45401 without smoothing and 2.45458 with +1 smoothing. Skipped when the file is absent.
+2.45401 without smoothing and 2.45458 with +1 smoothing; the lecture's MLP lands at dev 2.16 to 2.17.
+Skipped when the file is absent.
 """
 import json
 
@@ -31,3 +32,17 @@ def test_bigram_nn_with_its_defaults_converges_to_the_counting_model(run):
     trained = train_and_eval_all(run, "bigram-nn", "--weight-decay", "0")
     # the counts (smoothing 0) are the maximum-likelihood bigram, so the network can only approach them
     assert counted - 1e-9 <= trained < counted + 0.002
+
+
+# The README's command for the lecture's MLP; --seed 2147483647 is the lecture's generator seed, which gives
+# its exact initial weights (tests/test_mlp.py checks that)
+LECTURE_MLP_FLAGS = ("--block-size", 3, "--n-embd", 10, "--n-hidden", 200, "--init", "randn", "--no-direct",
+                     "--optimizer", "sgd", "--batch-size", 32, "--lr", 0.1, "--schedule", "step", "--weight-decay", 0,
+                     "--steps", 200000, "--seed", 2147483647)
+
+
+def test_the_lecture_mlp_by_flags_lands_in_the_lectures_range(run):
+    """200,000 steps (about a minute): the lecture's model and training from flags alone."""
+    run("train", "--model", "mlp", "--data", SHARED_NAMES, "-q", *LECTURE_MLP_FLAGS)
+    result = json.loads(run("eval", "--checkpoint", "out/mlp.pt", "--split", "dev", "--json").output)
+    assert 2.15 <= result["loss"] <= 2.18
