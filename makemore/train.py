@@ -342,8 +342,9 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
                 last = step == config.steps
                 if by_hand is not None:
                     # a target probability that underflowed to 0 (a loss beyond 87 nats: a diverging run, or
-                    # the lecture's randn init in its first steps) counts as 87 nats, not as infinity
-                    mean_loss = -torch.cat(losses).clamp_min_(torch.finfo(torch.float32).tiny).log().mean()
+                    # the lecture's randn init in its first steps) counts as 87 nats (in float32), not as infinity
+                    probs = torch.cat(losses)
+                    mean_loss = -probs.clamp_min_(torch.finfo(probs.dtype).tiny).log().mean()
                 else:
                     mean_loss = torch.stack(losses).mean()
                 train_loss, halt = world.agree(mean_loss, stop.signum if stop is not None else 0)

@@ -224,6 +224,16 @@ def test_an_underflowed_target_probability_is_not_a_divergence(small_names):
     assert all(math.isfinite(r["train_loss"]) and r["train_loss"] > 50 for r in state.metrics)
 
 
+def test_the_sigmoid_form_of_tanh_matches_tanh():
+    from makemore.models.mlp import _tanh
+
+    z = torch.cat([torch.linspace(-30, 30, 10001), torch.tensor([0.0, 1e-30, -1e-30, 100.0, -100.0])])
+    with torch.no_grad():
+        torch.testing.assert_close(_tanh(z.clone()), torch.tanh(z), rtol=0, atol=3e-7)
+    w = z.clone().requires_grad_()
+    assert _tanh(w * 1).grad_fn.name() == "TanhBackward0"  # autograd keeps torch.tanh
+
+
 def test_fast_step_falls_back_for_momentum():
     model = MLP(MLPConfig(), 5)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
