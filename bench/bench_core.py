@@ -199,7 +199,11 @@ def bench_sampling_and_cli(path, tmp: Path):
                     mean_len=sum(map(len, items)) / len(items))
 
     log("start-up: makemore --help and makemore sample -n 20 in fresh processes")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # Python's bytecode cache on, as an installed package has it (pip compiles it at install; an editable
+    # install writes it at the first import): a shell that sets PYTHONDONTWRITEBYTECODE would otherwise
+    # recompile makemore's modules at every start (about 30 ms here). The first run of each writes it.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPATH"] = str(REPO)
 
     def wall(*args) -> float:
         t = time.perf_counter()
@@ -387,7 +391,7 @@ counting preparation too, {ratio(nn_total_ratio)}. The whole default run takes {
 (mean length {sampling['mean_len']:.1f}) drawn side by side by `Trained.sample` in {fmt_time(sampling['ours'])};
 the lecture's loop, one item and one character per forward pass, takes {fmt_time(sampling['lecture'])}.
 
-**Start-up** (wall clock of a fresh `python` process; `makemore --help` imports torch: {'**yes**' if help_loads_torch else 'no'}):
+**Start-up** (wall clock of a fresh `python` process, bytecode cache on; `makemore --help` imports torch: {'**yes**' if help_loads_torch else 'no'}):
 
 {table(['command', 'best', 'median'], cli_rows)}
 
