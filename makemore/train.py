@@ -299,9 +299,9 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
     modes = ExitStack()
     try:
         if by_hand is not None:
-            # Gradients by hand need no graph, and inference mode also skips autograd's bookkeeping on
-            # every op (about a tenth of a step at the lecture's sizes). The gradient buffers and
-            # optimizer state made in it are dropped or saved by value at the end, never used by autograd.
+            # Steps by hand need no graph, and inference mode also skips autograd's bookkeeping on
+            # every op (about a tenth of a step at the lecture's sizes). The optimizer state made in it
+            # is saved by value and dropped with the optimizer at the end, never used by autograd.
             modes.enter_context(torch.inference_mode())
         while step < config.steps:
             if step - chunk_start == chunk:
@@ -388,5 +388,5 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
         bar.close()
         if by_hand is not None:
             for p in params:
-                p.grad = None  # made in inference mode: no later backward() may accumulate into them
+                p.grad = None  # the step's reused buffers: no later backward() may accumulate into them
     return mark()

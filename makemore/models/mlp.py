@@ -37,7 +37,12 @@ def _tanh(z: torch.Tensor) -> torch.Tensor:
     """
     if z.device.type != "cpu" or (z.requires_grad and torch.is_grad_enabled()):
         return torch.tanh(z)
-    s = torch.sigmoid_(z.mul_(2))
+    return _tanh_of_doubled_(z.mul_(2))
+
+
+def _tanh_of_doubled_(z2: torch.Tensor) -> torch.Tensor:
+    """tanh(z) from z2 = 2z, in place in z2: 2 sigmoid(2z) - 1."""
+    s = torch.sigmoid_(z2)
     return torch.add(-1.0, s, alpha=2, out=s)  # in place: a new tensor of this size costs more than the sum
 
 
@@ -145,8 +150,7 @@ class MLP(Model):
             gC, gW1, gb1, gW2, gb2 = (p.grad for p in (self.C, self.W1, self.b1, self.W2, self.b2))
             gWd = self.Wd.grad if Wd is not None else None
         tanh_backward = torch.ops.aten.tanh_backward.grad_input  # grad * (1 - tanh^2) in one call
-        sigmoid_tanh = C.device.type == "cpu"  # see _tanh
-        minus_one = C.new_tensor(-1.0)
+        sigmoid_tanh = C.device.type == "cpu"
         buffers = {}
 
         def make_buffers(B: int) -> tuple:
@@ -159,9 +163,8 @@ class MLP(Model):
             bufs = buffers.get(B) or buffers.setdefault(B, make_buffers(B))
             x_rows, x, xt, h, ht, dpre, dpret, dx, dx_rows, minus_ones, ones = bufs
             torch.index_select(C, 0, contexts, out=x_rows)
-            if sigmoid_tanh:
-                torch.addmm(b1, x, W1, beta=2, alpha=2, out=h).sigmoid_()
-                torch.add(minus_one, h, alpha=2, out=h)
+            if sigmoid_tanh:  # see _tanh; the doubling rides on the product
+                _tanh_of_doubled_(torch.addmm(b1, x, W1, beta=2, alpha=2, out=h))
             else:
                 torch.addmm(b1, x, W1, out=h).tanh_()
             logits = torch.addmm(b2, h, W2)
