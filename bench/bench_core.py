@@ -21,7 +21,8 @@ import torch  # noqa: E402  (after common, which puts this checkout first on sys
 import torch.nn.functional as F  # noqa: E402
 
 from makemore import api  # noqa: E402
-from makemore.data import Vocab, build_dataset, read_items  # noqa: E402
+from makemore.data import Vocab, read_items  # noqa: E402
+from makemore.dataset import build_dataset  # noqa: E402
 from makemore.models import get_model_class  # noqa: E402
 from makemore.models.bigram import Bigram, BigramConfig  # noqa: E402
 from makemore.train import TrainConfig, evaluate, train_loop  # noqa: E402
@@ -212,17 +213,21 @@ def bench_sampling_and_cli(path, tmp: Path):
 
     cli = {}
     for label, args, n in [("python -c pass", ["-c", "pass"], 5),
-                           ("python -c 'import torch' (the floor of any command that uses a model)",
+                           ("python -c 'import torch' (the floor of any command that uses torch)",
                             ["-c", "import torch"], 5),
                            ("makemore --help", ["-m", "makemore", "--help"], 7),
-                           ("makemore sample -n 20", ["-m", "makemore", "sample", "-n", "20", "--out", str(out)], 5)]:
+                           ("makemore sample -n 20", ["-m", "makemore", "sample", "-n", "20", "--out", str(out)], 5),
+                           ("makemore sample -n 20 --mark (torch's batched sampler)",
+                            ["-m", "makemore", "sample", "-n", "20", "--mark", "--out", str(out)], 3)]:
         times = [wall(*args) for _ in range(n)]
         cli[label] = (min(times), median(times))
-    probe = ("import sys; from click.testing import CliRunner; from makemore.cli import cli; "
-             "CliRunner().invoke(cli, ['--help']); print('torch' in sys.modules)")
-    torch_loaded = subprocess.run([sys.executable, "-c", probe], cwd=tmp, env=env, capture_output=True,
-                                  text=True).stdout.strip()
-    return sampling, cli, torch_loaded == "True"
+    loads_torch = {}
+    for command in (["--help"], ["sample", "-n", "20", "--out", str(out)]):
+        probe = ("import sys; from click.testing import CliRunner; from makemore.cli import cli; "
+                 f"CliRunner().invoke(cli, {command!r}); print('torch' in sys.modules)")
+        loaded = subprocess.run([sys.executable, "-c", probe], cwd=tmp, env=env, capture_output=True, text=True)
+        loads_torch[command[0]] = loaded.stdout.strip().splitlines()[-1] == "True"
+    return sampling, cli, loads_torch
 
 
 def scale_child(k: int, path: str, which: str) -> None:
@@ -312,7 +317,7 @@ def run(data: Path | None = None) -> str:
     counting = bench_counting(words)
     nn = bench_bigram_nn(words)
     with tempfile.TemporaryDirectory() as tmp:
-        sampling, cli, help_loads_torch = bench_sampling_and_cli(path, Path(tmp))
+        sampling, cli, loads_torch = bench_sampling_and_cli(path, Path(tmp))
     scaling = bench_scaling(path)
 
     load_after = os.getloadavg()[0]
@@ -391,7 +396,8 @@ counting preparation too, {ratio(nn_total_ratio)}. The whole default run takes {
 (mean length {sampling['mean_len']:.1f}) drawn side by side by `Trained.sample` in {fmt_time(sampling['ours'])};
 the lecture's loop, one item and one character per forward pass, takes {fmt_time(sampling['lecture'])}.
 
-**Start-up** (wall clock of a fresh `python` process, bytecode cache on; `makemore --help` imports torch: {'**yes**' if help_loads_torch else 'no'}):
+**Start-up** (wall clock of a fresh `python` process, bytecode cache on; imports torch: `makemore --help`
+{'**yes**' if loads_torch['--help'] else 'no'}, `makemore sample -n 20` {'yes' if loads_torch['sample'] else 'no'}):
 
 {table(['command', 'best', 'median'], cli_rows)}
 

@@ -33,7 +33,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from makemore import api  # noqa: E402
-from makemore.data import Vocab, build_dataset, read_items, split_items  # noqa: E402
+from makemore.data import Vocab, read_items, split_items  # noqa: E402
+from makemore.dataset import build_dataset  # noqa: E402
 from makemore.models import get_model_class  # noqa: E402
 from makemore.train import evaluate, train_loop  # noqa: E402
 

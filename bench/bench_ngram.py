@@ -32,7 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from makemore.api import Data  # noqa: E402
-from makemore.data import Vocab, build_dataset  # noqa: E402
+from makemore.data import Vocab  # noqa: E402
+from makemore.dataset import build_dataset  # noqa: E402
 from makemore.models.ngram import NGram, NGramConfig  # noqa: E402
 from makemore.train import evaluate  # noqa: E402
 
@@ -55,7 +56,7 @@ FIT_CHILD = PEAK_MB + r"""
 import json, sys, time, torch
 sys.path.insert(0, sys.argv[1])
 torch.set_num_threads(int(sys.argv[3]))
-from makemore.data import Dataset
+from makemore.dataset import Dataset
 from makemore.models.ngram import NGram, NGramConfig
 saved = torch.load(sys.argv[2], weights_only=True)
 dataset = Dataset(saved["tokens"], saved["positions"], saved["block_size"], saved["n_items"])

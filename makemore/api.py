@@ -11,12 +11,14 @@ from pathlib import Path
 
 import torch
 
-from makemore import __version__, checkpoint, distributed
-from makemore.data import (DEFAULT_SPLIT_SEED, DEFAULT_SPLITS, SPLIT_NAMES, Vocab, build_dataset,
-                           default_data_path, fingerprint_bytes, parse_items, read_bytes, split_items)
+from makemore import __version__, checkpoint, distributed, stream
+from makemore.constraints import NothingFound, Request, Samples, default_cap
+from makemore.data import (DEFAULT_SPLIT_SEED, DEFAULT_SPLITS, SPLIT_NAMES, Vocab, default_data_path,
+                           fingerprint_bytes, parse_items, read_bytes, read_items_file, split_items)
+from makemore.dataset import build_dataset
 from makemore.errors import CheckpointError, DataError, MakemoreError, OptionError, VocabularyError
 from makemore.models import get_model_class
-from makemore.sampling import NothingFound, Request, Samples, log_probs
+from makemore.sampling import log_probs
 from makemore.sampling import sample as draw_samples
 from makemore.train import Interrupted, LoopState, TrainConfig, evaluate, stop_on_signals, train_loop
 
@@ -354,14 +356,9 @@ class Trained:
                           unique=unique, max_tries=max_tries)
         if new and not self.ckpt.get("items"):
             raise CheckpointError(f"{self.path}: keeps no training items, so --new cannot tell new items apart")
-        generator = torch.Generator()
-        if seed is None:
-            generator.seed()
-        else:
-            generator.manual_seed(seed)
-        longest = max(map(len, self.items()), default=32)
-        return draw_samples(self.model, self.vocab, request, generator, self._item_set() if new else frozenset(),
-                            default_cap=2 * longest + len(prefix), progress=progress)
+        return draw_samples(self.model, self.vocab, request, stream.key_of(seed),
+                            self._item_set() if new else frozenset(), default_cap=default_cap(self.items(), prefix),
+                            progress=progress)
 
     def _item_set(self) -> frozenset:
         if "items" not in self._cache:
@@ -401,14 +398,6 @@ class Trained:
                 found.update(dict.fromkeys(parts[split], split))
             self._cache["where"] = found
         return [self._cache["where"].get(item, "new") for item in items]
-
-
-def read_items_file(path: str | Path) -> list[str]:
-    """The items of a file such as --exclude's, one per line; an empty file has none."""
-    raw = read_bytes(path)
-    if not raw.strip(b" \t\r\n\xef\xbb\xbf"):
-        return []
-    return parse_items(raw, str(path))
 
 
 def load(path: str | Path | None = None, out: str | Path = "out", device: str = "cpu",

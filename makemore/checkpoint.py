@@ -2,18 +2,22 @@
 
 It is loaded with torch.load(weights_only=True), so a checkpoint can never run code, and written
 atomically (a temporary file in the same folder, then a rename), so the file on disk is always complete.
+read_without_torch reads the same file as plain Python numbers, for sampling a few items without the
+seconds that importing torch takes; torch is imported only by the functions that need it.
 """
 from __future__ import annotations
 
 import glob
+import io
 import os
 import pickle
 import re
+import sys
 import tempfile
 import zipfile
+from array import array
+from collections import OrderedDict
 from pathlib import Path
-
-import torch
 
 from makemore.errors import CheckpointError
 
@@ -72,27 +76,18 @@ def _umask() -> int:
 
 
 def save(ckpt: dict, path: Path) -> None:
+    import torch
+
     ckpt = dict(ckpt, format_version=FORMAT_VERSION)
     atomic_write(path, lambda f: torch.save(ckpt, f))
 
 
 def load(path: str | Path) -> dict:
     """Load and check a checkpoint; every failure is a CheckpointError with a one-line message."""
+    import torch
+
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such checkpoint; train one first with: makemore train")
-    if path.is_dir():
-        raise CheckpointError(f"{path}: is a directory, not a checkpoint")
-    damaged = f"{path}: not a readable checkpoint (damaged, truncated, or not a makemore checkpoint at all)"
-    # torch.save writes a zip archive with a CRC per member; torch.load does not check them, so a flipped
-    # bit in the weights would load silently. Checking them first catches damage of any kind.
-    try:
-        with zipfile.ZipFile(path) as archive:
-            bad_member = archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
-        raise CheckpointError(damaged) from None
-    if bad_member is not None:
-        raise CheckpointError(f"{path}: damaged (checksum mismatch in {bad_member}); train again or restore a copy")
+    _check_archive(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -101,9 +96,139 @@ def load(path: str | Path) -> dict:
         raise CheckpointError(f"{path}: refused to load: it holds Python objects{what}, not only tensors and "
                               "plain values, and loading it could run code") from None
     except Exception:  # noqa: BLE001 - a damaged archive can make torch.load raise almost anything
-        raise CheckpointError(damaged) from None
+        raise CheckpointError(_damaged(path)) from None
     check(ckpt, path)
     return ckpt
+
+
+def _damaged(path: Path) -> str:
+    return f"{path}: not a readable checkpoint (damaged, truncated, or not a makemore checkpoint at all)"
+
+
+def _check_archive(path: Path) -> None:
+    """Raise CheckpointError unless path is a zip archive whose members all match their checksums."""
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint; train one first with: makemore train")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory, not a checkpoint")
+    # torch.save writes a zip archive with a CRC per member; torch.load does not check them, so a flipped
+    # bit in the weights would load silently. Checking them first catches damage of any kind.
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad_member = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        raise CheckpointError(_damaged(path)) from None
+    if bad_member is not None:
+        raise CheckpointError(f"{path}: damaged (checksum mismatch in {bad_member}); train again or restore a copy")
+
+
+class Array:
+    """A tensor read without torch: its numbers as a flat list, row-major, and its shape."""
+
+    def __init__(self, values: list, shape: tuple):
+        self.values, self.shape = values, shape
+
+    def rows(self) -> list[list]:
+        """A 2-D array as a list of rows."""
+        n_rows, n_cols = self.shape
+        return [self.values[i * n_cols:(i + 1) * n_cols] for i in range(n_rows)]
+
+
+# the storages torch.save writes, as the array module's type codes (all but bool keep their meaning)
+_TYPECODES = dict(FloatStorage="f", DoubleStorage="d", LongStorage="q", IntStorage="i", ShortStorage="h",
+                  CharStorage="b", ByteStorage="B", BoolStorage="B")
+
+
+class _Tensor:
+    """A tensor as the pickle describes it; made into an Array only when asked (most are never used)."""
+
+    def __init__(self, storage, offset, shape, stride, *rest):
+        self.storage, self.offset, self.shape, self.stride = storage, offset, tuple(shape), tuple(stride)
+
+    def read(self, archive: zipfile.ZipFile, prefix: str, big_endian: bool) -> Array:
+        kind, key = self.storage
+        numbers = array(_TYPECODES[kind])
+        numbers.frombytes(archive.read(f"{prefix}data/{key}"))
+        if big_endian != (sys.byteorder == "big"):
+            numbers.byteswap()
+        values = numbers.tolist()
+        n = 1
+        for size in self.shape:
+            n *= size
+        if _contiguous(self.shape, self.stride):
+            return Array(values[self.offset:self.offset + n], self.shape)
+        places = [self.offset]  # element (i, j, ...) sits at offset + i * stride[0] + j * stride[1] + ...
+        for size, step in zip(self.shape, self.stride):
+            places = [p + j * step for p in places for j in range(size)]
+        return Array([values[p] for p in places], self.shape)
+
+
+def _contiguous(shape: tuple, stride: tuple) -> bool:
+    expected = 1
+    for size, step in zip(reversed(shape), reversed(stride)):
+        if size != 1 and step != expected:
+            return False
+        expected *= size
+    return True
+
+
+class _Unpickler(pickle.Unpickler):
+    """Builds only what torch.load(weights_only=True) would for a makemore checkpoint; anything else is
+    refused, so reading a checkpoint can never run code."""
+
+    def find_class(self, module, name):
+        if (module, name) == ("collections", "OrderedDict"):
+            return OrderedDict
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return _Tensor
+        if module == "torch" and name in _TYPECODES:
+            return name
+        raise pickle.UnpicklingError(f"unsupported global {module}.{name}")
+
+    def persistent_load(self, pid):
+        kind, key = pid[1], pid[2]  # ("storage", type, key, location, numel)
+        if pid[0] != "storage" or kind not in _TYPECODES:
+            raise pickle.UnpicklingError(f"unsupported storage {pid!r}")
+        return kind, key
+
+
+def read_without_torch(path: str | Path) -> dict | None:
+    """The checkpoint with the tensors of its state_dict as Arrays, read without importing torch.
+
+    Raises CheckpointError as load does for a file that is missing, damaged or not a checkpoint; returns
+    None for a readable file that only torch can read (an object this reader does not know), so that the
+    caller can fall back to load, which says why when it refuses the file. Tensors outside the
+    state_dict (the training state kept for --resume) are left unread, as None.
+    """
+    path = Path(path)
+    _check_archive(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickles = [name for name in archive.namelist() if name.endswith("/data.pkl")]
+            if len(pickles) != 1:
+                return None
+            prefix = pickles[0][:-len("data.pkl")]
+            big_endian = prefix + "byteorder" in archive.namelist() and archive.read(prefix + "byteorder") == b"big"
+            ckpt = _Unpickler(io.BytesIO(archive.read(pickles[0]))).load()
+            if isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict):
+                ckpt["state_dict"] = {name: t.read(archive, prefix, big_endian) if isinstance(t, _Tensor) else t
+                                      for name, t in ckpt["state_dict"].items()}
+    except (pickle.UnpicklingError, KeyError, ValueError, TypeError, IndexError, AttributeError, EOFError):
+        return None
+    ckpt = _drop_tensors(ckpt)
+    check(ckpt, path)
+    return ckpt
+
+
+def _drop_tensors(obj):
+    """Unread tensors (outside the state_dict) as None, in plain dicts and lists."""
+    if isinstance(obj, _Tensor):
+        return None
+    if isinstance(obj, dict):
+        return {key: _drop_tensors(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_drop_tensors(value) for value in obj)
+    return obj
 
 
 # What the rest of makemore reads from a checkpoint, and the type each must have.
@@ -134,6 +259,8 @@ def check(ckpt, path: Path) -> None:
 
 def check_resumable(ckpt: dict, path) -> None:
     """Raise CheckpointError unless ckpt holds the training state that `train --resume` needs."""
+    import torch
+
     resume = ckpt.get("resume")
     if not isinstance(resume, dict):
         raise CheckpointError(f"{path}: holds no training state to resume from")

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from makemore.data import DEFAULT_SPLIT_SEED, DEFAULT_SPLITS, Vocab, build_dataset
+from makemore.data import DEFAULT_SPLIT_SEED, DEFAULT_SPLITS, Vocab
+from makemore.dataset import build_dataset
 from makemore.errors import DataError, TrainingError
 from makemore.models import MODEL_NAMES, get_model_class
 

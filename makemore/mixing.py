@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from makemore import __version__, api, checkpoint
-from makemore.data import build_dataset
+from makemore.dataset import build_dataset
 from makemore.errors import CheckpointError, DataError
 from makemore.models.mixture import Mixture, MixtureConfig
 

@@ -5,109 +5,26 @@ How each constraint is met, as exactly as the model allows:
 - the minimum length by masking the boundary token until the item is long enough, then renormalising;
 - everything else (maximum length, suffix, regex, new, exclude, unique) by rejection: items are drawn in
   batches and kept in the order drawn, until n are found or the budget of draws is spent.
+
+Item k draws with its own random numbers (makemore.stream), so the items of a seed are the same whatever
+-n, the batch sizes or the rejection constraints: -n 5 prints the first 5 of -n 8, --new prints the items
+of the same seed without --new that are not in the data, and makemore.pure draws the same items one at a
+time without torch.
 """
 from __future__ import annotations
 
-import math
-import re
 import sys
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from makemore.data import build_dataset
-from makemore.errors import MakemoreError, OptionError, VocabularyError
+from makemore import stream
+from makemore.constraints import NUCLEUS_SLACK, NothingFound, Request, Samples, Tally  # noqa: F401 (NothingFound: for callers)
+from makemore.dataset import build_dataset
+from makemore.errors import OptionError
 
-# Batch sizes: 256, 512, ... up to 8,192, then 8,192 each. They depend on nothing but the batch's place, and
-# each batch draws from its own generator seeded from the master one, so the stream of draws is the
-# same whatever -n or the rejection constraints: -n 5 prints the first 5 of -n 8, and --new prints the
-# items of the same seed without --new that are not in the data.
-FIRST_BATCH, MAX_BATCH = 256, 8192
-# Why an item was rejected, in the order the checks run; an item is counted under the first it fails.
-REASONS = {
-    "dead_end": "hit a dead end (only the end was possible before --min-len)",
-    "too_long": "were longer than --max-len",
-    "no_end": "did not end within {cap} characters",
-    "suffix": "failed --suffix",
-    "regex": "failed --regex",
-    "in_data": "were in the data",
-    "excluded": "were in --exclude",
-    "repeat": "repeats",
-}
-
-
-class NothingFound(MakemoreError):
-    """The budget of draws ran out before a single item met every constraint."""
-
-
-def default_max_tries(n: int) -> int:
-    """100 draws per item asked, at least 200,000 and at most 500,000: an acceptance of 1 in 20,000 still
-    finds 10 items, and a hopeless request ends within seconds (200,000 draws of the MLP took 2.6 s on
-    one busy core)."""
-    return min(max(100 * n, 200_000), 500_000)
-
-
-@dataclass
-class Request:
-    """What to draw. Lengths count characters of the whole item, the prefix included."""
-
-    n: int = 10
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    prefix: str = ""
-    suffix: str = ""
-    min_len: int = 1  # an item is never empty: no line of the data is
-    max_len: int | None = None
-    regex: str | None = None  # must match the whole item (re.fullmatch)
-    new: bool = False  # reject items of the training data (any split)
-    exclude: frozenset = frozenset()
-    unique: bool = False
-    max_tries: int | None = None  # None: default_max_tries(n)
-
-    def budget(self) -> int:
-        return self.max_tries if self.max_tries is not None else default_max_tries(self.n)
-
-
-def check(request: Request, vocab) -> re.Pattern | None:
-    """Refuse, before any drawing, a request that can never be met; return the compiled regex."""
-    r = request
-    if r.n < 0:
-        raise OptionError(f"-n must be 0 or more, not {r.n}")
-    if not r.temperature > 0 or math.isinf(r.temperature):
-        raise OptionError(f"--temperature must be above 0, not {r.temperature}")
-    if r.top_k is not None and not 1 <= r.top_k <= len(vocab):
-        raise OptionError(f"--top-k must be between 1 and the vocabulary size {len(vocab)}, not {r.top_k}")
-    if r.top_p is not None and not 0 < r.top_p <= 1:
-        raise OptionError(f"--top-p must be above 0 and at most 1, not {r.top_p}")
-    if r.max_tries is not None and r.max_tries < 1:
-        raise OptionError(f"--max-tries must be at least 1, not {r.max_tries}")
-    for flag, text in (("--prefix", r.prefix), ("--suffix", r.suffix)):
-        bad = vocab.unknown(text)
-        if bad:
-            shown = "".join(vocab.show(c) for c in vocab.chars[1:])
-            # exit 1 like every unseen-character error (issue 4), though it is refused before drawing too
-            raise VocabularyError(f"{flag} has characters the model never saw: {''.join(map(vocab.show, bad))!r} "
-                              f"(its vocabulary: {shown!r})")
-    if r.min_len < 0:
-        raise OptionError(f"--min-len must be 0 or more, not {r.min_len}")
-    if r.max_len is not None:
-        if r.max_len < 1:
-            raise OptionError(f"--max-len must be at least 1, not {r.max_len}")
-        if r.min_len > r.max_len:
-            raise OptionError(f"--min-len {r.min_len} is above --max-len {r.max_len}")
-        for flag, text in (("--prefix", r.prefix), ("--suffix", r.suffix)):
-            if len(text) > r.max_len:
-                raise OptionError(f"{flag} {text!r} is longer than --max-len {r.max_len}")
-    if r.regex is None:
-        return None
-    try:
-        return re.compile(r.regex)
-    except re.error as e:
-        raise OptionError(f"--regex {r.regex!r} is not a valid regular expression: {e}") from None
-
-
+FIRST_BATCH, MAX_BATCH = 256, 8192  # batch sizes: 256, 512, ... up to 8,192, then 8,192 each
 def next_token_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
                      top_p: float | None = None, end_banned: torch.Tensor | None = None) -> torch.Tensor:
     """Turn logits (B, V) into sampling probabilities; a row in which every allowed token is impossible
@@ -124,9 +41,9 @@ def next_token_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int 
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
     if top_p is not None and top_p < 1:
-        sorted_p, order = probs.sort(dim=-1, descending=True)
+        sorted_p, order = probs.sort(dim=-1, descending=True, stable=True)  # ties: the lower id first
         # drop a token when the likelier ones before it already reach top_p (the first is always kept)
-        drop = (sorted_p.cumsum(-1) - sorted_p) >= top_p
+        drop = (sorted_p.cumsum(-1) - sorted_p) >= top_p * NUCLEUS_SLACK
         probs = probs.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), 0.0)
     return probs
 
@@ -142,13 +59,13 @@ class Batch:
 
 
 @torch.no_grad()
-def draw_batch(model, prefix_ids: list[int], size: int, generator: torch.Generator, steps: int,
-               min_len: int = 0, temperature: float = 1.0, top_k: int | None = None,
-               top_p: float | None = None) -> Batch:
-    """Draw size items side by side: up to steps tokens after the prefix, the last of which must be the
-    boundary for the item to have ended. Only rows still going are passed through the model."""
+def draw_batch(model, prefix_ids: list[int], keys: torch.Tensor, steps: int, min_len: int = 0,
+               temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> Batch:
+    """Draw len(keys) items side by side, each with the random numbers of its item key (an int64 tensor
+    from stream.item_keys): up to steps tokens after the prefix, the last of which must be the boundary
+    for the item to have ended. Only rows still going are passed through the model."""
     device = next(iter(model.state_dict().values())).device
-    T = model.block_size
+    T, size = model.block_size, len(keys)
     ctx = torch.zeros(size, T, dtype=torch.long, device=device)
     for i in prefix_ids[-T:]:  # slide the prefix into the context, as if the model had drawn it
         ctx = torch.cat([ctx[:, 1:], torch.full((size, 1), i, device=device)], dim=1)
@@ -160,7 +77,7 @@ def draw_batch(model, prefix_ids: list[int], size: int, generator: torch.Generat
         if len(prefix_ids) + t < min_len:
             banned = torch.ones(rows.numel(), dtype=torch.bool, device=device)
         probs = next_token_probs(model(ctx), temperature, top_k, top_p, banned).cpu()
-        nxt, stuck = _draw(probs, generator)
+        nxt, stuck = _draw(probs, stream.uniforms(keys[rows], t))
         if bool(stuck.any()):
             dead[rows[stuck]] = True
             nxt = nxt.masked_fill(stuck, 0)  # the row stops here
@@ -175,126 +92,64 @@ def draw_batch(model, prefix_ids: list[int], size: int, generator: torch.Generat
     return Batch(tokens, length, ended, dead)
 
 
-def _draw(probs: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """One token per row of probs (B, V), and which rows had no token to draw (all zero or NaN).
+def _draw(probs: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token per row of probs (B, V) given a uniform number per row u (B,), and which rows had no
+    token to draw (all zero or NaN).
 
-    By inverting the cumulative distribution: the first token whose cumulative probability exceeds a
-    uniform draw, so a token of probability 0 is never drawn. Far quicker than torch.multinomial for
-    many short rows.
+    By inverting the cumulative distribution: the first token whose cumulative probability exceeds u
+    times the total, so a token of probability 0 is never drawn. Far quicker than torch.multinomial for
+    many short rows. makemore.pure.draw does the same on one row.
     """
     cdf = probs.cumsum(-1)
     total = cdf[:, -1:]
     stuck = ~(total[:, 0] > 0)
     # shrunk by 1e-12 so that rounding can never carry u up to the total itself
-    u = torch.rand(probs.shape[0], 1, generator=generator, dtype=cdf.dtype) * (total * (1 - 1e-12))
-    return (cdf <= u).sum(-1), stuck
+    threshold = u[:, None] * (total * (1 - 1e-12))
+    return (cdf <= threshold).sum(-1), stuck
 
 
-class Samples(list):
-    """The items drawn (a list of str), with the figures of how the drawing went."""
-
-    def __init__(self, items=(), asked: int = 0, draws: int = 0, rejected: dict | None = None, cap: int = 0):
-        super().__init__(items)
-        self.asked = asked
-        self.draws = draws
-        self.rejected = dict(rejected or {})  # reason (a key of REASONS) -> count
-        self.cap = cap  # the longest item that could be drawn
-
-    @property
-    def complete(self) -> bool:
-        return len(self) >= self.asked
-
-    @property
-    def acceptance(self) -> float:
-        return len(self) / self.draws if self.draws else 0.0
-
-    def report(self) -> str:
-        """One line: asked for 100, found 87 in 20,000 draws (acceptance 0.4%; 9,411 were in the data, ...)."""
-        pct = 100 * self.acceptance
-        shown = "0" if pct == 0 else f"{pct:.1f}" if pct >= 0.1 else f"{pct:.2g}"
-        parts = [f"{count:,} {REASONS[reason].format(cap=self.cap)}"
-                 for reason, count in self.rejected.items() if count]
-        details = "; " + ", ".join(parts) if parts else ""
-        return (f"asked for {self.asked:,}, found {len(self):,} in {self.draws:,} draws "
-                f"(acceptance {shown}%{details})")
-
-
-def sample(model, vocab, request: Request, generator: torch.Generator, data_items=frozenset(),
-           default_cap: int = 64, progress: bool = False) -> Samples:
+def sample(model, vocab, request: Request, key: int, data_items=frozenset(), default_cap: int = 64,
+           progress: bool = False) -> Samples:
     """Draw until request.n items meet every constraint or request.budget() draws are spent.
 
-    data_items: the items of the training data, for request.new. default_cap: the longest item drawn
-    when request.max_len is None (longer ones are rejected, never cut). Raises NothingFound when the
-    budget is spent without finding any item.
+    key: the random stream (stream.key_of(seed)). data_items: the items of the training data, for
+    request.new. default_cap: the longest item drawn when request.max_len is None (longer ones are
+    rejected, never cut). Raises NothingFound when the budget is spent without finding any item.
     """
-    pattern = check(request, vocab)
     r = request
+    tally = Tally(r, vocab, data_items)
     prefix_ids = vocab.encode(r.prefix)
-    cap = r.max_len if r.max_len is not None else max(default_cap, r.min_len, len(r.prefix))
-    steps = cap - len(r.prefix) + 1  # one more than the characters allowed: the boundary must be drawn
-    budget = r.budget()
-    found: list[str] = []
-    seen: set[str] = set()
-    rejected = dict.fromkeys(REASONS, 0)
-    draws = batches = 0
+    steps = r.steps(default_cap)
+    batches = first = 0
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=r.n, delay=1.0, leave=False, file=sys.stderr, unit="item", desc="sampling")
     try:
-        while len(found) < r.n and draws < budget:
+        while tally.going():
             size = min(MAX_BATCH, FIRST_BATCH << min(batches, 10))
             batches += 1
-            seed = int(torch.randint(2**62, (1,), generator=generator))
-            batch = draw_batch(model, prefix_ids, size, torch.Generator().manual_seed(seed), steps, r.min_len,
-                               r.temperature, r.top_k, r.top_p)
+            keys = stream.item_keys(key, torch.arange(first, first + size))
+            first += size
+            batch = draw_batch(model, prefix_ids, keys, steps, r.min_len, r.temperature, r.top_k, r.top_p)
             flags = zip(batch.dead.tolist(), batch.ended.tolist())
             for item, (dead, ended) in zip(_decode(batch, vocab, r.prefix), flags):
-                draws += 1
-                reason = _verdict(item, dead, ended, r, pattern, data_items, seen)
-                if reason is None:
-                    found.append(item)
-                    if r.unique:
-                        seen.add(item)
-                else:
-                    rejected[reason] += 1
-                if len(found) == r.n or draws == budget:
+                tally.add(item, dead, ended)
+                if not tally.going():
                     break
             if bar is not None:
-                bar.update(len(found) - bar.n)
+                bar.update(len(tally.found) - bar.n)
     finally:
         if bar is not None:
             bar.close()
-    result = Samples(found, r.n, draws, rejected, cap)
-    if r.n and not found:
-        raise NothingFound(result.report() + "; loosen the constraints or raise --max-tries")
-    return result
+    return tally.result(default_cap)
 
 
 def _decode(batch: Batch, vocab, prefix: str) -> list[str]:
     chars = vocab.chars
     return [prefix + "".join(chars[i] for i in row[:n])
             for row, n in zip(batch.tokens.tolist(), batch.length.tolist())]
-
-
-def _verdict(item: str, dead: bool, ended: bool, r: Request, pattern, data_items, seen) -> str | None:
-    """None when item meets every constraint, else the first reason (a key of REASONS) it fails."""
-    if dead:
-        return "dead_end"
-    if not ended:
-        return "too_long" if r.max_len is not None else "no_end"
-    if r.suffix and not item.endswith(r.suffix):
-        return "suffix"
-    if pattern is not None and pattern.fullmatch(item) is None:
-        return "regex"
-    if r.new and item in data_items:
-        return "in_data"
-    if item in r.exclude:
-        return "excluded"
-    if r.unique and item in seen:
-        return "repeat"
-    return None
 
 
 @torch.no_grad()

@@ -21,6 +21,14 @@ def small_names(tmp_path) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def names_file(tmp_path_factory) -> Path:
+    """Every 50th name of names.txt (about 650)."""
+    path = tmp_path_factory.mktemp("data") / "names.txt"
+    path.write_text("\n".join(REPO_NAMES.read_text(encoding="utf-8").splitlines()[::50]) + "\n", encoding="utf-8")
+    return path
+
+
 @pytest.fixture
 def names(small_names) -> Path:
     return small_names

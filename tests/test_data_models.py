@@ -6,8 +6,9 @@ from collections import Counter
 import pytest
 import torch
 
-from makemore import api, data
-from makemore.data import Vocab, build_dataset, read_items, split_items
+from makemore import api, dataset
+from makemore.data import Vocab, read_items, split_items
+from makemore.dataset import build_dataset
 from makemore.models import MODEL_NAMES, get_model_class
 from makemore.models.bigram import Bigram, BigramConfig
 from makemore.train import TrainConfig, evaluate, train_loop
@@ -44,7 +45,7 @@ def test_builder_matches_the_lecture_loop(small_names, block_size):
 
 
 def test_builder_in_chunks_matches_the_lecture_loop(small_names, monkeypatch):
-    monkeypatch.setattr(data, "BUILD_CHUNK", 7)  # many chunks, the last one short
+    monkeypatch.setattr(dataset, "BUILD_CHUNK", 7)  # many chunks, the last one short
     words = read_items(small_names)[:100]
     vocab = Vocab.from_items(words)
     x, y = build_dataset(words, vocab, 3).tensors()

@@ -148,13 +148,14 @@ def test_errors_of_other_ranks_say_whose(run, monkeypatch):
 # Large data: the dataset is encoded a chunk of items at a time; the chunks must not show.
 
 def test_dataset_built_in_chunks_matches_a_plain_loop(monkeypatch):
-    from makemore import data
+    from makemore import dataset
+    from makemore.data import Vocab
 
     items = ["emma", "olivia", "x", "ava", "é.ü", "li"]
-    vocab = data.Vocab.from_items(items)
-    monkeypatch.setattr(data, "BUILD_CHUNK", 2)
+    vocab = Vocab.from_items(items)
+    monkeypatch.setattr(dataset, "BUILD_CHUNK", 2)
     for block_size in (1, 3):
-        ds = data.build_dataset(items, vocab, block_size)
+        ds = dataset.build_dataset(items, vocab, block_size)
         tokens = [0] * block_size
         for item in items:
             tokens += [vocab.stoi[c] for c in item] + [0] * (block_size + 1)

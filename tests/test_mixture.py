@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from makemore import api
-from makemore.data import build_dataset, read_items
+from makemore.data import read_items
+from makemore.dataset import build_dataset
 from makemore.mixing import em
 
 

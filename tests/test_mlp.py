@@ -68,7 +68,8 @@ def test_train_without_steps_uses_the_rule(small_names, tmp_path, monkeypatch):
     result = api.train("mlp", small_names, tmp_path / "out", model_options={"n_hidden": 16},
                        train_options={"batch_size": 256}, progress=False)
     ckpt = api.load(result.path).ckpt
-    from makemore.data import Vocab, build_dataset, read_items, split_items
+    from makemore.data import Vocab, read_items, split_items
+    from makemore.dataset import build_dataset
 
     items = read_items(small_names)
     n = len(build_dataset(split_items(items)["train"], Vocab.from_items(items), ckpt["config"]["block_size"]))
@@ -173,7 +174,8 @@ def test_sgd_by_hand_equals_torch_sgd(direct, weight_decay):
 @pytest.mark.parametrize("optimizer,weight_decay", [("adamw", 0.1), ("sgd", 0.0), ("sgd", 0.1)])
 def test_training_by_hand_follows_the_autograd_path(small_names, optimizer, weight_decay):
     """Ten steps of the loop with steps by hand land where ten steps through autograd do."""
-    from makemore.data import Vocab, build_dataset, read_items
+    from makemore.data import Vocab, read_items
+    from makemore.dataset import build_dataset
     from makemore.train import train_loop
 
     items = read_items(small_names)
@@ -209,7 +211,8 @@ def test_training_by_hand_follows_the_autograd_path(small_names, optimizer, weig
 def test_an_underflowed_target_probability_is_not_a_divergence(small_names):
     """Logits hundreds of nats apart (the lecture's randn init can start near that) make some target
     probabilities 0 in float32; the loss the loop logs stays finite and the run is not called diverged."""
-    from makemore.data import Vocab, build_dataset, read_items
+    from makemore.data import Vocab, read_items
+    from makemore.dataset import build_dataset
     from makemore.train import train_loop
 
     items = read_items(small_names)

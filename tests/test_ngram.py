@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from makemore import api
-from makemore.data import Vocab, build_dataset, read_items
+from makemore.data import Vocab, read_items
+from makemore.dataset import build_dataset
 from makemore.models import ngram
 from makemore.models.ngram import NGram, NGramConfig, estimate_discounts
 from tests.conftest import REPO_NAMES, SHARED_NAMES, needs_shared_names

@@ -13,19 +13,11 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from makemore import api, sampling
+from makemore import api, pure, sampling
 from makemore.errors import CheckpointError, MakemoreError, OptionError, VocabularyError
 from makemore.nearest import nearest
 
 REPO_NAMES = Path(__file__).resolve().parent.parent / "names.txt"
-
-
-@pytest.fixture(scope="module")
-def names_file(tmp_path_factory) -> Path:
-    """Every 50th name of names.txt (about 650)."""
-    path = tmp_path_factory.mktemp("data") / "names.txt"
-    path.write_text("\n".join(REPO_NAMES.read_text(encoding="utf-8").splitlines()[::50]) + "\n", encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -205,6 +197,7 @@ def test_impossible_requests_fail_before_any_drawing(ckpt_run, monkeypatch, args
         raise AssertionError("drew before refusing")
 
     monkeypatch.setattr(sampling, "draw_batch", no_drawing)
+    monkeypatch.setattr(pure, "draw_item", no_drawing)
     result = ckpt_run(*args, ok=False)
     assert result.exit_code == code, result.output
     assert message in result.stderr
