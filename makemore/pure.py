@@ -1,8 +1,8 @@
 """Sampling a few items in plain Python, without importing torch.
 
 Importing torch takes about 2 s on a small machine: far longer than drawing the handful of items that
-`makemore sample` is mostly asked for. For a model with a forward pass here (mlp, bigram-nn, and the
-counting models with add-k smoothing) and a request small enough, this module reads the checkpoint
+`makemore sample` is mostly asked for. For a model with a forward pass here (every model makemore has) and
+a request small enough, this module reads the checkpoint
 without torch, runs the model on one context at a time and draws each item with the same random numbers
 as the batched sampler (makemore.stream). Both give the same items: their logits differ only by rounding
 (torch computes in float32, this in float64), which changes a draw only when its uniform number falls
@@ -98,57 +98,122 @@ class BigramNNForward:
         return self.W[context[-1]]
 
 
-class AddKForward:
-    """makemore.models.ngram.NGram with add-k smoothing (the counting bigram's default): for a context h
-    seen in training P(w | h) = (c(h w) + k) / (c(h .) + k V), else uniform; the logits are log P,
-    computed in the order the torch model computes them."""
+class NGramForward:
+    """makemore.models.ngram.NGram (bigram too), add-k or Kneser-Ney, with its tables made the same way.
+
+    Per order n >= 2, each context h seen in training has gamma(h) and alpha(h, w) for its seen next
+    tokens w; P starts as the order-1 distribution (uniform for add-k) and, order by order, becomes
+    gamma(h) P + alpha(h, .) where the context's last n-1 tokens were seen. The logits are log P.
+    """
 
     def __init__(self, state: dict, config: dict, vocab_size: int):
-        k = config["smoothing"]
-        if isinstance(k, bool) or not isinstance(k, (int, float)):
-            raise ValueError("only add-k smoothing is computed here")
-        self.block_size, V = config["block_size"], vocab_size
-        keys, counts = state[f"ngrams_{self.block_size + 1}"].values, state[f"counts_{self.block_size + 1}"].values
-        if len(keys) != len(counts) or any(not 0 <= key < V ** (self.block_size + 1) for key in keys):
+        K, V = config["block_size"], vocab_size
+        kn = config["smoothing"] == "kn"
+        k = None if kn else config["smoothing"]
+        if not kn and (isinstance(k, bool) or not isinstance(k, (int, float))):
+            raise ValueError(f"unknown smoothing {k!r}")
+        discounts = state["discounts"].rows()
+        tables = [(state[f"ngrams_{n}"].values, state[f"counts_{n}"].values) for n in range(1, K + 2)]
+        if any(len(keys) != len(counts) or any(not 0 <= key < V ** n for key in keys)
+               for n, (keys, counts) in enumerate(tables, start=1)):
             raise ValueError("the counts do not fit the vocabulary")
-        self.rows = {}  # context key -> {next token: count}
-        for key, count in zip(keys, counts):
-            context, token = divmod(key, V)
-            self.rows.setdefault(context, {})[token] = count
-        self.k, self.V = float(k), V
-        self.unseen = [math.log(1.0 / V)] * V
-        self.setup_ops = 10 * len(keys)
-        self.ops_per_forward = 10 * V
+
+        def discount(n: int, c: int) -> float:
+            D1, D2, D3 = discounts[n - 1]
+            return D3 if c >= 3 else D2 if c == 2 else D1
+
+        self.block_size, self.V = K, V
+        self.unigram = [1.0 / V] * V
+        words, counts = tables[0]
+        if kn and counts:
+            d = [discount(1, c) for c in counts]
+            total = float(sum(counts))
+            alpha = [0.0] * V
+            for w, c, dw in zip(words, counts, d):
+                alpha[w] += (c - dw) / total
+            self.unigram = [a + sum(d) / total / V for a in alpha]
+        self.orders = []  # per order n = 2.., {context key: (gamma, [(next token, alpha)])}
+        for n, (keys, counts) in enumerate(tables[1:], start=2):
+            rows = {}
+            for key, c in zip(keys, counts):
+                rows.setdefault(key // V, []).append((key % V, c))
+            for h, row in rows.items():
+                total = float(sum(c for _, c in row))
+                if kn:
+                    d = [discount(n, c) for _, c in row]
+                    rows[h] = (sum(d) / total, [(w, (c - dw) / total) for (w, c), dw in zip(row, d)])
+                else:
+                    denom = total + k * V
+                    rows[h] = (k * V / denom, [(w, c / denom) for w, c in row])
+            self.orders.append(rows)
+        self.setup_ops = 10 * sum(len(keys) for keys, _ in tables)
+        self.ops_per_forward = 10 * V * (K + 1)
 
     def __call__(self, context: list[int]) -> list[float]:
-        key = 0
-        for token in context:  # the oldest token most significant, as the torch model's keys
-            key = key * self.V + token
-        row = self.rows.get(key)
-        if row is None:
-            return self.unseen
-        denom = float(sum(row.values())) + self.k * self.V
-        base = (1.0 / self.V) * (self.k * self.V / denom)
-        P = [base] * self.V
-        for token, count in row.items():
-            P[token] = base + count / denom
+        P, key, scale = self.unigram, 0, 1
+        for rows, token in zip(self.orders, reversed(context)):  # one more (older) token of context per order
+            key += token * scale
+            scale *= self.V
+            found = rows.get(key)
+            if found is not None:
+                gamma, alphas = found
+                P = [p * gamma for p in P]
+                for w, a in alphas:
+                    P[w] += a
         return [math.log(p) if p > 0 else -math.inf for p in P]
+
+
+class MixtureForward:
+    """makemore.models.mixture.Mixture: log sum_i w_i p_i, each component reading its own block_size."""
+
+    def __init__(self, state: dict, config: dict, vocab_size: int):
+        if len(config["weights"]) != len(config["components"]):
+            raise ValueError("a mixture needs one weight per component")
+        self.parts = []
+        for i, part in enumerate(config["components"]):
+            prefix = f"components.{i}."
+            own = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+            self.parts.append(_build(part["model"], own, part["config"], vocab_size))
+        self.log_weights = [math.log(w) if w > 0 else -math.inf for w in config["weights"]]
+        self.block_size = max(part.block_size for part in self.parts)
+        self.setup_ops = sum(part.setup_ops for part in self.parts)
+        self.ops_per_forward = sum(part.ops_per_forward for part in self.parts) + 10 * vocab_size * len(self.parts)
+
+    def __call__(self, context: list[int]) -> list[float]:
+        terms = [[lw + lp for lp in _log_softmax(part(context[len(context) - part.block_size:]))]
+                 for part, lw in zip(self.parts, self.log_weights)]
+        return [_logsumexp(column) for column in zip(*terms)]
+
+
+def _logsumexp(values) -> float:
+    top = max(values)
+    if top == -math.inf:
+        return -math.inf
+    return top + math.log(sum(math.exp(v - top) for v in values))
+
+
+def _log_softmax(logits: list[float]) -> list[float]:
+    total = _logsumexp(logits)
+    return [v - total for v in logits]
+
+
+_FORWARDS = {"mlp": MLPForward, "bigram-nn": BigramNNForward, "bigram": NGramForward, "ngram": NGramForward,
+             "mixture": MixtureForward}
+
+
+def _build(name: str, state: dict, config: dict, vocab_size: int):
+    if name not in _FORWARDS:
+        raise KeyError(name)
+    return _FORWARDS[name](state, config, vocab_size)
 
 
 def forward_of(ckpt: dict):
     """The checkpoint's model as a function of one context (a list of block_size token ids) to its
     logits (a list), or None when its model has no forward pass here."""
-    state, config, name = ckpt["state_dict"], ckpt["config"], ckpt["model"]
     try:
-        if name == "mlp":
-            return MLPForward(state, config, len(ckpt["vocab"]))
-        if name == "bigram-nn":
-            return BigramNNForward(state, config, len(ckpt["vocab"]))
-        if name in ("bigram", "ngram"):
-            return AddKForward(state, config, len(ckpt["vocab"]))
+        return _build(ckpt["model"], ckpt["state_dict"], ckpt["config"], len(ckpt["vocab"]))
     except (KeyError, ValueError, TypeError, AttributeError, IndexError):
-        pass  # a config or weights this reader does not know: torch's model says what is wrong
-    return None
+        return None  # a model, config or weights this reader does not know: torch's model says what is wrong
 
 
 def next_token_probs(logits: list[float], temperature: float = 1.0, top_k: int | None = None,

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from makemore import api, checkpoint, pure, sampling, stream
+from makemore import api, checkpoint, mixing, pure, sampling, stream
 from makemore.constraints import NothingFound
 from makemore.errors import CheckpointError
 
@@ -24,16 +24,22 @@ def _train(names_file, tmp_path_factory, model, steps=None, **model_options) -> 
 
 @pytest.fixture(scope="module")
 def models(names_file, tmp_path_factory) -> dict:
-    """A checkpoint of every model with a forward pass in makemore.pure, trained briefly."""
+    """A checkpoint of every model makemore has, in its variants, trained briefly."""
     small = dict(block_size=4, n_embd=6, n_hidden=24, steps=150)
-    return {
+    trained = {
         "mlp": _train(names_file, tmp_path_factory, "mlp", **small),
         "mlp without direct": _train(names_file, tmp_path_factory, "mlp", **small, direct=False, init="randn"),
         "bigram-nn": _train(names_file, tmp_path_factory, "bigram-nn", steps=30),
         "bigram": _train(names_file, tmp_path_factory, "bigram"),
         "bigram add-0": _train(names_file, tmp_path_factory, "bigram", smoothing=0.0),
+        "bigram kn": _train(names_file, tmp_path_factory, "bigram", smoothing="kn"),
+        "ngram": _train(names_file, tmp_path_factory, "ngram", block_size=3),
         "ngram add-0.5": _train(names_file, tmp_path_factory, "ngram", block_size=3, smoothing=0.5),
     }
+    out = tmp_path_factory.mktemp("mixture")
+    mixed = mixing.mix([trained["mlp"].path, trained["ngram"].path], out)
+    trained["mixture"] = api.load(mixed.path)
+    return trained
 
 
 def test_read_without_torch_gives_torchs_numbers(models):
@@ -128,13 +134,15 @@ def test_every_forward_pass_gives_the_torch_models_logits(models):
             assert not bool(finite.all())  # unseen transitions: probability 0, both ways
 
 
-def test_models_without_a_forward_pass_here_are_left_to_torch(names_file, tmp_path_factory, models):
-    kn = _train(names_file, tmp_path_factory, "ngram", block_size=2)
-    assert pure.forward_of(checkpoint.read_without_torch(kn.path)) is None
-    assert pure.sample(kn.path, n=5, seed=1) is None
-    assert pure.sample(models["mlp"].path, device="cuda", n=5, seed=1) is None
-    assert pure.sample(models["mlp"].path, model="bigram", n=5, seed=1) is None
-    assert pure.sample(models["mlp"].path, n=1_000_000, seed=1) is None  # many items: batched is quicker
+def test_requests_it_does_not_draw_are_left_to_torch(models, monkeypatch, run):
+    path = models["mlp"].path
+    assert pure.sample(path, device="cuda", n=5, seed=1) is None
+    assert pure.sample(path, model="bigram", n=5, seed=1) is None
+    assert pure.sample(path, n=1_000_000, seed=1) is None  # many items: the batched sampler is quicker
+    monkeypatch.delitem(pure._FORWARDS, "mlp")  # a model without a forward pass here
+    assert pure.sample(path, n=5, seed=1) is None
+    printed = run("sample", "-n", 5, "--seed", 1, "--checkpoint", path).stdout.splitlines()
+    assert printed == list(models["mlp"].sample(5, seed=1))
 
 
 def test_next_token_probs_and_draw_match_the_batched_ones():
