@@ -20,11 +20,13 @@ import torch
 import torch.nn.functional as F
 
 from makemore import stream
-from makemore.constraints import NUCLEUS_SLACK, NothingFound, Request, Samples, Tally  # noqa: F401 (NothingFound: for callers)
+from makemore.constraints import NUCLEUS_SLACK, NothingFound, Request, Samples, Tally  # noqa: F401
 from makemore.dataset import build_dataset
 from makemore.errors import OptionError
 
 FIRST_BATCH, MAX_BATCH = 256, 8192  # batch sizes: 256, 512, ... up to 8,192, then 8,192 each
+
+
 def next_token_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
                      top_p: float | None = None, end_banned: torch.Tensor | None = None) -> torch.Tensor:
     """Turn logits (B, V) into sampling probabilities; a row in which every allowed token is impossible

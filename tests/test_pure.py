@@ -193,16 +193,20 @@ def test_too_many_rejections_hand_over_to_torch(models, monkeypatch, run):
         models["mlp"].sample(3, seed=5, regex="[a-m].*a", max_tries=3)
 
 
-def test_sample_command_does_not_import_torch_for_a_few_items(models, tmp_path):
-    path = models["mlp"].path
+def _sample_in_a_fresh_process(path, *args) -> tuple[list[str], bool]:
+    """The lines `makemore sample` prints, and whether torch was imported."""
     script = ("import sys; from makemore.cli import main; sys.argv = ['makemore'] + sys.argv[1:]\n"
               "try:\n    main()\nfinally:\n    print('torch' in sys.modules, file=sys.stderr)")
-    quick = subprocess.run([sys.executable, "-c", script, "sample", "-n", "20", "--seed", "3", "--checkpoint", str(path)],
-                           capture_output=True, text=True, check=True)
-    assert quick.stderr.strip().splitlines()[-1] == "False"
+    done = subprocess.run([sys.executable, "-c", script, "sample", "--checkpoint", str(path), *args],
+                          capture_output=True, text=True, check=True)
+    return done.stdout.splitlines(), done.stderr.strip().splitlines()[-1] == "True"
+
+
+def test_sample_command_does_not_import_torch_for_a_few_items(models):
+    quick, quick_torch = _sample_in_a_fresh_process(models["mlp"].path, "-n", "20", "--seed", "3")
+    assert not quick_torch
+    assert quick == list(models["mlp"].sample(20, seed=3))
     # --json needs torch (log-probabilities): the same items come out
-    full = subprocess.run([sys.executable, "-c", script, "sample", "-n", "20", "--seed", "3", "--checkpoint", str(path),
-                           "--json"], capture_output=True, text=True, check=True)
-    assert full.stderr.strip().splitlines()[-1] == "True"
-    assert [json.loads(line)["item"] for line in full.stdout.splitlines()] == quick.stdout.splitlines()
-    assert quick.stdout.splitlines() == list(models["mlp"].sample(20, seed=3))
+    full, full_torch = _sample_in_a_fresh_process(models["mlp"].path, "-n", "20", "--seed", "3", "--json")
+    assert full_torch
+    assert [json.loads(line)["item"] for line in full] == quick
