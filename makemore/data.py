@@ -1,4 +1,5 @@
-"""Items, vocabulary and the train/dev/test split: no torch, so that sampling can start without it.
+"""Items, vocabulary and the train/dev/test split. Importing it does not import torch (only
+Vocab.from_items uses it), so that sampling can start without it.
 
 The block_size dataset builder, which needs torch, is makemore.dataset.
 """

@@ -131,7 +131,8 @@ class NGramForward:
             alpha = [0.0] * V
             for w, c, dw in zip(words, counts, d):
                 alpha[w] += (c - dw) / total
-            self.unigram = [a + sum(d) / total / V for a in alpha]
+            spread = sum(d) / total / V  # the discounted mass, shared by every token
+            self.unigram = [a + spread for a in alpha]
         self.orders = []  # per order n = 2.., {context key: (gamma, [(next token, alpha)])}
         for n, (keys, counts) in enumerate(tables[1:], start=2):
             rows = {}
