@@ -288,19 +288,13 @@ def sample(n, seed, temperature, top_k, top_p, prefix, suffix, min_len, max_len,
            max_tries, as_json, nearest, mark, out, checkpoint_path, device):
     """Print items drawn from a trained model, one per line: exactly -n of them, each meeting every
     constraint, or as many as --max-tries draws found (then a line on stderr says why; exit 1 if none)."""
-    from makemore import pure
     from makemore.data import read_items_file
 
     excluded = read_items_file(exclude) if exclude else ()
-    request = dict(n=n, temperature=temperature, top_k=top_k, top_p=top_p, prefix=prefix, suffix=suffix,
-                   min_len=min_len, max_len=max_len, regex=regex, new=new, unique=unique, max_tries=max_tries)
-    items = trained = None
-    if not (as_json or nearest or mark):  # plain items: drawn without torch when that is quicker
-        items = pure.sample(checkpoint_path, out, device, click.get_current_context().meta.get("makemore.model"),
-                            seed, excluded, **request)
-    if items is None:
-        trained = load_trained(checkpoint_path, out, device)
-        items = trained.sample(seed=seed, exclude=excluded, progress=sys.stderr.isatty(), **request)
+    trained = load_trained(checkpoint_path, out, device)
+    items = trained.sample(n=n, seed=seed, temperature=temperature, top_k=top_k, top_p=top_p, prefix=prefix,
+                           suffix=suffix, min_len=min_len, max_len=max_len, regex=regex, new=new, exclude=excluded,
+                           unique=unique, max_tries=max_tries, progress=sys.stderr.isatty())
     if as_json:
         for record in trained.describe(items, nearest):
             click.echo(json.dumps(record, ensure_ascii=False))

@@ -8,8 +8,7 @@ How each constraint is met, as exactly as the model allows:
 
 Item k draws with its own random numbers (makemore.stream), so the items of a seed are the same whatever
 -n, the batch sizes or the rejection constraints: -n 5 prints the first 5 of -n 8, --new prints the items
-of the same seed without --new that are not in the data, and makemore.pure draws the same items one at a
-time without torch.
+of the same seed without --new that are not in the data.
 """
 from __future__ import annotations
 
@@ -100,7 +99,7 @@ def _draw(probs: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 
     By inverting the cumulative distribution: the first token whose cumulative probability exceeds u
     times the total, so a token of probability 0 is never drawn. Far quicker than torch.multinomial for
-    many short rows. makemore.pure.draw does the same on one row.
+    many short rows.
     """
     cdf = probs.cumsum(-1)
     total = cdf[:, -1:]

@@ -1,10 +1,9 @@
 """The random numbers of sampling: one uniform number for each (item, step) of a seeded request.
 
-Item k of a request draws its t-th token with uniform(item_key(key, k), t), whatever the batch it is drawn
-in, so the batched sampler (makemore.sampling, torch) and the one-item-at-a-time sampler (makemore.pure,
-plain Python) draw the same items, and -n 5 prints the first 5 items of -n 8. The numbers are SplitMix64's
-output function (Steele, Lea and Flood, "Fast splittable pseudorandom number generators", 2014) applied to
-counters: a hash of (seed, item, step), computed the same way on Python integers and on int64 tensors.
+Item k of a request draws its t-th token with uniforms(item_keys(key, k), t), whatever the batch it is
+drawn in, so -n 5 prints the first 5 items of -n 8 and a rejected item never shifts the others' draws. The
+numbers are SplitMix64's output function (Steele, Lea and Flood, "Fast splittable pseudorandom number
+generators", 2014) applied to counters: a hash of (seed, item, step) on int64 tensors.
 """
 from __future__ import annotations
 
@@ -32,16 +31,7 @@ def key_of(seed: int | None) -> int:
     return mix(secrets.randbits(64) if seed is None else seed & MASK)
 
 
-def item_key(key: int, index: int) -> int:
-    return mix((key + (index + 1) * GOLDEN) & MASK)
-
-
-def uniform(item: int, step: int) -> float:
-    """The uniform number in [0, 1) with which an item (its item_key) draws its token at step."""
-    return (mix((item + (step + 1) * GOLDEN) & MASK) >> 11) * 2.0**-53
-
-
-# The same on int64 tensors, which wrap around on overflow as the & MASK above does; >> on them shifts the
+# SplitMix64 on int64 tensors, which wrap around on overflow as the & MASK above does; >> on them shifts the
 # sign in, so each shift is masked to the bits a logical shift keeps.
 def _mix_tensor(z):
     z = (z ^ ((z >> 30) & (2**34 - 1))) * _signed(_M1)
@@ -50,11 +40,11 @@ def _mix_tensor(z):
 
 
 def item_keys(key: int, indices):
-    """item_key for an int64 tensor of item indices, as an int64 tensor."""
+    """The key of each item (an int64 tensor of item indices) of the stream key, as an int64 tensor."""
     return _mix_tensor((indices + 1) * _signed(GOLDEN) + _signed(key))
 
 
 def uniforms(items, step: int):
-    """uniform for an int64 tensor of item keys, as a float64 tensor."""
+    """The uniform number in [0, 1) with which each item (an int64 tensor of item keys) draws at step."""
     bits = (_mix_tensor(items + _signed(((step + 1) * GOLDEN) & MASK)) >> 11) & (2**53 - 1)
     return bits.double() * 2.0**-53

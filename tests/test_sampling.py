@@ -13,7 +13,7 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from makemore import api, pure, sampling
+from makemore import api, sampling, stream
 from makemore.errors import CheckpointError, MakemoreError, OptionError, VocabularyError
 from makemore.nearest import nearest
 
@@ -197,7 +197,6 @@ def test_impossible_requests_fail_before_any_drawing(ckpt_run, monkeypatch, args
         raise AssertionError("drew before refusing")
 
     monkeypatch.setattr(sampling, "draw_batch", no_drawing)
-    monkeypatch.setattr(pure, "draw_item", no_drawing)
     result = ckpt_run(*args, ok=False)
     assert result.exit_code == code, result.output
     assert message in result.stderr
@@ -328,3 +327,17 @@ def test_inspect(run, bigram):
     assert info["steps"] == 0 and info["best_dev_loss"] is None
     missing = run("inspect", "nope.pt", ok=False)
     assert missing.exit_code == 1 and "no such checkpoint" in missing.stderr
+
+
+def test_stream_is_seeded_uniform_and_the_same_on_integers_and_tensors():
+    """SplitMix64 on int64 tensors wraps and shifts as the integer version does; its numbers are uniform."""
+    rng = random.Random(0)
+    values = [0, 1, 42, 2**63 - 1, -2**63, -1] + [rng.getrandbits(64) - 2**63 for _ in range(50)]
+    as_tensor = stream._mix_tensor(torch.tensor(values, dtype=torch.int64)).tolist()
+    assert [v & stream.MASK for v in as_tensor] == [stream.mix(v & stream.MASK) for v in values]
+    u = stream.uniforms(stream.item_keys(stream.key_of(7), torch.arange(100_000)), 3)
+    assert 0 <= float(u.min()) and float(u.max()) < 1
+    assert abs(float(u.mean()) - 0.5) < 0.005 and abs(float(u.var()) - 1 / 12) < 0.002
+    assert len(set(u.tolist())) == len(u)
+    assert torch.equal(u, stream.uniforms(stream.item_keys(stream.key_of(7), torch.arange(100_000)), 3))
+    assert stream.key_of(None) != stream.key_of(None)
