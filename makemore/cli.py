@@ -13,12 +13,13 @@ import sys
 import click
 
 from makemore import __version__, distributed
-from makemore.models import MODEL_NAMES
+from makemore.models import MODEL_NAMES, MODELS
 
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("constant", "step", "cosine")
 SPLITS = ("train", "dev", "test", "all")
 SEED = click.IntRange(0, 2**63 - 1)  # what torch.manual_seed accepts
+# the training settings (train.TrainConfig's fields) that `makemore train` takes as flags
+TRAIN_FIELDS = ("steps", "batch_size", "lr", "optimizer", "schedule", "warmup", "weight_decay", "eval_interval",
+                "seed")
 
 
 class NumbersType(click.ParamType):
@@ -51,42 +52,80 @@ class SplitsType(NumbersType):
         return parts
 
 
-class SmoothingType(click.ParamType):
-    """A number k >= 0 (add-k) or kn (modified Kneser-Ney)."""
-
-    name = "K|kn"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, float) or value == "kn":
-            return value
-        if str(value).strip().lower() == "kn":
-            return "kn"
-        try:
-            k = float(value)
-        except ValueError:
-            self.fail(f"{value!r} is neither a number (add-k smoothing) nor kn (Kneser-Ney)", param, ctx)
-        if not 0 <= k < math.inf:
-            self.fail(f"{value!r} must be a number >= 0 (add-k smoothing) or kn", param, ctx)
-        return k
-
-
-class DiscountType(NumbersType):
-    """Kneser-Ney discounts: D, or D1,D2,D3 with 0 < Dr <= r."""
-
-    name = "D|D1,D2,D3"
-    example = "0.6,1.2,1.6"
-
-    def check(self, value, parts, param, ctx):
-        if len(parts) == 1:
-            parts = parts * 3
-        if len(parts) != 3 or not all(0 < d <= r for r, d in zip((1, 2, 3), parts)):
-            self.fail(f"{value!r} must be D or D1,D2,D3 with 0 < D1 <= 1, 0 < D2 <= 2, 0 < D3 <= 3", param, ctx)
-        return tuple(parts)
-
-
 def positive_float(min_open: float = 0.0):
     return click.FloatRange(min=min_open, min_open=True)
 
+
+class DeclaredType(click.ParamType):
+    """A declared option's value from the command line: parsed by its kind (or its own parser) here; its
+    range, which may differ from model to model, is checked where it is declared (makemore.options)."""
+
+    def __init__(self, spec):
+        self.spec, self.name = spec, spec.metavar or spec.kind.__name__.upper()
+
+    def get_metavar(self, param, ctx=None):
+        return self.name
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str):
+            return value
+        try:
+            return self.spec.parse(value) if self.spec.parse is not None else self.spec.kind(value)
+        except ValueError as e:
+            self.fail(str(e) if self.spec.parse is not None else f"{value!r} is not {self.spec.kind.__name__}",
+                      param, ctx)
+
+
+def _declared_option(name: str, spec, defaults: dict):
+    """The click option of a declared field; defaults: its default by model name, shown in the help."""
+    by_value: dict = {}
+    if spec.kind is bool:
+        defaults = {model: "on" if value else "off" for model, value in defaults.items()}
+    for model, value in defaults.items():
+        by_value.setdefault(value, []).append(model)
+    if len(by_value) == 1:
+        shown = _plain(next(iter(by_value)))
+    else:
+        shown = "; ".join(f"{', '.join(models)} {_plain(value)}" for value, models in by_value.items())
+    help_text = f"{spec.help} [default: {shown}]"
+    flag = "--" + name.replace("_", "-")
+    if spec.kind is bool:
+        return click.Option([f"{flag}/--no-{flag[2:]}", name], default=None, help=help_text, show_default=False)
+    kind = click.Choice(spec.choices) if spec.choices else DeclaredType(spec)
+    return click.Option([flag, name], type=kind, default=None, help=help_text, show_default=False)
+
+
+def _plain(value) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple):
+        return ",".join(f"{v:g}" for v in value)
+    return "none" if value is None else str(value)
+
+
+class RegistryCommand(click.Command):
+    """A command whose model options and training settings are built from their declarations (the
+    models' configs in the registry, and train.TrainConfig) when click first needs the parameters, so that
+    `makemore --help` imports neither the models nor torch."""
+
+    def __init__(self, *args, train_fields: tuple = (), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.train_fields, self.built_for = train_fields, None
+
+    def get_params(self, ctx):
+        if self.built_for != tuple(MODELS):  # built once, and again only if the registry changed
+            self.built_for = tuple(MODELS)
+            from makemore import api
+
+            self.params = [p for p in self.params if not getattr(p, "declared", False)]
+            model = next(i for i, p in enumerate(self.params) if p.name == "model_name")
+            self.params[model].type = click.Choice(tuple(MODELS))
+            declared = [_declared_option(name, spec, defaults) for name, spec, defaults
+                        in api.declared_options(self.train_fields)]
+            for option in declared:
+                option.declared = True
+            self.params[model + 1:model + 1] = declared
+        return super().get_params(ctx)
 
 def handle_errors(command):
     """Turn the library's errors into one-line messages and exit codes (1, or 2 for usage errors)."""
@@ -155,60 +194,30 @@ def cli():
     then sample new items that look like them and measure how good the model is."""
 
 
-@cli.command()
+@cli.command(cls=RegistryCommand, train_fields=TRAIN_FIELDS)
 @click.option("--model", "model_name", type=click.Choice(MODEL_NAMES), default="mlp", help="Which model to train.")
 @click.option("--data", type=click.Path(), help="Text file, one item per line. [default: names.txt]")
 @click.option("--out", default="out", type=click.Path(file_okay=False), help="Folder for the checkpoint.")
 @click.option("--name", callback=_plain_name, help="Checkpoint name in --out. [default: the model's name]")
-@click.option("--block-size", type=click.IntRange(min=1), help="Characters of context. [default: per model]")
-@click.option("--n-embd", type=click.IntRange(min=1), help="Embedding dimensions (mlp). [default: 32]")
-@click.option("--n-hidden", type=click.IntRange(min=1), help="Hidden units (mlp). [default: 512]")
-@click.option("--smoothing", type=SmoothingType(),
-              help="bigram, ngram: add-k (a number k >= 0) or kn (modified Kneser-Ney). [default: 1 for bigram, kn for ngram]")
-@click.option("--discount", type=DiscountType(),
-              help="--smoothing kn: discounts D1,D2,D3+ for every order. [default: estimated from the counts]")
-@click.option("--init", type=click.Choice(["scaled", "randn"]),
-              help="mlp weight init: scaled for tanh, or randn as in lecture part 2. [default: scaled]")
-@click.option("--direct/--no-direct", default=None,
-              help="mlp: direct connections from the embeddings to the logits (Bengio et al.). [default: on]")
-@click.option("--steps", type=click.IntRange(min=0),
-              help="Optimizer steps (with --resume: the new total). [default: per model; mlp: a number of passes over the data]")
-@click.option("--batch-size", type=click.IntRange(min=1),
-              help="Examples per step, per process under torchrun (N processes: N x this). [default: per model]")
-@click.option("--lr", type=positive_float(), help="Learning rate (peak). [default: per model]")
-@click.option("--optimizer", type=click.Choice(OPTIMIZERS), help="[default: per model]")
-@click.option("--schedule", type=click.Choice(SCHEDULES),
-              help="constant; step (the lecture's: lr/10 for the second half); cosine. [default: per model]")
-@click.option("--warmup", type=click.IntRange(min=0), help="Linear warmup steps (cosine). [default: 0]")
-@click.option("--weight-decay", type=click.FloatRange(min=0),
-              help="bigram-nn: the lecture's penalty wd*(W**2).mean(); others: the optimizer's decay. "
-                   "[default: per model; mlp: 0.05, up to 0.2 on small data]")
-@click.option("--eval-interval", type=click.IntRange(min=1), help="Steps between dev evaluations. [default: steps/10]")
-@click.option("--seed", type=SEED, help="Seed of initialisation and batches. [default: 42]")
 @click.option("--splits", type=SplitsType(), default="0.8,0.1,0.1", help="Train, dev, test fractions.")
-@click.option("--split-seed", type=int, default=42, help="Seed of the shuffle before splitting.")
+@click.option("--split-seed", type=SEED, default=42, help="Seed of the shuffle before splitting.")
 @click.option("--resume", is_flag=True, help="Continue the run in --checkpoint (or the one trained last in --out).")
 @click.option("--checkpoint", "checkpoint_path", type=click.Path(dir_okay=False), help="With --resume: the run to continue.")
 @click.option("--strict", is_flag=True, help="With --resume: a changed data file is an error, not a warning.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @device_option
 @handle_errors
-def train(model_name, data, out, name, block_size, n_embd, n_hidden, smoothing, discount, init, direct, steps,
-          batch_size, lr,
-          optimizer, schedule, warmup, weight_decay, eval_interval, seed, splits, split_seed, resume,
-          checkpoint_path, strict, quiet, device):
+def train(model_name, data, out, name, splits, split_seed, resume, checkpoint_path, strict, quiet, device,
+          **settings):
     """Train a model on a file of items and save its checkpoint in --out.
 
     For data-parallel training on several CPU processes or GPUs, launch it with torchrun, e.g.
     torchrun --standalone --nproc-per-node 2 -m makemore train; rank 0 prints and saves.
     """
     from makemore import api, checkpoint
-    from makemore.train import Interrupted
+    from makemore.errors import Interrupted
 
-    model_options = dict(block_size=block_size, n_embd=n_embd, n_hidden=n_hidden, smoothing=smoothing,
-                         discount=discount, init=init, direct=direct)
-    train_options = dict(steps=steps, batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule,
-                         warmup=warmup, weight_decay=weight_decay, eval_interval=eval_interval, seed=seed)
+    model_options, train_options = api.split_settings(settings)
     resume_path = None
     if resume:
         given = [k for k, v in {**model_options, **train_options, "name": name}.items()
@@ -423,24 +432,15 @@ def score(items, data, totals, as_json, out, checkpoint_path, device):
         click.echo(f"all {len(results)} items: total nll {nll:.4f}, mean nll {nll / n:.4f} ({n} transitions)")
 
 
-@cli.command("lr-find")
+@cli.command("lr-find", cls=RegistryCommand, train_fields=("batch_size", "optimizer", "weight_decay", "seed"))
 @click.option("--model", "model_name", type=click.Choice(MODEL_NAMES), default="mlp", help="Which model to sweep.")
 @click.option("--data", type=click.Path(), help="Text file, one item per line. [default: names.txt]")
 @click.option("--min-lr", type=positive_float(), default=1e-3, help="First learning rate.")
 @click.option("--max-lr", type=positive_float(), default=1.0, help="Last learning rate.")
-@click.option("--steps", type=click.IntRange(min=20), default=1000,
+@click.option("--steps", type=click.IntRange(min=20, max=10**7), default=1000,
               help="Steps of the sweep, one rate each, spaced exponentially.")
-@click.option("--block-size", type=click.IntRange(min=1), help="Characters of context. [default: per model]")
-@click.option("--n-embd", type=click.IntRange(min=1), help="Embedding dimensions (mlp). [default: 32]")
-@click.option("--n-hidden", type=click.IntRange(min=1), help="Hidden units (mlp). [default: 512]")
-@click.option("--init", type=click.Choice(["scaled", "randn"]), help="mlp weight init. [default: scaled]")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Examples per step. [default: per model]")
-@click.option("--optimizer", type=click.Choice(OPTIMIZERS),
-              help="The lecture sweeps sgd. [default: the model's, as train uses]")
-@click.option("--weight-decay", type=click.FloatRange(min=0), help="As in train. [default: the model's]")
-@click.option("--seed", type=int, help="Seed of initialisation and batches. [default: 42]")
 @click.option("--splits", type=SplitsType(), default="0.8,0.1,0.1", help="Train, dev, test fractions (sweeps on train).")
-@click.option("--split-seed", type=int, default=42, help="Seed of the shuffle before splitting.")
+@click.option("--split-seed", type=SEED, default=42, help="Seed of the shuffle before splitting.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
               help="Where to write the plot. [default: OUT/lr-find-MODEL.png]")
 @click.option("--out", default="out", type=click.Path(file_okay=False), help="Folder for the plot.")
@@ -448,19 +448,18 @@ def score(items, data, totals, as_json, out, checkpoint_path, device):
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @device_option
 @handle_errors
-def lr_find(model_name, data, min_lr, max_lr, steps, block_size, n_embd, n_hidden, init, batch_size, optimizer,
-            weight_decay, seed, splits, split_seed, plot_path, out, as_json, quiet, device):
+def lr_find(model_name, data, min_lr, max_lr, steps, splits, split_seed, plot_path, out, as_json, quiet, device,
+            **settings):
     """The lecture's learning-rate sweep: from a fresh model, one step at each of --steps rates spaced
     exponentially from --min-lr to --max-lr; suggests the rate at the valley of the loss before it blows
     up, and plots loss against log10(lr) when matplotlib is installed."""
     from pathlib import Path
 
-    from makemore import instruments, plots
+    from makemore import api, plots
 
-    model_options = dict(block_size=block_size, n_embd=n_embd, n_hidden=n_hidden, init=init)
-    train_options = dict(batch_size=batch_size, optimizer=optimizer, weight_decay=weight_decay, seed=seed)
-    sweep = instruments.lr_find(model_name, data, model_options, train_options, min_lr, max_lr, steps, splits,
-                                split_seed, device, progress=not quiet)
+    model_options, train_options = api.split_settings(settings)
+    sweep = api.lr_find(model_name, data, model_options, train_options, min_lr, max_lr, steps, splits,
+                        split_seed, device, progress=not quiet)
     written = None
     if plots.available():
         written = plots.lr_sweep(sweep, Path(plot_path or Path(out) / f"lr-find-{model_name}.png"))

@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 import torch
 
-from makemore import api, dataset
+from makemore import api, checkpoint, dataset
 from makemore.data import Vocab, read_items, split_items
 from makemore.dataset import build_dataset
 from makemore.models import MODEL_NAMES, get_model_class
@@ -144,7 +144,7 @@ def test_bigram_nn_with_its_defaults_approaches_the_counting_model(small_names):
     assert -1e-9 <= gap < 0.01 < start - evaluate(counted, ds)
 
 
-QUICK = {"bigram": {}, "bigram-nn": dict(steps=30), "mlp": dict(steps=30, batch_size=32)}
+QUICK = {"bigram": {}, "ngram": {}, "bigram-nn": dict(steps=30), "mlp": dict(steps=30, batch_size=32)}
 
 
 @pytest.mark.parametrize("model_name", MODEL_NAMES)
@@ -157,6 +157,6 @@ def test_checkpoint_round_trip_keeps_the_model(tmp_path, small_names, model_name
     torch.manual_seed(1)
     again = get_model_class(model_name)
     rebuilt = again(again.Config(**trained.ckpt["config"]), len(trained.vocab))
-    rebuilt.load_state_dict(torch.load(result.path, weights_only=True)["state_dict"])
+    rebuilt.load_state_dict(checkpoint.load(result.path)["state_dict"])
     x = torch.randint(len(trained.vocab), (4, trained.block_size))
     assert torch.equal(rebuilt.eval()(x), trained.model(x))

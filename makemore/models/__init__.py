@@ -1,34 +1,49 @@
-"""The model registry.
+"""The model registry: one line per model, its name and the module that defines it.
 
 Every model takes a batch of contexts, a (B, block_size) tensor of token ids, and returns (B, vocab_size)
-logits; the loss is cross-entropy on them everywhere. To add a model, write makemore/models/<name>.py
-with a class decorated @register("<name>") and add the name to MODEL_NAMES: that is all.
+logits; the loss is cross-entropy on them everywhere. To add a model, write makemore/models/<name>.py with a
+class decorated @register("<name>") (see base.Model for its config and hooks) and add its line below. The
+names are plain strings, so that the CLI lists them without importing torch.
 """
 from __future__ import annotations
 
 import importlib
 
-MODEL_NAMES = ("bigram", "bigram-nn", "mlp", "ngram")  # kept as plain names so that --help needs no torch
+# the models `makemore train --model NAME` trains
+MODELS = {
+    "bigram": "makemore.models.bigram",
+    "bigram-nn": "makemore.models.bigram_nn",
+    "mlp": "makemore.models.mlp",
+    "ngram": "makemore.models.ngram",
+}
 # models built from other checkpoints (makemore mix), not trained by makemore train
-BUILT_NAMES = ("mixture",)
+BUILT = {"mixture": "makemore.models.mixture"}
+MODEL_NAMES = tuple(MODELS)
+BUILT_NAMES = tuple(BUILT)
 
-_REGISTRY: dict[str, type] = {}
+_CLASSES: dict[str, type] = {}
 
 
 def register(name: str):
-    """Class decorator: make a model available as --model NAME."""
+    """Class decorator: the model class of registry name."""
 
     def add(cls):
         cls.name = name
-        _REGISTRY[name] = cls
+        _CLASSES[name] = cls
         return cls
 
     return add
 
 
 def get_model_class(name: str) -> type:
-    if name not in _REGISTRY:
-        if name not in MODEL_NAMES + BUILT_NAMES:
-            raise KeyError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
-        importlib.import_module(f"makemore.models.{name.replace('-', '_')}")
-    return _REGISTRY[name]
+    """The class of a registered model; KeyError for a name the registry does not have."""
+    module = MODELS.get(name) or BUILT.get(name)
+    if module is None:
+        raise KeyError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
+    importlib.import_module(module)
+    return _CLASSES[name]
+
+
+def trainable_classes() -> dict[str, type]:
+    """Every model of makemore train, by name (imports them all, and so torch)."""
+    return {name: get_model_class(name) for name in MODELS}

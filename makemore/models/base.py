@@ -1,15 +1,20 @@
-"""What every model shares: a config dataclass and the contexts -> logits contract."""
+"""What every model shares: a config dataclass, the contexts -> logits contract, and the hooks a model may
+provide. The loop and the commands call these hooks; each has a default here, so a model overrides only
+what it needs."""
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import torch
 from torch import nn
 
+from makemore import options
+
 
 class Model(nn.Module):
-    """Base class. Subclasses set Config (a dataclass whose fields are the CLI flags' names).
+    """Base class. Subclasses set name (by @register), Config (a dataclass whose fields are declared with
+    makemore.options.option, so that they become the CLI's flags) and forward.
 
     Trainable models are fitted by the shared loop in makemore.train; counting models (counts = True)
     are fitted in one pass by fit(dataset) and return log-probabilities as logits.
@@ -17,25 +22,83 @@ class Model(nn.Module):
 
     name: ClassVar[str]
     Config: ClassVar[type]
+    # fitted in one pass by fit() instead of by the optimizer
     counts: ClassVar[bool] = False
-    # defaults of the training loop that suit this model; the user's flags override them
+    # settings of the training loop that suit this model (makemore.train.TrainConfig's fields); the
+    # user's flags override them
     train_defaults: ClassVar[dict] = {}
+    # the weight decay is a term of the loss (penalty) instead of the optimizer's decoupled decay
+    decay_in_loss: ClassVar[bool] = False
 
     def __init__(self, config, vocab_size: int):
         super().__init__()
+        self.check_config(config, vocab_size)
         self.config = config
         self.vocab_size = vocab_size
 
     @property
     def block_size(self) -> int:
+        """How many previous tokens a forward pass reads."""
         return self.config.block_size
-
-    @classmethod
-    def config_fields(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls.Config)]
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:  # (B, block_size) -> (B, vocab_size)
         raise NotImplementedError
 
+    # ---- hooks with defaults ----
+
+    @classmethod
+    def config_from(cls, values: dict, complete: bool = False):
+        """The Config from option values (names as the fields), each checked where it is declared;
+        OptionError for a value or a name the model does not take."""
+        return options.make(cls.Config, values, what=f"--model {cls.name}", complete=complete)
+
+    @classmethod
+    def check_config(cls, config, vocab_size: int) -> None:
+        """Raise OptionError for a config that cannot work with this vocabulary size (checks that involve
+        more than one field, or the data); called before anything is allocated."""
+
+    @classmethod
+    def expected_tensors(cls, config, vocab_size: int) -> dict[str, tuple[torch.dtype, tuple]]:
+        """The state_dict this config gives: name -> (dtype, shape), where dtype may be a tuple of the
+        dtypes allowed and None in a shape is a size that depends on the data. Found without allocating anything: the model is built on the meta device."""
+        cls.check_config(config, vocab_size)
+        with torch.device("meta"):
+            model = cls(config, vocab_size)
+        return {name: (t.dtype, tuple(t.shape)) for name, t in model.state_dict().items()}
+
+    @classmethod
+    def example_numbers(cls, config, vocab_size: int) -> int:
+        """Roughly how many numbers one training example occupies during a step (its activations and
+        their gradients): with the weights, what the loop's memory check adds up."""
+        return 4 * (config.block_size + vocab_size)
+
+    @classmethod
+    def default_steps(cls, n_examples: int, batch_size: int) -> int | None:
+        """Steps to train when the user gives no --steps; None: train_defaults' steps."""
+        return None
+
+    @classmethod
+    def default_weight_decay(cls, n_examples: int) -> float | None:
+        """Weight decay when the user gives no --weight-decay; None: train_defaults' weight_decay."""
+        return None
+
     def fit(self, dataset) -> None:
+        """Counting models: fit the counts in one pass over the dataset."""
         raise NotImplementedError(f"{self.name} is trained by gradient descent, not counted")
+
+    def penalty(self, weight_decay: float) -> torch.Tensor:
+        """With decay_in_loss: the regularisation term added to the loss."""
+        raise NotImplementedError(f"{self.name} decays its weights in the optimizer")
+
+    def step_by_hand(self, sgd: bool) -> Callable | None:
+        """A training step written out without autograd, or None to use autograd (the default).
+
+        The step is called as step(contexts (B*T,), targets (B, 1), lr, weight_decay) under inference mode
+        and returns the probability of each target, (B, 1); with sgd it also applies plain SGD itself,
+        otherwise it writes each parameter's .grad for the optimizer."""
+        return None
+
+
+def config_dict(config) -> dict:
+    """A config as plain JSON values (tuples as lists), as checkpoints record it."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}

@@ -11,15 +11,20 @@ from dataclasses import dataclass
 import torch
 
 from makemore.models import register
-from makemore.models.ngram import NGram, _option_error
+from makemore.models.ngram import NGram, parse_discount, parse_smoothing
+from makemore.options import option
 
 
 @dataclass
 class BigramConfig:
-    block_size: int = 1  # a bigram sees one previous character
-    # add-k: k fake counts in every cell, so no transition has probability 0 (or "kn", as for ngram)
-    smoothing: float | str = 1.0
-    discount: tuple | None = None  # kn only: (D1, D2, D3+)
+    block_size: int = option(1, "Characters of context.", low=1, high=1,  # a bigram sees one
+                             note="for a longer context use --model ngram --block-size K")
+    # add-k: k fake counts in every cell, so no transition has probability 0 (the lecture's add-1)
+    smoothing: float | str = option(1.0, "add-k (a number k >= 0) or kn (interpolated modified Kneser-Ney).",
+                                    kind=str, parse=parse_smoothing, metavar="K|kn")
+    discount: tuple | None = option(None, "With --smoothing kn: the discounts D or D1,D2,D3+ of every order "
+                                    "(none: estimated per order from the counts).", kind=str,
+                                    parse=parse_discount, metavar="D|D1,D2,D3")
 
 
 @register("bigram")
@@ -27,11 +32,6 @@ class Bigram(NGram):
     """Counts N[prev, next] in one pass; P = (N + k) / rowsum(N + k). No gradient descent."""
 
     Config = BigramConfig
-
-    def __init__(self, config: BigramConfig, vocab_size: int):
-        if config.block_size != 1:
-            raise _option_error("--model bigram has block size 1; for a longer context use --model ngram --block-size K")
-        super().__init__(config, vocab_size)
 
     @property
     def N(self) -> torch.Tensor:

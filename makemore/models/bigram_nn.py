@@ -8,11 +8,12 @@ from torch import nn
 
 from makemore.models import register
 from makemore.models.base import Model
+from makemore.options import option
 
 
 @dataclass
 class BigramNNConfig:
-    block_size: int = 1  # one previous character, as the counting bigram
+    block_size: int = option(1, "Characters of context.", low=1, high=1)  # one, as the counting bigram
 
 
 @register("bigram-nn")
@@ -29,10 +30,10 @@ class BigramNN(Model):
     # all 228k examples) and within 0.001 after 300; batches of 2048 or 4096 at lr 0.3 end 0.001-0.002 away.
     train_defaults = dict(steps=300, batch_size=8192, lr=0.3, optimizer="adamw", schedule="cosine")
 
+    decay_in_loss = True  # --weight-decay is the lecture's penalty on W, not the optimizer's decay
+
     def __init__(self, config: BigramNNConfig, vocab_size: int):
         super().__init__(config, vocab_size)
-        if config.block_size != 1:
-            raise ValueError("bigram-nn has block_size 1")
         self.W = nn.Parameter(torch.randn(vocab_size, vocab_size))
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:

@@ -14,8 +14,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from makemore.errors import OptionError
 from makemore.models import get_model_class, register
-from makemore.models.base import Model
+from makemore.models.base import Model, config_dict
+
+
+MAX_DEPTH = 4  # mixtures of mixtures, at most this deep: a checkpoint cannot nest them without end
+MAX_COMPONENTS = 64
 
 
 @dataclass
@@ -31,17 +36,59 @@ class Mixture(Model):
 
     Config = MixtureConfig
 
+    @classmethod
+    def config_from(cls, values: dict, complete: bool = False, depth: int = 0) -> MixtureConfig:
+        """Built by makemore mix, not by flags: the components' configs are checked by their own models."""
+        if not isinstance(values, dict) or set(values) != {"components", "weights"}:
+            raise OptionError("a mixture's config holds exactly 'components' and 'weights'")
+        parts, weights = values["components"], values["weights"]
+        if not isinstance(parts, (list, tuple)) or not 1 <= len(parts) <= MAX_COMPONENTS:
+            raise OptionError(f"a mixture has 1 to {MAX_COMPONENTS} components")
+        if depth >= MAX_DEPTH:
+            raise OptionError(f"mixtures nest at most {MAX_DEPTH} deep")
+        components = []
+        for part in parts:
+            if not isinstance(part, dict) or set(part) != {"model", "config"} or not isinstance(part["model"], str):
+                raise OptionError("a mixture's component is {'model': name, 'config': {...}}")
+            try:
+                part_cls = get_model_class(part["model"])
+            except KeyError as e:
+                raise OptionError(str(e.args[0])) from None
+            if part_cls is cls:
+                config = cls.config_from(part["config"], complete, depth + 1)
+            else:
+                config = part_cls.config_from(part["config"], complete=complete)
+            components.append(dict(model=part["model"], config=config_dict(config)))
+        if (not isinstance(weights, (list, tuple)) or len(weights) != len(parts)
+                or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights)):
+            raise OptionError("a mixture needs one weight (a number) per component")
+        if any(not 0 <= w < math.inf for w in weights) or not math.isclose(sum(weights), 1, abs_tol=1e-6):
+            raise OptionError(f"mixture weights must be >= 0 and sum to 1, not {list(weights)[:8]}")
+        return MixtureConfig(tuple(components), tuple(float(w) for w in weights))
+
+    @classmethod
+    def _parts(cls, config: MixtureConfig):
+        for part in config.components:
+            part_cls = get_model_class(part["model"])
+            yield part_cls, part_cls.config_from(part["config"])
+
+    @classmethod
+    def check_config(cls, config: MixtureConfig, vocab_size: int) -> None:
+        for part_cls, part_config in cls._parts(config):
+            part_cls.check_config(part_config, vocab_size)
+
+    @classmethod
+    def expected_tensors(cls, config: MixtureConfig, vocab_size: int) -> dict:
+        return {f"components.{i}.{name}": spec for i, (part_cls, part_config) in enumerate(cls._parts(config))
+                for name, spec in part_cls.expected_tensors(part_config, vocab_size).items()}
+
+    @classmethod
+    def example_numbers(cls, config: MixtureConfig, vocab_size: int) -> int:
+        return sum(part_cls.example_numbers(part_config, vocab_size) for part_cls, part_config in cls._parts(config))
+
     def __init__(self, config: MixtureConfig, vocab_size: int):
         super().__init__(config, vocab_size)
-        if len(config.components) < 1 or len(config.weights) != len(config.components):
-            raise ValueError("a mixture needs one weight per component")
-        if any(not w >= 0 for w in config.weights) or not math.isclose(sum(config.weights), 1, abs_tol=1e-6):
-            raise ValueError(f"mixture weights must be >= 0 and sum to 1, not {list(config.weights)}")
-        models = []
-        for part in config.components:
-            cls = get_model_class(part["model"])
-            models.append(cls(cls.Config(**part["config"]), vocab_size))
-        self.components = nn.ModuleList(models)
+        self.components = nn.ModuleList(part_cls(part_config, vocab_size) for part_cls, part_config in self._parts(config))
         # log 0 = -inf: a component with weight 0 then adds exactly nothing in the logsumexp
         self.register_buffer("log_weights", torch.tensor(config.weights, dtype=torch.float64).log(), persistent=False)
 

@@ -23,8 +23,11 @@ from dataclasses import dataclass
 
 import torch
 
+from makemore import options
+from makemore.errors import OptionError
 from makemore.models import register
 from makemore.models.base import Model
+from makemore.options import option
 
 INT64_MAX = 2**63 - 1
 # Numbers (float64) of whole distributions kept per seen context for fast lookups: 64 MB. Orders beyond it
@@ -32,48 +35,45 @@ INT64_MAX = 2**63 - 1
 DENSE_ROWS = 2**23
 
 
-@dataclass
-class NGramConfig:
-    # characters of context; the model counts (block_size+1)-grams. Dev loss on names-2018 (kn), by block
-    # size 3..7: 2.056, 1.983, 1.974, ... (bench/results/ngram.md): 5 is the best
-    block_size: int = 5
-    # "kn": interpolated modified Kneser-Ney; a number k: add-k at the longest context (the lecture's bigram)
-    smoothing: float | str = "kn"
-    # kn's (D1, D2, D3+) for every order; None: estimated per order from counts of counts (Chen & Goodman)
-    discount: tuple | None = None
-
-
-def _option_error(message: str) -> Exception:
-    from makemore.api import OptionError  # lazily: api imports the model registry
-
-    return OptionError(message)
-
-
 def parse_smoothing(value) -> float | str:
-    """'kn' or a non-negative number k (add-k)."""
+    """'kn' or a finite number k >= 0 (add-k)."""
     if isinstance(value, str) and value.strip().lower() == "kn":
         return "kn"
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"{value!r} is neither a number (add-k) nor kn")
     try:
         k = float(value)
-    except (TypeError, ValueError):
-        raise _option_error(f"--smoothing: {value!r} is neither a number (add-k) nor kn") from None
-    if not k >= 0 or math.isinf(k):
-        raise _option_error(f"--smoothing: {value!r} must be a finite number >= 0, or kn")
+    except ValueError:
+        raise ValueError(f"{value!r} is neither a number (add-k) nor kn") from None
+    if not 0 <= k < math.inf:
+        raise ValueError(f"{value!r} must be a finite number >= 0 (add-k), or kn")
     return k
 
 
-def check_discount(discount) -> tuple[float, float, float] | None:
-    """None, or (D1, D2, D3+) with 0 < Dr <= r, so that every discounted count stays >= 0 and every
-    seen context leaves some probability to the shorter ones."""
-    if discount is None:
+def parse_discount(value) -> tuple[float, float, float] | None:
+    """None, or D or D1,D2,D3 (a string, or a list from a checkpoint) as (D1, D2, D3+), with 0 < Dr <= r, so
+    that every discounted count stays >= 0 and every seen context leaves some probability to the shorter ones."""
+    if value is None:
         return None
-    values = [float(d) for d in (discount if isinstance(discount, (tuple, list)) else [discount])]
+    values = options.numbers([value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value)
     if len(values) == 1:
         values = values * 3
     if len(values) != 3 or not all(0 < d <= r for r, d in zip((1, 2, 3), values)):
-        raise _option_error(f"--discount: {discount!r} must be D or D1,D2,D3 with 0 < D1 <= 1, 0 < D2 <= 2, "
-                            "0 < D3 <= 3")
+        raise ValueError(f"{value!r} must be D or D1,D2,D3 with 0 < D1 <= 1, 0 < D2 <= 2, 0 < D3 <= 3")
     return tuple(values)
+
+
+@dataclass
+class NGramConfig:
+    # Dev loss on names-2018 (kn), by block size 3..7: 2.056, 1.983, 1.974, ... (bench/results/ngram.md): 5 is
+    # the best. Beyond 16 characters almost every context is seen once: the longest orders only add memory.
+    block_size: int = option(5, "Characters of context.", low=1, high=16)  # it counts (block_size+1)-grams
+    # add-1 is the lecture's bigram; Kneser-Ney is the best counting smoother (Chen & Goodman 1998)
+    smoothing: float | str = option("kn", "add-k (a number k >= 0) or kn (interpolated modified Kneser-Ney).",
+                                    kind=str, parse=parse_smoothing, metavar="K|kn")
+    discount: tuple | None = option(None, "With --smoothing kn: the discounts D or D1,D2,D3+ of every order "
+                                    "(none: estimated per order from the counts).", kind=str,
+                                    parse=parse_discount, metavar="D|D1,D2,D3")
 
 
 def estimate_discounts(counts: torch.Tensor) -> list[float]:
@@ -111,20 +111,34 @@ class NGram(Model):
     Config = NGramConfig
     counts = True
 
+    @classmethod
+    def check_config(cls, config: NGramConfig, vocab_size: int) -> None:
+        K, V = config.block_size, vocab_size
+        if V ** (K + 1) > INT64_MAX:
+            longest = max((k for k in range(1, K) if V ** (k + 1) <= INT64_MAX), default=0)
+            raise OptionError(f"--block-size {K} is too long for {cls.name}'s 64-bit keys with a vocabulary of "
+                              f"{V} characters; use at most {longest}")
+        if config.discount is not None and config.smoothing != "kn":
+            raise OptionError("--discount applies only with --smoothing kn")
+
+    @classmethod
+    def expected_tensors(cls, config: NGramConfig, vocab_size: int) -> dict:
+        """The count tables' lengths depend on the data (None); the discounts are one row per order."""
+        cls.check_config(config, vocab_size)
+        K = config.block_size
+        tables = {}
+        for n in range(1, K + 2):
+            tables[f"ngrams_{n}"] = ((torch.int32, torch.int64), (None,))
+            tables[f"counts_{n}"] = ((torch.int32, torch.int64), (None,))
+        tables["discounts"] = (torch.float64, (K + 1, 3))
+        return tables
+
     def __init__(self, config: NGramConfig, vocab_size: int):
         super().__init__(config, vocab_size)
-        K, V = config.block_size, vocab_size
-        if K < 1:
-            raise _option_error("--block-size must be at least 1")
-        if V ** (K + 1) > INT64_MAX:
-            longest = max(k for k in range(1, K) if V ** (k + 1) <= INT64_MAX) if V ** 2 <= INT64_MAX else 0
-            raise _option_error(f"--block-size {K} is too long for {self.name}'s 64-bit keys with a vocabulary of "
-                                f"{V} characters; use at most {longest}")
-        self.smoothing = parse_smoothing(config.smoothing)
+        K = config.block_size
+        self.smoothing = config.smoothing
         self.kn = self.smoothing == "kn"
-        self.given_discount = check_discount(config.discount)
-        if self.given_discount is not None and not self.kn:
-            raise _option_error("--discount applies only with --smoothing kn")
+        self.given_discount = config.discount
         for n in range(1, K + 2):
             self.register_buffer(f"ngrams_{n}", torch.zeros(0, dtype=torch.int64))
             self.register_buffer(f"counts_{n}", torch.zeros(0, dtype=torch.int64))
@@ -266,7 +280,24 @@ class NGram(Model):
             if isinstance(stored, torch.Tensor) and name not in self._non_persistent_buffers_set:
                 self._buffers[name] = torch.empty_like(stored, device=self.discounts.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._check_tables()
         self._derive()
+
+    def _check_tables(self) -> None:
+        """Raise ValueError unless the stored tables are what fit() makes: per order, keys of n-grams of this
+        vocabulary in increasing order with positive counts, and discounts 0 <= Dr <= r."""
+        V = self.vocab_size
+        for n in range(1, self.block_size + 2):
+            keys, counts = getattr(self, f"ngrams_{n}").long(), getattr(self, f"counts_{n}")
+            if len(keys) != len(counts):
+                raise ValueError(f"order {n} has {len(keys)} n-grams but {len(counts)} counts")
+            if len(keys) and (int(keys[0]) < 0 or int(keys[-1]) >= V**n or not bool((keys[1:] > keys[:-1]).all())):
+                raise ValueError(f"order {n}'s n-grams are not increasing keys below {V}^{n}")
+            if len(counts) and int(counts.min()) < 1:
+                raise ValueError(f"order {n} has a count below 1")
+        limits = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+        if not bool(((self.discounts >= 0) & (self.discounts <= limits)).all()):
+            raise ValueError("a discount is outside 0 <= Dr <= r")
 
     # ---- the model contract ----
 

@@ -1,0 +1,143 @@
+"""Options declared once, where they belong: each model's config dataclass and the training settings declare
+their fields with option(...), and everything else reads the declaration from there: the CLI's flags, help
+texts and defaults, and the checks of a value given on the command line or read from a checkpoint.
+
+Importing this module does not import torch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from makemore.errors import OptionError
+
+KINDS = (int, float, bool, str)
+
+
+@dataclass(frozen=True)
+class Option:
+    """How one config field is given and checked. parse, when set, turns a value (a string from the
+    command line, or the JSON value of a checkpoint) into the field's value or raises ValueError saying
+    what is wrong; otherwise the value must be of kind, within [low, high] and among choices."""
+
+    help: str
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # low itself is not allowed (a learning rate above 0)
+    choices: tuple = ()
+    parse: Callable[[Any], Any] | None = None
+    metavar: str | None = None
+    note: str = ""  # said after a value out of range: what to do instead
+
+    def check(self, name: str, value):
+        """The value, checked (and normalised by parse); OptionError naming the flag when it does not fit."""
+        if self.parse is not None:
+            try:
+                return self.parse(value)
+            except (ValueError, TypeError, OverflowError) as e:
+                raise OptionError(f"{flag(name)}: {e}") from None
+        if not _is_kind(value, self.kind):
+            raise OptionError(f"{flag(name)}: {_shown(value)} is not {_KIND_NAMES[self.kind]}")
+        if self.choices and value not in self.choices:
+            raise OptionError(f"{flag(name)}: {_shown(value)} is not one of {', '.join(map(str, self.choices))}")
+        if self.kind is float and not math.isfinite(value):
+            raise OptionError(f"{flag(name)}: {_shown(value)} is not a finite number")
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            above = "above" if self.low_open else "at least"
+            raise OptionError(f"{flag(name)}: {_shown(value)} is too small; it must be {above} {_num(self.low)}")
+        if self.high is not None and value > self.high:
+            note = f"; {self.note}" if self.note else ""
+            raise OptionError(f"{flag(name)}: {_shown(value)} is too large; it must be at most {_num(self.high)}{note}")
+        return float(value) if self.kind is float else value
+
+    def describe_range(self) -> str:
+        """The accepted values in words, for help texts."""
+        if self.choices:
+            return "|".join(map(str, self.choices))
+        low = f"{'>' if self.low_open else '>='} {_num(self.low)}" if self.low is not None else ""
+        high = f"<= {_num(self.high)}" if self.high is not None else ""
+        return ", ".join(part for part in (low, high) if part)
+
+
+_KIND_NAMES = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _is_kind(value, kind: type) -> bool:
+    if isinstance(value, bool):
+        return kind is bool
+    if kind is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, kind)
+
+
+def _num(x) -> str:
+    return f"{x:,}" if isinstance(x, int) else f"{x:g}"
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def option(default, help: str, *, kind: type | None = None, low=None, high=None, low_open=False, choices=(),
+           parse=None, metavar=None, note=""):
+    """A dataclass field declared as an option: its default, a help text and what values it takes."""
+    kind = kind or type(default)
+    if kind not in KINDS:
+        raise TypeError(f"an option's kind is one of {KINDS}, not {kind}")
+    spec = Option(help, kind, low, high, low_open, tuple(choices), parse, metavar, note)
+    return dataclasses.field(default=default, metadata={"option": spec})
+
+
+def declared(config_cls) -> dict[str, tuple[Option, Any]]:
+    """Every option of a config dataclass: name -> (Option, default)."""
+    return {f.name: (f.metadata["option"], f.default) for f in dataclasses.fields(config_cls)
+            if "option" in f.metadata}
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a field: block_size -> --block-size."""
+    return "--" + name.replace("_", "-")
+
+
+def make(config_cls, values: dict, *, what: str, complete: bool = False):
+    """config_cls built from values (field name -> value), each checked against its declaration.
+
+    A name the config does not declare is an OptionError naming what (e.g. "--model mlp"); with complete,
+    so is a declared name that is missing (a checkpoint records every field).
+    """
+    if not isinstance(values, dict):
+        raise OptionError(f"the options of {what} are not a mapping of names to values")
+    options = declared(config_cls)
+    for name in values:
+        if name not in options:
+            known = ", ".join(flag(n) for n in options) or "none"
+            raise OptionError(f"{flag(str(name))} does not apply to {what} (its options: {known})")
+    if complete:
+        missing = [name for name in options if name not in values]
+        if missing:
+            raise OptionError(f"{what} lacks the option {flag(missing[0])}")
+    try:
+        checked = {name: options[name][0].check(name, value) for name, value in values.items()}
+    except OptionError as e:
+        raise OptionError(f"{e} ({what})") from None
+    return config_cls(**checked)
+
+
+def numbers(text) -> tuple[float, ...]:
+    """Comma-separated numbers (or a list of numbers from JSON) as a tuple of floats."""
+    if isinstance(text, str):
+        try:
+            parts = tuple(float(p) for p in text.split(","))
+        except ValueError:
+            raise ValueError(f"{_shown(text)} is not numbers separated by commas") from None
+    elif isinstance(text, (list, tuple)) and all(_is_kind(p, float) for p in text):
+        parts = tuple(float(p) for p in text)
+    else:
+        raise ValueError(f"{_shown(text)} is not a list of numbers")
+    if not all(math.isfinite(p) for p in parts):
+        raise ValueError(f"{_shown(text)} holds a number that is not finite")
+    return parts

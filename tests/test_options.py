@@ -1,0 +1,119 @@
+"""Options are declared once, in the configs: the CLI's flags, their help and every check come from there."""
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from makemore import api, models, options
+from makemore.errors import OptionError
+from makemore.models import MODEL_NAMES, get_model_class
+from makemore.train import TrainConfig
+
+
+@pytest.fixture
+def toy(monkeypatch):
+    """The toy model registered with the one line a new model adds to the registry."""
+    monkeypatch.setitem(models.MODELS, "toy", "tests.toy_model")
+    yield "toy"
+
+
+def test_a_new_model_is_one_file_and_one_line(toy, run, small_names):
+    help_text = " ".join(run("train", "--help").output.split())
+    assert "--sharpness FLOAT A factor on the logits. [default: 1.5]" in help_text
+    assert "toy" in help_text  # its name in --model's choices and in the defaults of the shared flags
+    out = run("train", "--model", "toy", "--data", small_names, "--sharpness", 2, "--block-size", 3, "-q").output
+    assert "saved" in out
+    info = json.loads(run("inspect", "--json").output)
+    assert info["model"] == "toy" and info["config"] == dict(block_size=3, sharpness=2.0)
+    bad = run("train", "--model", "toy", "--data", small_names, "--sharpness", 0, ok=False)
+    assert bad.exit_code == 2 and "--sharpness: 0.0 is too small; it must be above 0" in bad.output
+
+
+def test_an_option_of_another_model_names_the_models_that_take_it(run, small_names):
+    result = run("train", "--model", "bigram", "--data", small_names, "--n-hidden", 10, ok=False)
+    assert result.exit_code == 2
+    assert "--n-hidden does not apply to --model bigram; it is an option of mlp" in result.output
+
+
+def _declared_everywhere():
+    names = {}
+    for model in MODEL_NAMES:
+        for name, (spec, default) in options.declared(get_model_class(model).Config).items():
+            names.setdefault(name, spec)
+    return names
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+@pytest.mark.parametrize("name", sorted(_declared_everywhere()))
+def test_every_model_option_on_every_model(run, small_names, model, name):
+    """Each option on each model: refused as a usage error by a model that does not take it, or beyond its
+    range; its default always trains."""
+    cls = get_model_class(model)
+    takes = options.declared(cls.Config)
+    fast = [] if cls.counts else ["--steps", 2]
+    base = ["train", "--model", model, "--data", small_names, "-q", *fast]
+    if name not in takes:
+        spec = _declared_everywhere()[name]
+        value = ["--direct"] if spec.kind is bool else [options.flag(name), spec.choices[0] if spec.choices else 1]
+        result = run(*base, *value, ok=False)
+        assert result.exit_code == 2 and "does not apply to --model" in result.output
+        return
+    spec, default = takes[name]
+    if spec.kind is bool:
+        run(*base, options.flag(name) if default else "--no-" + name.replace("_", "-"))
+        return
+    if default is not None:
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        run(*base, options.flag(name), shown)
+    if spec.high is not None:
+        too_big = run(*base, options.flag(name), int(spec.high) + 1, ok=False)
+        assert too_big.exit_code == 2 and "too large" in too_big.output
+    if spec.low is not None:
+        too_small = run(*base, options.flag(name), spec.low - 1, ok=False)
+        assert too_small.exit_code == 2 and "too small" in too_small.output
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+                    max_leaves=8)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(model=st.sampled_from(MODEL_NAMES + ("mixture",)), name=st.sampled_from(
+    sorted(_declared_everywhere()) + ["components", "weights", "bogus"]), value=JSON)
+def test_a_config_from_any_json_is_built_or_refused_with_an_option_error(model, name, value):
+    cls = get_model_class(model)
+    values = {} if model == "mixture" else {name: value}
+    if model == "mixture":
+        values = dict(components=value, weights=[1.0]) if name == "components" else dict(components=[], weights=value)
+    try:
+        config = cls.config_from(values)
+    except OptionError as e:
+        assert "\n" not in str(e)
+        return
+    cls.check_config(config, 27)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(name=st.sampled_from(sorted(options.declared(TrainConfig))), value=JSON)
+def test_training_settings_from_any_json_are_checked(name, value):
+    try:
+        config = options.make(TrainConfig, {name: value}, what="training")
+    except OptionError as e:
+        assert "\n" not in str(e)
+        return
+    spec = options.declared(TrainConfig)[name][0]
+    got = getattr(config, name)
+    assert type(got) is spec.kind
+    if spec.low is not None:
+        assert got >= spec.low
+    if spec.high is not None:
+        assert got <= spec.high
+
+
+def test_declared_flags_show_each_models_default():
+    found = {name: defaults for name, _, defaults in api.declared_options(("lr", "steps"))}
+    assert found["block_size"] == dict(bigram=1, **{"bigram-nn": 1}, mlp=6, ngram=5)
+    assert found["lr"] == {"bigram-nn": 0.3, "mlp": 0.003}
+    assert found["steps"]["mlp"] == "by data size"
