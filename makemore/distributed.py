@@ -14,6 +14,8 @@ import os
 import signal
 from dataclasses import dataclass
 
+from makemore.errors import Interrupted, MakemoreError, OptionError
+
 
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
@@ -100,8 +102,6 @@ def setup(device):
     import torch
     import torch.distributed as dist
 
-    from makemore.api import OptionError
-    from makemore.errors import MakemoreError
 
     if not dist.is_available():
         raise MakemoreError("this torch build has no torch.distributed; train with one process")
@@ -148,8 +148,6 @@ def leaves_process_group(function):
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
-        from makemore.train import Interrupted
-
         try:
             result = function(*args, **kwargs)
         except Interrupted:

@@ -4,17 +4,17 @@ Neither draws anything; the pictures are in makemore.plots, which needs matplotl
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
-from makemore.data import DEFAULT_SPLIT_SEED, DEFAULT_SPLITS, Vocab
+from makemore.batches import BatchSampler
 from makemore.dataset import build_dataset
-from makemore.errors import DataError, TrainingError
-from makemore.models import MODEL_NAMES, get_model_class
+from makemore.errors import CheckpointError, DataError, TrainingError
+from makemore.train import TrainStep
 
 
 @torch.no_grad()
@@ -116,74 +116,33 @@ def suggest(losses: list[float]) -> tuple[int, int, int | None, list[float]]:
 def lr_sweep(net, train_set, optimizer, lrs: torch.Tensor, batch_size: int, seed: int,
              weight_decay: float = 0.0, progress: bool = True) -> Sweep:
     """Train net from its current (fresh) state for len(lrs) steps, step i at rate lrs[i], recording the
-    minibatch loss; stops early once the loss is no longer finite or has blown up far above its minimum."""
-    from tqdm import tqdm
+    minibatch loss; stops early once the loss is no longer finite or has blown up far above its minimum.
 
-    device = next(net.parameters()).device
-    gen = torch.Generator().manual_seed(seed)
-    penalty = getattr(net, "penalty", None)
+    The steps and their batches are the training loop's own (makemore.train.TrainStep, BatchSampler)."""
     losses: list[float] = []
     best = ema = math.inf
     net.train()
-    for i in tqdm(range(len(lrs)), disable=not progress, leave=False, desc="lr-find", mininterval=0.5):
-        for g in optimizer.param_groups:
-            g["lr"] = lrs[i].item()
-        ix = torch.randint(len(train_set), (batch_size,), generator=gen).to(device)
-        x, y = train_set.batch(ix)
-        loss = F.cross_entropy(net(x), y)
-        objective = loss + penalty(weight_decay) if penalty is not None and weight_decay else loss
-        optimizer.zero_grad(set_to_none=True)
-        objective.backward()
-        optimizer.step()
-        value = loss.item()
-        losses.append(value if math.isfinite(value) else math.nan)
-        if not math.isfinite(value):
-            break
-        # an exponential average (online, unlike the centred one) decides when to stop early
-        ema = value if ema == math.inf else 0.9 * ema + 0.1 * value
-        best = min(best, ema)
-        if i > 10 and ema > 2 * BLOWUP_FACTOR * best:
-            break
+    with TrainStep(net, optimizer, weight_decay) as step:
+        batches = BatchSampler(train_set, batch_size, seed, flat=step.flat)
+        for i in tqdm(range(len(lrs)), disable=not progress, leave=False, desc="lr-find", mininterval=0.5):
+            step(*batches.next(), lrs[i].item())
+            value = step.take_loss().item()
+            losses.append(value if math.isfinite(value) else math.nan)
+            if not math.isfinite(value):
+                break
+            # an exponential average (online, unlike the centred one) decides when to stop early
+            ema = value if ema == math.inf else 0.9 * ema + 0.1 * value
+            best = min(best, ema)
+            if i > 10 and ema > 2 * BLOWUP_FACTOR * best:
+                break
     ran = [lr.item() for lr in lrs[:len(losses)]]
-    step, floor_step, blowup, smoothed = suggest(losses)
-    return Sweep(ran, losses, smoothed, ran[step], step, floor_step, blowup, len(lrs))
-
-
-def lr_find(model: str = "mlp", data=None, model_options: dict | None = None, train_options: dict | None = None,
-            min_lr: float = 1e-3, max_lr: float = 1.0, steps: int = 1000, splits=DEFAULT_SPLITS,
-            split_seed: int = DEFAULT_SPLIT_SEED, device: str = "auto", progress: bool = True) -> Sweep:
-    """The lecture's sweep on a fresh model, set up from the data and options exactly as train would be."""
-    from makemore import api
-    from makemore.train import make_optimizer
-
-    cls = get_model_class(model)
-    if cls.counts:
-        trainable = [n for n in MODEL_NAMES if not get_model_class(n).counts]
-        raise api.OptionError(f"--model {model} is counted in one pass, it has no learning rate; lr-find "
-                              f"applies to {', '.join(trainable)}")
-    if not min_lr < max_lr:
-        raise api.OptionError(f"--min-lr ({min_lr:g}) must be below --max-lr ({max_lr:g})")
-    dev = api.resolve_device(device)
-    dataset = api.Data.read(data)
-    parts = dataset.split(splits, split_seed)
-    mconfig = api.model_config(model, model_options or {})
-    tconfig = api.train_config(model, train_options or {})
-    vocab = Vocab.from_items(dataset.items)
-    net, train_set, _ = api.build_run(cls, mconfig, tconfig.seed, vocab, dict(parts, dev=[]), dev)
-    api.apply_size_rules(cls, tconfig, train_options, len(train_set))  # the weight decay train would use
-    sweep = lr_sweep(net, train_set, make_optimizer(net, tconfig), exponential_lrs(min_lr, max_lr, steps),
-                     tconfig.batch_size, tconfig.seed, tconfig.weight_decay, progress)
-    sweep.settings = dict(model=model, data=str(dataset.path), optimizer=tconfig.optimizer,
-                          batch_size=tconfig.batch_size, weight_decay=tconfig.weight_decay, seed=tconfig.seed,
-                          min_lr=min_lr, max_lr=max_lr, steps=steps, config=dataclasses.asdict(mconfig))
-    return sweep
+    at, floor_step, blowup, smoothed = suggest(losses)
+    return Sweep(ran, losses, smoothed, ran[at], at, floor_step, blowup, len(lrs))
 
 
 def embedding_2d(model) -> tuple[torch.Tensor, str, tuple[str, str]]:
     """The model's character embeddings C as 2-D points: as they are with 2 dimensions, else projected on
     their first two principal components. Returns the points, a note for the title and the axis names."""
-    from makemore.errors import CheckpointError
-
     C = getattr(model, "C", None)
     if not isinstance(C, torch.Tensor) or C.dim() != 2:
         raise CheckpointError(f"a {model.name} model has no embedding table C to plot; "
@@ -207,8 +166,6 @@ def embedding_2d(model) -> tuple[torch.Tensor, str, tuple[str, str]]:
 def bigram_table(model) -> tuple[torch.Tensor, bool]:
     """The (V, V) table of a one-character-context model: the counts N of a counting model, else the
     probabilities P[prev, next] it predicts. Returns the table and whether it holds counts."""
-    from makemore.errors import CheckpointError
-
     N = getattr(model, "N", None)
     V = model.vocab_size
     if getattr(model, "counts", False) and isinstance(N, torch.Tensor) and N.shape == (V, V):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from makemore.checkpoint import atomic_write
 from makemore.errors import MakemoreError
 
 INSTALL_HINT = 'plotting needs matplotlib; install the extra with: pip install "makemore[plot]"'
@@ -48,8 +49,6 @@ def _save(fig, path: Path, dpi: int) -> Path:
     import io
 
     from PIL import Image  # matplotlib's own dependency
-
-    from makemore.checkpoint import atomic_write
 
     path = Path(path)
     buffer = io.BytesIO()

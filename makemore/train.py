@@ -1,40 +1,59 @@
-"""The one training loop. It knows no model: it needs only logits = model(contexts).
+"""The one training loop. It knows no model: it needs only logits = model(contexts), and the hooks that
+makemore.models.base.Model declares (step_by_hand, decay_in_loss with penalty).
 
-It draws random batches, steps the optimizer under a learning-rate schedule, evaluates on dev now and
-then, keeps the best-on-dev weights, and hands its state to a callback that writes checkpoints. Nothing
-here prints to stdout; progress goes to a tqdm bar on stderr.
+The loop is a few parts with one job each:
+
+- BatchSampler (makemore.batches): the batch of every step, resumable exactly;
+- TrainStep: one optimizer step on a batch, by hand where the model writes its step out, else through
+  autograd; lr-find (makemore.instruments.lr_sweep) takes the same step;
+- Cadence: after which steps the loop logs and evaluates;
+- Divergence: stops a run whose train loss blows up;
+- BestKeeper: evaluates on dev and keeps the best-on-dev weights;
+- Progress: the log records (the state's metrics, on_log) and a tqdm bar on stderr;
+- the caller's save(state, model), which writes checkpoints;
+- stop_on_signals and World.agree: stopping on SIGINT or SIGTERM, all processes together under torchrun.
+
+Nothing here prints to stdout.
 """
 from __future__ import annotations
 
 import math
 import signal
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
+from makemore.batches import BatchSampler
 from makemore.distributed import World
-from makemore.errors import TrainingError
+from makemore.errors import Interrupted, TrainingError
+from makemore.options import option
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "step", "cosine")
-BATCH_CHUNK = 256  # steps of batch indices drawn at once; fixed, so resuming redraws the same batches
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 10000
-    batch_size: int = 32
-    lr: float = 0.1
-    optimizer: str = "sgd"
+    """The loop's settings; each model's train_defaults override these defaults, the user's flags both."""
+
+    steps: int = option(10000, "Optimizer steps (with --resume: the new total).", low=0, high=10**9)
+    batch_size: int = option(32, "Examples per step, per process under torchrun (N processes: N x this).",
+                             low=1, high=1 << 24)
+    lr: float = option(0.1, "Learning rate (the peak of the schedule).", low=0.0, low_open=True, high=1e6)
+    optimizer: str = option("sgd", "The optimizer.", choices=OPTIMIZERS)
     # "step": the lecture's decay, lr x0.1 for the second half; "cosine": down to 0 after a warmup
-    schedule: str = "constant"
-    warmup: int = 0  # steps of linear warmup (cosine only)
-    weight_decay: float = 0.0
-    eval_interval: int = 0  # steps between dev evaluations; 0 = ten evaluations per run
-    seed: int = 42
+    schedule: str = option("constant", "constant; step (the lecture's: lr/10 for the second half); cosine.",
+                           choices=SCHEDULES)
+    warmup: int = option(0, "Linear warmup steps (cosine).", low=0, high=10**9)
+    weight_decay: float = option(0.0, "The optimizer's decoupled decay (bigram-nn: the lecture's penalty "
+                                 "wd*(W**2).mean()).", low=0.0, high=1e6)
+    eval_interval: int = option(0, "Steps between dev evaluations; 0: ten evaluations per run.", low=0,
+                                high=10**9)
+    seed: int = option(42, "Seed of initialisation and batches.", low=0, high=2**63 - 1)
 
     def lr_at(self, step: int) -> float:
         if self.schedule == "step":
@@ -48,14 +67,6 @@ class TrainConfig:
 
     def eval_every(self) -> int:
         return self.eval_interval or max(1, self.steps // 10)
-
-
-class Interrupted(Exception):
-    """Training stopped on SIGINT or SIGTERM after saving its state."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 class _StopFlag:
@@ -104,8 +115,9 @@ def evaluate(model, dataset, batch_size: int | None = None) -> float:
 
 def make_optimizer(model, config: TrainConfig):
     params = [p for p in model.parameters() if p.requires_grad]
-    # bigram-nn's penalty is the lecture's term in the loss; other models decay in the optimizer
-    wd = 0.0 if hasattr(model, "penalty") else config.weight_decay
+    # a model with decay_in_loss (bigram-nn: the lecture's penalty) has its decay in the loss; the others
+    # decay in the optimizer
+    wd = 0.0 if model.decay_in_loss else config.weight_decay
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, weight_decay=wd, foreach=True)
     if config.optimizer == "adamw":
@@ -116,84 +128,124 @@ def make_optimizer(model, config: TrainConfig):
     raise ValueError(f"unknown optimizer {config.optimizer!r}")
 
 
-@torch.no_grad()
-def divergence_limit(model, x, y) -> float:
-    """A train loss above this means the run diverged: ten times the loss at the start, or ten times a
-    uniform guess's log(vocab_size) when that is larger (a resumed run starts low)."""
-    was_training = model.training
-    model.eval()
-    logits = model(x)
-    start = F.cross_entropy(logits.double(), y).item()
-    model.train(was_training)
-    return 10 * max(start, math.log(logits.shape[-1])) if math.isfinite(start) else math.inf
+class TrainStep:
+    """One optimizer step on a batch: step(contexts, targets, lr). take_loss() is the mean train loss of the
+    steps since its last call, a tensor on the device (reading it back is the step's only synchronisation).
 
+    A model whose step_by_hand hook gives a step does its steps without autograd (contexts and targets
+    then come in the shapes that step takes: BatchSampler(flat=step.flat)); with plain SGD that step also
+    applies the update, otherwise the optimizer applies the gradients it wrote. Every other model, and
+    every model under DDP (which needs autograd's hooks) or with decay_in_loss, goes through autograd.
+    Either way the optimizer's lr is set, so its state_dict records the lr of the last step.
 
-class FastStep:
-    """optimizer.step(), with the Python bookkeeping done once instead of at every step.
-
-    torch's optimizers collect parameters, gradients and state anew at every call; for the lecture's
-    small MLP that bookkeeping costs as much as the maths. For plain SGD and fused AdamW with one
-    parameter group this calls the same kernels the optimizers call, on lists gathered once; anything
-    else (momentum, several groups, a parameter without a gradient) goes through optimizer.step().
+    Step inside `with step:`. Steps by hand run there under inference mode: they need no graph, and it
+    also skips autograd's bookkeeping on every op (about a tenth of a step at the lecture's sizes); the
+    optimizer state made in it is saved by value, never used by autograd. Leaving drops the gradient
+    buffers a step by hand reused, so that no later backward() accumulates into them.
     """
 
-    def __init__(self, optimizer):
-        self.optimizer = optimizer
-        self.group = optimizer.param_groups[0] if len(optimizer.param_groups) == 1 else None
-        self.params = list(self.group["params"]) if self.group else []
-        self.kind = None
-        g = self.group
-        if g is None or g.get("maximize") or g.get("differentiable"):
-            return
-        if isinstance(optimizer, torch.optim.SGD) and g["momentum"] == 0 and hasattr(torch, "_foreach_add_"):
-            self.kind = "sgd"
-        elif (isinstance(optimizer, torch.optim.AdamW) and g.get("fused") and not g["amsgrad"]
-              and not g.get("capturable") and hasattr(torch, "_fused_adamw_")):
-            self.kind = "adamw"
-        self.adam_state = None
+    def __init__(self, model, optimizer, weight_decay: float, world: World = World()):
+        self.optimizer, self.groups = optimizer, optimizer.param_groups
+        self.params = [p for group in self.groups for p in group["params"]]
+        self.weight_decay = weight_decay
+        self.penalty = model.penalty if model.decay_in_loss and weight_decay else None
+        self.forward = world.wrap(model)
+        g = self.groups[0]
+        sgd = (type(optimizer) is torch.optim.SGD and len(self.groups) == 1 and g["momentum"] == 0
+               and not g["maximize"])
+        self.by_hand = model.step_by_hand(sgd=sgd) if world.size == 1 and not model.decay_in_loss else None
+        self.flat = self.by_hand is not None
+        self.applies_update = self.flat and sgd
+        self.outputs = []  # the steps' losses (target probabilities by hand) since take_loss
+        self.mode = torch.inference_mode() if self.flat else nullcontext()
 
-    def _adam_lists(self):
-        state = self.optimizer.state
-        if not all(p in state and "exp_avg" in state[p] for p in self.params):
-            return None  # the first step creates the state
-        return ([state[p]["exp_avg"] for p in self.params], [state[p]["exp_avg_sq"] for p in self.params],
-                [state[p]["step"] for p in self.params])
-
-    def __call__(self, lr: float) -> None:
-        if torch.is_grad_enabled():
-            with torch.no_grad():
-                return self._step(lr)
-        return self._step(lr)  # the loop already turned autograd off: no context to enter at every step
-
-    def _step(self, lr: float) -> None:
-        g = self.group
-        if g is not None:
-            g["lr"] = lr
-        grads = [p.grad for p in self.params]
-        if self.kind is None or any(grad is None for grad in grads):
-            self.optimizer.step()
-            return
-        if self.kind == "sgd":
-            if g["weight_decay"]:
-                grads = torch._foreach_add(grads, self.params, alpha=g["weight_decay"])
-            torch._foreach_add_(self.params, grads, alpha=-lr)
-            return
-        if self.adam_state is None:
-            self.adam_state = self._adam_lists()
-            if self.adam_state is None:
+    def __call__(self, contexts: torch.Tensor, targets: torch.Tensor, lr: float) -> None:
+        for group in self.groups:
+            group["lr"] = lr
+        if self.by_hand is not None:
+            # the probabilities of the targets; their mean -log is the loss
+            self.outputs.append(self.by_hand(contexts, targets, lr, self.weight_decay))
+            if not self.applies_update:
                 self.optimizer.step()
-                return
-        exp_avgs, exp_avg_sqs, steps = self.adam_state
-        beta1, beta2 = g["betas"]
-        torch._foreach_add_(steps, 1)
-        try:
-            torch._fused_adamw_(self.params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=lr,
-                                beta1=beta1, beta2=beta2, weight_decay=g["weight_decay"], eps=g["eps"],
-                                maximize=False, grad_scale=None, found_inf=None)
-        except TypeError:  # a torch whose private kernel takes other arguments: the public path
-            torch._foreach_add_(steps, -1)
-            self.kind = None
-            self.optimizer.step()
+            return
+        loss = F.cross_entropy(self.forward(contexts), targets)
+        objective = loss + self.penalty(self.weight_decay) if self.penalty is not None else loss
+        for p in self.params:
+            p.grad = None
+        objective.backward()
+        self.optimizer.step()
+        self.outputs.append(loss.detach())
+
+    def take_loss(self) -> torch.Tensor:
+        """The mean train loss of the steps since the last call."""
+        if self.by_hand is not None:
+            # a target probability that underflowed to 0 (a loss beyond 87 nats: a diverging run, or the
+            # lecture's randn init in its first steps) counts as 87 nats (in float32), not as infinity
+            probs = torch.cat(self.outputs)
+            loss = -probs.clamp_min_(torch.finfo(probs.dtype).tiny).log().mean()
+        else:
+            loss = torch.stack(self.outputs).mean()
+        self.outputs.clear()
+        return loss
+
+    def __enter__(self) -> TrainStep:
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.mode.__exit__(*exc)
+        self.outputs.clear()
+        if self.by_hand is not None:
+            for p in self.params:
+                p.grad = None
+
+
+class Cadence:
+    """After which steps the loop logs (reads the train loss back, checks it, and under torchrun agrees with
+    the other processes on stopping) and after which it evaluates."""
+
+    def __init__(self, config: TrainConfig, device: torch.device, world: World = World()):
+        self.steps, self.eval_every = config.steps, config.eval_every()
+        # Log (and check the loss is finite) about 200 times a run; on the CPU reading a loss is free, so
+        # a diverging run is caught at the very step it diverges.
+        if world.size > 1:
+            # processes exchange the loss and stop flags at log points: not every step, but often enough
+            # that a signal stops them well within torchrun's 30 s grace before it kills them
+            self.log_every = min(self.eval_every, 100, max(10, config.steps // 200))
+        elif device.type == "cpu" and config.steps <= 200:
+            self.log_every = 1
+        else:
+            self.log_every = max(1, min(self.eval_every, config.steps // 200))
+
+    def next_log(self, step: int) -> int:
+        """The first step after step at which the loop logs (every evaluation is also a log point)."""
+        return min(self.steps, (step // self.log_every + 1) * self.log_every,
+                   (step // self.eval_every + 1) * self.eval_every)
+
+    def evaluates(self, step: int) -> bool:
+        return step % self.eval_every == 0 or step == self.steps
+
+
+class Divergence:
+    """A train loss above limit means the run diverged: ten times the loss at the start, or ten times a
+    uniform guess's log(vocab_size) when that is larger (a resumed run starts low)."""
+
+    @torch.no_grad()
+    def __init__(self, model, x: torch.Tensor, y: torch.Tensor, config: TrainConfig):
+        was_training = model.training
+        model.eval()
+        logits = model(x)
+        start = F.cross_entropy(logits.double(), y).item()
+        model.train(was_training)
+        self.limit = 10 * max(start, math.log(logits.shape[-1])) if math.isfinite(start) else math.inf
+        self.config = config
+
+    def check(self, train_loss: float, step: int, lr: float) -> None:
+        if not math.isfinite(train_loss) or train_loss > self.limit:
+            raise TrainingError(
+                f"training diverged: the loss became {train_loss:.4g} at step {step} (lr {lr:g}); "
+                f"try a lower --lr such as {self.config.lr / 10:g}; the best checkpoint so far is kept"
+            )
 
 
 def _clone_state(module) -> dict:
@@ -208,185 +260,126 @@ class LoopState:
     best_dev_loss: float = float("inf")
     best_state: dict | None = None
     optimizer: dict | None = None
-    rng: torch.Tensor | None = None  # batch generator state at the start of the current draw
+    rng: torch.Tensor | None = None  # where the batches resume (BatchSampler.resume_state)
     metrics: list | None = None
     elapsed: float = 0.0
+
+
+class BestKeeper:
+    """Evaluates the model on dev and keeps the best-on-dev weights and loss in state; without a dev split
+    the latest weights are the ones kept."""
+
+    def __init__(self, model, dev_set, state: LoopState):
+        self.model, self.state = model, state
+        self.dev_set = dev_set if dev_set is not None and len(dev_set) else None
+
+    def evaluate(self) -> float | None:
+        """The dev loss now (None without a dev split), keeping the weights if they are the best so far."""
+        if self.dev_set is None:
+            self.state.best_state = _clone_state(self.model)
+            return None
+        dev_loss = evaluate(self.model, self.dev_set)
+        if dev_loss < self.state.best_dev_loss:
+            self.state.best_dev_loss = dev_loss
+            self.state.best_state = _clone_state(self.model)
+        return dev_loss
+
+    def keep_some(self) -> None:
+        """Before a checkpoint of a run stopped early: the current weights, if none are kept yet."""
+        if self.state.best_state is None:
+            self.state.best_state = _clone_state(self.model)
+
+
+class Progress:
+    """The log records ({step, train_loss, lr, dev_loss at evaluations, elapsed}): appended to the metrics,
+    handed to on_log, and shown on a tqdm bar on stderr (when show)."""
+
+    def __init__(self, metrics: list, total: int, initial: int, on_log=None, show: bool = True, desc: str = ""):
+        self.metrics, self.on_log = metrics, on_log
+        self.bar = tqdm(total=total, initial=initial, disable=not show, leave=False, dynamic_ncols=True,
+                        mininterval=0.5, desc=desc)
+
+    def log(self, record: dict) -> None:
+        self.metrics.append(record)
+        if self.on_log is not None:
+            self.on_log(record)
+        dev = {"dev": f"{record['dev_loss']:.4f}"} if "dev_loss" in record else {}
+        # refresh=False: update() redraws, at most twice a second
+        self.bar.set_postfix(loss=f"{record['train_loss']:.4f}", refresh=False, **dev)
+        self.bar.update(record["step"] - self.bar.n)
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
 
 
 def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState | None = None,
                save=None, on_log=None, progress: bool = True, stop=None, world: World = World()) -> LoopState:
     """Train model in place for config.steps steps (resuming from state) and return the final state.
 
-    save(state, model) is called at every evaluation and on interruption; on_log(record) at
-    every log point with {step, train_loss, lr, elapsed} (+ dev_loss at evaluations).
+    save(state, model) is called at every evaluation and on interruption; on_log(record) at every log
+    point with {step, train_loss, lr, elapsed} (+ dev_loss at evaluations).
 
-    The step itself is kept lean, because for small models the per-step overhead, not the maths, sets
-    the speed: batches are gathered for many steps at once, the loss is read back only at log points,
-    a model with a step_by_hand method does its steps without autograd (and with plain SGD applies
-    the update itself), and otherwise the optimizer step goes through FastStep.
+    The step is kept lean, because for small models the per-step overhead, not the maths, sets the speed:
+    batches are gathered for many steps at once (BatchSampler), the loss is read back only at log points,
+    and a model with a step by hand does its steps without autograd (TrainStep).
 
     With several processes (world, from makemore.distributed) each trains on its share of every batch
     through DDP; the caller gives dev_set, save and progress to rank 0 only.
     """
-    from tqdm import tqdm
-
     state = state or LoopState()
     state.metrics = state.metrics if state.metrics is not None else []
-    device = next(model.parameters()).device
     optimizer = make_optimizer(model, config)
     if state.optimizer is not None:
         optimizer.load_state_dict(state.optimizer)
-    optimizer_step = FastStep(optimizer)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    gen = torch.Generator(device="cpu")
-    if state.rng is not None:
-        gen.set_state(state.rng)
-    else:
-        gen.manual_seed(config.seed)
-    penalty = getattr(model, "penalty", None)
-    wd = config.weight_decay
-    eval_every = config.eval_every()
-    # Log (and check the loss is finite) about 200 times a run; on the CPU reading a loss is free, so
-    # a diverging run is caught at the very step it diverges.
-    log_every = 1 if device.type == "cpu" and config.steps <= 200 else max(1, min(eval_every, config.steps // 200))
-    if world.size > 1:
-        # processes exchange the loss and stop flags at log points: not every step, but often enough
-        # that a signal stops them well within torchrun's 30 s grace before it kills them
-        log_every = min(eval_every, 100, max(10, config.steps // 200))
-    forward = world.wrap(model)
-    # a model that writes out its own steps skips autograd (DDP needs autograd's hooks, so not there)
-    make_step = getattr(model, "step_by_hand", None) if world.size == 1 and penalty is None else None
-    fused_sgd = make_step is not None and optimizer_step.kind == "sgd"
-    by_hand = make_step(sgd=fused_sgd) if make_step is not None else None
-    sgd_group = optimizer.param_groups[0] if fused_sgd else None
-    N, B = len(train_set), config.batch_size
-    # Batches are drawn in chunks of random indices (one randint call per chunk, not per step); the
-    # generator state at a chunk's start is what a checkpoint keeps, so resuming redraws the same chunk.
-    # Every process draws the global batch, as one process with world.size x B would, and keeps its own
-    # columns: the processes see different examples and share one generator state to resume from.
-    chunk = BATCH_CHUNK
-    mine = world.columns(B)
-    # Contexts are gathered for `group` steps at once (about 64k examples), then handed out as views.
-    group = max(1, min(chunk, 65536 // B))
-
+    cadence = Cadence(config, next(model.parameters()).device, world)
+    keeper = BestKeeper(model, dev_set, state)
+    solo_stop = stop if world.size == 1 else None  # one process stops at once; several at a log point
     model.train()
     t0 = time.perf_counter() - state.elapsed
-    losses = []  # this log interval's losses, still on the device: reading them back would sync
-    bar = tqdm(total=config.steps, initial=state.step, disable=not progress, leave=False,
-               dynamic_ncols=True, mininterval=0.5, desc=f"training {getattr(model, 'name', '')}".strip())
-    step = state.step
-    chunk_start = step - step % chunk
-    chunk_rng = state.rng if state.rng is not None else gen.get_state()
-    gen.set_state(chunk_rng)
-    batches = torch.randint(N, (chunk, B * world.size), generator=gen)[:, mine].to(device)
-    limit = divergence_limit(model, *train_set.batch(batches[step - chunk_start]))
-    xs = ys = ()
-    group_start = step
 
-    def mark() -> LoopState:
-        """Record where we are: the generator state from which the next batch indices are drawn."""
-        at_chunk_end = step - chunk_start == chunk
-        state.rng = gen.get_state() if at_chunk_end else chunk_rng
+    def snapshot() -> LoopState:
+        """The state as a checkpoint keeps it: where the batches resume, the time, the optimizer."""
+        state.rng = batches.resume_state()
         state.elapsed = time.perf_counter() - t0
         state.optimizer = optimizer.state_dict()
         return state
 
-    def next_event(step: int) -> int:
-        """The next step after which the loop logs or evaluates."""
-        return min(config.steps, (step // log_every + 1) * log_every, (step // eval_every + 1) * eval_every)
-
-    event = next_event(step)
-    modes = ExitStack()
-    try:
-        if by_hand is not None:
-            # Steps by hand need no graph, and inference mode also skips autograd's bookkeeping on
-            # every op (about a tenth of a step at the lecture's sizes). The optimizer state made in it
-            # is saved by value and dropped with the optimizer at the end, never used by autograd.
-            modes.enter_context(torch.inference_mode())
+    with (TrainStep(model, optimizer, config.weight_decay, world) as train_step,
+          Progress(state.metrics, config.steps, state.step, on_log, progress, f"training {model.name}") as shown):
+        batches = BatchSampler(train_set, config.batch_size, config.seed, state.rng, state.step, world,
+                               flat=train_step.flat)
+        divergence = Divergence(model, *batches.peek(), config)
+        step = state.step
+        event = cadence.next_log(step)
         while step < config.steps:
-            if step - chunk_start == chunk:
-                chunk_start = step
-                chunk_rng = gen.get_state()
-                batches = torch.randint(N, (chunk, B * world.size), generator=gen)[:, mine].to(device)
-            if step - group_start >= len(xs):
-                group_start = step
-                rows = batches[step - chunk_start:min(step - chunk_start + group, chunk)]
-                x, y = train_set.batch(rows.reshape(-1))
-                if by_hand is not None:  # the shapes a step by hand takes: flat contexts, a column of targets
-                    xs, ys = x.view(rows.shape[0], -1).unbind(0), y.view(rows.shape[0], B, 1).unbind(0)
-                else:
-                    xs, ys = x.view(rows.shape[0], B, -1).unbind(0), y.view(rows.shape[0], B).unbind(0)
             lr = config.lr_at(step)
-            if by_hand is not None:
-                # the probabilities of the targets; their mean -log is the loss, read at log points
-                losses.append(by_hand(xs[step - group_start], ys[step - group_start], lr, wd))
-                if fused_sgd:
-                    sgd_group["lr"] = lr  # the step applied the update; the optimizer keeps the lr it would have
-                else:
-                    optimizer_step(lr)
-            else:
-                loss = F.cross_entropy(forward(xs[step - group_start]), ys[step - group_start])
-                objective = loss + penalty(wd) if penalty is not None and wd else loss
-                for p in params:
-                    p.grad = None
-                objective.backward()
-                optimizer_step(lr)
-                losses.append(loss.detach())
+            train_step(*batches.next(), lr)
             step += 1
             state.step = step
-
-            # one process stops at once; several agree on it at the next log point
-            halt = stop.signum if stop is not None and world.size == 1 else 0
-            if step == event:
-                event = next_event(step)
-                last = step == config.steps
-                if by_hand is not None:
-                    # a target probability that underflowed to 0 (a loss beyond 87 nats: a diverging run, or
-                    # the lecture's randn init in its first steps) counts as 87 nats (in float32), not as infinity
-                    probs = torch.cat(losses)
-                    mean_loss = -probs.clamp_min_(torch.finfo(probs.dtype).tiny).log().mean()
-                else:
-                    mean_loss = torch.stack(losses).mean()
-                train_loss, halt = world.agree(mean_loss, stop.signum if stop is not None else 0)
-                losses.clear()
-                if not math.isfinite(train_loss) or train_loss > limit:
-                    raise TrainingError(
-                        f"training diverged: the loss became {train_loss:.4g} at step {step} (lr {lr:g}); "
-                        f"try a lower --lr such as {config.lr / 10:g}; the best checkpoint so far is kept"
-                    )
+            # per-step work goes here (the thread governor's tick(step), for one); per-log-interval work
+            # goes after shown.log(record) below
+            halt = solo_stop.signum if solo_stop is not None else 0
+            if step == event:  # a log point
+                event = cadence.next_log(step)
+                train_loss, halt = world.agree(train_step.take_loss(), stop.signum if stop is not None else 0)
+                divergence.check(train_loss, step, lr)
                 record = dict(step=step, train_loss=round(train_loss, 6), lr=lr)
-                if step % eval_every == 0 or last:
-                    if dev_set is not None and len(dev_set):
-                        dev_loss = evaluate(model, dev_set)
+                evaluated = cadence.evaluates(step)
+                if evaluated:
+                    dev_loss = keeper.evaluate()
+                    if dev_loss is not None:
                         record["dev_loss"] = round(dev_loss, 6)
-                        if dev_loss < state.best_dev_loss:
-                            state.best_dev_loss = dev_loss
-                            state.best_state = _clone_state(model)
-                    else:  # without a dev split the latest weights are the ones kept
-                        state.best_state = _clone_state(model)
-                    evaluated = True
-                else:
-                    evaluated = False
                 record["elapsed"] = round(time.perf_counter() - t0, 3)
-                state.metrics.append(record)
-                if on_log is not None:
-                    on_log(record)
-                bar.set_postfix(loss=f"{train_loss:.4f}", refresh=False,  # update() redraws, at most twice a second
-                                **({"dev": f"{record['dev_loss']:.4f}"} if "dev_loss" in record else {}))
-                bar.update(step - bar.n)
+                shown.log(record)
                 if evaluated and save is not None:
-                    save(mark(), model)
+                    save(snapshot(), model)
             if halt:
-                if state.best_state is None:
-                    state.best_state = _clone_state(model)
+                keeper.keep_some()
                 if save is not None:
-                    save(mark(), model)
+                    save(snapshot(), model)
                 world.barrier()  # the others wait for rank 0's checkpoint before torchrun sees them exit
                 raise Interrupted(halt)
-    finally:
-        modes.close()
-        bar.close()
-        if by_hand is not None:
-            for p in params:
-                p.grad = None  # the step's reused buffers: no later backward() may accumulate into them
-    return mark()
+    return snapshot()

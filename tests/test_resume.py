@@ -7,6 +7,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from makemore import checkpoint
 from makemore.cli import cli
 
 TINY = ["--model", "mlp", "--n-embd", "4", "--n-hidden", "16", "--batch-size", "16", "-q"]
@@ -40,25 +41,25 @@ def test_n_steps_then_resumed_to_2n_equals_2n_steps(tmp_path, names, optimizer):
     args = [*TINY, "--data", names, "--schedule", "constant", "--optimizer", optimizer, "--lr", "0.01"]
     ok("train", *args, "--steps", 2 * n, "--out", tmp_path / "whole")
     ok("train", *args, "--steps", n, "--out", tmp_path / "halves")
-    halves = tmp_path / "halves" / "mlp.pt"
-    assert torch.load(halves, weights_only=True)["step"] == n
+    halves = tmp_path / "halves" / "mlp.safetensors"
+    assert checkpoint.load(halves)["step"] == n
     out = ok("train", "--resume", "--checkpoint", halves, "--steps", 2 * n, "-q").stdout
     assert f"({2 * n} steps" in out
-    a, b = (torch.load(p, weights_only=True) for p in (tmp_path / "whole" / "mlp.pt", halves))
+    a, b = (checkpoint.load(p) for p in (tmp_path / "whole" / "mlp.safetensors", halves))
     assert a["step"] == b["step"] == 2 * n
     for k, v in a["resume"]["state_dict"].items():  # the weights after the last step
         assert torch.equal(v, b["resume"]["state_dict"][k]), k
     assert a["metrics"][-1]["dev_loss"] == b["metrics"][-1]["dev_loss"]  # evaluated at the last step
-    whole_eval = ok("eval", "--checkpoint", tmp_path / "whole" / "mlp.pt", "--json").stdout
+    whole_eval = ok("eval", "--checkpoint", tmp_path / "whole" / "mlp.safetensors", "--json").stdout
     halves_eval = ok("eval", "--checkpoint", halves, "--json").stdout
     assert json.loads(whole_eval)["loss"] == json.loads(halves_eval)["loss"]
 
 
 def test_resume_of_a_finished_run_changes_nothing(tmp_path, names):
     ok("train", *TINY, "--data", names, "--steps", 30, "--out", tmp_path)
-    before = torch.load(tmp_path / "mlp.pt", weights_only=True)
+    before = checkpoint.load(tmp_path / "mlp.safetensors")
     ok("train", "--resume", "--out", tmp_path, "-q")
-    after = torch.load(tmp_path / "mlp.pt", weights_only=True)
+    after = checkpoint.load(tmp_path / "mlp.safetensors")
     assert after["step"] == 30 and all(torch.equal(v, after["state_dict"][k]) for k, v in before["state_dict"].items())
 
 
@@ -75,8 +76,8 @@ def test_diverging_run_stops_at_once_and_keeps_the_earlier_checkpoint(tmp_path, 
 
 def test_diverging_first_run_leaves_only_a_complete_checkpoint(tmp_path, names):
     one_line_error(invoke("train", *TINY, "--data", names, "--steps", 100, "--lr", "1e6", "--out", tmp_path / "out"))
-    assert sorted(files(tmp_path / "out")) == ["latest", "mlp.metrics.jsonl", "mlp.pt"]
-    assert torch.load(tmp_path / "out" / "mlp.pt", weights_only=True)["step"] == 0  # the weights before training
+    assert sorted(files(tmp_path / "out")) == ["latest", "mlp.metrics.jsonl", "mlp.safetensors"]
+    assert checkpoint.load(tmp_path / "out" / "mlp.safetensors")["step"] == 0  # the weights before training
 
 
 def test_output_folder_that_cannot_be_written(tmp_path, names):
@@ -92,3 +93,27 @@ def test_output_folder_that_cannot_be_written(tmp_path, names):
 def test_checkpoint_name_must_be_a_plain_name(tmp_path, names):
     result = invoke("train", *TINY, "--data", names, "--out", tmp_path / "out", "--name", "a/b")
     assert result.exit_code == 2 and "--name" in result.stderr
+
+
+@pytest.mark.parametrize("flat", [False, True])
+def test_batches_resume_exactly_at_any_step(small_names, flat):
+    """A sampler started again from resume_state() at step k draws the batches the first one draws after k,
+    within a chunk of indices, at its end and across it."""
+    from makemore.batches import BATCH_CHUNK, BatchSampler
+    from makemore.data import Vocab, read_items
+    from makemore.dataset import build_dataset
+
+    items = read_items(small_names)
+    data = build_dataset(items, Vocab.from_items(items), 3)
+    whole = BatchSampler(data, 8, seed=5, flat=flat)
+    batches = [whole.next() for _ in range(2 * BATCH_CHUNK + 3)]
+    for k in (0, 1, 100, BATCH_CHUNK - 1, BATCH_CHUNK, BATCH_CHUNK + 1, 2 * BATCH_CHUNK):
+        first = BatchSampler(data, 8, seed=5, flat=flat)
+        for _ in range(k):
+            first.next()
+        again = BatchSampler(data, 8, seed=0, rng=first.resume_state(), step=k, flat=flat)
+        for got, want in zip(again.peek(), batches[k]):  # peek: the same batch, in the model's shapes
+            assert torch.equal(got.view(want.shape), want), k
+        for step in range(k, k + 3):
+            for got, want in zip(again.next(), batches[step]):
+                assert torch.equal(got, want), (k, step)

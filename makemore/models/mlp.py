@@ -9,41 +9,27 @@ from torch import nn
 
 from makemore.models import register
 from makemore.models.base import Model
+from makemore.models.mlp_step import make_step, tanh
+from makemore.options import option
 
 
 @dataclass
 class MLPConfig:
     # The defaults were tuned on the dev split of the lecture's names (see bench/results/mlp.md); the
-    # lecture's own model is block_size 3, n_embd 10, n_hidden 200, init randn, direct False.
-    # characters of context. On the lecture's names 6, 8 and 12 tie (dev 1.9680, 1.9687, 1.9677) and 6 is
-    # the cheapest; on files not tuned on, 6 is clearly better (12,000 Russian words 1.7317 against
-    # 1.7567 at 12; 8,000 German words 1.8122 against 1.8453): fewer weights to fit from little data
-    block_size: int = 6
-    n_embd: int = 32  # dimensions of each character's embedding
-    n_hidden: int = 512  # tanh units
-    # "scaled": weights scaled for tanh (lecture part 3); "randn": plain N(0,1) as in lecture part 2
-    init: str = "scaled"
+    # lecture's own model is block_size 3, n_embd 10, n_hidden 200, init randn, no direct connections.
+    # On the lecture's names 6, 8 and 12 tie (dev 1.9680, 1.9687, 1.9677) and 6 is the cheapest; on files
+    # not tuned on, 6 is clearly better (12,000 Russian words 1.7317 against 1.7567 at 12; 8,000 German
+    # words 1.8122 against 1.8453): fewer weights to fit from little data
+    block_size: int = option(6, "Characters of context.", low=1, high=4096)
+    n_embd: int = option(32, "Dimensions of each character's embedding.", low=1, high=65536)
+    n_hidden: int = option(512, "tanh hidden units.", low=1, high=1 << 20)
+    # "scaled" for tanh (lecture part 3) trains faster than part 2's plain N(0, 1), whose first losses are
+    # in the tens
+    init: str = option("scaled", "Weight init: scaled for tanh, or randn as in lecture part 2.",
+                       choices=("scaled", "randn"))
     # Bengio et al.'s direct connections from the concatenated embeddings to the logits
     # (without them, dev 2.055 against 2.049 at 25,000 steps, no weight decay)
-    direct: bool = True
-
-
-def _tanh(z: torch.Tensor) -> torch.Tensor:
-    """tanh, computed as 2 sigmoid(2z) - 1 on the CPU outside autograd.
-
-    torch's tanh is slow on the CPU: for the default MLP's 128 x 512 activations it takes 160 us against
-    59 us for the sigmoid form (32 x 200: 19 against 16), which agrees with it to 2e-7. Under autograd
-    torch.tanh stays: one node in the graph instead of three.
-    """
-    if z.device.type != "cpu" or (z.requires_grad and torch.is_grad_enabled()):
-        return torch.tanh(z)
-    return _tanh_of_doubled_(z.mul_(2))
-
-
-def _tanh_of_doubled_(z2: torch.Tensor) -> torch.Tensor:
-    """tanh(z) from z2 = 2z, in place in z2: 2 sigmoid(2z) - 1."""
-    s = torch.sigmoid_(z2)
-    return torch.add(-1.0, s, alpha=2, out=s)  # in place: a new tensor of this size costs more than the sum
+    direct: bool = option(True, "Direct connections from the embeddings to the logits (Bengio et al.).")
 
 
 @register("mlp")
@@ -70,6 +56,11 @@ class MLP(Model):
     # sqrt(REFERENCE_EXAMPLES / n_examples), up to MAX_DECAY_FACTOR times the default
     REFERENCE_EXAMPLES = 182625  # training examples of the lecture's names under the default split
     MAX_DECAY_FACTOR = 4.0
+
+    @classmethod
+    def example_numbers(cls, config: MLPConfig, vocab_size: int) -> int:
+        """The embeddings side by side, the hidden layer and the logits, each with its gradient."""
+        return 2 * (config.block_size * config.n_embd + 2 * config.n_hidden + 2 * vocab_size)
 
     @classmethod
     def default_weight_decay(cls, n_examples: int) -> float:
@@ -99,8 +90,6 @@ class MLP(Model):
     def __init__(self, config: MLPConfig, vocab_size: int):
         super().__init__(config, vocab_size)
         V, E, H, T = vocab_size, config.n_embd, config.n_hidden, config.block_size
-        if config.init not in ("scaled", "randn"):
-            raise ValueError(f"init must be 'scaled' or 'randn', not {config.init!r}")
         self.C = nn.Parameter(torch.randn(V, E))
         self.W1 = nn.Parameter(torch.randn(T * E, H))
         self.b1 = nn.Parameter(torch.randn(H))
@@ -117,88 +106,12 @@ class MLP(Model):
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         x = F.embedding(idx, self.C).view(idx.shape[0], -1)  # (B, T*E): the embeddings side by side
-        h = _tanh(torch.addmm(self.b1, x, self.W1))  # (B, H); addmm: x @ W1 + b1 in one op
+        h = tanh(torch.addmm(self.b1, x, self.W1))  # (B, H); addmm: x @ W1 + b1 in one op; tanh: see mlp_step
         logits = torch.addmm(self.b2, h, self.W2)  # (B, V)
         if self.config.direct:
             logits = torch.addmm(logits, x, self.Wd)
         return logits
 
     def step_by_hand(self, sgd: bool):
-        """Return step(contexts, targets, lr, weight_decay): one training step written out by hand.
-
-        step takes a batch of B contexts flattened, (B * block_size,), and its targets as a column,
-        (B, 1): the shapes its index ops use. It does the forward and backward pass by hand, without
-        autograd (tests check its gradients and updates against autograd and torch.optim), and returns the
-        probability the model gave each target, (B, 1), from which the loop reads the loss when it logs.
-        With sgd=True it also applies plain SGD in place, p -= lr * (grad + weight_decay * p), folding
-        each update into the product that makes its gradient, and writes no .grad; with sgd=False it
-        writes each parameter's .grad (the batch mean) for an optimizer and ignores lr and weight_decay.
-
-        At the lecture's sizes each torch call costs more than its arithmetic, so this keeps the calls
-        few: no graph, no separate update for SGD, activations written into buffers made once per batch
-        size (with their transposes), the loss left for later. Call step under torch.no_grad() or
-        torch.inference_mode(). It keeps views of the parameters: make a new one if they are replaced
-        (load_state_dict copies into them, which is fine).
-        """
-        C, W1, b1, W2, b2 = (p.detach() for p in (self.C, self.W1, self.b1, self.W2, self.b2))
-        Wd = self.Wd.detach() if self.config.direct else None
-        E, (TE, H) = C.shape[1], W1.shape
-        W1t, W2t, Wdt = W1.t(), W2.t(), (Wd.t() if Wd is not None else None)
-        if not sgd:
-            for p in self.parameters():
-                p.grad = torch.zeros_like(p)
-            gC, gW1, gb1, gW2, gb2 = (p.grad for p in (self.C, self.W1, self.b1, self.W2, self.b2))
-            gWd = self.Wd.grad if Wd is not None else None
-        tanh_backward = torch.ops.aten.tanh_backward.grad_input  # grad * (1 - tanh^2) in one call
-        sigmoid_tanh = C.device.type == "cpu"
-        buffers = {}
-
-        def make_buffers(B: int) -> tuple:
-            x_rows, h, dpre, dx = C.new_empty(B * TE // E, E), C.new_empty(B, H), C.new_empty(B, H), C.new_empty(B, TE)
-            x = x_rows.view(B, TE)  # the embeddings side by side
-            return x_rows, x, x.t(), h, h.t(), dpre, dpre.t(), dx, dx.view(-1, E), C.new_full((B, 1), -1.0), C.new_ones(B)
-
-        def step(contexts: torch.Tensor, targets: torch.Tensor, lr: float, weight_decay: float) -> torch.Tensor:
-            B = targets.shape[0]
-            bufs = buffers.get(B) or buffers.setdefault(B, make_buffers(B))
-            x_rows, x, xt, h, ht, dpre, dpret, dx, dx_rows, minus_ones, ones = bufs
-            torch.index_select(C, 0, contexts, out=x_rows)
-            if sigmoid_tanh:  # see _tanh; the doubling rides on the product
-                _tanh_of_doubled_(torch.addmm(b1, x, W1, beta=2, alpha=2, out=h))
-            else:
-                torch.addmm(b1, x, W1, out=h).tanh_()
-            logits = torch.addmm(b2, h, W2)
-            if Wd is not None:
-                logits.addmm_(x, Wd)
-            p = torch.softmax(logits, 1)
-            probs = p.gather(1, targets)
-            # B x (d loss / d logits) = softmax - one_hot(targets); the 1/B goes into each product below
-            dlogits = p.scatter_add_(1, targets, minus_ones)
-            tanh_backward(torch.mm(dlogits, W2t), h, grad_input=dpre)  # W2 before its update
-            torch.mm(dpre, W1t, out=dx)
-            if Wd is not None:
-                dx.addmm_(dlogits, Wdt)
-            if sgd:
-                # p <- p * (1 - lr * weight_decay) - (lr / B) * (B x grad): torch.optim.SGD's update
-                a, keep = -lr / B, 1.0 - lr * weight_decay
-                W2.addmm_(ht, dlogits, beta=keep, alpha=a)
-                b2.addmv_(dlogits.t(), ones, beta=keep, alpha=a)
-                W1.addmm_(xt, dpre, beta=keep, alpha=a)
-                b1.addmv_(dpret, ones, beta=keep, alpha=a)
-                if Wd is not None:
-                    Wd.addmm_(xt, dlogits, beta=keep, alpha=a)
-                if keep != 1.0:
-                    C.mul_(keep)
-                C.index_add_(0, contexts, dx_rows, alpha=a)
-            else:
-                a = 1.0 / B
-                gW2.addmm_(ht, dlogits, beta=0, alpha=a)
-                gb2.addmv_(dlogits.t(), ones, beta=0, alpha=a)
-                gW1.addmm_(xt, dpre, beta=0, alpha=a)
-                gb1.addmv_(dpret, ones, beta=0, alpha=a)
-                if Wd is not None:
-                    gWd.addmm_(xt, dlogits, beta=0, alpha=a)
-                gC.zero_().index_add_(0, contexts, dx_rows, alpha=a)
-            return probs
-
-        return step
+        """The training step written out without autograd: see makemore.models.mlp_step.make_step."""
+        return make_step(self, sgd)

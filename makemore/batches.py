@@ -1,0 +1,75 @@
+"""The training batches: random examples drawn so that a resumed run redraws exactly the batches it would have
+drawn without stopping."""
+from __future__ import annotations
+
+import torch
+
+from makemore.distributed import World
+
+BATCH_CHUNK = 256  # steps of batch indices drawn at once; fixed, so resuming redraws the same batches
+GATHER = 65536  # examples whose contexts are gathered at once, then handed out a batch at a time
+
+
+class BatchSampler:
+    """The batch of every step from step onwards, drawn from a generator seeded with seed or set to rng.
+
+    Batch indices are drawn for BATCH_CHUNK steps at once (one randint call per chunk, not per step); the
+    generator state at a chunk's start is what resume_state() gives a checkpoint, so resuming redraws the
+    same chunk. Every process draws the global batch, as one process with world.size x batch_size would,
+    and keeps its own columns: the processes see different examples and share one generator state.
+    Contexts are gathered for about GATHER examples at once, then handed out as views.
+
+    next() gives contexts (B, block_size) and targets (B,), or with flat=True the shapes a model's step by
+    hand takes: contexts flattened, (B * block_size,), and targets as a column, (B, 1).
+    """
+
+    def __init__(self, dataset, batch_size: int, seed: int, rng: torch.Tensor | None = None, step: int = 0,
+                 world: World = World(), flat: bool = False):
+        self.dataset, self.flat = dataset, flat
+        self.width, self.mine = batch_size * world.size, world.columns(batch_size)
+        self.device = dataset.positions.device
+        self.group = max(1, min(BATCH_CHUNK, GATHER // batch_size))
+        self.gen = torch.Generator(device="cpu")
+        if rng is not None:
+            self.gen.set_state(rng)
+        else:
+            self.gen.manual_seed(seed)
+        self.step = step
+        self.chunk_start = step - step % BATCH_CHUNK
+        self._draw()
+        self.group_start, self.xs, self.ys = step, (), ()
+
+    def _draw(self) -> None:
+        self.chunk_rng = self.gen.get_state()
+        self.indices = torch.randint(len(self.dataset), (BATCH_CHUNK, self.width),
+                                     generator=self.gen)[:, self.mine].to(self.device)
+
+    def resume_state(self) -> torch.Tensor:
+        """The generator state from which a resumed run draws the batch of the next step."""
+        return self.gen.get_state() if self.step - self.chunk_start == BATCH_CHUNK else self.chunk_rng
+
+    def _row(self) -> int:
+        """The current step's row of the chunk of indices, drawing the next chunk where this one ends."""
+        if self.step - self.chunk_start == BATCH_CHUNK:
+            self.chunk_start = self.step
+            self._draw()
+        return self.step - self.chunk_start
+
+    def peek(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The current step's batch as contexts (B, block_size) and targets (B,), without moving on."""
+        return self.dataset.batch(self.indices[self._row()])
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The current step's batch; then the sampler is at the next step."""
+        row, i = self._row(), self.step - self.group_start
+        if i >= len(self.xs):
+            self.group_start, i = self.step, 0
+            rows = self.indices[row:min(row + self.group, BATCH_CHUNK)]
+            n, B = rows.shape
+            x, y = self.dataset.batch(rows.reshape(-1))
+            if self.flat:
+                self.xs, self.ys = x.view(n, -1).unbind(0), y.view(n, B, 1).unbind(0)
+            else:
+                self.xs, self.ys = x.view(n, B, -1).unbind(0), y.view(n, B).unbind(0)
+        self.step += 1
+        return self.xs[i], self.ys[i]
