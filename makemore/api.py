@@ -11,16 +11,18 @@ from pathlib import Path
 
 import torch
 
-from makemore import __version__, checkpoint, distributed, stream
+from makemore import checkpoint, distributed, instruments, memory, options, plots, stream
 from makemore.constraints import NothingFound, Request, Samples, default_cap
-from makemore.data import (DEFAULT_SPLIT_SEED, DEFAULT_SPLITS, SPLIT_NAMES, Vocab, default_data_path,
-                           fingerprint_bytes, parse_items, read_bytes, read_items_file, split_items)
+from makemore.batches import BATCH_CHUNK
+from makemore.data import (DEFAULT_SPLIT_SEED, DEFAULT_SPLITS, SPLIT_NAMES, Vocab, default_data_path, fingerprint_bytes,
+                           is_regular_file, parse_items, read_bytes, read_items_file, split_items)
 from makemore.dataset import build_dataset
-from makemore.errors import CheckpointError, DataError, MakemoreError, OptionError, VocabularyError
-from makemore.models import get_model_class
+from makemore.errors import CheckpointError, DataError, Interrupted, MakemoreError, OptionError, VocabularyError
+from makemore.models import get_model_class, trainable_classes
+from makemore.nearest import nearest as closest
 from makemore.sampling import log_probs
 from makemore.sampling import sample as draw_samples
-from makemore.train import Interrupted, LoopState, TrainConfig, evaluate, stop_on_signals, train_loop
+from makemore.train import LoopState, TrainConfig, evaluate, make_optimizer, stop_on_signals, train_loop
 
 __all__ = ["load", "train", "inspect", "read_items_file", "Trained", "Samples", "MakemoreError", "OptionError",
            "NothingFound"]
@@ -62,43 +64,117 @@ class Data:
         return split_items(self.items, splits, seed, str(self.path))
 
 
-def model_config(model_name: str, options: dict):
-    """The model's config with the given (non-None) options applied; options it lacks are an error."""
+def declared_options(train_fields: tuple = ()) -> list[tuple[str, options.Option, dict]]:
+    """The flags of the models' options and of the given training settings, from their declarations:
+    (field name, its Option, its default by model name). A name several models declare is one flag."""
+    classes = trainable_classes()
+    found: dict[str, tuple[options.Option, dict]] = {}
+    helps: dict[str, list[str]] = {}
+    for model, cls in classes.items():
+        for name, (spec, default) in options.declared(cls.Config).items():
+            first, defaults = found.setdefault(name, (spec, {}))
+            if first.kind is not spec.kind:
+                raise TypeError(f"{options.flag(name)} is a {first.kind.__name__} in one model and a "
+                                f"{spec.kind.__name__} in {model}: one flag has one kind")
+            defaults[model] = default
+            helps.setdefault(name, []).append(spec.help)
+    for name, texts in helps.items():  # a flag of several models says what most of them say
+        spec, defaults = found[name]
+        found[name] = (dataclasses.replace(spec, help=max(texts, key=texts.count)), defaults)
+    settings = options.declared(TrainConfig)
+    trained = {model: cls for model, cls in classes.items() if not cls.counts}
+    for name in train_fields:
+        spec, default = settings[name]
+        defaults = {model: cls.train_defaults.get(name, default) for model, cls in trained.items()}
+        for model, cls in trained.items():
+            if _size_rule(cls, name) is not None:
+                defaults[model] = "by data size"
+        found[name] = (spec, defaults)
+    return [(name, spec, defaults) for name, (spec, defaults) in found.items()]
+
+
+PROBE_EXAMPLES = 100_000  # any data size: the help only asks whether a model has a rule
+
+
+def _size_rule(cls, name: str):
+    """What the model's rule for a setting gives for some data size, or None without a rule."""
+    if name == "steps":
+        return cls.default_steps(PROBE_EXAMPLES, cls.train_defaults.get("batch_size", 32))
+    if name == "weight_decay":
+        return cls.default_weight_decay(PROBE_EXAMPLES)
+    return None
+
+
+def split_settings(settings: dict) -> tuple[dict, dict]:
+    """Flag values (None where not given) as (model options, training settings)."""
+    train_fields = options.declared(TrainConfig)
+    model_options = {k: v for k, v in settings.items() if k not in train_fields}
+    return model_options, {k: v for k, v in settings.items() if k in train_fields}
+
+
+def model_config(model_name: str, given: dict):
+    """The model's config with the given (non-None) options applied, each checked where it is declared;
+    an option the model does not take is an OptionError naming the models that take it."""
     cls = get_model_class(model_name)
-    fields = cls.config_fields()
-    for key, value in options.items():
-        if value is not None and key not in fields:
-            flag = "--" + key.replace("_", "-")
-            raise OptionError(f"{flag} does not apply to --model {model_name} (its options: "
-                              + ", ".join("--" + f.replace("_", "-") for f in fields) + ")")
-    return cls.Config(**{k: v for k, v in options.items() if v is not None})
+    given = {k: v for k, v in given.items() if v is not None}
+    takes = options.declared(cls.Config)
+    for name in given:
+        if name not in takes:
+            others = [m for m, c in trainable_classes().items() if name in options.declared(c.Config)]
+            raise OptionError(f"{options.flag(name)} does not apply to --model {model_name}; it is an option of "
+                              f"{', '.join(others) or 'no model'}")
+    return cls.config_from(given)
 
 
-def train_config(model_name: str, options: dict) -> TrainConfig:
+def train_config(model_name: str, given: dict) -> TrainConfig:
+    """The loop's settings: TrainConfig's defaults, then the model's train_defaults, then the given values."""
     cls = get_model_class(model_name)
-    values = dict(cls.train_defaults)
-    values.update({k: v for k, v in options.items() if v is not None})
-    return TrainConfig(**values)
+    given = {k: v for k, v in given.items() if v is not None}
+    if cls.counts and given:
+        raise OptionError(f"{options.flag(next(iter(given)))} does not apply to --model {model_name}: it is "
+                          "counted in one pass, not trained step by step")
+    return options.make(TrainConfig, dict(cls.train_defaults, **given), what="training")
 
 
-def apply_size_rules(cls, tconfig: TrainConfig, train_options: dict | None, n_examples: int) -> None:
-    """Set the loop settings that the model's documented rules derive from the number of training
-    examples (default_steps, default_weight_decay), wherever the user gave no value of their own."""
-    given = train_options or {}
-    if given.get("steps") is None and hasattr(cls, "default_steps"):
-        tconfig.steps = cls.default_steps(n_examples, tconfig.batch_size)
-    if given.get("weight_decay") is None and hasattr(cls, "default_weight_decay"):
-        tconfig.weight_decay = cls.default_weight_decay(n_examples)
+def apply_size_rules(cls, tconfig: TrainConfig, given: dict | None, n_examples: int) -> None:
+    """Set the loop settings that the model's rules derive from the number of training examples
+    (its default_steps and default_weight_decay hooks), wherever the user gave no value of their own."""
+    given = given or {}
+    if given.get("steps") is None:
+        steps = cls.default_steps(n_examples, tconfig.batch_size)
+        tconfig.steps = steps if steps is not None else tconfig.steps
+    if given.get("weight_decay") is None:
+        decay = cls.default_weight_decay(n_examples)
+        tconfig.weight_decay = decay if decay is not None else tconfig.weight_decay
 
 
-def build_run(cls, mconfig, seed: int, vocab: Vocab, parts: dict, dev: torch.device, with_dev: bool = True):
-    """A fresh model initialised from seed, and the train and dev datasets (dev None when empty, or when
-    not with_dev: only the main process of a distributed run evaluates) on dev."""
-    torch.manual_seed(seed)
+def build_run(cls, mconfig, tconfig: TrainConfig, vocab: Vocab, parts: dict, dev: torch.device,
+              with_dev: bool = True):
+    """A fresh model initialised from tconfig.seed, and the train and dev datasets (dev None when empty, or
+    when not with_dev: only the main process of a distributed run evaluates) on dev; first a check that
+    they and the training steps fit in memory."""
+    check_fits(cls, mconfig, tconfig, len(vocab), parts["train"] + (parts["dev"] if with_dev else []), dev)
+    torch.manual_seed(tconfig.seed)
     net = cls(mconfig, len(vocab)).to(dev)
     train_set = build_dataset(parts["train"], vocab, mconfig.block_size).to(dev)
     dev_set = build_dataset(parts["dev"], vocab, mconfig.block_size).to(dev) if parts["dev"] and with_dev else None
     return net, train_set, dev_set
+
+
+def check_fits(cls, mconfig, tconfig: TrainConfig, vocab_size: int, items: list[str], dev: torch.device) -> None:
+    """A one-line error, before anything is allocated, when the model, its training and the datasets of items
+    cannot fit in the memory of dev."""
+    T, B = mconfig.block_size, tconfig.batch_size
+    n_chars = sum(map(len, items))
+    # tokens (one byte each for a small vocabulary) with block_size boundary tokens before every item, and a
+    # position (up to 8 bytes) per example; building them takes about twice that
+    data = 2 * (n_chars + len(items) * (T + 1) + 8 * (n_chars + len(items)))
+    # a chunk of BATCH_CHUNK steps of indices (int64), a batch's contexts, and its activations
+    steps = 0 if cls.counts else B * (BATCH_CHUNK * 8 + 16 * T + 4 * cls.example_numbers(mconfig, vocab_size))
+    copies = 1 if cls.counts else memory.TRAINING_COPIES
+    weights = copies * memory.tensor_bytes(cls.expected_tensors(mconfig, vocab_size))
+    memory.check_fits(dict(weights=weights, batches=steps, data=data), dev,
+                      "make the model smaller (--n-hidden, --n-embd, --block-size) or the batches (--batch-size)")
 
 
 @dataclass
@@ -143,6 +219,14 @@ def train(model: str = "mlp", data: str | Path | None = None, out: str | Path = 
         if not get_model_class(model).counts and prior["step"] > 0:
             checkpoint.check_resumable(prior, resume)
         _model_from(prior, resume)  # a checkpoint whose weights do not fit is refused before any work
+    cls = get_model_class(model)
+    if prior is not None:
+        mconfig = cls.config_from(prior["config"], complete=True)
+        given = {k: v for k, v in (train_options or {}).items() if v is not None}
+        tconfig = options.make(TrainConfig, dict(prior["train"], **given), what="the run to resume")
+    else:
+        mconfig = model_config(model, model_options or {})
+        tconfig = train_config(model, train_options or {})
     out = Path(out)
     if world.is_main:
         check_writable(out)
@@ -150,39 +234,32 @@ def train(model: str = "mlp", data: str | Path | None = None, out: str | Path = 
     if prior is not None and dataset.fingerprint != prior["data"]["fingerprint"]:
         _changed_data(prior, dataset, strict, warn)
     parts = dataset.split(splits, split_seed)
-
-    cls = get_model_class(model)
-    if prior is not None:
-        mconfig = cls.Config(**prior["config"])
-        tconfig = TrainConfig(**dict(prior["train"], **{k: v for k, v in (train_options or {}).items() if v is not None}))
-    else:
-        mconfig = model_config(model, model_options or {})
-        tconfig = train_config(model, train_options or {})
     vocab = Vocab(prior["vocab"]) if prior is not None else Vocab.from_items(dataset.items)
     if prior is not None and vocab.unknown("".join(dataset.items)):
         raise DataError(f"{dataset.path}: has characters the checkpoint's vocabulary lacks: "
                         f"{''.join(vocab.unknown(''.join(dataset.items)))!r}")
-    net, train_set, dev_set = build_run(cls, mconfig, tconfig.seed, vocab, parts, dev, with_dev=world.is_main)
+    net, train_set, dev_set = build_run(cls, mconfig, tconfig, vocab, parts, dev, with_dev=world.is_main)
     if prior is None:  # a resumed run keeps the settings it started with
         apply_size_rules(cls, tconfig, train_options, len(train_set))
 
-    path = out / f"{name or model}.pt"
+    path = out / f"{name or model}{checkpoint.SUFFIX}"
     replaced = path.exists() and prior is None
     base = dict(
-        makemore_version=__version__, model=model, config=dataclasses.asdict(mconfig), vocab=vocab.chars,
-        train=dataclasses.asdict(tconfig), split=dict(fractions=list(splits), seed=split_seed),
+        model=model, config=mconfig, vocab=vocab.chars, train=tconfig,
+        split=dict(fractions=list(splits), seed=split_seed),
         data=dict(path=str(dataset.path.resolve()), fingerprint=dataset.fingerprint, n_items=len(dataset.items)),
         items="\n".join(dataset.items),
     )
     metrics_path = path.with_suffix(".metrics.jsonl")
 
     def write(state: LoopState, net) -> None:
-        ckpt = dict(base, state_dict=_cpu(state.best_state or net.state_dict()), step=state.step,
-                    best_dev_loss=state.best_dev_loss, metrics=list(state.metrics or []))
+        resume = None
         if state.optimizer is not None:
-            ckpt["resume"] = dict(state_dict=_cpu(net.state_dict()), optimizer=_cpu(state.optimizer),
-                                  rng=state.rng, elapsed=state.elapsed, world_size=world.size)
-        checkpoint.save(ckpt, path)
+            resume = dict(state_dict=net.state_dict(), optimizer=state.optimizer, rng=state.rng,
+                          elapsed=state.elapsed, world_size=world.size)
+        checkpoint.save(checkpoint.build(**base, state_dict=state.best_state or net.state_dict(), step=state.step,
+                                         best_dev_loss=state.best_dev_loss, metrics=list(state.metrics or []),
+                                         resume=resume), path)
         checkpoint.write_latest(out, path)
         atomic_metrics(metrics_path, state.metrics or [])
 
@@ -226,21 +303,9 @@ def train(model: str = "mlp", data: str | Path | None = None, out: str | Path = 
         return TrainResult(path, state.step, float("nan"), float("nan"), seconds, replaced)
     train_loss = evaluate(net, train_set)
     dev_loss = evaluate(net, dev_set) if dev_set is not None else float("nan")
-    from makemore import plots
-
     curve = plots.write_curve_if_possible(state.metrics, plots.curve_path(path),
                                            plots.curve_title(model, dataset.path))
     return TrainResult(path, state.step, train_loss, dev_loss, seconds, replaced, curve)
-
-
-def _cpu(obj):
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_cpu(v) for v in obj)
-    return obj
 
 
 def atomic_metrics(path: Path, metrics: list[dict]) -> None:
@@ -297,7 +362,7 @@ class Trained:
         warn = warn or (lambda message: print(message, file=sys.stderr))
         if data is None:
             recorded = Path(self.ckpt["data"]["path"])
-            if not recorded.exists() and self.ckpt.get("items"):
+            if not is_regular_file(recorded) and self.ckpt.get("items"):
                 return None
             data = recorded
         loaded = Data.read(data)
@@ -331,8 +396,6 @@ class Trained:
 
     def score(self, items: list[str]) -> list[dict]:
         """Every transition of each item with its probability, and the item's total and mean NLL (nats)."""
-        from makemore import instruments
-
         for item in items:
             self.check_text(item, f"the item {item!r}")
         return instruments.score(self.model, self.vocab, items)
@@ -382,8 +445,6 @@ class Trained:
             train_items = self.splits()["train"]
             if not train_items:
                 raise CheckpointError(f"{self.path}: keeps no training items to compare with")
-            from makemore.nearest import nearest as closest
-
             index, distance = closest(list(items), train_items)
             for record, i, d in zip(records, index, distance):
                 record.update(nearest=train_items[i], distance=d)
@@ -413,17 +474,47 @@ def load(path: str | Path | None = None, out: str | Path = "out", device: str = 
 
 
 def _model_from(ckpt: dict, path) -> torch.nn.Module:
-    """The checkpoint's model with its weights (the resume weights, when there are any, are tried too)."""
+    """The model of a checkpoint that checkpoint.load has checked, with its weights (the latest weights kept
+    for --resume are loaded first, so that they are checked too). Values that only the model can judge (an
+    n-gram's keys out of range) are a CheckpointError."""
     try:
         cls = get_model_class(ckpt["model"])
-        net = cls(cls.Config(**ckpt["config"]), len(ckpt["vocab"]))
+        net = cls(cls.config_from(ckpt["config"], complete=True), len(ckpt["vocab"]))
         if isinstance(ckpt.get("resume"), dict):
             net.load_state_dict(ckpt["resume"]["state_dict"])
         net.load_state_dict(ckpt["state_dict"])
-    except (KeyError, TypeError, RuntimeError, ValueError) as e:
+    except (MakemoreError, KeyError, TypeError, RuntimeError, ValueError, IndexError) as e:
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         raise CheckpointError(f"{path}: does not fit its model ({type(e).__name__}: {first})") from None
     return net
+
+
+def lr_find(model: str = "mlp", data=None, model_options: dict | None = None, train_options: dict | None = None,
+            min_lr: float = 1e-3, max_lr: float = 1.0, steps: int = 1000, splits=DEFAULT_SPLITS,
+            split_seed: int = DEFAULT_SPLIT_SEED, device: str = "auto", progress: bool = True) -> instruments.Sweep:
+    """The lecture's sweep on a fresh model, set up from the data and options exactly as train would be."""
+    cls = get_model_class(model)
+    if cls.counts:
+        trainable = [n for n, c in trainable_classes().items() if not c.counts]
+        raise OptionError(f"--model {model} is counted in one pass, it has no learning rate; lr-find "
+                          f"applies to {', '.join(trainable)}")
+    if not min_lr < max_lr:
+        raise OptionError(f"--min-lr ({min_lr:g}) must be below --max-lr ({max_lr:g})")
+    dev = resolve_device(device)
+    dataset = Data.read(data)
+    parts = dataset.split(splits, split_seed)
+    mconfig = model_config(model, model_options or {})
+    tconfig = train_config(model, train_options or {})
+    vocab = Vocab.from_items(dataset.items)
+    net, train_set, _ = build_run(cls, mconfig, tconfig, vocab, dict(parts, dev=[]), dev)
+    apply_size_rules(cls, tconfig, train_options, len(train_set))  # the weight decay train would use
+    lrs = instruments.exponential_lrs(min_lr, max_lr, steps)
+    sweep = instruments.lr_sweep(net, train_set, make_optimizer(net, tconfig), lrs, tconfig.batch_size, tconfig.seed,
+                                 tconfig.weight_decay, progress)
+    sweep.settings = dict(model=model, data=str(dataset.path), optimizer=tconfig.optimizer,
+                          batch_size=tconfig.batch_size, weight_decay=tconfig.weight_decay, seed=tconfig.seed,
+                          min_lr=min_lr, max_lr=max_lr, steps=steps, config=dataclasses.asdict(mconfig))
+    return sweep
 
 
 def inspect(path: str | Path | None = None, out: str | Path = "out") -> dict:
@@ -432,14 +523,8 @@ def inspect(path: str | Path | None = None, out: str | Path = "out") -> dict:
     trained = load(path, out)
     ckpt, vocab = trained.ckpt, trained.vocab
     data = dict(ckpt["data"])
-    recorded = Path(data["path"])
-    if not recorded.exists():
-        data["status"] = "missing"
-    else:
-        try:
-            data["status"] = "unchanged" if fingerprint_bytes(read_bytes(recorded)) == data["fingerprint"] else "changed"
-        except DataError:
-            data["status"] = "unreadable"
+    # read in chunks, and only when it is a regular file: the path is whatever the checkpoint says
+    data["status"] = checkpoint.recorded_data_status(data["path"], data["fingerprint"])
     split = dict(ckpt["split"])
     if ckpt.get("items"):
         split["sizes"] = {name: len(part) for name, part in trained.splits().items()}

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import random
+import stat
 import unicodedata
 from importlib import resources
 from pathlib import Path
@@ -17,6 +19,7 @@ from makemore.errors import DataError
 BOUNDARY = "."
 # Items are lines, so a newline can never be part of one: it is the boundary when the data has '.'.
 FALLBACK_BOUNDARY = "\n"
+MAX_VOCAB = 10_000  # characters, boundary included: sampling allocates 256 x V numbers, a counting model V^2
 SPLIT_NAMES = ("train", "dev", "test")
 DEFAULT_SPLITS = (0.8, 0.1, 0.1)
 DEFAULT_SPLIT_SEED = 42
@@ -34,12 +37,28 @@ def default_data_path() -> Path:
     return Path(__file__).resolve().parent.parent / "names.txt"
 
 
+def is_regular_file(path: str | Path) -> bool:
+    """Whether path is a regular file (not a directory, FIFO, socket or device, which are never read)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
 def read_bytes(path: str | Path) -> bytes:
+    """The bytes of a data file; a path that is not a regular file is refused without being read (a FIFO
+    would block, a device never end)."""
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
-    if path.is_dir():
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise DataError(f"{path}: no such file") from None
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    if stat.S_ISDIR(mode):
         raise DataError(f"{path}: is a directory, not a text file")
+    if not stat.S_ISREG(mode):
+        raise DataError(f"{path}: is not a regular file (a FIFO, socket or device); give a text file")
     try:
         return path.read_bytes()
     except OSError as e:
@@ -112,6 +131,9 @@ class Vocab:
         else:
             charset = set(text)
         boundary = FALLBACK_BOUNDARY if BOUNDARY in charset else BOUNDARY
+        if len(charset) + 1 > MAX_VOCAB:
+            raise DataError(f"the data has {len(charset):,} distinct characters; makemore models at most "
+                            f"{MAX_VOCAB - 1:,}")
         return cls(boundary + "".join(sorted(charset)))
 
     @property

@@ -8,14 +8,13 @@ few dozen cheap steps.
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from makemore import __version__, api, checkpoint
+from makemore import api, checkpoint
 from makemore.dataset import build_dataset
 from makemore.errors import CheckpointError, DataError
 from makemore.models.mixture import Mixture, MixtureConfig
@@ -117,11 +116,11 @@ def mix(paths: list, out: str | Path = "out", name: str = "mixture", weights: li
         dev_loss = -(P @ torch.tensor(weights, dtype=torch.float64)).log().mean().item()
     out = Path(out)
     api.check_writable(out)
-    path = out / f"{name}.pt"
-    ckpt = dict(
-        makemore_version=__version__, model="mixture", config=dataclasses.asdict(config), vocab=first.vocab.chars,
-        split=first.ckpt["split"], data=first.ckpt["data"], items=first.ckpt.get("items", ""), train={},
-        state_dict=api._cpu(net.state_dict()), step=0, best_dev_loss=dev_loss, metrics=[],
+    path = out / f"{name}{checkpoint.SUFFIX}"
+    ckpt = checkpoint.build(
+        model="mixture", config=config, vocab=first.vocab.chars, train={}, split=first.ckpt["split"],
+        data=first.ckpt["data"], items=first.ckpt.get("items", ""), state_dict=net.state_dict(), step=0,
+        best_dev_loss=dev_loss, metrics=[],
         mix=dict(components=[str(p) for p in paths], component_dev_losses=losses, dev_loss=dev_loss,
                  em_iterations=iterations),
     )

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from makemore import api
+from makemore import api, checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ROOT / "names.txt"
@@ -53,7 +53,7 @@ def stopped_and_resumed(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
     data = tmp / "names.txt"
     data.write_text("\n".join(NAMES.read_text(encoding="utf-8").splitlines()[::50]) + "\n", encoding="utf-8")
-    ckpt = tmp / "out" / "mlp.pt"
+    ckpt = tmp / "out" / "mlp.safetensors"
 
     first = torchrun(tmp, tmp / "logs1", "--data", data, "--steps", 100_000, "-q", *TRAIN)
     deadline = time.monotonic() + TIMEOUT
@@ -63,10 +63,10 @@ def stopped_and_resumed(tmp_path_factory):
         time.sleep(0.2)
     first.send_signal(signal.SIGTERM)
     first_err = first.communicate(timeout=TIMEOUT)[1]
-    stopped = torch.load(ckpt, weights_only=True)
+    stopped = checkpoint.load(ckpt)
 
     k = stopped["step"]
-    second = torchrun(tmp, tmp / "logs2", "--resume", "--checkpoint", "out/mlp.pt", "--steps", k + 40)
+    second = torchrun(tmp, tmp / "logs2", "--resume", "--checkpoint", "out/mlp.safetensors", "--steps", k + 40)
     second_out, second_err = second.communicate(timeout=TIMEOUT)
     return SimpleNamespace(tmp=tmp, data=data, ckpt=ckpt, stopped=stopped, k=k,
                            first=first, first_err=first_err, second=second, second_err=second_err,
@@ -78,8 +78,8 @@ def test_sigterm_stops_every_process_and_rank0_saves(stopped_and_resumed):
     r = stopped_and_resumed
     (out0, err0), (out1, err1) = r.first_ranks
     assert out0 == "" and out1 == "" and err1 == ""
-    assert f"SIGTERM: stopped at step {r.k:,} and saved out/mlp.pt" in err0
-    assert "--resume --checkpoint out/mlp.pt" in err0
+    assert f"SIGTERM: stopped at step {r.k:,} and saved out/mlp.safetensors" in err0
+    assert "--resume --checkpoint out/mlp.safetensors" in err0
     assert 40 <= r.k < 100_000 and r.k % 20 == 0  # stopped at a log point
     assert r.stopped["resume"]["world_size"] == 2
     assert r.first.returncode != 0  # torchrun reports that its workers stopped
@@ -89,7 +89,7 @@ def test_two_processes_train_as_one_process_with_the_global_batch(stopped_and_re
     r = stopped_and_resumed
     options = dict(steps=r.k, batch_size=2 * B, lr=0.01, schedule="constant", eval_interval=20)
     api.train("mlp", r.data, tmp_path, train_options=options, device="cpu", progress=False)
-    one = torch.load(tmp_path / "mlp.pt", weights_only=True)
+    one = checkpoint.load(tmp_path / "mlp.safetensors")
     two = r.stopped
     assert one["step"] == two["step"] == r.k
     for key, weights in one["resume"]["state_dict"].items():
@@ -106,9 +106,9 @@ def test_resumed_run_finishes_and_only_rank0_prints(stopped_and_resumed):
     (out0, err0), (out1, err1) = r.second_ranks
     assert out1 == "" and err1 == ""
     lines = out0.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("train loss ") and lines[0].endswith("saved out/mlp.pt")
+    assert len(lines) == 1 and lines[0].startswith("train loss ") and lines[0].endswith("saved out/mlp.safetensors")
     assert "training mlp" in err0  # the progress bar, from rank 0 only
-    final = torch.load(r.ckpt, weights_only=True)
+    final = checkpoint.load(r.ckpt)
     assert final["step"] == r.k + 40
     losses = [m["train_loss"] for m in final["metrics"]]
     assert losses[-1] < losses[0] - 0.3  # from about log(27) = 3.3 towards 2.5
@@ -116,7 +116,7 @@ def test_resumed_run_finishes_and_only_rank0_prints(stopped_and_resumed):
 
 def test_checkpoint_is_ordinary_and_samples_and_evaluates(stopped_and_resumed, run):
     r = stopped_and_resumed
-    final = torch.load(r.ckpt, weights_only=True)
+    final = checkpoint.load(r.ckpt)
     fresh = api.load(r.ckpt).model.state_dict()
     assert sorted(final["state_dict"]) == sorted(fresh) and not any(k.startswith("module.") for k in final["state_dict"])
     samples = run("sample", "--checkpoint", r.ckpt, "-n", 5, "--seed", 1, "--device", "cpu").output.splitlines()
@@ -133,8 +133,8 @@ def test_two_gpus_with_nccl(tmp_path):
     _, err = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == 0, err
     (out0, _), (out1, err1) = (rank_output(tmp_path / "logs", r) for r in (0, 1))
-    assert "saved out/mlp.pt" in out0 and out1 == "" and err1 == ""
-    assert torch.load(tmp_path / "out" / "mlp.pt", weights_only=True)["step"] == 60
+    assert "saved out/mlp.safetensors" in out0 and out1 == "" and err1 == ""
+    assert checkpoint.load(tmp_path / "out" / "mlp.safetensors")["step"] == 60
 
 
 def test_errors_of_other_ranks_say_whose(run, monkeypatch):
@@ -171,4 +171,4 @@ def test_dataset_built_in_chunks_matches_a_plain_loop(monkeypatch):
 def test_a_stray_rank_without_world_size_still_prints(run, small_names, monkeypatch):
     monkeypatch.setenv("RANK", "3")
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert "saved out/bigram.pt" in run("train", "--model", "bigram", "--data", small_names, "-q").output
+    assert "saved out/bigram.safetensors" in run("train", "--model", "bigram", "--data", small_names, "-q").output

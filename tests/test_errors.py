@@ -2,9 +2,7 @@
 naming the option; never a traceback (the runner re-raises any exception the CLI lets through)."""
 import io
 import random
-import struct
 import unicodedata
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ from click.testing import CliRunner
 from makemore import api, checkpoint
 from makemore.cli import cli
 from makemore.data import fingerprint
+from test_checkpoint import document, seal, unpack
 
 LOWER = "abcdefghijklmnopqrstuvwxyz"
 TINY_MLP = ["--model", "mlp", "--steps", "20", "--n-hidden", "16", "--batch-size", "16", "-q"]
@@ -68,7 +67,7 @@ def trained(tmp_path_factory, request):
     data.write_text("\n".join(names.read_text(encoding="utf-8").splitlines()[::50]) + "\n", encoding="utf-8")
     ok("train", "--model", "bigram", "--data", data, "--out", root / "out", "-q")
     ok("train", *TINY_MLP, "--data", data, "--out", root / "out")
-    return {"bigram": root / "out" / "bigram.pt", "mlp": root / "out" / "mlp.pt", "data": data}
+    return {"bigram": root / "out" / "bigram.safetensors", "mlp": root / "out" / "mlp.safetensors", "data": data}
 
 
 # ---------------------------------------------------------------------------------------------- data files
@@ -91,7 +90,7 @@ def test_bad_data_file(tmp_path, trained, case, command):
     path.write_bytes(content)
     if command == "train":
         result = invoke("train", "--model", "bigram", "--data", path, "--out", tmp_path / "out")
-        assert not (tmp_path / "out" / "bigram.pt").exists()
+        assert not (tmp_path / "out" / "bigram.safetensors").exists()
     else:
         result = invoke("eval", "--checkpoint", trained["bigram"], "--data", path)
     error(result, path, *words)
@@ -123,7 +122,7 @@ def test_messy_but_valid_file_reads_like_the_clean_one(tmp_path):
     (tmp_path / "messy.txt").write_bytes(messy.encode("utf-8"))
     for name in ("clean", "messy"):
         ok("train", "--model", "bigram", "--data", tmp_path / f"{name}.txt", "--out", tmp_path, "--name", name, "-q")
-    a, b = api.load(tmp_path / "clean.pt"), api.load(tmp_path / "messy.pt")
+    a, b = api.load(tmp_path / "clean.safetensors"), api.load(tmp_path / "messy.safetensors")
     assert b.items() == a.items() and len(b.items()) == len(clean)  # duplicates kept
     assert b.vocab.chars == a.vocab.chars == "." + "".join(sorted(set("".join(clean))))
     sa, sb = a.model.state_dict(), b.model.state_dict()
@@ -138,12 +137,12 @@ def test_non_latin_characters_and_a_very_long_line(tmp_path):
     path = tmp_path / "world.txt"
     path.write_text("\n".join(items) + "\n", encoding="utf-8")
     ok("train", *TINY_MLP, "--data", path, "--out", tmp_path, "--splits", "1,0,0")
-    trained = api.load(tmp_path / "mlp.pt")
+    trained = api.load(tmp_path / "mlp.safetensors")
     assert set("мария李娜さくらø") <= set(trained.vocab.chars)
     assert max(map(len, trained.items())) == 20000
-    assert len(ok("sample", "--checkpoint", tmp_path / "mlp.pt", "-n", 3, "--seed", 1,
+    assert len(ok("sample", "--checkpoint", tmp_path / "mlp.safetensors", "-n", 3, "--seed", 1,
                   "--prefix", "ма").stdout.splitlines()) == 3
-    assert "all loss" in ok("eval", "--checkpoint", tmp_path / "mlp.pt", "--split", "all").stdout
+    assert "all loss" in ok("eval", "--checkpoint", tmp_path / "mlp.safetensors", "--split", "all").stdout
 
 
 # ------------------------------------------------------------------------------------------------- options
@@ -219,7 +218,7 @@ class Payload:
 
 
 def bad_checkpoint(kind: str, good: Path, where: Path) -> Path:
-    path = where / f"{kind}.pt"
+    path = where / f"{kind}{checkpoint.SUFFIX}"
     raw = good.read_bytes()
     if kind == "missing":
         return path
@@ -231,25 +230,24 @@ def bad_checkpoint(kind: str, good: Path, where: Path) -> Path:
         path.write_bytes(random.Random(0).randbytes(len(raw)))
     elif kind == "text":
         path.write_bytes(b"anna\nbob\n")
-    elif kind == "flipped":  # one byte inside the largest tensor changed: torch.load alone would not notice
-        with zipfile.ZipFile(good) as archive:
-            member = max(archive.infolist(), key=lambda info: info.file_size)
-        name_len, extra_len = struct.unpack("<HH", raw[member.header_offset + 26: member.header_offset + 30])
+    elif kind == "flipped":  # one byte inside the largest tensor changed: the checksum notices
+        header, _ = unpack(raw)
+        begin, end = max((e["data_offsets"] for n, e in header.items() if n != "__metadata__"), key=lambda o: o[1] - o[0])
         data = bytearray(raw)
-        data[member.header_offset + 30 + name_len + extra_len + member.file_size // 2] ^= 0x40
+        data[8 + int.from_bytes(raw[:8], "little") + (begin + end) // 2] ^= 0x40
         path.write_bytes(bytes(data))
-        torch.load(path, weights_only=True)
-    else:
-        ckpt = torch.load(good, weights_only=True)
+    else:  # changed as someone who knows the format would: a valid file of another content
+        header, body = unpack(raw)
+        doc = document(header)
         if kind == "newer":
-            ckpt["format_version"] = checkpoint.FORMAT_VERSION + 1
+            doc["format_version"] = checkpoint.FORMAT_VERSION + 1
         elif kind == "incomplete":
-            del ckpt["vocab"]
+            del doc["vocab"]
         elif kind == "unknown-model":
-            ckpt["model"] = "gpt9"
+            doc["model"] = "gpt9"
         elif kind == "wrong-shape":
-            ckpt["vocab"] = ckpt["vocab"][:5]
-        torch.save(ckpt, path)
+            doc["vocab"] = doc["vocab"][:5]
+        path.write_bytes(seal(header, body, doc))
     return path
 
 
@@ -284,13 +282,15 @@ def test_checkpoint_of_another_model_than_asked(trained, command):
     ok(command, "--model", "mlp", "--checkpoint", trained["mlp"])
 
 
-@pytest.mark.parametrize("command", ["sample", "eval", "train --resume"])
-def test_checkpoint_that_would_run_code_is_refused(tmp_path, trained, command):
+@pytest.mark.parametrize("command", ["sample", "eval", "train --resume", "inspect"])
+def test_checkpoint_of_the_old_format_with_code_in_it_is_refused_unread(tmp_path, trained, command):
+    """A torch.save archive (the format before safetensors) whose pickle would run code: refused as a file of
+    an older makemore, without unpickling anything."""
     marker = tmp_path / "code-ran"
-    ckpt = torch.load(trained["mlp"], weights_only=True)
     path = tmp_path / "evil.pt"
-    torch.save(dict(ckpt, config=Payload(marker)), path)
-    error(invoke(*command.split(), "--checkpoint", path), path, "refused", "could run code")
+    torch.save(dict(model="mlp", config=Payload(marker), state_dict={"C": torch.zeros(3)}), path)
+    args = command.split() + ([path] if command == "inspect" else ["--checkpoint", path])
+    error(invoke(*args), path, "older makemore", "makemore train")
     assert not marker.exists()
     # the payload is real: an unsafe load does run it
     torch.load(io.BytesIO(path.read_bytes()), weights_only=False)
@@ -305,10 +305,10 @@ def test_changed_data_warns_with_both_fingerprints_and_strict_refuses(tmp_path, 
     with data.open("a", encoding="utf-8") as f:
         f.write("zelda\n")
     after = fingerprint(data)
-    result = ok("eval", "--checkpoint", tmp_path / "bigram.pt")
+    result = ok("eval", "--checkpoint", tmp_path / "bigram.safetensors")
     assert "changed since training" in result.stderr and before in result.stderr and after in result.stderr
     assert "dev loss" in result.stdout
-    error(invoke("eval", "--checkpoint", tmp_path / "bigram.pt", "--strict"), data, before, after)
+    error(invoke("eval", "--checkpoint", tmp_path / "bigram.safetensors", "--strict"), data, before, after)
 
 
 def test_resume_with_changed_data(tmp_path, trained):
@@ -317,17 +317,17 @@ def test_resume_with_changed_data(tmp_path, trained):
     ok("train", *TINY_MLP, "--data", data, "--out", tmp_path)
     before = fingerprint(data)
     data.write_bytes(data.read_bytes() + b"zelda\n")
-    stored = (tmp_path / "mlp.pt").read_bytes()
-    error(invoke("train", "--resume", "--checkpoint", tmp_path / "mlp.pt", "--steps", 30, "--strict", "-q"),
+    stored = (tmp_path / "mlp.safetensors").read_bytes()
+    error(invoke("train", "--resume", "--checkpoint", tmp_path / "mlp.safetensors", "--steps", 30, "--strict", "-q"),
           before, fingerprint(data))
-    assert (tmp_path / "mlp.pt").read_bytes() == stored
-    result = ok("train", "--resume", "--checkpoint", tmp_path / "mlp.pt", "--steps", 30, "-q")
+    assert (tmp_path / "mlp.safetensors").read_bytes() == stored
+    result = ok("train", "--resume", "--checkpoint", tmp_path / "mlp.safetensors", "--steps", 30, "-q")
     assert before in result.stderr and "(30 steps" in result.stdout
 
 
 def test_resume_without_a_checkpoint(tmp_path):
     error(invoke("train", "--resume", "--out", tmp_path / "out"), "no checkpoint in", "makemore train")
-    error(invoke("train", "--resume", "--checkpoint", tmp_path / "none.pt"), "no such checkpoint")
+    error(invoke("train", "--resume", "--checkpoint", tmp_path / "none.safetensors"), "no such checkpoint")
 
 
 def test_resume_refuses_changed_options(trained):
@@ -337,9 +337,9 @@ def test_resume_refuses_changed_options(trained):
 def test_damaged_latest_pointer_falls_back_to_the_newest_checkpoint(tmp_path, trained):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "mlp.pt").write_bytes(trained["mlp"].read_bytes())
-    for pointer in (b"\xff\xfe\x00garbage", b"gone.pt\n", b"../../etc/passwd\n"):
+    (out / "mlp.safetensors").write_bytes(trained["mlp"].read_bytes())
+    for pointer in (b"\xff\xfe\x00garbage", b"gone.safetensors\n", b"../../etc/passwd\n"):
         (out / "latest").write_bytes(pointer)
         assert "mlp from" in ok("eval", "--out", out).stdout
-    (out / "mlp.pt").unlink()
+    (out / "mlp.safetensors").unlink()
     error(invoke("sample", "--out", out), "no checkpoint in", "makemore train")

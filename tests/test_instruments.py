@@ -92,7 +92,7 @@ def test_zero_probability_transition_is_inf_not_a_crash(run, tmp_path):
 
 def test_score_totals_and_data_file_agree_with_eval(run, small_names, tmp_path):
     run("train", "--model", "mlp", "--data", small_names, "--steps", "10", *TINY_MLP, "-q")
-    trained = api.load("out/mlp.pt")
+    trained = api.load("out/mlp.safetensors")
     dev = trained.splits()["dev"]
     dev_file = write_items(tmp_path, dev, "dev.txt")
     result = json.loads(run("score", "--data", dev_file, "--totals", "--json").stdout)
@@ -106,7 +106,7 @@ def test_score_totals_and_data_file_agree_with_eval(run, small_names, tmp_path):
 
 def test_score_mlp_transitions_are_the_model_softmax(run, small_names):
     run("train", "--model", "mlp", "--data", small_names, "--steps", "30", *TINY_MLP, "-q")
-    trained = api.load("out/mlp.pt")
+    trained = api.load("out/mlp.safetensors")
     result = json.loads(run("score", "anna", "--json").stdout)["items"][0]
     stoi = trained.vocab.stoi
     context = [0] * trained.block_size
@@ -219,13 +219,13 @@ def test_plot_counts(run, small_names):
     run("train", "--model", "bigram", "--data", small_names, "-q")
     assert run("plot", "counts").stdout.strip() == "out/bigram.counts.png"
     assert_picture(Path("out/bigram.counts.png"))
-    table, counts = instruments.bigram_table(api.load("out/bigram.pt").model)
-    items = api.load("out/bigram.pt").splits()["train"]
+    table, counts = instruments.bigram_table(api.load("out/bigram.safetensors").model)
+    items = api.load("out/bigram.safetensors").splits()["train"]
     assert counts and table[0].sum().item() == len(items)  # every train item starts once
     no_curve = run("plot", "loss", ok=False)
     assert no_curve.exit_code == 1 and "no training curve" in no_curve.output
     run("train", "--model", "bigram-nn", "--data", small_names, "--steps", "20", "--batch-size", "64", "-q")
-    table, counts = instruments.bigram_table(api.load("out/bigram-nn.pt").model)
+    table, counts = instruments.bigram_table(api.load("out/bigram-nn.safetensors").model)
     assert not counts and torch.allclose(table.sum(1), torch.ones(len(table), dtype=table.dtype))
     run("train", "--model", "mlp", "--data", small_names, "--steps", "10", *TINY_MLP, "-q")
     refused = run("plot", "counts", ok=False)
@@ -237,7 +237,7 @@ def test_without_matplotlib_training_works_and_plots_explain(run, small_names, m
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # any import of it now fails
     out = run("train", "--model", "mlp", "--data", small_names, "--steps", "20", *TINY_MLP, "-q")
-    assert "saved out/mlp.pt" in out.stdout and "loss curve" not in out.output
+    assert "saved out/mlp.safetensors" in out.stdout and "loss curve" not in out.output
     assert not Path("out/mlp.loss.png").exists()
     for command in (["plot", "loss"], ["plot", "embeddings"], ["plot", "counts"]):
         refused = run(*command, ok=False)

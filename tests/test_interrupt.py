@@ -32,7 +32,7 @@ def ok(*args):
 
 def same_run(a: Path, b: Path) -> None:
     """Two checkpoints hold the same weights, optimizer state, step and dev losses."""
-    ca, cb = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
+    ca, cb = checkpoint.load(a), checkpoint.load(b)
     assert ca["step"] == cb["step"] and ca["best_dev_loss"] == cb["best_dev_loss"]
     for key in ("state_dict", "resume"):
         assert_equal(ca[key] if key != "resume" else ca[key]["state_dict"],
@@ -79,14 +79,14 @@ def test_sigint_and_sigterm_save_say_how_to_resume_and_resume_exactly(tmp_path, 
              for sig in (signal.SIGINT, signal.SIGTERM)}
     rng = random.Random()
     for sig, proc in procs.items():
-        wait_for(tmp_path / sig.name / "mlp.pt", proc)  # written once the signal handlers are in place
+        wait_for(tmp_path / sig.name / "mlp.safetensors", proc)  # written once the signal handlers are in place
         time.sleep(rng.uniform(0, 0.3))
         proc.send_signal(sig)
     for sig, proc in procs.items():
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 128 + sig, err
-        path = tmp_path / sig.name / "mlp.pt"
-        stopped = torch.load(path, weights_only=True)["step"]
+        path = tmp_path / sig.name / "mlp.safetensors"
+        stopped = checkpoint.load(path)["step"]
         assert stopped > 0
         assert err.strip().splitlines()[-1] == (
             f"{sig.name}: stopped at step {stopped:,} and saved {path}; continue with: "
@@ -94,7 +94,7 @@ def test_sigint_and_sigterm_save_say_how_to_resume_and_resume_exactly(tmp_path, 
         assert "Traceback" not in err and not temporaries(tmp_path / sig.name)
         ok("train", "--resume", "--checkpoint", path, "--steps", stopped + 60, "-q")
         ok("train", *args, "--steps", stopped + 60, "--out", tmp_path / f"whole-{sig.name}")
-        same_run(path, tmp_path / f"whole-{sig.name}" / "mlp.pt")
+        same_run(path, tmp_path / f"whole-{sig.name}" / "mlp.safetensors")
 
 
 def fork_cli(args: list[str]) -> int:
@@ -122,7 +122,7 @@ def test_sigkill_at_random_moments_never_leaves_a_broken_checkpoint(tmp_path, na
     args = [*TINY, "--data", names, "--steps", steps, "--eval-interval", 10]  # a checkpoint write every 10 steps
     reference = ok("train", *args, "--out", tmp_path / "whole")
     seconds = float(re.search(r"steps, ([\d.]+)s\)", reference.stdout).group(1))  # the loop's own time
-    path = tmp_path / "killed" / "mlp.pt"
+    path = tmp_path / "killed" / "mlp.safetensors"
     rng = random.Random()
     kills, last_step, tries = 0, -1, 0
     while kills < 12:
@@ -147,4 +147,4 @@ def test_sigkill_at_random_moments_never_leaves_a_broken_checkpoint(tmp_path, na
             api.load(path)
     ok("train", "--resume", "--checkpoint", path, "-q")
     assert not temporaries(tmp_path)
-    same_run(path, tmp_path / "whole" / "mlp.pt")
+    same_run(path, tmp_path / "whole" / "mlp.safetensors")

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from makemore import api
+from makemore import api, checkpoint
 from makemore.data import read_items
 from makemore.dataset import build_dataset
 from makemore.mixing import em
@@ -24,23 +24,23 @@ def contexts(trained, path, n_random=300):
 
 
 def test_mixture_probabilities_sum_to_one(run, two_models):
-    out = run("mix", "out/ngram.pt", "out/mlp.pt").output
-    assert "mixture dev loss" in out and "saved out/mixture.pt" in out
-    mixture = api.load("out/mixture.pt")
+    out = run("mix", "out/ngram.safetensors", "out/mlp.safetensors").output
+    assert "mixture dev loss" in out and "saved out/mixture.safetensors" in out
+    mixture = api.load("out/mixture.safetensors")
     probs = mixture.model(contexts(mixture, two_models)).exp()
     assert torch.allclose(probs.sum(1), torch.ones(len(probs), dtype=torch.float64), rtol=0, atol=1e-9)
 
 
 def test_weights_one_and_zero_give_the_first_component_exactly(run, two_models):
-    run("mix", "out/mlp.pt", "out/ngram.pt", "--weights", "1,0")
-    mixture, mlp = api.load("out/mixture.pt"), api.load("out/mlp.pt")
+    run("mix", "out/mlp.safetensors", "out/ngram.safetensors", "--weights", "1,0")
+    mixture, mlp = api.load("out/mixture.safetensors"), api.load("out/mlp.safetensors")
     ctx = contexts(mixture, two_models)
     expected = torch.log_softmax(mlp.model(ctx[:, -mlp.block_size:]).double(), -1)
     assert torch.equal(mixture.model(ctx), expected)
 
 
 def test_em_never_increases_the_dev_loss(run, two_models):
-    ngram, mlp = api.load("out/ngram.pt"), api.load("out/mlp.pt")
+    ngram, mlp = api.load("out/ngram.safetensors"), api.load("out/mlp.safetensors")
     dev = build_dataset(ngram.splits()["dev"], ngram.vocab, max(ngram.block_size, mlp.block_size))
     from makemore.mixing import target_probs
 
@@ -54,16 +54,16 @@ def test_em_never_increases_the_dev_loss(run, two_models):
 
 
 def test_a_mixture_is_a_model_like_any_other(run, two_models):
-    out = run("mix", "out/ngram.pt", "out/mlp.pt").output
+    out = run("mix", "out/ngram.safetensors", "out/mlp.safetensors").output
     em_loss = float(out.split("mixture dev loss ")[1].split()[0])
     assert json.loads(run("eval", "--json").stdout)["loss"] == pytest.approx(em_loss, abs=1e-4)
     assert json.loads(run("eval", "--split", "test", "--json").stdout)["model"] == "mixture"
     assert len(run("sample", "-n", 4, "--seed", 2, "--top-k", 5, "--prefix", "a").output.splitlines()) == 4
-    ckpt = torch.load("out/mixture.pt", weights_only=True)
+    ckpt = checkpoint.load("out/mixture.safetensors")
     assert ckpt["model"] == "mixture" and any(k.startswith("components.1.") for k in ckpt["state_dict"])
     # a mixture of a mixture and a component
-    run("mix", "out/mixture.pt", "out/ngram.pt", "--name", "twice")
-    assert json.loads(run("eval", "--checkpoint", "out/twice.pt", "--json").stdout)["loss"] < 4
+    run("mix", "out/mixture.safetensors", "out/ngram.safetensors", "--name", "twice")
+    assert json.loads(run("eval", "--checkpoint", "out/twice.safetensors", "--json").stdout)["loss"] < 4
 
 
 def test_mixing_checkpoints_of_different_data_is_refused(run, small_names, tmp_path):
@@ -72,16 +72,16 @@ def test_mixing_checkpoints_of_different_data_is_refused(run, small_names, tmp_p
     run("train", "--model", "ngram", "--data", small_names, "-q")
     run("train", "--model", "ngram", "--data", other, "--name", "other", "-q")
     run("train", "--model", "ngram", "--data", small_names, "--splits", "0.7,0.2,0.1", "--name", "split", "-q")
-    result = run("mix", "out/ngram.pt", "out/other.pt", ok=False)
+    result = run("mix", "out/ngram.safetensors", "out/other.safetensors", ok=False)
     assert result.exit_code == 1 and "different data file" in result.output
-    result = run("mix", "out/ngram.pt", "out/split.pt", ok=False)
+    result = run("mix", "out/ngram.safetensors", "out/split.safetensors", ok=False)
     assert result.exit_code == 1 and "different split" in result.output
 
 
 @pytest.mark.parametrize("args, message", [
-    (["out/ngram.pt"], "at least two checkpoints"),
-    (["out/ngram.pt", "out/ngram.pt", "--weights", "1,2,3"], "3 weights for 2 checkpoints"),
-    (["out/ngram.pt", "out/ngram.pt", "--weights", "0,0"], "not all 0"),
+    (["out/ngram.safetensors"], "at least two checkpoints"),
+    (["out/ngram.safetensors", "out/ngram.safetensors", "--weights", "1,2,3"], "3 weights for 2 checkpoints"),
+    (["out/ngram.safetensors", "out/ngram.safetensors", "--weights", "0,0"], "not all 0"),
 ])
 def test_bad_mix_requests_are_usage_errors(run, small_names, args, message):
     run("train", "--model", "ngram", "--data", small_names, "-q")

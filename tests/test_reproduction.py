@@ -16,7 +16,7 @@ pytestmark = needs_shared_names()
 def train_and_eval_all(run, model, *flags) -> float:
     """Train on every item (--splits 1,0,0) and return the mean NLL over all of them."""
     run("train", "--model", model, "--data", SHARED_NAMES, "--splits", "1,0,0", "--name", model, "-q", *flags)
-    result = json.loads(run("eval", "--checkpoint", f"out/{model}.pt", "--split", "all", "--json").output)
+    result = json.loads(run("eval", "--checkpoint", f"out/{model}.safetensors", "--split", "all", "--json").output)
     assert result["n_items"] == 32033 and result["n_chars"] == 228146
     return result["loss"]
 
@@ -44,5 +44,5 @@ LECTURE_MLP_FLAGS = ("--block-size", 3, "--n-embd", 10, "--n-hidden", 200, "--in
 def test_the_lecture_mlp_by_flags_lands_in_the_lectures_range(run):
     """200,000 steps (about a minute): the lecture's model and training from flags alone."""
     run("train", "--model", "mlp", "--data", SHARED_NAMES, "-q", *LECTURE_MLP_FLAGS)
-    result = json.loads(run("eval", "--checkpoint", "out/mlp.pt", "--split", "dev", "--json").output)
+    result = json.loads(run("eval", "--checkpoint", "out/mlp.safetensors", "--split", "dev", "--json").output)
     assert 2.15 <= result["loss"] <= 2.18

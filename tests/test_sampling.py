@@ -284,9 +284,9 @@ def test_api_never_exits(bigram, monkeypatch, tmp_path):
 
     monkeypatch.setattr(sys, "exit", no_exit)
     with pytest.raises(CheckpointError):
-        api.load(tmp_path / "missing.pt")
+        api.load(tmp_path / "missing.safetensors")
     with pytest.raises(CheckpointError):
-        api.inspect(tmp_path / "missing.pt")
+        api.inspect(tmp_path / "missing.safetensors")
     with pytest.raises(VocabularyError):
         bigram.sample(3, prefix="A")
     with pytest.raises(OptionError):
@@ -318,14 +318,14 @@ def test_inspect(run, bigram):
     assert "model         bigram: block_size 1, smoothing 1.0" in text
     assert f"fingerprint {fp}; unchanged" in text
     assert "vocabulary    27 tokens: the boundary '.' and 'abcdefghijklmnopqrstuvwxyz'" in text
-    assert "split         0.8/0.1/0.1 with seed 42" in text and "format 1" in text
+    assert "split         0.8/0.1/0.1 with seed 42" in text and "format 2" in text
     info = json.loads(run("inspect", bigram.path, "--json").stdout)
     assert info["model"] == "bigram" and info["config"] == bigram.ckpt["config"]
     assert info["vocab_size"] == 27 and info["n_buffers"] == sum(v.numel() for v in bigram.ckpt["state_dict"].values()) > 0 and info["n_params"] == 0
-    assert info["file_size"] == bigram.path.stat().st_size and info["format_version"] == 1
+    assert info["file_size"] == bigram.path.stat().st_size and info["format_version"] == 2
     assert sum(info["split"]["sizes"].values()) == info["data"]["n_items"] == len(bigram.items())
     assert info["steps"] == 0 and info["best_dev_loss"] is None
-    missing = run("inspect", "nope.pt", ok=False)
+    missing = run("inspect", "nope.safetensors", ok=False)
     assert missing.exit_code == 1 and "no such checkpoint" in missing.stderr
 
 
