@@ -6,25 +6,30 @@ import json
 import math
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from makemore import checkpoint, distributed, instruments, memory, options, plots, stream
+from makemore import checkpoint, distributed, instruments, memory, mixing, options, plots, stream
 from makemore.constraints import NothingFound, Request, Samples, default_cap
 from makemore.batches import BATCH_CHUNK
 from makemore.data import (DEFAULT_SPLIT_SEED, DEFAULT_SPLITS, SPLIT_NAMES, Vocab, default_data_path, fingerprint_bytes,
-                           is_regular_file, parse_items, read_bytes, read_items_file, split_items)
+                           is_regular_file, parse_items, read_bytes, read_items, read_items_file, split_items)
 from makemore.dataset import build_dataset
 from makemore.errors import CheckpointError, DataError, Interrupted, MakemoreError, OptionError, VocabularyError
 from makemore.models import get_model_class, trainable_classes
+from makemore.models.mixture import Mixture, MixtureConfig
 from makemore.nearest import nearest as closest
 from makemore.sampling import log_probs
 from makemore.sampling import sample as draw_samples
 from makemore.train import LoopState, TrainConfig, evaluate, make_optimizer, stop_on_signals, train_loop
 
-__all__ = ["load", "train", "inspect", "read_items_file", "Trained", "Samples", "MakemoreError", "OptionError",
+PLOT_HINT = plots.INSTALL_HINT
+latest = checkpoint.latest  # the checkpoint trained last in a folder
+
+__all__ = ["load", "train", "inspect", "mix", "lr_find", "read_items", "read_items_file", "Trained", "Samples", "MakemoreError", "OptionError",
            "NothingFound"]
 
 
@@ -423,6 +428,32 @@ class Trained:
                             self._item_set() if new else frozenset(), default_cap=default_cap(self.items(), prefix),
                             progress=progress)
 
+    def plot_loss(self, output: str | Path | None = None) -> Path:
+        """The training curve as a PNG (default: beside the checkpoint); needs matplotlib."""
+        plots.require()
+        if not self.ckpt.get("metrics"):
+            raise CheckpointError(f"{self.path}: a {self.name} model is counted, not trained step by step, so it "
+                                  "has no training curve")
+        return plots.training_curve(self.ckpt["metrics"], output or plots.curve_path(self.path),
+                                    plots.curve_title(self.name, self.ckpt["data"]["path"]))
+
+    def plot_embeddings(self, output: str | Path | None = None) -> Path:
+        """The lecture's scatter of the characters in the embedding table C, as a PNG; needs matplotlib."""
+        plots.require()
+        points, note, axes = instruments.embedding_2d(self.model)
+        labels = [self.vocab.show(c) for c in self.vocab.chars]
+        return plots.embeddings(points.tolist(), labels, output or self.path.with_suffix(".embeddings.png"),
+                                f"{self.name} character embeddings C\n{note}", axes)
+
+    def plot_counts(self, output: str | Path | None = None) -> Path:
+        """The lecture's bigram table (counts, or a bigram-nn's probabilities) as a PNG; needs matplotlib."""
+        plots.require()
+        table, counts = instruments.bigram_table(self.model)
+        labels = [self.vocab.show(c) for c in self.vocab.chars]
+        what = "bigram counts N[prev, next]" if counts else "bigram probabilities P[prev, next]"
+        return plots.bigram_table(table, labels, output or self.path.with_suffix(".counts.png"),
+                                  f"{self.name}: {what}", counts)
+
     def _item_set(self) -> frozenset:
         if "items" not in self._cache:
             self._cache["items"] = frozenset(self.items())
@@ -491,8 +522,10 @@ def _model_from(ckpt: dict, path) -> torch.nn.Module:
 
 def lr_find(model: str = "mlp", data=None, model_options: dict | None = None, train_options: dict | None = None,
             min_lr: float = 1e-3, max_lr: float = 1.0, steps: int = 1000, splits=DEFAULT_SPLITS,
-            split_seed: int = DEFAULT_SPLIT_SEED, device: str = "auto", progress: bool = True) -> instruments.Sweep:
-    """The lecture's sweep on a fresh model, set up from the data and options exactly as train would be."""
+            split_seed: int = DEFAULT_SPLIT_SEED, device: str = "auto", progress: bool = True,
+            plot_path: str | Path | None = None) -> instruments.Sweep:
+    """The lecture's sweep on a fresh model, set up from the data and options exactly as train would be;
+    with plot_path, its plot too, when matplotlib is installed (sweep.plot: the file, or None)."""
     cls = get_model_class(model)
     if cls.counts:
         trainable = [n for n, c in trainable_classes().items() if not c.counts]
@@ -514,7 +547,83 @@ def lr_find(model: str = "mlp", data=None, model_options: dict | None = None, tr
     sweep.settings = dict(model=model, data=str(dataset.path), optimizer=tconfig.optimizer,
                           batch_size=tconfig.batch_size, weight_decay=tconfig.weight_decay, seed=tconfig.seed,
                           min_lr=min_lr, max_lr=max_lr, steps=steps, config=dataclasses.asdict(mconfig))
+    sweep.plot = plots.lr_sweep(sweep, Path(plot_path)) if plot_path is not None and plots.available() else None
     return sweep
+
+
+@dataclass
+class MixResult:
+    path: Path
+    components: list[str]
+    weights: list[float]
+    component_dev_losses: list[float]
+    dev_loss: float
+    iterations: int  # EM steps; 0 when the weights were given
+    seconds: float
+
+
+def _check_same_data(trained: list) -> None:
+    """Refuse to mix checkpoints of different data, split or vocabulary."""
+    first = trained[0]
+    for other in trained[1:]:
+        for what, key in (("data file", "data"), ("split", "split"), ("vocabulary", "vocab")):
+            a, b = first.ckpt[key], other.ckpt[key]
+            if key == "data":
+                a, b = a["fingerprint"], b["fingerprint"]
+            if a != b:
+                raise CheckpointError(f"{first.path} and {other.path} were trained on a different {what}; "
+                                      "mix only checkpoints of the same data file, split and vocabulary")
+
+
+def mix(paths: list, out: str | Path = "out", name: str = "mixture", weights: list | None = None,
+        device: str = "cpu") -> MixResult:
+    """Load the checkpoints, fit the mixture weights on dev (or use the given ones), write the mixture."""
+    t0 = time.perf_counter()
+    trained = [load(p, device=device) for p in paths]
+    _check_same_data(trained)
+    if weights is not None:
+        if len(weights) != len(trained):
+            raise OptionError(f"--weights: {len(weights)} weights for {len(trained)} checkpoints")
+        if not all(w >= 0 for w in weights) or sum(weights) <= 0:
+            raise OptionError("--weights must be numbers >= 0, not all 0")
+    first = trained[0]
+    dev_items = first.splits(first.read_data())["dev"]
+    if not dev_items and weights is None:
+        raise DataError("the checkpoints' dev split is empty, so there is nothing to fit the weights on; "
+                        "give them with --weights")
+    models = [t.model for t in trained]
+    losses, iterations = [float("nan")] * len(models), 0
+    if dev_items:
+        dev = build_dataset(dev_items, first.vocab, max(m.block_size for m in models)).to(resolve_device(device))
+        P = mixing.target_probs(models, dev)
+        losses = (-P.log().mean(0)).tolist()
+        if weights is None:
+            fitted, history = mixing.em(P)
+            weights, iterations = fitted.tolist(), len(history) - 1
+    total = sum(weights)
+    weights = [w / total for w in weights]
+    config = MixtureConfig(
+        components=tuple(dict(model=t.ckpt["model"], config=t.ckpt["config"]) for t in trained),
+        weights=tuple(weights),
+    )
+    net = Mixture(config, len(first.vocab))
+    net.components.load_state_dict(torch.nn.ModuleList(models).state_dict())
+    dev_loss = float("nan")
+    if dev_items:
+        dev_loss = -(P @ torch.tensor(weights, dtype=torch.float64)).log().mean().item()
+    out = Path(out)
+    check_writable(out)
+    path = out / f"{name}{checkpoint.SUFFIX}"
+    ckpt = checkpoint.build(
+        model="mixture", config=config, vocab=first.vocab.chars, train={}, split=first.ckpt["split"],
+        data=first.ckpt["data"], items=first.ckpt.get("items", ""), state_dict=net.state_dict(), step=0,
+        best_dev_loss=dev_loss, metrics=[],
+        mix=dict(components=[str(p) for p in paths], component_dev_losses=losses, dev_loss=dev_loss,
+                 em_iterations=iterations),
+    )
+    checkpoint.save(ckpt, path)
+    checkpoint.write_latest(out, path)
+    return MixResult(path, [str(p) for p in paths], weights, losses, dev_loss, iterations, time.perf_counter() - t0)
 
 
 def inspect(path: str | Path | None = None, out: str | Path = "out") -> dict:

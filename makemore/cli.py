@@ -139,7 +139,7 @@ def handle_errors(command):
         except MakemoreError as e:
             if os.environ.get("MAKEMORE_DEBUG"):
                 raise
-            from makemore.api import OptionError
+            from makemore.errors import OptionError
 
             # under torchrun an error may be one process's own (a file missing on one machine): say whose
             message = str(e) if distributed.is_main() else f"rank {distributed.rank()}: {e}"
@@ -214,7 +214,7 @@ def train(model_name, data, out, name, splits, split_seed, resume, checkpoint_pa
     For data-parallel training on several CPU processes or GPUs, launch it with torchrun, e.g.
     torchrun --standalone --nproc-per-node 2 -m makemore train; rank 0 prints and saves.
     """
-    from makemore import api, checkpoint
+    from makemore import api
     from makemore.errors import Interrupted
 
     model_options, train_options = api.split_settings(settings)
@@ -225,7 +225,7 @@ def train(model_name, data, out, name, splits, split_seed, resume, checkpoint_pa
         if given:
             raise click.UsageError("--resume continues a run as it was set up; only --steps may change "
                                    f"(got --{given[0].replace('_', '-')})")
-        resume_path = checkpoint_path or checkpoint.latest(out)
+        resume_path = checkpoint_path or api.latest(out)
     elif checkpoint_path:
         raise click.UsageError("--checkpoint goes with --resume; to name the new checkpoint use --name")
     try:
@@ -297,9 +297,9 @@ def sample(n, seed, temperature, top_k, top_p, prefix, suffix, min_len, max_len,
            max_tries, as_json, nearest, mark, out, checkpoint_path, device):
     """Print items drawn from a trained model, one per line: exactly -n of them, each meeting every
     constraint, or as many as --max-tries draws found (then a line on stderr says why; exit 1 if none)."""
-    from makemore.data import read_items_file
+    from makemore import api
 
-    excluded = read_items_file(exclude) if exclude else ()
+    excluded = api.read_items_file(exclude) if exclude else ()
     trained = load_trained(checkpoint_path, out, device)
     items = trained.sample(n=n, seed=seed, temperature=temperature, top_k=top_k, top_p=top_p, prefix=prefix,
                            suffix=suffix, min_len=min_len, max_len=max_len, regex=regex, new=new, exclude=excluded,
@@ -399,9 +399,9 @@ def _finite(value):
 def score(items, data, totals, as_json, out, checkpoint_path, device):
     """How likely the model finds each ITEM: every transition's probability and log-probability (the
     lecture's `.e: 0.0478 -3.0408`), then the item's total and mean negative log-likelihood (nats)."""
-    from makemore.data import read_items
+    from makemore import api
 
-    items = list(items) + (read_items(data) if data else [])
+    items = list(items) + (api.read_items(data) if data else [])
     if not items:
         raise click.UsageError("give the items to score, or a file of them with --data")
     trained = load_trained(checkpoint_path, out, device)
@@ -455,16 +455,15 @@ def lr_find(model_name, data, min_lr, max_lr, steps, splits, split_seed, plot_pa
     up, and plots loss against log10(lr) when matplotlib is installed."""
     from pathlib import Path
 
-    from makemore import api, plots
+    from makemore import api
 
     model_options, train_options = api.split_settings(settings)
     sweep = api.lr_find(model_name, data, model_options, train_options, min_lr, max_lr, steps, splits,
-                        split_seed, device, progress=not quiet)
-    written = None
-    if plots.available():
-        written = plots.lr_sweep(sweep, Path(plot_path or Path(out) / f"lr-find-{model_name}.png"))
-    else:
-        click.echo(f"no plot: {plots.INSTALL_HINT}", err=True)
+                        split_seed, device, progress=not quiet,
+                        plot_path=plot_path or Path(out) / f"lr-find-{model_name}.png")
+    written = sweep.plot
+    if written is None:
+        click.echo(f"no plot: {api.PLOT_HINT}", err=True)
     blowup = sweep.lrs[sweep.blowup_step] if sweep.blowup_step is not None else None
     if as_json:
         click.echo(json.dumps(dict(suggested_lr=sweep.suggested_lr, suggested_step=sweep.suggested_step,
@@ -501,16 +500,7 @@ def output_option(f):
 def plot_loss(output, out, checkpoint_path):
     """The training curve: train loss at each log point, dev loss at each evaluation (training also
     writes it, as OUT/NAME.loss.png)."""
-    from makemore import plots
-
-    plots.require()
-    trained = load_trained(checkpoint_path, out, "cpu")
-    if not trained.ckpt.get("metrics"):
-        raise click.ClickException(f"{trained.path}: a {trained.name} model is counted, not trained step by "
-                                   "step, so it has no training curve")
-    path = plots.training_curve(trained.ckpt["metrics"], output or plots.curve_path(trained.path),
-                                plots.curve_title(trained.name, trained.ckpt["data"]["path"]))
-    click.echo(path)
+    click.echo(load_trained(checkpoint_path, out, "cpu").plot_loss(output))
 
 
 @plot.command("embeddings")
@@ -520,15 +510,7 @@ def plot_loss(output, out, checkpoint_path):
 def plot_embeddings(output, out, checkpoint_path):
     """The lecture's scatter of the characters in the embedding table C (its first two principal
     components when C has more than two dimensions)."""
-    from makemore import instruments, plots
-
-    plots.require()
-    trained = load_trained(checkpoint_path, out, "cpu")
-    points, note, axes = instruments.embedding_2d(trained.model)
-    labels = [trained.vocab.show(c) for c in trained.vocab.chars]
-    path = plots.embeddings(points.tolist(), labels, output or trained.path.with_suffix(".embeddings.png"),
-                            f"{trained.name} character embeddings C\n{note}", axes)
-    click.echo(path)
+    click.echo(load_trained(checkpoint_path, out, "cpu").plot_embeddings(output))
 
 
 @plot.command("counts")
@@ -537,16 +519,7 @@ def plot_embeddings(output, out, checkpoint_path):
 @handle_errors
 def plot_counts(output, out, checkpoint_path):
     """The lecture's table of bigram counts as a labelled heatmap (for bigram-nn: its probabilities)."""
-    from makemore import instruments, plots
-
-    plots.require()
-    trained = load_trained(checkpoint_path, out, "cpu")
-    table, counts = instruments.bigram_table(trained.model)
-    labels = [trained.vocab.show(c) for c in trained.vocab.chars]
-    what = "bigram counts N[prev, next]" if counts else "bigram probabilities P[prev, next]"
-    path = plots.bigram_table(table, labels, output or trained.path.with_suffix(".counts.png"),
-                              f"{trained.name}: {what}", counts)
-    click.echo(path)
+    click.echo(load_trained(checkpoint_path, out, "cpu").plot_counts(output))
 
 
 class WeightsType(NumbersType):
@@ -573,11 +546,11 @@ def mix(checkpoints, out, name, weights, device):
 
     The mixture predicts p = w_1 p_1 + w_2 p_2 + ... from the CHECKPOINTS, which must come from the same data
     file, split and vocabulary. Its weights have seen dev: report its loss on test."""
-    from makemore import mixing
+    from makemore import api
 
     if len(checkpoints) < 2:
         raise click.UsageError("give at least two checkpoints to mix")
-    result = mixing.mix(list(checkpoints), out, name, list(weights) if weights else None, device)
+    result = api.mix(list(checkpoints), out, name, list(weights) if weights else None, device)
     for path, w, loss in zip(result.components, result.weights, result.component_dev_losses):
         click.echo(f"weight {w:.4f}  dev loss {loss:.4f}  {path}")
     how = f"EM, {result.iterations} iterations" if result.iterations else "given weights"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +66,7 @@ class Sweep:
     blowup_step: int | None  # first step whose smoothed loss left the valley, None if it never did
     planned_steps: int
     settings: dict = field(default_factory=dict)
+    plot: Path | None = None  # the PNG file of the sweep, when one was drawn
 
 
 def exponential_lrs(min_lr: float, max_lr: float, steps: int) -> torch.Tensor:
