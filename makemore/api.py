@@ -19,6 +19,7 @@ from makemore.data import (DEFAULT_SPLIT_SEED, DEFAULT_SPLITS, SPLIT_NAMES, Voca
                            is_regular_file, parse_items, read_bytes, read_items, read_items_file, split_items)
 from makemore.dataset import build_dataset
 from makemore.errors import CheckpointError, DataError, Interrupted, MakemoreError, OptionError, VocabularyError
+from makemore.files import atomic_write
 from makemore.models import get_model_class, trainable_classes
 from makemore.models.mixture import Mixture, MixtureConfig
 from makemore.nearest import nearest as closest
@@ -315,7 +316,7 @@ def train(model: str = "mlp", data: str | Path | None = None, out: str | Path = 
 
 def atomic_metrics(path: Path, metrics: list[dict]) -> None:
     text = "".join(json.dumps(record) + "\n" for record in metrics)
-    checkpoint.atomic_write(path, lambda f: f.write(text.encode()))
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def _changed_data(ckpt: dict, data: Data, strict: bool, warn) -> None:

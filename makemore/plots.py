@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from makemore.checkpoint import atomic_write
+from makemore.files import atomic_write
 from makemore.errors import MakemoreError
 
 INSTALL_HINT = 'plotting needs matplotlib; install the extra with: pip install "makemore[plot]"'
