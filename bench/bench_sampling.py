@@ -70,7 +70,7 @@ def run(data=None) -> str:
 
     out = tempfile.mkdtemp(prefix="bench-sampling-")
     api.train("mlp", data, out, train_options=dict(steps=3000), progress=False)
-    text = section_of(main, [str(Path(out) / "mlp.pt")])
+    text = section_of(main, [str(Path(out) / "mlp.safetensors")])
     body = "\n".join(f"- {line}" for line in text.strip().splitlines())
     return "## Sampling\n\n" + body + "\n\nTargets: 1,000 new unique items under 1 s; --nearest for 1,000 items against 32,000 under 2 s.\n"
 

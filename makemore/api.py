@@ -222,14 +222,14 @@ def train(model: str = "mlp", data: str | Path | None = None, out: str | Path = 
         model, name, out = prior["model"], Path(resume).stem, Path(resume).parent
         data = data if data is not None else prior["data"]["path"]
         splits, split_seed = tuple(prior["split"]["fractions"]), prior["split"]["seed"]
-        if not get_model_class(model).counts and prior["step"] > 0:
-            checkpoint.check_resumable(prior, resume)
-        _model_from(prior, resume)  # a checkpoint whose weights do not fit is refused before any work
     cls = get_model_class(model)
     if prior is not None:
         mconfig = cls.config_from(prior["config"], complete=True)
         given = {k: v for k, v in (train_options or {}).items() if v is not None}
         tconfig = options.make(TrainConfig, dict(prior["train"], **given), what="the run to resume")
+        resumed = _model_from(prior, resume)  # a checkpoint whose weights do not fit is refused before any work
+        if not cls.counts and prior["step"] > 0:
+            checkpoint.check_resumable(prior, resume, make_optimizer(resumed, tconfig))
     else:
         mconfig = model_config(model, model_options or {})
         tconfig = train_config(model, train_options or {})

@@ -38,7 +38,7 @@ from makemore.errors import CheckpointError, MakemoreError
 from makemore.files import atomic_write
 from makemore.models import BUILT, MODELS, get_model_class
 from makemore.models.base import config_dict
-from makemore.train import TrainConfig, make_optimizer
+from makemore.train import TrainConfig
 
 FORMAT_VERSION = 2  # 1 was a torch.save (zip + pickle) archive, no longer read
 SUFFIX = ".safetensors"
@@ -644,48 +644,35 @@ def _mix(mix) -> dict:
 
 
 def _resume(resume, cls, config, vocab_size: int, tconfig) -> tuple[dict, dict]:
-    """The training state for `train --resume`, checked against the optimizer the loop makes for this model
-    and these settings; and the tensors it needs."""
-
-
+    """The training state for `train --resume`, checked against the model's parameters (the optimizer's
+    settings are compared with the loop's by check_resumable); and the tensors it needs."""
     _keys(resume, "resume", ("elapsed", "world_size", "optimizer"))
     out = dict(elapsed=_number(resume["elapsed"], "resume's elapsed", 0, 1e12),
                world_size=_int(resume["world_size"], "resume's world_size", 1, MAX_WORLD))
     optimizer = _keys(resume["optimizer"], "the optimizer state", ("state", "param_groups"))
-    with torch.device("meta"):  # the model's parameters, in the optimizer's order, without allocating
-        net = cls(config, vocab_size)
-        params = [(p.dtype, tuple(p.shape)) for p in net.parameters() if p.requires_grad]
-        reference = _options(lambda: make_optimizer(net, tconfig), "its optimizer").state_dict()["param_groups"][0]
-
+    params = cls.expected_parameters(config, vocab_size)  # in the optimizer's order, without allocating
     groups = _want(optimizer["param_groups"], list, "the optimizer's param_groups", "a list")
     if len(groups) != 1:
         raise _Refused("the optimizer state does not hold exactly one parameter group")
     group = _want(groups[0], dict, "the optimizer's parameter group", "a JSON object")
-    if set(group) != set(reference):
-        raise _Refused(f"the optimizer state is not one of a {tconfig.optimizer} optimizer of this torch "
-                       f"(its settings: {', '.join(sorted(map(str, group)))[:120]})")
-    if group["params"] != list(range(len(params))):
+    if group.get("params") != list(range(len(params))):
         raise _Refused(f"the optimizer state is not one of the model's {len(params)} parameters")
+    # Which settings a group holds depends on torch's version: train --resume compares them with the
+    # optimizer it makes (check_resumable); here each is a flag, a number or a few numbers.
     restored = {}
     for key, value in group.items():  # in the file's order, so that a checkpoint saved again is the same bytes
-        ref, where = reference[key], f"the optimizer's {key}"
+        where = f"the optimizer's {_shown(key)}"
         if key == "params":
             restored[key] = list(range(len(params)))
-            continue
-        if isinstance(ref, bool) or (ref is None and key in _OPTIONAL_FLAGS):
-            ok = isinstance(value, bool) or (value is None and key in _OPTIONAL_FLAGS)
-            if not ok or (key not in _OPTIONAL_FLAGS and value != ref):
-                raise _Refused(f"{where} is {_shown(value)}; makemore trains with {_shown(ref)}")
+        elif value is None or isinstance(value, bool):
             restored[key] = value
-        elif _is_number(ref):
-            _number(value, where, 0, 1e12)
-            restored[key] = value  # an int stays an int: the state round-trips exactly
-        elif isinstance(ref, tuple):
-            if not isinstance(value, list) or len(value) != len(ref):
-                raise _Refused(f"{where} is {_shown(value)}, not {len(ref)} numbers")
+        elif isinstance(value, list):
+            if not 1 <= len(value) <= 4:
+                raise _Refused(f"{where} is {_shown(value)}, not a few numbers")
             restored[key] = tuple(_number(v, where, 0, 0.999999999) for v in value)
         else:
-            raise _Refused(f"{where} is {_shown(value)}; makemore cannot check it")
+            _number(value, where, 0, 1e12)
+            restored[key] = value  # an int stays an int: the state round-trips exactly
     if restored.get("fused") and restored.get("foreach"):
         raise _Refused("the optimizer state asks for both fused and foreach steps")
 
@@ -801,10 +788,25 @@ def _items(raw: bytearray, ckpt: dict, refuse) -> str:
     return text
 
 
-def check_resumable(ckpt: dict, path) -> None:
-    """Raise CheckpointError unless ckpt holds the training state that `train --resume` needs."""
+def check_resumable(ckpt: dict, path, optimizer) -> None:
+    """Raise CheckpointError unless ckpt holds the training state that `train --resume` needs, for the
+    optimizer the loop makes (its settings, which depend on torch's version, must match the saved ones)."""
     if not isinstance(ckpt.get("resume"), dict):
         raise CheckpointError(f"{path}: holds no training state to resume from")
+    reference = optimizer.state_dict()["param_groups"][0]
+    group = ckpt["resume"]["optimizer"]["param_groups"][0]
+    if set(group) != set(reference):
+        raise CheckpointError(f"{path}: its optimizer state is not one of a {ckpt['train']['optimizer']} optimizer "
+                              f"of this torch (its settings: {', '.join(sorted(map(str, group)))[:120]}); it cannot "
+                              "be resumed")
+    for key, ref in reference.items():
+        value = group[key]
+        fits = (value is None or isinstance(value, bool)) if (ref is None or isinstance(ref, bool)) else (
+            isinstance(value, tuple) == isinstance(ref, tuple) and (not isinstance(ref, tuple) or len(value) == len(ref)))
+        fixed = isinstance(ref, bool) and key not in _OPTIONAL_FLAGS
+        if not fits or (fixed and value != ref):
+            raise CheckpointError(f"{path}: the optimizer's {key} is {_shown(value)}; makemore trains with "
+                                  f"{_shown(ref)}; it cannot be resumed")
 
 
 def recorded_data_status(path: str, fingerprint: str) -> str:

@@ -123,6 +123,8 @@ def make(config_cls, values: dict, *, what: str, complete: bool = False):
     try:
         checked = {name: options[name][0].check(name, value) for name, value in values.items()}
     except OptionError as e:
+        if not what.startswith("--"):  # the message names the flag already
+            raise
         raise OptionError(f"{e} ({what})") from None
     return config_cls(**checked)
 

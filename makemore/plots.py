@@ -63,7 +63,7 @@ def _save(fig, path: Path, dpi: int) -> Path:
 
 
 def curve_path(checkpoint_path: Path) -> Path:
-    """Where the loss curve of a checkpoint goes: out/mlp.pt -> out/mlp.loss.png."""
+    """Where the loss curve of a checkpoint goes: out/mlp.safetensors -> out/mlp.loss.png."""
     return Path(checkpoint_path).with_suffix(".loss.png")
 
 

@@ -117,3 +117,22 @@ def test_declared_flags_show_each_models_default():
     assert found["block_size"] == dict(bigram=1, **{"bigram-nn": 1}, mlp=6, ngram=5)
     assert found["lr"] == {"bigram-nn": 0.3, "mlp": 0.003}
     assert found["steps"]["mlp"] == "by data size"
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_expected_tensors_are_what_the_model_builds(model):
+    """A model that writes its shapes out (to load without the meta device's imports) agrees with __init__."""
+    cls = get_model_class(model)
+    configs = [cls.Config()] + ([cls.Config(block_size=3, n_embd=4, n_hidden=7, direct=False)] if model == "mlp" else [])
+    for config in configs:
+        built = {name: (t.dtype, tuple(t.shape)) for name, t in cls(config, 11).state_dict().items()}
+        expected = cls.expected_tensors(config, 11)
+        assert set(built) == set(expected)
+        for name, (dtype, shape) in expected.items():
+            dtypes = dtype if isinstance(dtype, tuple) else (dtype,)
+            assert built[name][0] in dtypes
+            assert len(shape) == len(built[name][1])
+            assert all(size is None or size == got for size, got in zip(shape, built[name][1]))
+        if not cls.counts:
+            model = cls(config, 11)
+            assert cls.expected_parameters(config, 11) == [(q.dtype, tuple(q.shape)) for q in model.parameters()]

@@ -67,6 +67,14 @@ class Model(nn.Module):
         return {name: (t.dtype, tuple(t.shape)) for name, t in model.state_dict().items()}
 
     @classmethod
+    def expected_parameters(cls, config, vocab_size: int) -> list[tuple[torch.dtype, tuple]]:
+        """The trainable parameters as (dtype, shape), in the order of model.parameters() (the optimizer's),
+        found on the meta device as expected_tensors is."""
+        with torch.device("meta"):
+            model = cls(config, vocab_size)
+        return [(p.dtype, tuple(p.shape)) for p in model.parameters() if p.requires_grad]
+
+    @classmethod
     def example_numbers(cls, config, vocab_size: int) -> int:
         """Roughly how many numbers one training example occupies during a step (its activations and
         their gradients): with the weights, what the loop's memory check adds up."""
