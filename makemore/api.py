@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from makemore import checkpoint, distributed, instruments, memory, mixing, options, plots, stream
+from makemore import checkpoint, distributed, instruments, memory, mixing, options, plots, stream, threads
 from makemore.constraints import NothingFound, Request, Samples, default_cap
 from makemore.batches import BATCH_CHUNK
 from makemore.data import (DEFAULT_SPLIT_SEED, DEFAULT_SPLITS, SPLIT_NAMES, Vocab, default_data_path, fingerprint_bytes,
@@ -207,8 +207,11 @@ def check_writable(out_dir: Path) -> None:
 def train(model: str = "mlp", data: str | Path | None = None, out: str | Path = "out", name: str | None = None,
           model_options: dict | None = None, train_options: dict | None = None,
           splits=DEFAULT_SPLITS, split_seed: int = DEFAULT_SPLIT_SEED, resume: str | Path | None = None,
-          device: str = "auto", progress: bool = True, strict: bool = False, warn=None) -> TrainResult:
+          device: str = "auto", progress: bool = True, strict: bool = False, warn=None,
+          n_threads: int | None = None) -> TrainResult:
     """Train a model (or resume the checkpoint named by resume) and write its checkpoint under out.
+
+    n_threads: torch's thread count; None lets makemore.threads choose it and adapt it to the machine's load.
 
     Under torchrun every process calls this; rank 0 alone warns, evaluates and writes (see distributed).
     """
@@ -245,6 +248,7 @@ def train(model: str = "mlp", data: str | Path | None = None, out: str | Path = 
         raise DataError(f"{dataset.path}: has characters the checkpoint's vocabulary lacks: "
                         f"{''.join(vocab.unknown(''.join(dataset.items)))!r}")
     net, train_set, dev_set = build_run(cls, mconfig, tconfig, vocab, parts, dev, with_dev=world.is_main)
+    governor = threads.Governor(threads.setup(n_threads, dev, threads.work(net, tconfig.batch_size)))
     if prior is None:  # a resumed run keeps the settings it started with
         apply_size_rules(cls, tconfig, train_options, len(train_set))
 
@@ -298,7 +302,7 @@ def train(model: str = "mlp", data: str | Path | None = None, out: str | Path = 
             # the loop writes the checkpoint at every evaluation, the last step included
             try:
                 state = train_loop(net, train_set, dev_set, tconfig, state, save=write if world.is_main else None,
-                                   progress=progress, stop=stop, world=world)
+                                   progress=progress, stop=stop, world=world, governor=governor)
             except Interrupted as e:
                 e.path, e.step = path, state.step
                 raise
@@ -493,15 +497,21 @@ class Trained:
         return [self._cache["where"].get(item, "new") for item in items]
 
 
+EVAL_ROWS = 4096  # the examples of one evaluation chunk (train.evaluate) or a large sampling batch
+
+
 def load(path: str | Path | None = None, out: str | Path = "out", device: str = "cpu",
-         model: str | None = None) -> Trained:
-    """Load a checkpoint (the one trained last in out when path is None)."""
+         model: str | None = None, n_threads: int | None = None) -> Trained:
+    """Load a checkpoint (the one trained last in out when path is None), and set torch's thread count for
+    using it: n_threads, or makemore.threads' choice for the model's size and the machine's load."""
     path = Path(path) if path is not None else checkpoint.latest(out)
     ckpt = checkpoint.load(path)
     if model is not None and ckpt["model"] != model:
         raise CheckpointError(f"{path}: holds a {ckpt['model']} model, not {model}")
     net = _model_from(ckpt, path)
-    net.to(resolve_device(device)).eval()
+    dev = resolve_device(device)
+    net.to(dev).eval()
+    threads.setup(n_threads, dev, threads.work(net, EVAL_ROWS))
     return Trained(path, ckpt, net, Vocab(ckpt["vocab"]))
 
 
@@ -524,7 +534,7 @@ def _model_from(ckpt: dict, path) -> torch.nn.Module:
 def lr_find(model: str = "mlp", data=None, model_options: dict | None = None, train_options: dict | None = None,
             min_lr: float = 1e-3, max_lr: float = 1.0, steps: int = 1000, splits=DEFAULT_SPLITS,
             split_seed: int = DEFAULT_SPLIT_SEED, device: str = "auto", progress: bool = True,
-            plot_path: str | Path | None = None) -> instruments.Sweep:
+            plot_path: str | Path | None = None, n_threads: int | None = None) -> instruments.Sweep:
     """The lecture's sweep on a fresh model, set up from the data and options exactly as train would be;
     with plot_path, its plot too, when matplotlib is installed (sweep.plot: the file, or None)."""
     cls = get_model_class(model)
@@ -543,8 +553,9 @@ def lr_find(model: str = "mlp", data=None, model_options: dict | None = None, tr
     net, train_set, _ = build_run(cls, mconfig, tconfig, vocab, dict(parts, dev=[]), dev)
     apply_size_rules(cls, tconfig, train_options, len(train_set))  # the weight decay train would use
     lrs = instruments.exponential_lrs(min_lr, max_lr, steps)
+    governor = threads.Governor(threads.setup(n_threads, dev, threads.work(net, tconfig.batch_size)))
     sweep = instruments.lr_sweep(net, train_set, make_optimizer(net, tconfig), lrs, tconfig.batch_size, tconfig.seed,
-                                 tconfig.weight_decay, progress)
+                                 tconfig.weight_decay, progress, governor)
     sweep.settings = dict(model=model, data=str(dataset.path), optimizer=tconfig.optimizer,
                           batch_size=tconfig.batch_size, weight_decay=tconfig.weight_decay, seed=tconfig.seed,
                           min_lr=min_lr, max_lr=max_lr, steps=steps, config=dataclasses.asdict(mconfig))
@@ -577,10 +588,10 @@ def _check_same_data(trained: list) -> None:
 
 
 def mix(paths: list, out: str | Path = "out", name: str = "mixture", weights: list | None = None,
-        device: str = "cpu") -> MixResult:
+        device: str = "cpu", n_threads: int | None = None) -> MixResult:
     """Load the checkpoints, fit the mixture weights on dev (or use the given ones), write the mixture."""
     t0 = time.perf_counter()
-    trained = [load(p, device=device) for p in paths]
+    trained = [load(p, device=device, n_threads=n_threads) for p in paths]
     _check_same_data(trained)
     if weights is not None:
         if len(weights) != len(trained):

@@ -155,6 +155,9 @@ def handle_errors(command):
 
 
 def device_option(f):
+    f = click.option("--threads", "n_threads", type=click.IntRange(1, 1024),
+                     help="torch's threads on the CPU. [default: chosen for the model and the machine's load, "
+                          "and changed while training if the load changes; OMP_NUM_THREADS if set]")(f)
     return click.option("--device", default="auto", show_default=True,
                         help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")(f)
 
@@ -180,11 +183,12 @@ def _remember_model(ctx, param, value):
     ctx.meta["makemore.model"] = value
 
 
-def load_trained(checkpoint_path, out, device):
+def load_trained(checkpoint_path, out, device, n_threads=None):
     """api.load for a command with checkpoint_options, honouring its --model."""
     from makemore import api
 
-    return api.load(checkpoint_path, out, device, model=click.get_current_context().meta.get("makemore.model"))
+    return api.load(checkpoint_path, out, device, model=click.get_current_context().meta.get("makemore.model"),
+                    n_threads=n_threads)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -208,7 +212,7 @@ def cli():
 @device_option
 @handle_errors
 def train(model_name, data, out, name, splits, split_seed, resume, checkpoint_path, strict, quiet, device,
-          **settings):
+          n_threads, **settings):
     """Train a model on a file of items and save its checkpoint in --out.
 
     For data-parallel training on several CPU processes or GPUs, launch it with torchrun, e.g.
@@ -230,7 +234,8 @@ def train(model_name, data, out, name, splits, split_seed, resume, checkpoint_pa
         raise click.UsageError("--checkpoint goes with --resume; to name the new checkpoint use --name")
     try:
         result = api.train(model_name, data, out, name, model_options, train_options, splits, split_seed,
-                           resume=resume_path, device=device, progress=not quiet, strict=strict)
+                           resume=resume_path, device=device, progress=not quiet, strict=strict,
+                           n_threads=n_threads)
     except Interrupted as e:
         if not distributed.is_main():
             # the others exit quietly: a failed one would make torchrun kill rank 0 before it reports
@@ -294,13 +299,13 @@ class RegexType(click.ParamType):
 @device_option
 @handle_errors
 def sample(n, seed, temperature, top_k, top_p, prefix, suffix, min_len, max_len, regex, new, exclude, unique,
-           max_tries, as_json, nearest, mark, out, checkpoint_path, device):
+           max_tries, as_json, nearest, mark, out, checkpoint_path, device, n_threads):
     """Print items drawn from a trained model, one per line: exactly -n of them, each meeting every
     constraint, or as many as --max-tries draws found (then a line on stderr says why; exit 1 if none)."""
     from makemore import api
 
     excluded = api.read_items_file(exclude) if exclude else ()
-    trained = load_trained(checkpoint_path, out, device)
+    trained = load_trained(checkpoint_path, out, device, n_threads)
     items = trained.sample(n=n, seed=seed, temperature=temperature, top_k=top_k, top_p=top_p, prefix=prefix,
                            suffix=suffix, min_len=min_len, max_len=max_len, regex=regex, new=new, exclude=excluded,
                            unique=unique, max_tries=max_tries, progress=sys.stderr.isatty())
@@ -370,9 +375,9 @@ def _size(n: int) -> str:
 @checkpoint_options
 @device_option
 @handle_errors
-def eval_(split, data, as_json, strict, out, checkpoint_path, device):
+def eval_(split, data, as_json, strict, out, checkpoint_path, device, n_threads):
     """Mean negative log-likelihood per character (nats) and perplexity of a split."""
-    trained = load_trained(checkpoint_path, out, device)
+    trained = load_trained(checkpoint_path, out, device, n_threads)
     result = trained.evaluate(split, data, strict)
     if as_json:
         click.echo(json.dumps(result))
@@ -396,7 +401,7 @@ def _finite(value):
 @checkpoint_options
 @device_option
 @handle_errors
-def score(items, data, totals, as_json, out, checkpoint_path, device):
+def score(items, data, totals, as_json, out, checkpoint_path, device, n_threads):
     """How likely the model finds each ITEM: every transition's probability and log-probability (the
     lecture's `.e: 0.0478 -3.0408`), then the item's total and mean negative log-likelihood (nats)."""
     from makemore import api
@@ -404,7 +409,7 @@ def score(items, data, totals, as_json, out, checkpoint_path, device):
     items = list(items) + (api.read_items(data) if data else [])
     if not items:
         raise click.UsageError("give the items to score, or a file of them with --data")
-    trained = load_trained(checkpoint_path, out, device)
+    trained = load_trained(checkpoint_path, out, device, n_threads)
     results = trained.score(items)
     nll = sum(r["nll"] for r in results)
     n = sum(r["n"] for r in results)
@@ -449,7 +454,7 @@ def score(items, data, totals, as_json, out, checkpoint_path, device):
 @device_option
 @handle_errors
 def lr_find(model_name, data, min_lr, max_lr, steps, splits, split_seed, plot_path, out, as_json, quiet, device,
-            **settings):
+            n_threads, **settings):
     """The lecture's learning-rate sweep: from a fresh model, one step at each of --steps rates spaced
     exponentially from --min-lr to --max-lr; suggests the rate at the valley of the loss before it blows
     up, and plots loss against log10(lr) when matplotlib is installed."""
@@ -460,7 +465,7 @@ def lr_find(model_name, data, min_lr, max_lr, steps, splits, split_seed, plot_pa
     model_options, train_options = api.split_settings(settings)
     sweep = api.lr_find(model_name, data, model_options, train_options, min_lr, max_lr, steps, splits,
                         split_seed, device, progress=not quiet,
-                        plot_path=plot_path or Path(out) / f"lr-find-{model_name}.png")
+                        plot_path=plot_path or Path(out) / f"lr-find-{model_name}.png", n_threads=n_threads)
     written = sweep.plot
     if written is None:
         click.echo(f"no plot: {api.PLOT_HINT}", err=True)
@@ -541,7 +546,7 @@ class WeightsType(NumbersType):
 @click.option("--weights", type=WeightsType(), help="One weight per checkpoint. [default: fitted on dev by EM]")
 @device_option
 @handle_errors
-def mix(checkpoints, out, name, weights, device):
+def mix(checkpoints, out, name, weights, device, n_threads):
     """Mix two or more trained models into one, weighted to fit the dev split.
 
     The mixture predicts p = w_1 p_1 + w_2 p_2 + ... from the CHECKPOINTS, which must come from the same data
@@ -550,7 +555,7 @@ def mix(checkpoints, out, name, weights, device):
 
     if len(checkpoints) < 2:
         raise click.UsageError("give at least two checkpoints to mix")
-    result = api.mix(list(checkpoints), out, name, list(weights) if weights else None, device)
+    result = api.mix(list(checkpoints), out, name, list(weights) if weights else None, device, n_threads)
     for path, w, loss in zip(result.components, result.weights, result.component_dev_losses):
         click.echo(f"weight {w:.4f}  dev loss {loss:.4f}  {path}")
     how = f"EM, {result.iterations} iterations" if result.iterations else "given weights"

@@ -15,6 +15,7 @@ from tqdm import tqdm
 from makemore.batches import BatchSampler
 from makemore.dataset import build_dataset
 from makemore.errors import CheckpointError, DataError, TrainingError
+from makemore.threads import Governor
 from makemore.train import TrainStep
 
 
@@ -116,11 +117,13 @@ def suggest(losses: list[float]) -> tuple[int, int, int | None, list[float]]:
 
 
 def lr_sweep(net, train_set, optimizer, lrs: torch.Tensor, batch_size: int, seed: int,
-             weight_decay: float = 0.0, progress: bool = True) -> Sweep:
+             weight_decay: float = 0.0, progress: bool = True, governor: Governor | None = None) -> Sweep:
     """Train net from its current (fresh) state for len(lrs) steps, step i at rate lrs[i], recording the
     minibatch loss; stops early once the loss is no longer finite or has blown up far above its minimum.
 
-    The steps and their batches are the training loop's own (makemore.train.TrainStep, BatchSampler)."""
+    The steps and their batches are the training loop's own (makemore.train.TrainStep, BatchSampler), and
+    so is the governor of the thread count (makemore.threads)."""
+    governor = governor or Governor.keeping(torch.get_num_threads())
     losses: list[float] = []
     best = ema = math.inf
     net.train()
@@ -128,6 +131,7 @@ def lr_sweep(net, train_set, optimizer, lrs: torch.Tensor, batch_size: int, seed
         batches = BatchSampler(train_set, batch_size, seed, flat=step.flat)
         for i in tqdm(range(len(lrs)), disable=not progress, leave=False, desc="lr-find", mininterval=0.5):
             step(*batches.next(), lrs[i].item())
+            governor.tick(i + 1)
             value = step.take_loss().item()
             losses.append(value if math.isfinite(value) else math.nan)
             if not math.isfinite(value):

@@ -31,6 +31,7 @@ from makemore.batches import BatchSampler
 from makemore.distributed import World
 from makemore.errors import Interrupted, TrainingError
 from makemore.options import option
+from makemore.threads import Governor
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "step", "cosine")
@@ -316,7 +317,8 @@ class Progress:
 
 
 def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState | None = None,
-               save=None, on_log=None, progress: bool = True, stop=None, world: World = World()) -> LoopState:
+               save=None, on_log=None, progress: bool = True, stop=None, world: World = World(),
+               governor: Governor | None = None) -> LoopState:
     """Train model in place for config.steps steps (resuming from state) and return the final state.
 
     save(state, model) is called at every evaluation and on interruption; on_log(record) at every log
@@ -327,8 +329,11 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
     and a model with a step by hand does its steps without autograd (TrainStep).
 
     With several processes (world, from makemore.distributed) each trains on its share of every batch
-    through DDP; the caller gives dev_set, save and progress to rank 0 only.
+    through DDP; the caller gives dev_set, save and progress to rank 0 only. A governor (makemore.threads)
+    hears of every step and may change torch's thread count as the machine's load changes; without one the
+    count stays as the caller set it.
     """
+    governor = governor or Governor.keeping(torch.get_num_threads())
     state = state or LoopState()
     state.metrics = state.metrics if state.metrics is not None else []
     optimizer = make_optimizer(model, config)
@@ -359,8 +364,7 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
             train_step(*batches.next(), lr)
             step += 1
             state.step = step
-            # per-step work goes here (the thread governor's tick(step), for one); per-log-interval work
-            # goes after shown.log(record) below
+            governor.tick(step)
             halt = solo_stop.signum if solo_stop is not None else 0
             if step == event:  # a log point
                 event = cadence.next_log(step)
@@ -369,13 +373,15 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
                 record = dict(step=step, train_loss=round(train_loss, 6), lr=lr)
                 evaluated = cadence.evaluates(step)
                 if evaluated:
-                    dev_loss = keeper.evaluate()
+                    with governor.paused():  # an evaluation is not a step: its time is left out
+                        dev_loss = keeper.evaluate()
                     if dev_loss is not None:
                         record["dev_loss"] = round(dev_loss, 6)
                 record["elapsed"] = round(time.perf_counter() - t0, 3)
                 shown.log(record)
                 if evaluated and save is not None:
-                    save(snapshot(), model)
+                    with governor.paused():
+                        save(snapshot(), model)
             if halt:
                 keeper.keep_some()
                 if save is not None:
