@@ -8,9 +8,8 @@ before the runs and always stopped here); and a busy process that starts a third
 
 - torch's default (one thread per core, as makemore used until now),
 - 1 thread,
-- makemore's own: makemore.threads.choose() and apply() at the start, then a Governor told of every log
-  point (train_loop's on_log: every 15 steps at 3,000 steps; skip() at those after a dev evaluation). The
-  loop itself will tell it of every step and pause it around evaluations.
+- makemore's own: makemore.threads.choose() and apply() at the start, then the Governor that train_loop
+  tells of every step and pauses around evaluations and checkpoints, as `makemore train` runs it.
 
 Training: `--steps` steps of the default MLP with its default settings (batch 128, AdamW, 10 dev
 evaluations), timed from just before the thread choice to the end of train_loop. A run still going after
@@ -113,10 +112,6 @@ class Bench:
                 torch.set_num_threads(start)
 
             def on_log(record):
-                if gov is not None and "dev_loss" in record:
-                    gov.skip(record["step"])  # the interval held an evaluation: the loop will pause() around it
-                elif gov is not None:
-                    gov.tick(record["step"])
                 if later and done[0] < self.config.steps // 3 <= record["step"]:  # the first log point past a third
                     neighbours.enter_context(beside(later, settle=0.0))
                 done[0] = record["step"]
@@ -124,7 +119,8 @@ class Bench:
                     raise Stopped
 
             try:
-                state = train_loop(net, self.train_set, self.dev_set, self.config, progress=False, on_log=on_log)
+                state = train_loop(net, self.train_set, self.dev_set, self.config, progress=False, on_log=on_log,
+                                   governor=gov)
                 seconds, stopped = time.perf_counter() - t, False
                 net.load_state_dict(state.best_state)
             except Stopped:
