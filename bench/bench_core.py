@@ -346,7 +346,7 @@ def run(data: Path | None = None) -> str:
              ratio(sample_ratio), "< 0.5 s", verdict(sampling["ours"] < 0.5)],
             ["`makemore --help` (fresh process)", fmt_time(help_min), "", "", "< 0.3 s", verdict(help_min < 0.3)],
             ["`makemore sample -n 20` (fresh process) beyond a bare `import torch`",
-             f"{fmt_time(sample_min)} - {fmt_time(torch_min)} = {fmt_time(sample_min - torch_min)}", "", "",
+             f"{fmt_time(sample_min)} against {fmt_time(torch_min)}: {sample_min - torch_min:+.2f} s", "", "",
              "<= 0.5 s", verdict(sample_min - torch_min <= 0.5)],
             ["dataset builder x1 -> x100: time", f"{ours[1]['seconds']:.3f} s -> {ours[100]['seconds']:.2f} s", "",
              f"{ours[100]['seconds'] / ours[1]['seconds']:.0f}x for 100x the data", "linear", verdict(time_linear)],

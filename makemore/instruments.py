@@ -149,8 +149,8 @@ def lr_sweep(net, train_set, optimizer, lrs: torch.Tensor, batch_size: int, seed
 def embedding_2d(model) -> tuple[torch.Tensor, str, tuple[str, str]]:
     """The model's character embeddings C as 2-D points: as they are with 2 dimensions, else projected on
     their first two principal components. Returns the points, a note for the title and the axis names."""
-    C = getattr(model, "C", None)
-    if not isinstance(C, torch.Tensor) or C.dim() != 2:
+    C = model.embeddings()
+    if C is None:
         raise CheckpointError(f"a {model.name} model has no embedding table C to plot; "
                               "train a model that has one, such as --model mlp")
     C = C.detach().double().cpu()
@@ -172,9 +172,9 @@ def embedding_2d(model) -> tuple[torch.Tensor, str, tuple[str, str]]:
 def bigram_table(model) -> tuple[torch.Tensor, bool]:
     """The (V, V) table of a one-character-context model: the counts N of a counting model, else the
     probabilities P[prev, next] it predicts. Returns the table and whether it holds counts."""
-    N = getattr(model, "N", None)
+    N = model.bigram_counts()
     V = model.vocab_size
-    if getattr(model, "counts", False) and isinstance(N, torch.Tensor) and N.shape == (V, V):
+    if N is not None:
         return N.detach().cpu(), True
     if model.block_size != 1:
         raise CheckpointError(f"a {model.name} model sees {model.block_size} characters of context, so it has "

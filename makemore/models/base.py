@@ -98,6 +98,15 @@ class Model(nn.Module):
         """With decay_in_loss: the regularisation term added to the loss."""
         raise NotImplementedError(f"{self.name} decays its weights in the optimizer")
 
+    def embeddings(self) -> torch.Tensor | None:
+        """The (vocab_size, n_embd) table of character embeddings that `plot embeddings` draws, or None."""
+        return None
+
+    def bigram_counts(self) -> torch.Tensor | None:
+        """The (vocab_size, vocab_size) counts N[prev, next] that `plot counts` draws, or None (a model with
+        one character of context then has its probabilities drawn instead)."""
+        return None
+
     def step_by_hand(self, sgd: bool) -> Callable | None:
         """A training step written out without autograd, or None to use autograd (the default).
 

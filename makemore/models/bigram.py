@@ -41,6 +41,9 @@ class Bigram(NGram):
         N[self.ngrams_2.long()] = self.counts_2.double()
         return N.view(V, V)
 
+    def bigram_counts(self) -> torch.Tensor:
+        return self.N
+
     def probs(self) -> torch.Tensor:
         """The lecture's (V, V) table P[prev, next]."""
         prev = torch.arange(self.vocab_size, device=self.discounts.device)[:, None]

@@ -116,6 +116,9 @@ class MLP(Model):
         if config.direct:
             self.Wd = nn.Parameter(torch.zeros(T * E, V))  # starts as no path at all; learns what tanh misses
 
+    def embeddings(self) -> torch.Tensor:
+        return self.C
+
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         x = F.embedding(idx, self.C).view(idx.shape[0], -1)  # (B, T*E): the embeddings side by side
         h = tanh(torch.addmm(self.b1, x, self.W1))  # (B, H); addmm: x @ W1 + b1 in one op; tanh: see mlp_step
