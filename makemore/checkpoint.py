@@ -9,13 +9,13 @@ of that document and of every tensor, so that a damaged file is noticed. The REA
 documents the layout key by key.
 
 load() checks before it allocates: the path is a regular file (a directory, FIFO or device is refused
-without being read), the header is well formed and its byte ranges tile the file exactly, the checksum
-holds, every JSON field has its type and range, and every tensor's dtype and shape is the one the model
-built from the config has; only then are the tensors read, never more bytes than the file holds. Every
-failure is a CheckpointError with a one-line message that starts with the path.
+without being read); safetensors' own reader checks the header and that its byte ranges tile the file
+exactly; every JSON field has its type and range, and every tensor's dtype and shape is the one the model
+built from the config has; only then are the tensors read, never more bytes than the file holds; then the
+checksum. Every failure is a CheckpointError with a one-line message that starts with the path.
 
 Files are written atomically (a temporary file in the same folder, then a rename), so the file on disk is
-always complete. torch is imported only by the functions that need it.
+always complete.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ import stat
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as serialize
 
 from makemore import __version__, options
@@ -48,9 +49,7 @@ METADATA_KEY = "makemore"  # __metadata__ key of the JSON document
 # safetensors writes __metadata__ in a random order, and one key keeps a checkpoint's bytes reproducible
 DIGEST = "sha256"
 
-MAX_HEADER = 100_000_000  # bytes; the safetensors reference reader refuses larger headers too
 MAX_DEPTH = 24  # nesting of the JSON document (a mixture of mixtures is the deepest: about 12)
-MAX_DIMS = 8
 MAX_TEXT = 4096  # characters of a path or another short string
 MAX_ITEMS = 10**9
 MAX_STEP = 10**12
@@ -255,17 +254,28 @@ def load(path: str | Path) -> dict:
     world_size}.
     """
     path = Path(path)
-    f = _open_regular(path)
-    with f:
-        size = os.fstat(f.fileno()).st_size
-        entries, metadata, start = _read_header(f, size, path)
-        document, text = _document(metadata, path)
-        _check_digest(f, entries, start, text, path)
-        del entries[DIGEST]
-        ckpt, wanted = _check_document(document, path)
-        _check_tensors(entries, wanted, path)
-        tensors = {name: _read_at(f, start + entry[2], entry[3] - entry[2], path) if name == "items"
-                   else _read_tensor(f, start, entry, path) for name, entry in entries.items()}
+    _check_regular(path)
+    try:
+        # safetensors checks the header (its size, JSON, dtypes, shapes, byte ranges that tile the file
+        # exactly) when it opens the file, and maps it instead of reading it
+        with safe_open(path, framework="pt") as f:
+            document, text = _document(f.metadata(), path)
+            entries = {name: (f.get_slice(name).get_dtype(), tuple(f.get_slice(name).get_shape())) for name in f.keys()}
+            if entries.pop(DIGEST, None) != ("U8", (32,)):
+                raise _damaged(path, f"no checksum (a {DIGEST} tensor of 32 bytes)")
+            ckpt, wanted = _check_document(document, path)
+            _check_tensors(entries, wanted, path)
+            tensors = {name: f.get_tensor(name) for name in entries}
+            stored = bytes(f.get_tensor(DIGEST).tolist()).hex()
+    except SafetensorError as e:
+        raise _damaged(path, _first_line(e)) from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read it ({e.strerror or _first_line(e)})") from None
+    found = _digest(text, {name: (*entries[name], t.numel() * t.element_size(), [_bytes_of(t)])
+                           for name, t in tensors.items()})
+    if not hmac.compare_digest(found, stored):
+        raise CheckpointError(f"{path}: damaged (its contents do not match their checksum); train again or restore "
+                              "a copy")
     _assemble(ckpt, tensors, path)
     return ckpt
 
@@ -279,108 +289,39 @@ def _damaged(path: Path, why: str) -> CheckpointError:
                            "checkpoint: train again or restore a copy")
 
 
-def _open_regular(path: Path):
-    """The file opened for reading, once os.stat has shown it is a regular file (nothing else is opened:
-    a FIFO would block, a device never end)."""
+def _check_regular(path: Path) -> None:
+    """Refuse, without opening it, a path that is not a regular file (a FIFO would block, a device never
+    end); and a checkpoint of the format before safetensors, by its first bytes."""
     try:
-        before = os.stat(path)
+        mode = os.stat(path).st_mode
     except (FileNotFoundError, NotADirectoryError, ValueError):
         raise CheckpointError(f"{path}: no such checkpoint; train one first with: makemore train") from None
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read it ({e.strerror})") from None
-    if stat.S_ISDIR(before.st_mode):
+    if stat.S_ISDIR(mode):
         raise CheckpointError(f"{path}: is a directory, not a checkpoint")
-    if not stat.S_ISREG(before.st_mode):
+    if not stat.S_ISREG(mode):
         raise CheckpointError(f"{path}: is not a regular file (a FIFO, socket or device), so not a checkpoint; "
                               "give the path of a checkpoint file")
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
     try:
-        fd = os.open(path, flags)
+        with open(path, "rb") as f:
+            first = f.read(8)
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read it ({e.strerror})") from None
-    after = os.fstat(fd)
-    if not stat.S_ISREG(after.st_mode) or (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino):
-        os.close(fd)
-        raise CheckpointError(f"{path}: was replaced while being opened; try again")
-    return os.fdopen(fd, "rb", buffering=0)
-
-
-def _read_at(f, offset: int, n: int, path: Path) -> bytearray:
-    buf = bytearray(n)
-    view, done = memoryview(buf), 0
-    f.seek(offset)
-    while done < n:
-        got = f.readinto(view[done:])
-        if not got:
-            raise _damaged(path, "the file ends early")
-        done += got
-    return buf
-
-
-def _chunks(f, offset: int, n: int, path: Path):
-    """The n bytes at offset, in chunks of at most _READ bytes."""
-    while n > 0:
-        chunk = _read_at(f, offset, min(n, _READ), path)
-        yield chunk
-        offset, n = offset + len(chunk), n - len(chunk)
-
-
-def _read_header(f, size: int, path: Path) -> tuple[dict, dict, int]:
-    """The safetensors header, checked: {name: (dtype, shape, begin, end)}, the __metadata__ and where the
-    tensors' bytes start. The byte ranges must tile the rest of the file exactly, as safetensors requires."""
-    if size == 0:
+    if not first:
         raise _damaged(path, "the file is empty")
-    first = _read_at(f, 0, min(size, 8), path)
     if first.startswith(b"PK\x03\x04") or first.startswith(b"\x80\x02\x8a\n"):
         raise CheckpointError(f"{path}: a checkpoint of an older makemore (a torch.save archive), which this "
                               "version no longer reads; train the model again with: makemore train")
-    if size < 8:
-        raise _damaged(path, "the file is too short")
-    n = int.from_bytes(first, "little")
-    if not 2 <= n <= min(MAX_HEADER, size - 8):
-        raise _damaged(path, "no safetensors header")
-    try:
-        header = _parse_json(_read_at(f, 8, n, path).decode("utf-8"))
-    except (ValueError, RecursionError):
-        raise _damaged(path, "its header is not JSON") from None
-    if not isinstance(header, dict):
-        raise _damaged(path, "its header is not a JSON object")
-    metadata = header.pop("__metadata__", None)
+
+
+def _document(metadata: dict, path: Path) -> tuple[dict, str]:
+    """The JSON document, once its format version is one this makemore reads."""
     if not isinstance(metadata, dict) or not isinstance(metadata.get(METADATA_KEY), str):
         raise CheckpointError(f"{path}: a safetensors file without makemore's metadata, so not a makemore "
                               "checkpoint")
     if set(metadata) != {METADATA_KEY}:
         raise _damaged(path, "unexpected metadata beside makemore's")
-    entries, spans = {}, []
-    for name, entry in header.items():
-        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
-            raise _damaged(path, f"tensor {_shown(name)} is not described by dtype, shape and data_offsets")
-        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if not isinstance(dtype, str) or dtype not in _DTYPES:
-            raise _damaged(path, f"tensor {_shown(name)} has an unsupported dtype {_shown(dtype)}")
-        if not isinstance(shape, list) or len(shape) > MAX_DIMS or not all(_is_int(s) and s >= 0 for s in shape):
-            raise _damaged(path, f"tensor {_shown(name)} has a malformed shape")
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)
-                and 0 <= offsets[0] <= offsets[1]):
-            raise _damaged(path, f"tensor {_shown(name)} has malformed data offsets")
-        if offsets[1] - offsets[0] != math.prod(shape) * _DTYPES[dtype][1]:
-            raise _damaged(path, f"tensor {_shown(name)}'s byte range does not match its shape")
-        entries[name] = (dtype, tuple(shape), offsets[0], offsets[1])
-        spans.append((offsets[0], offsets[1]))
-    end = 0
-    for begin, stop in sorted(spans):
-        if begin != end:
-            raise _damaged(path, "its tensors' byte ranges overlap or leave gaps")
-        end = stop
-    if end != size - 8 - n:
-        raise _damaged(path, "its tensors do not fill the file exactly (cut short, or bytes beyond them)")
-    if entries.get(DIGEST, (None, None))[:2] != ("U8", (32,)):
-        raise _damaged(path, f"no checksum (a {DIGEST} tensor of 32 bytes)")
-    return entries, metadata, 8 + n
-
-
-def _document(metadata: dict, path: Path) -> tuple[dict, str]:
-    """The JSON document, once its format version is one this makemore reads."""
     text = metadata[METADATA_KEY]
     try:
         document = _parse_json(text)
@@ -398,16 +339,6 @@ def _document(metadata: dict, path: Path) -> tuple[dict, str]:
         raise CheckpointError(f"{path}: a checkpoint of an older makemore (format {version}), which this version "
                               "no longer reads; train the model again with: makemore train")
     return document, text
-
-
-def _check_digest(f, entries: dict, start: int, text: str, path: Path) -> None:
-    """The checksum, over the document and every tensor's bytes read in chunks (no large allocation)."""
-    tensors = {name: (dtype, shape, end - begin, _chunks(f, start + begin, end - begin, path))
-               for name, (dtype, shape, begin, end) in entries.items() if name != DIGEST}
-    stored = bytes(_read_at(f, start + entries[DIGEST][2], 32, path)).hex()
-    if not hmac.compare_digest(_digest(text, tensors), stored):
-        raise CheckpointError(f"{path}: damaged (its contents do not match their checksum); train again or restore "
-                              "a copy")
 
 
 def _parse_json(text: str):
@@ -710,6 +641,9 @@ def _check_tensors(entries: dict, wanted: dict, path: Path) -> None:
             raise CheckpointError(f"{path}: does not fit its model: it lacks the tensor {_shown(name)}")
         dtypes = dtypes if isinstance(dtypes, tuple) else (dtypes,)
         st_dtype, st_shape = entries[name][:2]
+        if st_dtype not in _DTYPES:
+            raise CheckpointError(f"{path}: does not fit its model: tensor {_shown(name)} is of dtype "
+                                  f"{_shown(st_dtype)}")
         found = getattr(torch, _DTYPES[st_dtype][0])
         fits = len(st_shape) == len(shape) and all(want is None or want == got for want, got in zip(shape, st_shape))
         if found not in dtypes or not fits:
@@ -722,16 +656,6 @@ def _check_tensors(entries: dict, wanted: dict, path: Path) -> None:
         raise CheckpointError(f"{path}: does not fit its model: it holds an unexpected tensor {_shown(extra[0])}")
 
 
-def _read_tensor(f, start: int, entry: tuple, path: Path):
-
-    dtype, shape, begin, end = entry
-    kind = getattr(torch, _DTYPES[dtype][0])
-    if end == begin:
-        return torch.empty(shape, dtype=kind)
-    buf = _read_at(f, start + begin, end - begin, path)  # a buffer of its own: aligned, and freed with it
-    return torch.frombuffer(buf, dtype=kind).reshape(shape)
-
-
 def _assemble(ckpt: dict, tensors: dict, path: Path) -> None:
     """Put the tensors into ckpt, checking what only their values show."""
 
@@ -740,7 +664,7 @@ def _assemble(ckpt: dict, tensors: dict, path: Path) -> None:
 
     ckpt["state_dict"] = {name[len("state_dict."):]: t for name, t in tensors.items() if name.startswith("state_dict.")}
     items = tensors.get("items")
-    ckpt["items"] = "" if items is None else _items(items, ckpt, refuse)
+    ckpt["items"] = "" if items is None else _items(bytearray(_bytes_of(items)), ckpt, refuse)
     resume = ckpt.get("resume")
     if resume is not None:
         resume["state_dict"] = {name[len("resume.state_dict."):]: t for name, t in tensors.items()
