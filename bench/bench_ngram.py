@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -54,14 +55,16 @@ def peak_mb():
 # The child that times the fit alone: it loads a prepared dataset, so its peak memory is the fit's.
 FIT_CHILD = PEAK_MB + r"""
 import json, sys, time, torch
+from safetensors import safe_open
 sys.path.insert(0, sys.argv[1])
 torch.set_num_threads(int(sys.argv[3]))
 from makemore.dataset import Dataset
 from makemore.models.ngram import NGram, NGramConfig
-saved = torch.load(sys.argv[2], weights_only=True)
-dataset = Dataset(saved["tokens"], saved["positions"], saved["block_size"], saved["n_items"])
+with safe_open(sys.argv[2], framework="pt") as f:
+    sizes = json.loads(f.metadata()["sizes"])
+    dataset = Dataset(f.get_tensor("tokens"), f.get_tensor("positions"), sizes["block_size"], sizes["n_items"])
 before = peak_mb()
-model = NGram(NGramConfig(saved["block_size"], "kn"), saved["vocab_size"])
+model = NGram(NGramConfig(sizes["block_size"], "kn"), sizes["vocab_size"])
 t0 = time.perf_counter()
 model.fit(dataset)
 seconds = time.perf_counter() - t0
@@ -116,9 +119,9 @@ def large_fit(data: Data, copies: int, block_size: int, threads: int, workdir: P
     parts = repeated.split()
     vocab = Vocab.from_items(sorted(set(data.items)))  # the same characters as the file repeated
     train = build_dataset(parts["train"], vocab, block_size)
-    saved = workdir / "train.pt"
-    torch.save(dict(tokens=train.tokens, positions=train.positions, block_size=block_size,
-                    n_items=train.n_items, vocab_size=len(vocab)), saved)
+    saved = workdir / "train.safetensors"
+    sizes = dict(block_size=block_size, n_items=train.n_items, vocab_size=len(vocab))
+    save_file(dict(tokens=train.tokens, positions=train.positions), saved, metadata=dict(sizes=json.dumps(sizes)))
     del train, parts, repeated
     log(f"fitting names x{copies} at block size {block_size} in a child process")
     out = subprocess.run([sys.executable, "-c", FIT_CHILD, str(REPO), str(saved), str(threads)],
