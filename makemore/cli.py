@@ -18,8 +18,8 @@ from makemore.models import MODEL_NAMES, MODELS
 SPLITS = ("train", "dev", "test", "all")
 SEED = click.IntRange(0, 2**63 - 1)  # what torch.manual_seed accepts
 # the training settings (train.TrainConfig's fields) that `makemore train` takes as flags
-TRAIN_FIELDS = ("steps", "batch_size", "lr", "optimizer", "schedule", "warmup", "weight_decay", "eval_interval",
-                "seed")
+TRAIN_FIELDS = ("steps", "batch_size", "lr", "optimizer", "schedule", "decay_at", "warmup", "weight_decay",
+                "eval_interval", "seed")
 
 
 class NumbersType(click.ParamType):

@@ -47,8 +47,11 @@ class TrainConfig:
     lr: float = option(0.1, "Learning rate (the peak of the schedule).", low=0.0, low_open=True, high=1e6)
     optimizer: str = option("sgd", "The optimizer.", choices=OPTIMIZERS)
     # "step": the lecture's decay, lr x0.1 for the second half; "cosine": down to 0 after a warmup
-    schedule: str = option("constant", "constant; step (the lecture's: lr/10 for the second half); cosine.",
+    schedule: str = option("constant", "constant; step (the lecture's: lr/10 after --decay-at of the steps); cosine.",
                            choices=SCHEDULES)
+    # the lecture's MLP drops its rate half way (0.5), its WaveNet for the last quarter (0.75)
+    decay_at: float = option(0.5, "With --schedule step: the fraction of the steps after which the rate drops "
+                             "tenfold.", low=0.0, high=1.0)
     warmup: int = option(0, "Linear warmup steps (cosine).", low=0, high=10**9)
     weight_decay: float = option(0.0, "The optimizer's decoupled decay (bigram-nn: the lecture's penalty "
                                  "wd*(W**2).mean()).", low=0.0, high=1e6)
@@ -58,7 +61,7 @@ class TrainConfig:
 
     def lr_at(self, step: int) -> float:
         if self.schedule == "step":
-            return self.lr if step < self.steps // 2 else self.lr * 0.1
+            return self.lr if step < int(self.steps * self.decay_at) else self.lr * 0.1
         if self.schedule == "cosine":
             if step < self.warmup:
                 return self.lr * (step + 1) / self.warmup

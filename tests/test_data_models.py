@@ -9,6 +9,7 @@ import torch
 from makemore import api, checkpoint, dataset
 from makemore.data import Vocab, read_items, split_items
 from makemore.dataset import build_dataset
+from makemore.errors import OptionError
 from makemore.models import MODEL_NAMES, get_model_class
 from makemore.models.bigram import Bigram, BigramConfig
 from makemore.train import TrainConfig, evaluate, train_loop
@@ -160,3 +161,28 @@ def test_checkpoint_round_trip_keeps_the_model(tmp_path, small_names, model_name
     rebuilt.load_state_dict(checkpoint.load(result.path)["state_dict"])
     x = torch.randint(len(trained.vocab), (4, trained.block_size))
     assert torch.equal(rebuilt.eval()(x), trained.model(x))
+
+
+def test_wavenet_fuses_pairs_and_keeps_batchnorm_statistics_for_eval_and_sampling(tmp_path, small_names):
+    from makemore.models.wavenet import WaveNet, WaveNetConfig
+
+    model = WaveNet(WaveNetConfig(block_size=4, n_embd=3, n_hidden=5), 7)
+    assert len(model.levels) == 2 and model(torch.zeros(2, 4, dtype=torch.long)).shape == (2, 7)
+    with pytest.raises(OptionError, match="power of two"):
+        WaveNet.check_config(WaveNetConfig(block_size=6), 7)
+    result = api.train("wavenet", small_names, tmp_path / "out", train_options=dict(steps=40), device="cpu",
+                       progress=False)
+    trained = api.load(result.path)
+    stats = {k: v for k, v in trained.model.state_dict().items() if "running" in k}
+    assert stats and all(v.abs().sum() > 0 for k, v in stats.items() if "mean" in k)
+    assert all(torch.equal(v, checkpoint.load(result.path)["state_dict"][k]) for k, v in stats.items())
+    # in eval mode an example's logits do not depend on the batch around it: the running statistics are used
+    x = torch.randint(len(trained.vocab), (16, trained.block_size))
+    assert torch.allclose(trained.model(x)[:1], trained.model(x[:1]), atol=1e-6)
+    assert trained.evaluate("dev")["loss"] == pytest.approx(result.dev_loss, rel=1e-12)
+
+
+def test_the_step_schedule_drops_tenfold_after_decay_at():
+    config = TrainConfig(steps=200, lr=0.1, schedule="step", decay_at=0.75)
+    assert [config.lr_at(s) for s in (0, 149, 150, 199)] == [0.1, 0.1, pytest.approx(0.01), pytest.approx(0.01)]
+    assert TrainConfig(steps=200, lr=0.1, schedule="step").lr_at(100) == pytest.approx(0.01)

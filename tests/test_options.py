@@ -114,8 +114,9 @@ def test_training_settings_from_any_json_are_checked(name, value):
 
 def test_declared_flags_show_each_models_default():
     found = {name: defaults for name, _, defaults in api.declared_options(("lr", "steps"))}
-    assert found["block_size"] == dict(bigram=1, **{"bigram-nn": 1}, mlp=6, ngram=5)
-    assert found["lr"] == {"bigram-nn": 0.3, "mlp": 0.003}
+    assert found["block_size"] == {m: get_model_class(m).Config().block_size for m in MODEL_NAMES}
+    assert found["block_size"]["mlp"] == 6 and found["block_size"]["ngram"] == 5
+    assert found["lr"]["bigram-nn"] == 0.3 and found["lr"]["mlp"] == 0.003 and "ngram" not in found["lr"]
     assert found["steps"]["mlp"] == "by data size"
 
 

@@ -5,6 +5,7 @@ Reference values (../shared/data/README.md): the counting bigram over all 228,14
 Skipped when the file is absent.
 """
 import json
+import os
 
 import pytest
 
@@ -46,3 +47,17 @@ def test_the_lecture_mlp_by_flags_lands_in_the_lectures_range(run):
     run("train", "--model", "mlp", "--data", SHARED_NAMES, "-q", *LECTURE_MLP_FLAGS)
     result = json.loads(run("eval", "--checkpoint", "out/mlp.safetensors", "--split", "dev", "--json").output)
     assert 2.15 <= result["loss"] <= 2.18
+
+
+# The README's command for the lecture's part 5 model (its defaults are the lecture's settings)
+LECTURE_WAVENET_FLAGS = ("--block-size", 8, "--n-embd", 24, "--n-hidden", 128, "--optimizer", "sgd",
+                         "--batch-size", 32, "--lr", 0.1, "--schedule", "step", "--decay-at", 0.75,
+                         "--steps", 200000)
+
+
+@pytest.mark.skipif(not os.environ.get("MAKEMORE_SLOW_TESTS"),
+                    reason="200,000 WaveNet steps take about 5 minutes on 2 cores: set MAKEMORE_SLOW_TESTS=1")
+def test_the_lecture_wavenet_by_flags_lands_at_the_lectures_loss(run):
+    run("train", "--model", "wavenet", "--data", SHARED_NAMES, "-q", *LECTURE_WAVENET_FLAGS)
+    result = json.loads(run("eval", "--checkpoint", "out/wavenet.safetensors", "--split", "dev", "--json").output)
+    assert 1.98 <= result["loss"] <= 2.01

@@ -117,3 +117,17 @@ def test_batches_resume_exactly_at_any_step(small_names, flat):
         for step in range(k, k + 3):
             for got, want in zip(again.next(), batches[step]):
                 assert torch.equal(got, want), (k, step)
+
+
+def test_wavenet_resumes_exactly_batchnorm_statistics_included(tmp_path, names):
+    """BatchNorm's running averages are part of the state a resumed run continues from."""
+    args = ["--model", "wavenet", "--data", names, "--block-size", 4, "--n-embd", 4, "--n-hidden", 8,
+            "--schedule", "constant", "-q"]
+    ok("train", *args, "--steps", 80, "--out", tmp_path / "whole")
+    ok("train", *args, "--steps", 40, "--out", tmp_path / "halves")
+    halves = tmp_path / "halves" / "wavenet.safetensors"
+    ok("train", "--resume", "--checkpoint", halves, "--steps", 80, "-q")
+    a, b = (checkpoint.load(p)["resume"]["state_dict"] for p in (tmp_path / "whole" / "wavenet.safetensors", halves))
+    assert any("running_var" in k for k in a)
+    for k, v in a.items():
+        assert torch.equal(v, b[k]), k

@@ -15,6 +15,7 @@ MODELS = {
     "bigram-nn": "makemore.models.bigram_nn",
     "mlp": "makemore.models.mlp",
     "ngram": "makemore.models.ngram",
+    "wavenet": "makemore.models.wavenet",
 }
 # models built from other checkpoints (makemore mix), not trained by makemore train
 BUILT = {"mixture": "makemore.models.mixture"}
