@@ -528,6 +528,12 @@ def _model_from(ckpt: dict, path) -> torch.nn.Module:
     except (MakemoreError, KeyError, TypeError, RuntimeError, ValueError, IndexError) as e:
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         raise CheckpointError(f"{path}: does not fit its model ({type(e).__name__}: {first})") from None
+    # finite weights can still predict nothing (a BatchNorm variance below 0 gives NaN): one context tells
+    with torch.no_grad():
+        logits = net.eval()(torch.zeros(1, net.block_size, dtype=torch.long))
+    if logits.isnan().any() or (logits == math.inf).any():
+        raise CheckpointError(f"{path}: does not fit its model (its predictions are not numbers); train again or "
+                              "restore a copy")
     return net
 
 

@@ -849,3 +849,16 @@ def test_train_resume_takes_what_the_loader_accepts(trained, tmp_path, name):
         assert len(result.stderr.strip().splitlines()) == 1 and "diverged" in result.stderr, result.stderr
     else:
         assert checkpoint.load(path)["step"] == 15
+
+
+def test_finite_weights_that_predict_nothing_are_refused_by_every_command(tmp_path, small_names):
+    """A BatchNorm variance below zero is a finite number, but the model's predictions become NaN."""
+    result = api.train("wavenet", small_names, tmp_path / "out", model_options=dict(block_size=4, n_embd=4, n_hidden=8),
+                       train_options=dict(steps=20), device="cpu", progress=False)
+    ckpt = checkpoint.load(result.path)
+    assert verdicts(result.path) == ["ok"] * len(COMMANDS)
+    ckpt["state_dict"]["levels.0.norm.running_var"].fill_(-1.0)
+    bad = tmp_path / f"negative-variance{checkpoint.SUFFIX}"
+    checkpoint.save(ckpt, bad)
+    found = verdicts(bad)
+    assert len(set(found)) == 1 and "predictions are not numbers" in found[0], found
