@@ -1,4 +1,5 @@
-"""The library behind the CLI: train, load, evaluate and sample. Raises exceptions, never exits."""
+"""The library behind the CLI: train, lr-find, mix and inspect here; a loaded model (load, Trained) in
+makemore.trained. Raises exceptions, never exits."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,62 +13,23 @@ from pathlib import Path
 
 import torch
 
-from makemore import checkpoint, distributed, instruments, memory, mixing, options, plots, stream, threads
-from makemore.constraints import NothingFound, Request, Samples, default_cap
+from makemore import checkpoint, distributed, instruments, memory, mixing, options, plots, threads
 from makemore.batches import BATCH_CHUNK
-from makemore.data import (DEFAULT_SPLIT_SEED, DEFAULT_SPLITS, SPLIT_NAMES, Vocab, default_data_path, fingerprint_bytes,
-                           is_regular_file, parse_items, read_bytes, read_items, read_items_file, split_items)
+from makemore.constraints import NothingFound, Samples
+from makemore.data import DEFAULT_SPLIT_SEED, DEFAULT_SPLITS, Data, Vocab, read_items, read_items_file
 from makemore.dataset import build_dataset
-from makemore.errors import CheckpointError, DataError, Interrupted, MakemoreError, OptionError, VocabularyError
+from makemore.errors import CheckpointError, DataError, Interrupted, MakemoreError, OptionError
 from makemore.files import atomic_write
 from makemore.models import get_model_class, trainable_classes
 from makemore.models.mixture import Mixture, MixtureConfig
-from makemore.nearest import nearest as closest
-from makemore.sampling import log_probs
-from makemore.sampling import sample as draw_samples
 from makemore.train import LoopState, TrainConfig, evaluate, make_optimizer, stop_on_signals, train_loop
+from makemore.trained import Trained, _changed_data, _model_from, load, resolve_device
 
 PLOT_HINT = plots.INSTALL_HINT
 latest = checkpoint.latest  # the checkpoint trained last in a folder
 
-__all__ = ["load", "train", "inspect", "mix", "lr_find", "read_items", "read_items_file", "Trained", "Samples", "MakemoreError", "OptionError",
-           "NothingFound"]
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise OptionError(f"--device: unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise OptionError("--device: CUDA is not available on this machine")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise OptionError("--device: MPS is not available on this machine")
-    return device
-
-
-@dataclass
-class Data:
-    """A data file read once: its items, fingerprint and split."""
-
-    path: Path
-    items: list[str]
-    fingerprint: str
-
-    @classmethod
-    def read(cls, path: str | Path | None = None) -> "Data":
-        path = Path(path) if path is not None else default_data_path()
-        raw = read_bytes(path)
-        return cls(path, parse_items(raw, str(path)), fingerprint_bytes(raw))
-
-    def split(self, splits=DEFAULT_SPLITS, seed: int = DEFAULT_SPLIT_SEED) -> dict[str, list[str]]:
-        return split_items(self.items, splits, seed, str(self.path))
+__all__ = ["load", "train", "inspect", "mix", "lr_find", "read_items", "read_items_file", "Data", "Trained", "Samples",
+           "resolve_device", "MakemoreError", "OptionError", "NothingFound"]
 
 
 def declared_options(train_fields: tuple = ()) -> list[tuple[str, options.Option, dict]]:
@@ -321,220 +283,6 @@ def train(model: str = "mlp", data: str | Path | None = None, out: str | Path = 
 def atomic_metrics(path: Path, metrics: list[dict]) -> None:
     text = "".join(json.dumps(record) + "\n" for record in metrics)
     atomic_write(path, lambda f: f.write(text.encode()))
-
-
-def _changed_data(ckpt: dict, data: Data, strict: bool, warn) -> None:
-    recorded, trained_on = Path(ckpt["data"]["path"]), ckpt["data"]["fingerprint"]
-    if _same_file(data.path, recorded):
-        message = (f"{data.path} has changed since training (fingerprint {data.fingerprint} now, "
-                   f"{trained_on} when the checkpoint was trained)")
-    else:
-        message = (f"{data.path} (fingerprint {data.fingerprint}) is not the data the checkpoint was trained on "
-                   f"({recorded}, fingerprint {trained_on})")
-    if strict:
-        raise DataError(message)
-    warn("warning: " + message)
-
-
-def _same_file(a, b) -> bool:
-    return Path(a).resolve() == Path(b).resolve()
-
-
-@dataclass
-class Trained:
-    """A loaded checkpoint: the model, its vocabulary and everything recorded about its training."""
-
-    path: Path
-    ckpt: dict
-    model: torch.nn.Module
-    vocab: Vocab
-    _cache: dict = dataclasses.field(default_factory=dict, repr=False)
-
-    @property
-    def name(self) -> str:
-        return self.ckpt["model"]
-
-    @property
-    def block_size(self) -> int:
-        return self.model.block_size
-
-    def items(self) -> list[str]:
-        return self.ckpt["items"].split("\n") if self.ckpt.get("items") else []
-
-    def splits(self, data: Data | None = None) -> dict[str, list[str]]:
-        items = data.items if data is not None else self.items()
-        name = str(data.path) if data is not None else self.ckpt["data"]["path"]
-        return split_items(items, tuple(self.ckpt["split"]["fractions"]), self.ckpt["split"]["seed"], name)
-
-    def read_data(self, data: str | Path | None = None, strict: bool = False, warn=None) -> Data | None:
-        """The training data file (or another given one), checked against the fingerprint; None when the
-        recorded file is gone (the items kept in the checkpoint are used instead)."""
-        warn = warn or (lambda message: print(message, file=sys.stderr))
-        if data is None:
-            recorded = Path(self.ckpt["data"]["path"])
-            if not is_regular_file(recorded) and self.ckpt.get("items"):
-                return None
-            data = recorded
-        loaded = Data.read(data)
-        # another file given on purpose is no cause for a warning; the training file changed is
-        if _same_file(loaded.path, self.ckpt["data"]["path"]) and loaded.fingerprint != self.ckpt["data"]["fingerprint"]:
-            _changed_data(self.ckpt, loaded, strict, warn)
-        return loaded
-
-    def check_text(self, text: str, what: str) -> None:
-        bad = self.vocab.unknown(text)
-        if bad:
-            shown = "".join(self.vocab.show(c) for c in self.vocab.chars[1:])
-            raise VocabularyError(f"{what} has characters the model never saw: {''.join(map(self.vocab.show, bad))!r} "
-                                  f"(its vocabulary: {shown!r})")
-
-    def evaluate(self, split: str = "dev", data: str | Path | None = None, strict: bool = False, warn=None) -> dict:
-        """Mean NLL per character (nats) and perplexity of one split (or 'all')."""
-        loaded = self.read_data(data, strict, warn)
-        if split == "all":
-            items = loaded.items if loaded is not None else self.items()
-        else:
-            items = self.splits(loaded)[split]
-        if not items:
-            raise DataError(f"the {split} split is empty (trained with --splits "
-                            f"{','.join(f'{f:g}' for f in self.ckpt['split']['fractions'])})")
-        self.check_text("".join(items), f"the {split} split")
-        ds = build_dataset(items, self.vocab, self.block_size).to(self.device)
-        loss = evaluate(self.model, ds)
-        return dict(split=split, loss=loss, perplexity=math.exp(loss) if loss < 700 else float("inf"),
-                    n_chars=len(ds), n_items=len(items), model=self.name, checkpoint=str(self.path))
-
-    def score(self, items: list[str]) -> list[dict]:
-        """Every transition of each item with its probability, and the item's total and mean NLL (nats)."""
-        for item in items:
-            self.check_text(item, f"the item {item!r}")
-        return instruments.score(self.model, self.vocab, items)
-
-    @property
-    def device(self) -> torch.device:
-        return next(iter(self.model.state_dict().values())).device
-
-    def sample(self, n: int = 10, seed: int | None = None, temperature: float = 1.0, top_k: int | None = None,
-               prefix: str = "", max_len: int | None = None, *, top_p: float | None = None, suffix: str = "",
-               min_len: int = 1, regex: str | None = None, new: bool = False, exclude=(), unique: bool = False,
-               max_tries: int | None = None, progress: bool = False) -> Samples:
-        """Draw n items that meet every constraint (the options of `makemore sample`, same names).
-
-        Returns a Samples list, shorter than n only when max_tries draws ran out first (samples.complete
-        is False and samples.report() says why). Raises OptionError for a request that can never be met
-        and NothingFound when no draw met the constraints.
-        """
-        request = Request(n=n, temperature=temperature, top_k=top_k, top_p=top_p, prefix=prefix, suffix=suffix,
-                          min_len=min_len, max_len=max_len, regex=regex, new=new, exclude=frozenset(exclude),
-                          unique=unique, max_tries=max_tries)
-        if new and not self.ckpt.get("items"):
-            raise CheckpointError(f"{self.path}: keeps no training items, so --new cannot tell new items apart")
-        return draw_samples(self.model, self.vocab, request, stream.key_of(seed),
-                            self._item_set() if new else frozenset(), default_cap=default_cap(self.items(), prefix),
-                            progress=progress)
-
-    def plot_loss(self, output: str | Path | None = None) -> Path:
-        """The training curve as a PNG (default: beside the checkpoint); needs matplotlib."""
-        plots.require()
-        if not self.ckpt.get("metrics"):
-            raise CheckpointError(f"{self.path}: a {self.name} model is counted, not trained step by step, so it "
-                                  "has no training curve")
-        return plots.training_curve(self.ckpt["metrics"], output or plots.curve_path(self.path),
-                                    plots.curve_title(self.name, self.ckpt["data"]["path"]))
-
-    def plot_embeddings(self, output: str | Path | None = None) -> Path:
-        """The lecture's scatter of the characters in the embedding table C, as a PNG; needs matplotlib."""
-        plots.require()
-        points, note, axes = instruments.embedding_2d(self.model)
-        labels = [self.vocab.show(c) for c in self.vocab.chars]
-        return plots.embeddings(points.tolist(), labels, output or self.path.with_suffix(".embeddings.png"),
-                                f"{self.name} character embeddings C\n{note}", axes)
-
-    def plot_counts(self, output: str | Path | None = None) -> Path:
-        """The lecture's bigram table (counts, or a bigram-nn's probabilities) as a PNG; needs matplotlib."""
-        plots.require()
-        table, counts = instruments.bigram_table(self.model)
-        labels = [self.vocab.show(c) for c in self.vocab.chars]
-        what = "bigram counts N[prev, next]" if counts else "bigram probabilities P[prev, next]"
-        return plots.bigram_table(table, labels, output or self.path.with_suffix(".counts.png"),
-                                  f"{self.name}: {what}", counts)
-
-    def _item_set(self) -> frozenset:
-        if "items" not in self._cache:
-            self._cache["items"] = frozenset(self.items())
-        return self._cache["items"]
-
-    def log_prob(self, items: list[str]) -> list[float]:
-        """Log-probability (nats) of each item under the model, its end included."""
-        self.check_text("".join(items), "an item")
-        return log_probs(self.model, self.vocab, list(items)).tolist()
-
-    def describe(self, items: list[str], nearest: bool = False) -> list[dict]:
-        """One record per item: item, log_prob (total), log_prob_per_char (per predicted token: the
-        characters and the end, the unit of eval's loss), split (train, dev, test or none), and with
-        nearest the closest item of the train split and its edit distance."""
-        total = self.log_prob(items)
-        where = self.where(items)
-        records = [dict(item=item, log_prob=round(lp, 4), log_prob_per_char=round(lp / (len(item) + 1), 4),
-                        split="none" if w == "new" else w) for item, lp, w in zip(items, total, where)]
-        if nearest and items:
-            train_items = self.splits()["train"]
-            if not train_items:
-                raise CheckpointError(f"{self.path}: keeps no training items to compare with")
-            index, distance = closest(list(items), train_items)
-            for record, i, d in zip(records, index, distance):
-                record.update(nearest=train_items[i], distance=d)
-        return records
-
-    def where(self, items: list[str]) -> list[str]:
-        """For each item: the split of the training data holding it ('train', 'dev', 'test') or 'new'."""
-        if "where" not in self._cache:
-            found = {}
-            parts = self.splits()
-            for split in reversed(SPLIT_NAMES):  # an item in several splits is reported by the first
-                found.update(dict.fromkeys(parts[split], split))
-            self._cache["where"] = found
-        return [self._cache["where"].get(item, "new") for item in items]
-
-
-EVAL_ROWS = 4096  # the examples of one evaluation chunk (train.evaluate) or a large sampling batch
-
-
-def load(path: str | Path | None = None, out: str | Path = "out", device: str = "cpu",
-         model: str | None = None, n_threads: int | None = None) -> Trained:
-    """Load a checkpoint (the one trained last in out when path is None), and set torch's thread count for
-    using it: n_threads, or makemore.threads' choice for the model's size and the machine's load."""
-    path = Path(path) if path is not None else checkpoint.latest(out)
-    ckpt = checkpoint.load(path)
-    if model is not None and ckpt["model"] != model:
-        raise CheckpointError(f"{path}: holds a {ckpt['model']} model, not {model}")
-    net = _model_from(ckpt, path)
-    dev = resolve_device(device)
-    net.to(dev).eval()
-    threads.setup(n_threads, dev, threads.work(net, EVAL_ROWS))
-    return Trained(path, ckpt, net, Vocab(ckpt["vocab"]))
-
-
-def _model_from(ckpt: dict, path) -> torch.nn.Module:
-    """The model of a checkpoint that checkpoint.load has checked, with its weights (the latest weights kept
-    for --resume are loaded first, so that they are checked too). Values that only the model can judge (an
-    n-gram's keys out of range) are a CheckpointError."""
-    try:
-        cls = get_model_class(ckpt["model"])
-        net = cls(cls.config_from(ckpt["config"], complete=True), len(ckpt["vocab"]))
-        if isinstance(ckpt.get("resume"), dict):
-            net.load_state_dict(ckpt["resume"]["state_dict"])
-        net.load_state_dict(ckpt["state_dict"])
-    except (MakemoreError, KeyError, TypeError, RuntimeError, ValueError, IndexError) as e:
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        raise CheckpointError(f"{path}: does not fit its model ({type(e).__name__}: {first})") from None
-    # finite weights can still predict nothing (a BatchNorm variance below 0 gives NaN): one context tells
-    with torch.no_grad():
-        logits = net.eval()(torch.zeros(1, net.block_size, dtype=torch.long))
-    if logits.isnan().any() or (logits == math.inf).any():
-        raise CheckpointError(f"{path}: does not fit its model (its predictions are not numbers); train again or "
-                              "restore a copy")
-    return net
 
 
 def lr_find(model: str = "mlp", data=None, model_options: dict | None = None, train_options: dict | None = None,

@@ -1,5 +1,5 @@
-"""Items, vocabulary and the train/dev/test split. Importing it does not import torch (only
-Vocab.from_items uses it), so that sampling can start without it.
+"""Items, vocabulary and the train/dev/test split, and a data file read once (Data). Importing it does not
+import torch (only Vocab.from_items uses it).
 
 The block_size dataset builder, which needs torch, is makemore.dataset.
 """
@@ -11,6 +11,7 @@ import os
 import random
 import stat
 import unicodedata
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -196,3 +197,21 @@ def min_items(splits) -> int:
     if bound > 10**6:
         return bound
     return next((n + 1 for n in range(bound - 1, 0, -1) if not enough(n)), 1)
+
+
+@dataclass
+class Data:
+    """A data file read once: its items, fingerprint and split."""
+
+    path: Path
+    items: list[str]
+    fingerprint: str
+
+    @classmethod
+    def read(cls, path: str | Path | None = None) -> "Data":
+        path = Path(path) if path is not None else default_data_path()
+        raw = read_bytes(path)
+        return cls(path, parse_items(raw, str(path)), fingerprint_bytes(raw))
+
+    def split(self, splits=DEFAULT_SPLITS, seed: int = DEFAULT_SPLIT_SEED) -> dict[str, list[str]]:
+        return split_items(self.items, splits, seed, str(self.path))
