@@ -198,9 +198,6 @@ def train(model: str = "mlp", data: str | Path | None = None, out: str | Path = 
     else:
         mconfig = model_config(model, model_options or {})
         tconfig = train_config(model, train_options or {})
-    out = Path(out)
-    if world.is_main:
-        check_writable(out)
     dataset = Data.read(data)
     if prior is not None and dataset.fingerprint != prior["data"]["fingerprint"]:
         _changed_data(prior, dataset, strict, warn)
@@ -210,6 +207,9 @@ def train(model: str = "mlp", data: str | Path | None = None, out: str | Path = 
         raise DataError(f"{dataset.path}: has characters the checkpoint's vocabulary lacks: "
                         f"{''.join(vocab.unknown(''.join(dataset.items)))!r}")
     net, train_set, dev_set = build_run(cls, mconfig, tconfig, vocab, parts, dev, with_dev=world.is_main)
+    out = Path(out)
+    if world.is_main:  # made only now: a run refused above leaves no empty folder behind
+        check_writable(out)
     governor = threads.Governor(threads.setup(n_threads, dev, threads.work(net, tconfig.batch_size)))
     if prior is None:  # a resumed run keeps the settings it started with
         apply_size_rules(cls, tconfig, train_options, len(train_set))

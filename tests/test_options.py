@@ -137,3 +137,11 @@ def test_expected_tensors_are_what_the_model_builds(model):
         if not cls.counts:
             model = cls(config, 11)
             assert cls.expected_parameters(config, 11) == [(q.dtype, tuple(q.shape)) for q in model.parameters()]
+
+
+def test_a_config_refused_for_its_data_leaves_no_output_folder(run, small_names, tmp_path):
+    """Checks across fields or against the vocabulary (check_config) are usage errors too, made before
+    the output folder is."""
+    result = run("train", "--model", "wavenet", "--data", small_names, "--block-size", 6, "--out", "new", ok=False)
+    assert result.exit_code == 2 and "power of two" in result.output
+    assert not (tmp_path / "new").exists()
