@@ -42,8 +42,9 @@ class MLP(Model):
 
     Config = MLPConfig
     # Weight decay is what keeps this wide model from overfitting. Dev loss on the lecture's names after
-    # 25,682 steps (block_size 12, direct connections on): decay 0 2.049 (train 1.63), 0.03 1.981, 0.04 1.972,
-    # 0.05 1.969 (train 1.75), 0.07 1.972, 0.1 1.991, 0.2 2.080 (train 2.05: underfits)
+    # 25,682 steps, measured at block_size 12 before the default became 6 (direct connections on): decay 0
+    # 2.049 (train 1.63), 0.03 1.981, 0.04 1.972, 0.05 1.969 (train 1.75), 0.07 1.972, 0.1 1.991, 0.2 2.080
+    # (train 2.05: underfits). At the default block_size 6, decay 0.05 gives dev 1.9680 (bench/results/mlp.md)
     train_defaults = dict(steps=25000, batch_size=128, lr=3e-3, optimizer="adamw", schedule="cosine",
                           weight_decay=0.05)
     # Without --steps, training makes EPOCHS passes over the training examples, within these bounds;
