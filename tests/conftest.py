@@ -62,5 +62,16 @@ def run(tmp_path, monkeypatch):
     return invoke
 
 
+def invoke(*args):
+    """The real CLI in this process, in the current folder; returns click's Result."""
+    return CliRunner(env={"MAKEMORE_DEBUG": ""}).invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def ok(*args):
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    return result
+
+
 def needs_shared_names():
     return pytest.mark.skipif(not SHARED_NAMES.exists(), reason="../shared/data/names-2018.txt is absent")

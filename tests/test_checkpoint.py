@@ -19,12 +19,11 @@ import pytest
 import safetensors
 import safetensors.torch
 import torch
-from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import invoke, ok
 from makemore import api, checkpoint
-from makemore.cli import cli
 from makemore.errors import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,16 +31,6 @@ TINY_MLP = ["--model", "mlp", "--n-embd", "4", "--n-hidden", "16", "--batch-size
             "--eval-interval", "5", "-q"]
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-
-
-def invoke(*args):
-    return CliRunner(env={"MAKEMORE_DEBUG": ""}).invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
-def ok(*args):
-    result = invoke(*args)
-    assert result.exit_code == 0, result.output
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -573,12 +562,10 @@ def test_what_broke_before_is_one_line_now(trained, tmp_path, name):
 def test_an_optimizer_setting_the_loop_does_not_use_is_refused_by_resume_only(trained, tmp_path):
     """The optimizer's settings differ between torch versions, so load checks their types and train --resume
     compares them with the optimizer it makes: sampling such a file works, resuming it is one line, exit 1."""
-    CRAFTED["capturable"] = ("mlp", _doc_change(("resume", "optimizer", "param_groups", 0, "capturable"), True),
-                             None, [])
-    try:
-        path = craft("capturable", trained, tmp_path)
-    finally:
-        del CRAFTED["capturable"]
+    header, body = unpack(trained["mlp"].read_bytes())
+    change = _doc_change(("resume", "optimizer", "param_groups", 0, "capturable"), True)
+    path = tmp_path / f"capturable{checkpoint.SUFFIX}"
+    path.write_bytes(seal(header, body, change(document(header))))
     assert not isinstance(attempt(path), str)
     result = invoke("train", "--resume", "--checkpoint", path, "--steps", 15, "-q")
     assert result.exit_code == 1 and "Traceback" not in result.output
@@ -682,23 +669,23 @@ def test_a_fifo_or_a_device_as_checkpoint_never_hangs(tmp_path, command):
         assert lines[0].startswith(f"Error: {path}: ") and "not a regular file" in lines[0]
 
 
-def test_a_recorded_data_path_that_is_a_fifo_is_not_read_by_inspect(trained, tmp_path):
+def fifo_data(trained, tmp_path) -> Path:
+    """A good checkpoint whose recorded data path is a FIFO."""
     fifo = tmp_path / "names.txt"
     os.mkfifo(fifo)
     header, body = unpack(trained["bigram"].read_bytes())
     path = tmp_path / f"fifo-data{checkpoint.SUFFIX}"
     path.write_bytes(seal(header, body, _replaced(document(header), ("data", "path"), str(fifo))))
-    result = run_cli("inspect", "--json", path, timeout=60)
+    return path
+
+
+def test_a_recorded_data_path_that_is_a_fifo_is_not_read_by_inspect(trained, tmp_path):
+    result = run_cli("inspect", "--json", fifo_data(trained, tmp_path), timeout=60)
     assert result.returncode == 0 and json.loads(result.stdout)["data"]["status"] == "unreadable", result.stderr
 
 
 def test_a_recorded_data_path_that_is_a_fifo_is_not_read_by_eval(trained, tmp_path):
-    fifo = tmp_path / "names.txt"
-    os.mkfifo(fifo)
-    header, body = unpack(trained["bigram"].read_bytes())
-    path = tmp_path / f"fifo-data{checkpoint.SUFFIX}"
-    path.write_bytes(seal(header, body, _replaced(document(header), ("data", "path"), str(fifo))))
-    result = run_cli("eval", "--checkpoint", path, timeout=20)
+    result = run_cli("eval", "--checkpoint", fifo_data(trained, tmp_path), timeout=20)
     assert result.returncode == 0, result.stderr
 
 

@@ -5,22 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
+from conftest import invoke, ok
 from makemore import checkpoint
-from makemore.cli import cli
 
 TINY = ["--model", "mlp", "--n-embd", "4", "--n-hidden", "16", "--batch-size", "16", "-q"]
-
-
-def invoke(*args):
-    return CliRunner(env={"MAKEMORE_DEBUG": ""}).invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
-def ok(*args):
-    result = invoke(*args)
-    assert result.exit_code == 0, result.output
-    return result
 
 
 def one_line_error(result) -> str:
