@@ -53,13 +53,6 @@ class Option:
             raise OptionError(f"{flag(name)}: {_shown(value)} is too large; it must be at most {_num(self.high)}{note}")
         return float(value) if self.kind is float else value
 
-    def describe_range(self) -> str:
-        """The accepted values in words, for help texts."""
-        if self.choices:
-            return "|".join(map(str, self.choices))
-        low = f"{'>' if self.low_open else '>='} {_num(self.low)}" if self.low is not None else ""
-        high = f"<= {_num(self.high)}" if self.high is not None else ""
-        return ", ".join(part for part in (low, high) if part)
 
 
 _KIND_NAMES = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}

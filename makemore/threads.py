@@ -255,12 +255,6 @@ class Governor:
                 self._t0 += self._clock() - t
                 self._cpu0 += self._cpu_clock() - cpu
 
-    def skip(self, step: int) -> None:
-        """Start a new window at step: the time since the last tick went on more than steps (for a caller
-        that sees only log points, after one with an evaluation; paused() is the precise way)."""
-        if self._due != math.inf:
-            self._start(step, self._clock())
-
     def _start(self, step: int, now: float) -> None:
         self._step, self._t0, self._cpu0 = step, now, self._cpu_clock()
         self._due = now + (self.PROBE_CHECK if self.threads != self._home else self.WINDOW)

@@ -321,23 +321,6 @@ def test_time_in_paused_blocks_is_not_taken_for_slow_steps():
         assert (gov.switches == []) == pause
 
 
-def test_skip_leaves_out_what_came_since_the_last_tick():
-    for skip in (True, False):
-        machine = FakeMachine(two_cores)
-        gov = machine.governor()
-        step = machine.run(gov, 5.0)
-        for _ in range(20):  # every 100 steps an evaluation of 0.5 s, after which the caller skips
-            for _ in range(100):
-                step += 1
-                machine.now += 1e-3
-                machine.cpu += 2e-3
-                gov.tick(step)
-            machine.now += 0.5
-            if skip:
-                gov.skip(step)
-        assert (gov.switches == []) == skip
-
-
 def test_ticks_every_few_steps_work_as_well():
     machine = FakeMachine(two_cores, load=lambda now: 1 if now >= 5 else 0)
     gov = machine.governor()
