@@ -24,6 +24,9 @@ from makemore.dataset import build_dataset
 from makemore.errors import OptionError
 
 FIRST_BATCH, MAX_BATCH = 256, 8192  # batch sizes: 256, 512, ... up to 8,192, then 8,192 each
+# ... and at most this many numbers in a batch's (rows, vocabulary) probabilities: 8,192 rows of a 10,000
+# character vocabulary would be 655 MB in float64, for every copy the draw makes
+BATCH_NUMBERS = 1 << 20
 
 
 def next_token_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
@@ -129,7 +132,7 @@ def sample(model, vocab, request: Request, key: int, data_items=frozenset(), def
         bar = tqdm(total=r.n, delay=1.0, leave=False, file=sys.stderr, unit="item", desc="sampling")
     try:
         while tally.going():
-            size = min(MAX_BATCH, FIRST_BATCH << min(batches, 10))
+            size = max(1, min(MAX_BATCH, FIRST_BATCH << min(batches, 10), BATCH_NUMBERS // len(vocab)))
             batches += 1
             keys = stream.item_keys(key, torch.arange(first, first + size))
             first += size

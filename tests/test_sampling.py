@@ -341,3 +341,19 @@ def test_stream_is_seeded_uniform_and_the_same_on_integers_and_tensors():
     assert len(set(u.tolist())) == len(u)
     assert torch.equal(u, stream.uniforms(stream.item_keys(stream.key_of(7), torch.arange(100_000)), 3))
     assert stream.key_of(None) != stream.key_of(None)
+
+
+def test_batches_of_a_large_vocabulary_stay_small_and_draw_the_same_items(bigram, monkeypatch):
+    """A batch holds at most BATCH_NUMBERS probabilities; which items come out does not depend on it."""
+    expected = bigram.sample(300, seed=5)
+    sizes = []
+    draw = sampling.draw_batch
+
+    def recording(model, prefix_ids, keys, *args):
+        sizes.append(len(keys))
+        return draw(model, prefix_ids, keys, *args)
+
+    monkeypatch.setattr(sampling, "draw_batch", recording)
+    monkeypatch.setattr(sampling, "BATCH_NUMBERS", 40 * len(bigram.vocab))
+    assert list(bigram.sample(300, seed=5)) == list(expected)
+    assert sizes and max(sizes) == 40
