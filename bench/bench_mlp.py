@@ -229,7 +229,7 @@ def to_target(args, Xtr, Ytr, V, Xdev, Ydev, log):
     log("makemore defaults with dev checks every 250 steps")
     d = default_run(args.data, 250)
     lec_best = min(dev for _, _, dev in lec_history)
-    p(f"### Wall time to a dev loss (dev checks off the clock in both)\n")
+    p("### Wall time to a dev loss (dev checks off the clock in both)\n")
     p("| run | to dev 2.17: step | seconds | to the lecture's best dev "
       f"({lec_best:.4f}): step | seconds | dev loss at the end |")
     p("|---|---:|---:|---:|---:|---:|")

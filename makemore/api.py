@@ -13,14 +13,14 @@ from pathlib import Path
 
 import torch
 
-from makemore import checkpoint, distributed, instruments, memory, mixing, options, plots, threads
+from makemore import checkpoint, declarations, distributed, instruments, memory, mixing, options, plots, threads
 from makemore.batches import BATCH_CHUNK
 from makemore.constraints import NothingFound, Samples
 from makemore.data import DEFAULT_SPLIT_SEED, DEFAULT_SPLITS, Data, Vocab, read_items, read_items_file
 from makemore.dataset import build_dataset
 from makemore.errors import CheckpointError, DataError, Interrupted, MakemoreError, OptionError
 from makemore.files import atomic_write
-from makemore.models import get_model_class, trainable_classes
+from makemore.models import get_model_class
 from makemore.models.mixture import Mixture, MixtureConfig
 from makemore.train import LoopState, TrainConfig, evaluate, make_optimizer, stop_on_signals, train_loop
 from makemore.trained import Trained, _changed_data, _model_from, load, resolve_device
@@ -32,76 +32,25 @@ __all__ = ["load", "train", "inspect", "mix", "lr_find", "read_items", "read_ite
            "resolve_device", "MakemoreError", "OptionError", "NothingFound"]
 
 
-def declared_options(train_fields: tuple = ()) -> list[tuple[str, options.Option, dict]]:
-    """The flags of the models' options and of the given training settings, from their declarations:
-    (field name, its Option, its default by model name). A name several models declare is one flag."""
-    classes = trainable_classes()
-    found: dict[str, tuple[options.Option, dict]] = {}
-    helps: dict[str, list[str]] = {}
-    for model, cls in classes.items():
-        for name, (spec, default) in options.declared(cls.Config).items():
-            first, defaults = found.setdefault(name, (spec, {}))
-            if first.kind is not spec.kind:
-                raise TypeError(f"{options.flag(name)} is a {first.kind.__name__} in one model and a "
-                                f"{spec.kind.__name__} in {model}: one flag has one kind")
-            defaults[model] = default
-            helps.setdefault(name, []).append(spec.help)
-    for name, texts in helps.items():  # a flag of several models says what most of them say
-        spec, defaults = found[name]
-        found[name] = (dataclasses.replace(spec, help=max(texts, key=texts.count)), defaults)
-    settings = options.declared(TrainConfig)
-    trained = {model: cls for model, cls in classes.items() if not cls.counts}
-    for name in train_fields:
-        spec, default = settings[name]
-        defaults = {model: cls.train_defaults.get(name, default) for model, cls in trained.items()}
-        for model, cls in trained.items():
-            if _size_rule(cls, name) is not None:
-                defaults[model] = "by data size"
-        found[name] = (spec, defaults)
-    return [(name, spec, defaults) for name, (spec, defaults) in found.items()]
-
-
-PROBE_EXAMPLES = 100_000  # any data size: the help only asks whether a model has a rule
-
-
-def _size_rule(cls, name: str):
-    """What the model's rule for a setting gives for some data size, or None without a rule."""
-    if name == "steps":
-        return cls.default_steps(PROBE_EXAMPLES, cls.train_defaults.get("batch_size", 32))
-    if name == "weight_decay":
-        return cls.default_weight_decay(PROBE_EXAMPLES)
-    return None
-
-
-def split_settings(settings: dict) -> tuple[dict, dict]:
-    """Flag values (None where not given) as (model options, training settings)."""
-    train_fields = options.declared(TrainConfig)
-    model_options = {k: v for k, v in settings.items() if k not in train_fields}
-    return model_options, {k: v for k, v in settings.items() if k in train_fields}
-
-
 def model_config(model_name: str, given: dict):
     """The model's config with the given (non-None) options applied, each checked where it is declared;
     an option the model does not take is an OptionError naming the models that take it."""
-    cls = get_model_class(model_name)
-    given = {k: v for k, v in given.items() if v is not None}
-    takes = options.declared(cls.Config)
-    for name in given:
-        if name not in takes:
-            others = [m for m, c in trainable_classes().items() if name in options.declared(c.Config)]
-            raise OptionError(f"{options.flag(name)} does not apply to --model {model_name}; it is an option of "
-                              f"{', '.join(others) or 'no model'}")
-    return cls.config_from(given)
+    given = _given(given)
+    declarations.from_classes().check(model_name, given, {})
+    return get_model_class(model_name).config_from(given)
+
+
+def _given(values: dict | None) -> dict:
+    """The options the user gave: those not None."""
+    return {k: v for k, v in (values or {}).items() if v is not None}
 
 
 def train_config(model_name: str, given: dict) -> TrainConfig:
-    """The loop's settings: TrainConfig's defaults, then the model's train_defaults, then the given values."""
-    cls = get_model_class(model_name)
-    given = {k: v for k, v in given.items() if v is not None}
-    if cls.counts and given:
-        raise OptionError(f"{options.flag(next(iter(given)))} does not apply to --model {model_name}: it is "
-                          "counted in one pass, not trained step by step")
-    return options.make(TrainConfig, dict(cls.train_defaults, **given), what="training")
+    """The loop's settings: TrainConfig's defaults, then the model's train_defaults, then the given values;
+    checked as declared (a counting model takes none)."""
+    given = _given(given)
+    declarations.from_classes().check(model_name, {}, given)
+    return options.make(TrainConfig, dict(get_model_class(model_name).train_defaults, **given), what="training")
 
 
 def apply_size_rules(cls, tconfig: TrainConfig, given: dict | None, n_examples: int) -> None:
@@ -124,8 +73,10 @@ def build_run(cls, mconfig, tconfig: TrainConfig, vocab: Vocab, parts: dict, dev
     check_fits(cls, mconfig, tconfig, len(vocab), parts["train"] + (parts["dev"] if with_dev else []), dev)
     torch.manual_seed(tconfig.seed)
     net = cls(mconfig, len(vocab)).to(dev)
-    train_set = build_dataset(parts["train"], vocab, mconfig.block_size).to(dev)
-    dev_set = build_dataset(parts["dev"], vocab, mconfig.block_size).to(dev) if parts["dev"] and with_dev else None
+    train_set = build_dataset(parts["train"], vocab, mconfig.block_size, cls.whole_items).to(dev)
+    dev_set = None
+    if parts["dev"] and with_dev:
+        dev_set = build_dataset(parts["dev"], vocab, mconfig.block_size, cls.whole_items).to(dev)
     return net, train_set, dev_set
 
 
@@ -202,6 +153,8 @@ def train(model: str = "mlp", data: str | Path | None = None, out: str | Path = 
     if prior is not None and dataset.fingerprint != prior["data"]["fingerprint"]:
         _changed_data(prior, dataset, strict, warn)
     parts = dataset.split(splits, split_seed)
+    if prior is None:
+        mconfig = cls.config_for_data(mconfig, _given(model_options), parts["train"])
     vocab = Vocab(prior["vocab"]) if prior is not None else Vocab.from_items(dataset.items)
     if prior is not None and vocab.unknown("".join(dataset.items)):
         raise DataError(f"{dataset.path}: has characters the checkpoint's vocabulary lacks: "
@@ -292,16 +245,11 @@ def lr_find(model: str = "mlp", data=None, model_options: dict | None = None, tr
     """The lecture's sweep on a fresh model, set up from the data and options exactly as train would be;
     with plot_path, its plot too, when matplotlib is installed (sweep.plot: the file, or None)."""
     cls = get_model_class(model)
-    if cls.counts:
-        trainable = [n for n, c in trainable_classes().items() if not c.counts]
-        raise OptionError(f"--model {model} is counted in one pass, it has no learning rate; lr-find "
-                          f"applies to {', '.join(trainable)}")
-    if not min_lr < max_lr:
-        raise OptionError(f"--min-lr ({min_lr:g}) must be below --max-lr ({max_lr:g})")
+    declarations.from_classes().check_sweep(model, min_lr, max_lr)
     dev = resolve_device(device)
     dataset = Data.read(data)
     parts = dataset.split(splits, split_seed)
-    mconfig = model_config(model, model_options or {})
+    mconfig = cls.config_for_data(model_config(model, model_options or {}), _given(model_options), parts["train"])
     tconfig = train_config(model, train_options or {})
     vocab = Vocab.from_items(dataset.items)
     net, train_set, _ = build_run(cls, mconfig, tconfig, vocab, dict(parts, dev=[]), dev)

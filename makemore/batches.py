@@ -19,7 +19,8 @@ class BatchSampler:
     and keeps its own columns: the processes see different examples and share one generator state.
     Contexts are gathered for about GATHER examples at once, then handed out as views.
 
-    next() gives contexts (B, block_size) and targets (B,), or with flat=True the shapes a model's step by
+    next() gives contexts (B, block_size) and targets (B,) (a dataset of whole items: (B, block_size) each),
+    or with flat=True the shapes a model's step by
     hand takes: contexts flattened, (B * block_size,), and targets as a column, (B, 1).
     """
 
@@ -70,6 +71,6 @@ class BatchSampler:
             if self.flat:
                 self.xs, self.ys = x.view(n, -1).unbind(0), y.view(n, B, 1).unbind(0)
             else:
-                self.xs, self.ys = x.view(n, B, -1).unbind(0), y.view(n, B).unbind(0)
+                self.xs, self.ys = x.view(n, B, -1).unbind(0), y.view(n, B, *y.shape[1:]).unbind(0)
         self.step += 1
         return self.xs[i], self.ys[i]

@@ -106,26 +106,34 @@ def _plain(value) -> str:
 class RegistryCommand(click.Command):
     """A command whose model options and training settings are built from their declarations (the
     models' configs in the registry, and train.TrainConfig) when click first needs the parameters, so that
-    `makemore --help` imports neither the models nor torch."""
+    `makemore --help` imports neither the models nor torch; makemore.declarations' manifest spares
+    `makemore train --help` and the usage errors that import too."""
 
     def __init__(self, *args, train_fields: tuple = (), **kwargs):
         super().__init__(*args, **kwargs)
-        self.train_fields, self.built_for = train_fields, None
+        self.train_fields, self.built_for, self.declarations = train_fields, None, None
 
     def get_params(self, ctx):
-        if self.built_for != tuple(MODELS):  # built once, and again only if the registry changed
-            self.built_for = tuple(MODELS)
-            from makemore import api
+        if self.built_for != tuple(MODELS.items()):  # built once, and again only if the registry changed
+            self.built_for = tuple(MODELS.items())
+            from makemore import declarations
 
+            self.declarations = declarations.load()
             self.params = [p for p in self.params if not getattr(p, "declared", False)]
             model = next(i for i, p in enumerate(self.params) if p.name == "model_name")
             self.params[model].type = click.Choice(tuple(MODELS))
             declared = [_declared_option(name, spec, defaults) for name, spec, defaults
-                        in api.declared_options(self.train_fields)]
+                        in self.declarations.flags(self.train_fields)]
             for option in declared:
                 option.declared = True
             self.params[model + 1:model + 1] = declared
         return super().get_params(ctx)
+
+
+def _declared():
+    """The makemore.declarations.Declarations that the running RegistryCommand built its flags from."""
+    return click.get_current_context().command.declarations
+
 
 def handle_errors(command):
     """Turn the library's errors into one-line messages and exit codes (1, or 2 for usage errors)."""
@@ -218,20 +226,22 @@ def train(model_name, data, out, name, splits, split_seed, resume, checkpoint_pa
     For data-parallel training on several CPU processes or GPUs, launch it with torchrun, e.g.
     torchrun --standalone --nproc-per-node 2 -m makemore train; rank 0 prints and saves.
     """
-    from makemore import api
-    from makemore.errors import Interrupted
-
-    model_options, train_options = api.split_settings(settings)
-    resume_path = None
+    declared = _declared()
+    model_options, train_options = declared.split(settings)
     if resume:
         given = [k for k, v in {**model_options, **train_options, "name": name}.items()
                  if v is not None and k != "steps"]
         if given:
             raise click.UsageError("--resume continues a run as it was set up; only --steps may change "
                                    f"(got --{given[0].replace('_', '-')})")
-        resume_path = checkpoint_path or api.latest(out)
     elif checkpoint_path:
         raise click.UsageError("--checkpoint goes with --resume; to name the new checkpoint use --name")
+    else:  # what api.train would refuse by the declarations alone, refused before torch is imported
+        declared.check(model_name, model_options, train_options)
+    from makemore import api
+    from makemore.errors import Interrupted
+
+    resume_path = (checkpoint_path or api.latest(out)) if resume else None
     try:
         result = api.train(model_name, data, out, name, model_options, train_options, splits, split_seed,
                            resume=resume_path, device=device, progress=not quiet, strict=strict,
@@ -460,9 +470,13 @@ def lr_find(model_name, data, min_lr, max_lr, steps, splits, split_seed, plot_pa
     up, and plots loss against log10(lr) when matplotlib is installed."""
     from pathlib import Path
 
+    declared = _declared()
+    model_options, train_options = declared.split(settings)
+    # what api.lr_find would refuse by the declarations alone, refused before torch is imported
+    declared.check_sweep(model_name, min_lr, max_lr)
+    declared.check(model_name, model_options, train_options)
     from makemore import api
 
-    model_options, train_options = api.split_settings(settings)
     sweep = api.lr_find(model_name, data, model_options, train_options, min_lr, max_lr, steps, splits,
                         split_seed, device, progress=not quiet,
                         plot_path=plot_path or Path(out) / f"lr-find-{model_name}.png", n_threads=n_threads)

@@ -1,4 +1,7 @@
-"""The block_size dataset builder: every item as contexts of block_size tokens and the next token."""
+"""The dataset builder: every item as windows (block_size previous tokens -> the next token, for the MLP and
+the other fixed-context models) or as whole rows (every position of an item predicted at once, for the
+models that read an item left to right), both from one token stream with the same targets: each character
+of an item and the boundary token that ends it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,30 +19,56 @@ def _smallest_int_dtype(max_value: int) -> torch.dtype:
     return torch.int64
 
 
+IGNORE = -1  # the target of a row position that predicts nothing (after the item's end, or a tail row's start)
+
+
 @dataclass
 class Dataset:
-    """Every item as len(item)+1 examples: the block_size previous tokens (boundary-padded) -> the next token.
+    """Every item as examples of block_size tokens, kept compact: one flat token stream in the smallest
+    integer type, each item preceded by boundary tokens, and where each example sits in it. Contexts are
+    gathered per batch, so memory grows with the data, not with data x block_size.
 
-    Kept compact: one flat token stream in the smallest integer type, each item preceded by block_size
-    boundary tokens, and the positions of the targets in it. Contexts are gathered per batch, so memory
-    grows with the data, not with data x block_size.
+    Windows (rows None): len(item)+1 examples per item, the block_size previous tokens (boundary-padded)
+    -> the next token. Rows: an item of up to block_size-1 characters is one example, its boundary token
+    and characters (B, block_size) -> every next token (B, block_size), IGNORE after its end; a longer item
+    adds one tail row per further target, the block_size characters before it -> that target, so that each
+    target is predicted from exactly what its window holds. Both count every target once.
     """
 
     tokens: torch.Tensor  # (T,) token ids, small integer type
-    positions: torch.Tensor  # (N,) where each target sits in tokens
+    positions: torch.Tensor  # (N,) windows: where each target sits in tokens; rows: where each row starts
     block_size: int
     n_items: int
+    rows: torch.Tensor | None = None  # (N,) rows: the first position of each row that has a target
+    n_targets: int = -1  # rows: the characters and item ends the rows predict
+
+    def __post_init__(self):
+        if self.rows is None:
+            self.n_targets = self.positions.numel()
+
+    @property
+    def whole_items(self) -> bool:
+        return self.rows is not None
 
     def __len__(self) -> int:
         return self.positions.numel()
 
     def batch(self, ix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Contexts (B, block_size) and targets (B,) as int64 for the examples ix."""
+        """Windows: contexts (B, block_size) and targets (B,); rows: inputs and targets (B, block_size);
+        int64, for the examples ix."""
         p = self.positions[ix].long()
-        rel = torch.arange(-self.block_size, 0, device=p.device)
-        x = self.tokens[p[:, None] + rel].long()
-        y = self.tokens[p].long()
-        return x, y
+        if self.rows is None:
+            rel = torch.arange(-self.block_size, 0, device=p.device)
+            return self.tokens[p[:, None] + rel].long(), self.tokens[p].long()
+        # the last item's row reads past the stream's end: those positions lie after its end, so the
+        # clamped index is as good as any
+        at = (p[:, None] + torch.arange(self.block_size + 1, device=p.device)).clamp_(max=self.tokens.numel() - 1)
+        row = self.tokens[at].long()
+        x, y = row[:, :-1], row[:, 1:]
+        is_end = y == 0
+        after_end = (is_end.cumsum(1) - is_end.long()) > 0
+        before_first = torch.arange(self.block_size, device=p.device) < self.rows[ix].long()[:, None]
+        return x, y.masked_fill(after_end | before_first, IGNORE)
 
     def chunks(self, size: int = 65536):
         """All examples in order, a chunk at a time."""
@@ -52,33 +81,61 @@ class Dataset:
         return self.batch(torch.arange(len(self), device=self.positions.device))
 
     def to(self, device) -> "Dataset":
-        return Dataset(self.tokens.to(device), self.positions.to(device), self.block_size, self.n_items)
+        rows = None if self.rows is None else self.rows.to(device)
+        return Dataset(self.tokens.to(device), self.positions.to(device), self.block_size, self.n_items, rows,
+                       self.n_targets)
 
 
 BUILD_CHUNK = 1 << 16  # items encoded at a time: the working tensors stay in cache, the peak near the result
 
 
-def build_dataset(items: list[str], vocab: Vocab, block_size: int) -> Dataset:
-    """Encode items with whole-string and tensor operations: no Python loop per character."""
+def build_dataset(items: list[str], vocab: Vocab, block_size: int, whole_items: bool = False) -> Dataset:
+    """Encode items with whole-string and tensor operations: no Python loop per character. whole_items:
+    rows instead of windows (see Dataset)."""
     if block_size < 1:
         raise ValueError("block_size must be at least 1")
-    token_parts, position_parts, offset = [], [], 0
+    # a window must never reach into the previous item, so it gets block_size boundary tokens before it;
+    # a row starts at its item's boundary token and a tail row inside its item, so one is enough
+    lead = 1 if whole_items else block_size
+    token_parts, position_parts, row_parts, offset = [], [], [], 0
     for start in range(0, max(len(items), 1), BUILD_CHUNK):
-        tokens, positions = _encode_items(items[start:start + BUILD_CHUNK], vocab, block_size)
+        tokens, positions = _encode_items(items[start:start + BUILD_CHUNK], vocab, lead)
+        if whole_items:
+            positions, first = _rows(tokens, positions, block_size)
+            row_parts.append(first)
         position_parts.append(positions.to(_smallest_int_dtype(offset + tokens.numel())).add_(offset))
         token_parts.append(tokens)
         offset += tokens.numel()
     tokens = token_parts[0] if len(token_parts) == 1 else torch.cat(token_parts)
     positions = position_parts[0] if len(position_parts) == 1 else torch.cat(position_parts)
-    return Dataset(tokens, positions.to(_smallest_int_dtype(offset)), block_size, len(items))
+    positions = positions.to(_smallest_int_dtype(offset))
+    if not whole_items:
+        return Dataset(tokens, positions, block_size, len(items))
+    rows = torch.cat(row_parts).to(_smallest_int_dtype(block_size))
+    n_targets = sum(map(len, items)) + sum(1 for item in items if item)
+    return Dataset(tokens, positions, block_size, len(items), rows, n_targets)
 
 
-def _encode_items(items: list[str], vocab: Vocab, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token stream and target positions (int64) of some items; chunks of it concatenate to the whole."""
-    # Each item gets block_size newlines before it and one after: the newlines become boundary
-    # tokens, so a context window never reaches into the previous item.
-    pad = "\n" * (block_size + 1)
-    text = "\n" * block_size + pad.join(items) + "\n"
+def _rows(tokens: torch.Tensor, targets: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each row starts and its first position with a target, in stream order, from the targets'
+    positions: a row at each item's boundary token, and a tail row for each target at least block_size
+    characters into its item."""
+    starts_item = tokens[targets - 1] == 0  # the first character's target follows the boundary token
+    index = torch.arange(targets.numel())
+    into_item = index - torch.where(starts_item, index, 0).cummax(0).values  # 0 for an item's first target
+    tail = into_item >= block_size
+    starts = torch.cat([targets[starts_item] - 1, targets[tail] - block_size])
+    first = torch.cat([torch.zeros(int(starts_item.sum()), dtype=torch.long),
+                       torch.full((int(tail.sum()),), block_size - 1, dtype=torch.long)])
+    order = starts.argsort(stable=True)
+    return starts[order], first[order]
+
+
+def _encode_items(items: list[str], vocab: Vocab, lead: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token stream and target positions (int64) of some items, each item with lead boundary tokens before
+    it and one after; chunks of it concatenate to the whole."""
+    pad = "\n" * (lead + 1)
+    text = "\n" * lead + pad.join(items) + "\n"
     ids = _encode_ascii(text, vocab) if text.isascii() and len(vocab) < 128 else _encode_any(text, vocab)
     if ids is None:
         bad = "".join(vocab.unknown("".join(items)))

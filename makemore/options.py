@@ -102,9 +102,14 @@ def make(config_cls, values: dict, *, what: str, complete: bool = False):
     A name the config does not declare is an OptionError naming what (e.g. "--model mlp"); with complete,
     so is a declared name that is missing (a checkpoint records every field).
     """
+    return config_cls(**check_all(declared(config_cls), values, what=what, complete=complete))
+
+
+def check_all(options: dict[str, tuple[Option, Any]], values: dict, *, what: str, complete: bool = False) -> dict:
+    """The values checked (and normalised) as make checks them, against declarations (name -> (Option,
+    default), as declared gives) that need not come from a class: makemore.declarations' manifest."""
     if not isinstance(values, dict):
         raise OptionError(f"the options of {what} are not a mapping of names to values")
-    options = declared(config_cls)
     for name in values:
         if name not in options:
             known = ", ".join(flag(n) for n in options) or "none"
@@ -119,7 +124,7 @@ def make(config_cls, values: dict, *, what: str, complete: bool = False):
         if not what.startswith("--"):  # the message names the flag already
             raise
         raise OptionError(f"{e} ({what})") from None
-    return config_cls(**checked)
+    return checked
 
 
 def numbers(text) -> tuple[float, ...]:

@@ -111,8 +111,10 @@ def busy_cores(cores: int, readings: int = 3, gap: float = 0.0005, running=_runn
 
 
 def work(model, rows: int) -> int:
-    """Multiply-adds of one forward pass of rows examples, roughly: every weight is used once per example."""
-    return rows * sum(p.numel() for p in model.parameters())
+    """Multiply-adds of one forward pass of rows examples, roughly: every weight is used once per example,
+    or once per position of a row of a model that reads whole items."""
+    positions = rows * (model.block_size if model.whole_items else 1)
+    return positions * sum(p.numel() for p in model.parameters())
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from makemore.batches import BatchSampler
+from makemore.dataset import IGNORE
 from makemore.distributed import World
 from makemore.errors import Interrupted, TrainingError
 from makemore.options import option
@@ -107,14 +108,22 @@ def evaluate(model, dataset, batch_size: int | None = None) -> float:
         # on the CPU a chunk whose activations stay in cache is faster than a large one (the lecture's
         # MLP on its dev set: 26 ms in chunks of 4,096 against 42 ms in chunks of 16,384)
         batch_size = 4096 if dataset.positions.device.type == "cpu" else 65536
+    if dataset.whole_items:  # a row is block_size predictions
+        batch_size = max(1, batch_size // dataset.block_size)
     was_training = model.training
     model.eval()
     total = torch.zeros((), dtype=torch.float64)
     for x, y in dataset.chunks(batch_size):
-        logits = model(x)
-        total += F.cross_entropy(logits.double(), y, reduction="sum").cpu()
+        total += F.cross_entropy(logits_of(model, x, dataset.whole_items).flatten(0, -2).double(), y.flatten(),
+                                 ignore_index=IGNORE, reduction="sum").cpu()
     model.train(was_training)
-    return total.item() / len(dataset)
+    return total.item() / dataset.n_targets
+
+
+def logits_of(model, x: torch.Tensor, whole_items: bool) -> torch.Tensor:
+    """The model's logits for a batch: (B, vocab_size) from windows, (B, block_size, vocab_size) from rows
+    of whole items (a model that reads items left to right: Model.whole_items)."""
+    return model(x, every_position=True) if whole_items else model(x)
 
 
 def make_optimizer(model, config: TrainConfig):
@@ -154,6 +163,7 @@ class TrainStep:
         self.weight_decay = weight_decay
         self.penalty = model.penalty if model.decay_in_loss and weight_decay else None
         self.forward = world.wrap(model)
+        self.whole_items = model.whole_items
         g = self.groups[0]
         sgd = (type(optimizer) is torch.optim.SGD and len(self.groups) == 1 and g["momentum"] == 0
                and not g["maximize"])
@@ -172,7 +182,11 @@ class TrainStep:
             if not self.applies_update:
                 self.optimizer.step()
             return
-        loss = F.cross_entropy(self.forward(contexts), targets)
+        if self.whole_items:  # rows are as wide as the longest item: read only as far as this batch's longest
+            width = int((targets != IGNORE).any(0).nonzero()[-1]) + 1
+            contexts, targets = contexts[:, :width], targets[:, :width]
+        logits = logits_of(self.forward, contexts, self.whole_items)
+        loss = F.cross_entropy(logits.flatten(0, -2), targets.flatten(), ignore_index=IGNORE)
         objective = loss + self.penalty(self.weight_decay) if self.penalty is not None else loss
         for p in self.params:
             p.grad = None
@@ -238,8 +252,8 @@ class Divergence:
     def __init__(self, model, x: torch.Tensor, y: torch.Tensor, config: TrainConfig):
         was_training = model.training
         model.eval()
-        logits = model(x)
-        start = F.cross_entropy(logits.double(), y).item()
+        logits = logits_of(model, x, y.dim() == 2)
+        start = F.cross_entropy(logits.flatten(0, -2).double(), y.flatten(), ignore_index=IGNORE).item()
         model.train(was_training)
         self.limit = 10 * max(start, math.log(logits.shape[-1])) if math.isfinite(start) else math.inf
         self.config = config

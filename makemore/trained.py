@@ -115,10 +115,10 @@ class Trained:
             raise DataError(f"the {split} split is empty (trained with --splits "
                             f"{','.join(f'{f:g}' for f in self.ckpt['split']['fractions'])})")
         self.check_text("".join(items), f"the {split} split")
-        ds = build_dataset(items, self.vocab, self.block_size).to(self.device)
+        ds = build_dataset(items, self.vocab, self.block_size, self.model.whole_items).to(self.device)
         loss = evaluate(self.model, ds)
         return dict(split=split, loss=loss, perplexity=math.exp(loss) if loss < 700 else float("inf"),
-                    n_chars=len(ds), n_items=len(items), model=self.name, checkpoint=str(self.path))
+                    n_chars=ds.n_targets, n_items=len(items), model=self.name, checkpoint=str(self.path))
 
     def score(self, items: list[str]) -> list[dict]:
         """Every transition of each item with its probability, and the item's total and mean NLL (nats)."""

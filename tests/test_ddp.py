@@ -172,3 +172,21 @@ def test_a_stray_rank_without_world_size_still_prints(run, small_names, monkeypa
     monkeypatch.setenv("RANK", "3")
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert "saved out/bigram.safetensors" in run("train", "--model", "bigram", "--data", small_names, "-q").output
+
+
+def test_a_model_that_reads_whole_items_trains_under_torchrun(tmp_path):
+    """rows of whole items under DDP: each process trims its own batch to its longest item; the run ends
+    near one process's run with the global batch (the processes' losses are averaged per process, one
+    process's per character, so they are not equal to the last bit)."""
+    data = tmp_path / "names.txt"
+    data.write_text("\n".join(NAMES.read_text(encoding="utf-8").splitlines()[::50]) + "\n", encoding="utf-8")
+    args = ["--model", "gru", "--data", data, "--n-embd", 8, "--n-hidden", 16, "--schedule", "constant",
+            "--steps", 60, "-q"]
+    two = torchrun(tmp_path, tmp_path / "logs", *args, "--batch-size", 16, "--out", tmp_path / "two")
+    out, err = two.communicate(timeout=TIMEOUT)
+    assert two.returncode == 0, err
+    api.train("gru", data, tmp_path / "one", model_options=dict(n_embd=8, n_hidden=16),
+              train_options=dict(steps=60, batch_size=32, schedule="constant"), device="cpu", progress=False)
+    one, both = (checkpoint.load(tmp_path / d / "gru.safetensors") for d in ("one", "two"))
+    assert both["step"] == 60 and abs(one["best_dev_loss"] - both["best_dev_loss"]) < 0.02
+    assert len(api.load(tmp_path / "two" / "gru.safetensors").sample(n=3, seed=1)) == 3

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from makemore import api, models, options
+from makemore import declarations, models, options
 from makemore.errors import OptionError
 from makemore.models import MODEL_NAMES, get_model_class
 from makemore.train import TrainConfig
@@ -113,7 +113,7 @@ def test_training_settings_from_any_json_are_checked(name, value):
 
 
 def test_declared_flags_show_each_models_default():
-    found = {name: defaults for name, _, defaults in api.declared_options(("lr", "steps"))}
+    found = {name: defaults for name, _, defaults in declarations.from_classes().flags(("lr", "steps"))}
     assert found["block_size"] == {m: get_model_class(m).Config().block_size for m in MODEL_NAMES}
     assert found["block_size"]["mlp"] == 6 and found["block_size"]["ngram"] == 5
     assert found["lr"]["bigram-nn"] == 0.3 and found["lr"]["mlp"] == 0.003 and "ngram" not in found["lr"]
@@ -124,7 +124,9 @@ def test_declared_flags_show_each_models_default():
 def test_expected_tensors_are_what_the_model_builds(model):
     """A model that writes its shapes out (to load without the meta device's imports) agrees with __init__."""
     cls = get_model_class(model)
-    configs = [cls.Config()] + ([cls.Config(block_size=3, n_embd=4, n_hidden=7, direct=False)] if model == "mlp" else [])
+    # a default that depends on the data (a sequence model's block_size) is set as a run sets it
+    configs = [cls.config_for_data(cls.Config(), {}, ["an item", "another"])]
+    configs += [cls.Config(block_size=3, n_embd=4, n_hidden=7, direct=False)] if model == "mlp" else []
     for config in configs:
         built = {name: (t.dtype, tuple(t.shape)) for name, t in cls(config, 11).state_dict().items()}
         expected = cls.expected_tensors(config, 11)

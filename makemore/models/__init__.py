@@ -16,6 +16,9 @@ MODELS = {
     "mlp": "makemore.models.mlp",
     "ngram": "makemore.models.ngram",
     "wavenet": "makemore.models.wavenet",
+    "rnn": "makemore.models.rnn",
+    "gru": "makemore.models.gru",
+    "transformer": "makemore.models.transformer",
 }
 # models built from other checkpoints (makemore mix), not trained by makemore train
 BUILT = {"mixture": "makemore.models.mixture"}

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from makemore import options
+from makemore.errors import OptionError
 
 
 class Model(nn.Module):
@@ -29,6 +30,8 @@ class Model(nn.Module):
     train_defaults: ClassVar[dict] = {}
     # the weight decay is a term of the loss (penalty) instead of the optimizer's decoupled decay
     decay_in_loss: ClassVar[bool] = False
+    # trained and evaluated on rows of whole items, every position at once (SequenceModel)
+    whole_items: ClassVar[bool] = False
 
     def __init__(self, config, vocab_size: int):
         super().__init__()
@@ -51,6 +54,12 @@ class Model(nn.Module):
         """The Config from option values (names as the fields), each checked where it is declared;
         OptionError for a value or a name the model does not take."""
         return options.make(cls.Config, values, what=f"--model {cls.name}", complete=complete)
+
+    @classmethod
+    def config_for_data(cls, config, given: dict, items: list[str]):
+        """The config to train on these (training) items, given the options the user gave (names as the
+        fields): where a default depends on the data, it is set here. The default: config unchanged."""
+        return config
 
     @classmethod
     def check_config(cls, config, vocab_size: int) -> None:
@@ -114,6 +123,67 @@ class Model(nn.Module):
         and returns the probability of each target, (B, 1); with sgd it also applies plain SGD itself,
         otherwise it writes each parameter's .grad for the optimizer."""
         return None
+
+
+def item_context(high: int = 1024):
+    """The block_size option of a SequenceModel: 0, its default, stands for the longest training item."""
+    return options.option(0, "Longest context read: the item so far up to this many tokens (0: the longest "
+                          "training item and its boundary token).", low=0, high=high)
+
+
+class SequenceModel(Model):
+    """A model that reads an item left to right from its boundary token: subclasses define
+    read(idx (B, T)) -> logits (B, T, vocab_size), position t predicting the token after idx[:, t] from
+    idx[:, :t+1] alone (causal), for any T up to block_size.
+
+    forward(idx) is the contract every model keeps, the next token after each window of block_size
+    tokens, so that sampling, scoring and mixtures treat it like any model: each window is read from its
+    last boundary token, the start of the item so far; a window with no boundary (an item longer than
+    block_size - 1 characters) is read from its first token, so that such an item is continued from its
+    last block_size characters. Training and evaluation read rows of whole items instead
+    (forward(rows, every_position=True)): one pass predicts every position.
+
+    block_size 0 in the config stands for the longest training item plus its boundary token.
+    """
+
+    whole_items = True
+    # without --steps: EPOCHS passes over the training rows (about one per item), within these bounds, so
+    # that a small file still trains long enough to learn and a large one not for hours; on a small file
+    # the best-on-dev weights that the loop keeps guard against overfitting
+    EPOCHS: ClassVar[float] = 30
+    MIN_STEPS: ClassVar[int] = 2000
+    MAX_STEPS: ClassVar[int] = 50000
+
+    @classmethod
+    def default_steps(cls, n_examples: int, batch_size: int) -> int:
+        return int(min(cls.MAX_STEPS, max(cls.MIN_STEPS, round(cls.EPOCHS * n_examples / batch_size))))
+
+    @classmethod
+    def config_for_data(cls, config, given: dict, items: list[str]):
+        if config.block_size:
+            return config
+        high = options.declared(cls.Config)["block_size"][0].high
+        return dataclasses.replace(config, block_size=min(high, max(map(len, items), default=0) + 1))
+
+    @classmethod
+    def check_config(cls, config, vocab_size: int) -> None:
+        if config.block_size < 1:  # 0 is replaced by config_for_data before a model is built
+            raise OptionError(f"--block-size {config.block_size}: a built {cls.name} reads at least 1 token")
+
+    def read(self, idx: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, idx: torch.Tensor, every_position: bool = False) -> torch.Tensor:
+        if every_position:
+            return self.read(idx)
+        B, T = idx.shape
+        column = torch.arange(T, device=idx.device)
+        start = torch.where(idx == 0, column, 0).amax(1)  # (B,) each window's last boundary token
+        # each row moved left so that its item starts at column 0; what lands after its end is never read
+        # by the positions before it, and only as many columns are read as the longest item so far needs
+        width = T - int(start.min())
+        rows = idx.gather(1, (column[:width] + start[:, None]).clamp_(max=T - 1))
+        return self.read(rows)[torch.arange(B, device=idx.device), T - 1 - start]
 
 
 def config_dict(config) -> dict:

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import torch
 
 from makemore.models import register
-from makemore.models.ngram import NGram, parse_discount, parse_smoothing
+from makemore.models.ngram import NGram
+from makemore.models.smoothing import parse_discount, parse_smoothing
 from makemore.options import option
 
 

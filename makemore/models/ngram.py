@@ -18,49 +18,20 @@ precede it, so (as KenLM does for <s>) its n-grams keep their real counts.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
-from makemore import options
 from makemore.errors import OptionError
 from makemore.models import register
 from makemore.models.base import Model
+from makemore.models.smoothing import parse_discount, parse_smoothing
 from makemore.options import option
 
 INT64_MAX = 2**63 - 1
 # Numbers (float64) of whole distributions kept per seen context for fast lookups: 64 MB. Orders beyond it
 # are interpolated at every forward pass from their sparse tables instead.
 DENSE_ROWS = 2**23
-
-
-def parse_smoothing(value) -> float | str:
-    """'kn' or a finite number k >= 0 (add-k)."""
-    if isinstance(value, str) and value.strip().lower() == "kn":
-        return "kn"
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise ValueError(f"{value!r} is neither a number (add-k) nor kn")
-    try:
-        k = float(value)
-    except ValueError:
-        raise ValueError(f"{value!r} is neither a number (add-k) nor kn") from None
-    if not 0 <= k < math.inf:
-        raise ValueError(f"{value!r} must be a finite number >= 0 (add-k), or kn")
-    return k
-
-
-def parse_discount(value) -> tuple[float, float, float] | None:
-    """None, or D or D1,D2,D3 (a string, or a list from a checkpoint) as (D1, D2, D3+), with 0 < Dr <= r, so
-    that every discounted count stays >= 0 and every seen context leaves some probability to the shorter ones."""
-    if value is None:
-        return None
-    values = options.numbers([value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value)
-    if len(values) == 1:
-        values = values * 3
-    if len(values) != 3 or not all(0 < d <= r for r, d in zip((1, 2, 3), values)):
-        raise ValueError(f"{value!r} must be D or D1,D2,D3 with 0 < D1 <= 1, 0 < D2 <= 2, 0 < D3 <= 3")
-    return tuple(values)
 
 
 @dataclass

@@ -1,0 +1,108 @@
+"""A decoder-only transformer (Vaswani et al. 2017, "Attention Is All You Need"; as in GPT, Radford et al.
+2018/2019): each position attends to the item so far, through n_layer blocks of causal self-attention and a
+feed-forward layer, each with a residual connection and a LayerNorm before it.
+
+It reads whole items: one pass predicts every character of a row and the item's end (see SequenceModel).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from makemore.errors import OptionError
+from makemore.models import register
+from makemore.models.base import SequenceModel, item_context
+from makemore.options import option
+
+
+@dataclass
+class TransformerConfig:
+    block_size: int = item_context()
+    n_layer: int = option(4, "Transformer blocks.", low=1, high=64)
+    n_head: int = option(4, "Attention heads per block (they share n_embd).", low=1, high=256)
+    n_embd: int = option(64, "Width of the token and position embeddings and of every block.", low=1, high=8192)
+    dropout: float = option(0.1, "Dropout after the embeddings, attention and feed-forward layers while training.",
+                            low=0.0, high=0.9)
+
+
+class SelfAttention(nn.Module):
+    """Causal multi-head self-attention: each position mixes the values of itself and the positions before it."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.n_head, self.dropout = config.n_head, config.dropout
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd)
+        self.proj = nn.Linear(config.n_embd, config.n_embd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+                   for t in self.qkv(x).split(C, dim=2))  # each (B, n_head, T, head size)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return F.dropout(self.proj(y.transpose(1, 2).reshape(B, T, C)), self.dropout, self.training)
+
+
+class Block(nn.Module):
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        C = config.n_embd
+        self.ln_1, self.attn, self.ln_2 = nn.LayerNorm(C), SelfAttention(config), nn.LayerNorm(C)
+        self.mlp = nn.Sequential(nn.Linear(C, 4 * C), nn.GELU(), nn.Linear(4 * C, C), nn.Dropout(config.dropout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+@register("transformer")
+class Transformer(SequenceModel):
+    """Token and position embeddings, n_layer blocks, a final LayerNorm and a linear layer to the logits."""
+
+    Config = TransformerConfig
+    train_defaults = dict(steps=10000, batch_size=64, lr=1e-3, optimizer="adamw", schedule="cosine", warmup=200,
+                          weight_decay=0.1)
+
+    @classmethod
+    def check_config(cls, config: TransformerConfig, vocab_size: int) -> None:
+        super().check_config(config, vocab_size)
+        if config.n_embd % config.n_head:
+            raise OptionError(f"--n-embd {config.n_embd} is not a multiple of --n-head {config.n_head}: the heads "
+                              "split the width evenly")
+
+    @classmethod
+    def example_numbers(cls, config: TransformerConfig, vocab_size: int) -> int:
+        """Per row: every block's activations at each position (about 20 numbers per unit of width, with
+        their gradients), the attention weights, and the logits."""
+        T, C = config.block_size or 1024, config.n_embd
+        return T * (config.n_layer * (20 * C + 4 * config.n_head * T) + 4 * vocab_size)
+
+    def __init__(self, config: TransformerConfig, vocab_size: int):
+        super().__init__(config, vocab_size)
+        C = config.n_embd
+        self.wte = nn.Embedding(vocab_size, C)
+        self.wpe = nn.Embedding(config.block_size, C)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(C)
+        self.lm_head = nn.Linear(C, vocab_size)
+        with torch.no_grad():  # GPT-2's initialisation: small normal weights, the residual outputs smaller still
+            for name, p in self.named_parameters():
+                if name.endswith("bias"):
+                    p.zero_()
+                elif p.dim() == 2:
+                    deep = name.endswith("attn.proj.weight") or name.endswith("mlp.2.weight")
+                    nn.init.normal_(p, std=0.02 / math.sqrt(2 * config.n_layer) if deep else 0.02)
+
+    def read(self, idx: torch.Tensor) -> torch.Tensor:
+        T = idx.shape[1]
+        x = self.wte(idx) + self.wpe(torch.arange(T, device=idx.device))
+        x = F.dropout(x, self.config.dropout, self.training)
+        for block in self.blocks:
+            x = block(x)
+        return self.lm_head(self.ln_f(x))
+
+    def embeddings(self) -> torch.Tensor:
+        return self.wte.weight
