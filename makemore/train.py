@@ -126,6 +126,17 @@ def logits_of(model, x: torch.Tensor, whole_items: bool) -> torch.Tensor:
     return model(x, every_position=True) if whole_items else model(x)
 
 
+def seed_step(seed: int, step: int, rank: int, device: torch.device) -> None:
+    """Seed the generator that draws what is random within a step (dropout's masks) from the run's seed,
+    the step and the process, so that a resumed run draws what the run never stopped would have drawn.
+    Only the device's own generator: seeding every device's costs 75 µs a step, this about 1 µs."""
+    value = (seed * 1_000_003 + step * 64 + rank) % (1 << 63)
+    if device.type == "cuda":
+        torch.cuda.manual_seed(value)
+    else:
+        torch.default_generator.manual_seed(value)
+
+
 def make_optimizer(model, config: TrainConfig):
     params = [p for p in model.parameters() if p.requires_grad]
     # a model with decay_in_loss (bigram-nn: the lecture's penalty) has its decay in the loss; the others
@@ -356,7 +367,8 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
     optimizer = make_optimizer(model, config)
     if state.optimizer is not None:
         optimizer.load_state_dict(state.optimizer)
-    cadence = Cadence(config, next(model.parameters()).device, world)
+    device = next(model.parameters()).device
+    cadence = Cadence(config, device, world)
     keeper = BestKeeper(model, dev_set, state)
     solo_stop = stop if world.size == 1 else None  # one process stops at once; several at a log point
     model.train()
@@ -378,6 +390,7 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
         event = cadence.next_log(step)
         while step < config.steps:
             lr = config.lr_at(step)
+            seed_step(config.seed, step, world.rank, device)
             train_step(*batches.next(), lr)
             step += 1
             state.step = step

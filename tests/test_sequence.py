@@ -17,7 +17,7 @@ from makemore.train import evaluate
 
 SEQUENCE = ("rnn", "gru", "transformer")
 SMALL = {"rnn": dict(n_embd=6, n_hidden=10), "gru": dict(n_embd=6, n_hidden=10, n_layer=2),
-         "transformer": dict(n_embd=8, n_head=2, n_layer=2, dropout=0.0)}
+         "transformer": dict(n_embd=8, n_head=2, n_layer=2, dropout=0.1)}
 
 
 def model(name: str, block_size: int, vocab_size: int, seed: int = 0):
