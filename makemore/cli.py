@@ -166,8 +166,24 @@ def device_option(f):
     f = click.option("--threads", "n_threads", type=click.IntRange(1, 1024),
                      help="torch's threads on the CPU. [default: chosen for the model and the machine's load, "
                           "and changed while training if the load changes; OMP_NUM_THREADS if set]")(f)
-    return click.option("--device", default="auto", show_default=True,
+    return click.option("--device", default="auto", show_default=True, type=DeviceType(),
                         help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")(f)
+
+
+class DeviceType(click.ParamType):
+    """A device name of a form makemore runs on, checked without torch (whether the machine has it is
+    checked when the command runs)."""
+
+    name = "DEVICE"
+
+    def convert(self, value, param, ctx):
+        from makemore.errors import OptionError
+        from makemore.options import check_device
+
+        try:
+            return check_device(value)
+        except OptionError as e:
+            self.fail(str(e).removeprefix("--device: "), param, ctx)
 
 
 def checkpoint_options(f):

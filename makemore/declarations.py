@@ -317,6 +317,7 @@ _FIELDS = {
     "parse": (lambda v: v is None or isinstance(v, str), lambda v: None if v is None else _resolve(v)),
     "metavar": (lambda v: v is None or isinstance(v, str), None),
     "note": (lambda v: isinstance(v, str), None),
+    "divides": (lambda v: isinstance(v, str), None),
 }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -31,6 +32,7 @@ class Option:
     parse: Callable[[Any], Any] | None = None
     metavar: str | None = None
     note: str = ""  # said after a value out of range: what to do instead
+    divides: str = ""  # another field of the config whose value this one's must divide (heads of a width)
 
     def check(self, name: str, value):
         """The value, checked (and normalised by parse); OptionError naming the flag when it does not fit."""
@@ -76,12 +78,12 @@ def _shown(value) -> str:
 
 
 def option(default, help: str, *, kind: type | None = None, low=None, high=None, low_open=False, choices=(),
-           parse=None, metavar=None, note=""):
+           parse=None, metavar=None, note="", divides=""):
     """A dataclass field declared as an option: its default, a help text and what values it takes."""
     kind = kind or type(default)
     if kind not in KINDS:
         raise TypeError(f"an option's kind is one of {KINDS}, not {kind}")
-    spec = Option(help, kind, low, high, low_open, tuple(choices), parse, metavar, note)
+    spec = Option(help, kind, low, high, low_open, tuple(choices), parse, metavar, note, divides)
     return dataclasses.field(default=default, metadata={"option": spec})
 
 
@@ -89,6 +91,16 @@ def declared(config_cls) -> dict[str, tuple[Option, Any]]:
     """Every option of a config dataclass: name -> (Option, default)."""
     return {f.name: (f.metadata["option"], f.default) for f in dataclasses.fields(config_cls)
             if "option" in f.metadata}
+
+
+DEVICES = "auto, cpu, cuda, cuda:N or mps"
+
+
+def check_device(name) -> str:
+    """A --device value of a form makemore runs on (whether this machine has it is torch's to say)."""
+    if not isinstance(name, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]{1,4})?", name):
+        raise OptionError(f"--device: unknown device {_shown(name)}; use {DEVICES}")
+    return name
 
 
 def flag(name: str) -> str:
@@ -120,11 +132,22 @@ def check_all(options: dict[str, tuple[Option, Any]], values: dict, *, what: str
             raise OptionError(f"{what} lacks the option {flag(missing[0])}")
     try:
         checked = {name: options[name][0].check(name, value) for name, value in values.items()}
+        _check_divides(options, checked)
     except OptionError as e:
         if not what.startswith("--"):  # the message names the flag already
             raise
         raise OptionError(f"{e} ({what})") from None
     return checked
+
+
+def _check_divides(options: dict[str, tuple[Option, Any]], checked: dict) -> None:
+    """Each option that divides another does, with the given values where given, else the defaults."""
+    for name, (spec, default) in options.items():
+        if spec.divides and spec.divides in options:
+            value = checked.get(name, default)
+            whole = checked.get(spec.divides, options[spec.divides][1])
+            if value and whole % value:
+                raise OptionError(f"{flag(spec.divides)} {whole} is not a multiple of {flag(name)} {value}")
 
 
 def numbers(text) -> tuple[float, ...]:

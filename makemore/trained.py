@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from makemore import checkpoint, instruments, plots, stream, threads
+from makemore import checkpoint, instruments, options, plots, stream, threads
 from makemore.constraints import Request, Samples, default_cap
 from makemore.data import SPLIT_NAMES, Data, Vocab, is_regular_file, split_items
 from makemore.dataset import build_dataset
@@ -22,16 +22,13 @@ from makemore.train import evaluate
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
+    if options.check_device(name) == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise OptionError(f"--device: unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise OptionError("--device: CUDA is not available on this machine")
     if device.type == "mps" and not torch.backends.mps.is_available():

@@ -168,8 +168,8 @@ def test_wavenet_fuses_pairs_and_keeps_batchnorm_statistics_for_eval_and_samplin
 
     model = WaveNet(WaveNetConfig(block_size=4, n_embd=3, n_hidden=5), 7)
     assert len(model.levels) == 2 and model(torch.zeros(2, 4, dtype=torch.long)).shape == (2, 7)
-    with pytest.raises(OptionError, match="power of two"):
-        WaveNet.check_config(WaveNetConfig(block_size=6), 7)
+    with pytest.raises(OptionError, match="is not one of 2, 4, 8"):
+        WaveNet.config_from(dict(block_size=6))
     result = api.train("wavenet", small_names, tmp_path / "out", train_options=dict(steps=40), device="cpu",
                        progress=False)
     trained = api.load(result.path)

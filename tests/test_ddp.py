@@ -140,9 +140,9 @@ def test_two_gpus_with_nccl(tmp_path):
 def test_errors_of_other_ranks_say_whose(run, monkeypatch):
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    result = run("train", "--device", "bogus", ok=False)
+    result = run("train", "--model", "bigram-nn", "--block-size", 3, ok=False)
     assert result.exit_code == 2
-    assert "rank 1: --device: unknown device 'bogus'" in result.output
+    assert "rank 1: --block-size: 3 is too large" in result.output
 
 
 # Large data: the dataset is encoded a chunk of items at a time; the chunks must not show.

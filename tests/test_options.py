@@ -144,6 +144,16 @@ def test_expected_tensors_are_what_the_model_builds(model):
 def test_a_config_refused_for_its_data_leaves_no_output_folder(run, small_names, tmp_path):
     """Checks across fields or against the vocabulary (check_config) are usage errors too, made before
     the output folder is."""
-    result = run("train", "--model", "wavenet", "--data", small_names, "--block-size", 6, "--out", "new", ok=False)
-    assert result.exit_code == 2 and "power of two" in result.output
+    result = run("train", "--model", "ngram", "--data", small_names, "--block-size", 15, "--out", "new", ok=False)
+    assert result.exit_code == 2 and "64-bit keys" in result.output
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--model", "wavenet", "--block-size", 6], "--block-size: 6 is not one of 2, 4, 8"),
+    (["--model", "transformer", "--n-embd", 10, "--n-head", 4], "--n-embd 10 is not a multiple of --n-head 4"),
+    (["--model", "transformer", "--n-embd", 30], "--n-embd 30 is not a multiple of --n-head 4"),
+])
+def test_declared_constraints_between_options_are_usage_errors(run, small_names, flags, message):
+    result = run("train", "--data", small_names, *flags, ok=False)
+    assert result.exit_code == 2 and message in result.output

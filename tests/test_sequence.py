@@ -146,5 +146,5 @@ def test_mixes_with_a_window_model(tmp_path, names):
 def test_width_that_heads_cannot_split_is_a_usage_error(tmp_path, names):
     result = invoke("train", "--model", "transformer", "--data", names, "--n-embd", 10, "--n-head", 4,
                     "--out", tmp_path)
-    assert result.exit_code == 2 and "multiple of --n-head" in result.output
+    assert result.exit_code == 2 and "--n-embd 10 is not a multiple of --n-head 4" in result.output
     assert not (tmp_path / "transformer.safetensors").exists()

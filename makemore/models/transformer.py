@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from makemore.errors import OptionError
 from makemore.models import register
 from makemore.models.base import SequenceModel, item_context
 from makemore.options import option
@@ -23,7 +22,7 @@ from makemore.options import option
 class TransformerConfig:
     block_size: int = item_context()
     n_layer: int = option(4, "Transformer blocks.", low=1, high=64)
-    n_head: int = option(4, "Attention heads per block (they share n_embd).", low=1, high=256)
+    n_head: int = option(4, "Attention heads per block (they split n_embd evenly).", low=1, high=256, divides="n_embd")
     n_embd: int = option(64, "Width of the token and position embeddings and of every block.", low=1, high=8192)
     # regularises a small file; it also costs a third of a step on the CPU (drawing the masks)
     dropout: float = option(0.1, "Dropout after the embeddings, attention and feed-forward layers while training.",
@@ -71,13 +70,6 @@ class Transformer(SequenceModel):
                           weight_decay=0.1)
     # 50 passes over the items: 20,000 steps on the lecture's names, about 8 minutes on 2 CPU cores
     EPOCHS = 50
-
-    @classmethod
-    def check_config(cls, config: TransformerConfig, vocab_size: int) -> None:
-        super().check_config(config, vocab_size)
-        if config.n_embd % config.n_head:
-            raise OptionError(f"--n-embd {config.n_embd} is not a multiple of --n-head {config.n_head}: the heads "
-                              "split the width evenly")
 
     @classmethod
     def example_numbers(cls, config: TransformerConfig, vocab_size: int) -> int:

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from makemore.errors import OptionError
 from makemore.models import register
 from makemore.models.base import Model
 from makemore.options import option
@@ -27,7 +26,7 @@ from makemore.options import option
 class WaveNetConfig:
     # the lecture's part 5 model: 8 characters (three levels of pairs), embeddings of 24, 128 hidden units
     block_size: int = option(8, "Characters of context: a power of two (one level of pairs per doubling).",
-                             low=2, high=256)
+                             choices=(2, 4, 8, 16, 32, 64, 128, 256))
     n_embd: int = option(24, "Dimensions of each character's embedding.", low=1, high=65536)
     n_hidden: int = option(128, "Units of each level.", low=1, high=1 << 16)
 
@@ -55,13 +54,6 @@ class WaveNet(Model):
     Config = WaveNetConfig
     # the lecture's part 5 training (SGD lr 0.1, then 0.01 for the last quarter, batch 32, 200,000 steps)
     train_defaults = dict(steps=200000, batch_size=32, lr=0.1, optimizer="sgd", schedule="step", decay_at=0.75)
-
-    @classmethod
-    def check_config(cls, config: WaveNetConfig, vocab_size: int) -> None:
-        T = config.block_size
-        if T & (T - 1):
-            raise OptionError(f"--block-size {T}: a wavenet fuses pairs level by level, so its context is a power "
-                              "of two (2, 4, 8, 16, ...)")
 
     @classmethod
     def example_numbers(cls, config: WaveNetConfig, vocab_size: int) -> int:
