@@ -35,8 +35,8 @@ FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict[str, Path]:
-    """One small checkpoint of every kind: an mlp and a bigram-nn with their training state (--resume),
-    a bigram, an n-gram and a mixture; {name: path}, and the data file under "data"."""
+    """One small checkpoint of every kind: an mlp, a bigram-nn, a gru and a transformer with their training
+    state (--resume), a bigram, an n-gram and a mixture; {name: path}, and the data file under "data"."""
     root = tmp_path_factory.mktemp("trained")
     data = root / "names.txt"
     data.write_text("\n".join((ROOT / "names.txt").read_text(encoding="utf-8").splitlines()[::50]) + "\n",
@@ -47,7 +47,12 @@ def trained(tmp_path_factory) -> dict[str, Path]:
     ok("train", "--model", "bigram", "--data", data, "--out", out, "-q")
     ok("train", "--model", "ngram", "--block-size", 3, "--data", data, "--out", out, "-q")
     ok("mix", out / "ngram.safetensors", out / "mlp.safetensors", "--out", out)
-    paths = {name: out / f"{name}.safetensors" for name in ("mlp", "bigram-nn", "bigram", "ngram", "mixture")}
+    # the models that read whole items, with their training state: a recurrent net and a transformer
+    ok("train", "--model", "gru", "--n-embd", 4, "--n-hidden", 6, "--steps", 5, "--data", data, "--out", out, "-q")
+    ok("train", "--model", "transformer", "--n-embd", 8, "--n-head", 2, "--n-layer", 1, "--steps", 5, "--data", data,
+       "--out", out, "-q")
+    paths = {name: out / f"{name}.safetensors"
+             for name in ("mlp", "bigram-nn", "bigram", "ngram", "mixture", "gru", "transformer")}
     paths["data"] = data
     return paths
 
@@ -188,7 +193,7 @@ def test_no_pickle_anywhere_in_makemore():
     assert not re.search(r"torch\._|torch\.ops", text)
 
 
-@pytest.mark.parametrize("model", ["mlp", "bigram-nn", "bigram", "ngram", "mixture"])
+@pytest.mark.parametrize("model", ["mlp", "bigram-nn", "bigram", "ngram", "mixture", "gru", "transformer"])
 def test_save_then_load_gives_back_the_same_checkpoint(trained, tmp_path, model):
     ckpt = checkpoint.load(trained[model])
     again = tmp_path / f"again{checkpoint.SUFFIX}"
@@ -299,7 +304,7 @@ def loads_as_the_original(path: Path, original: Path) -> None:
 @FUZZ
 @given(data=st.data())
 def test_flipped_bytes_are_noticed(trained, tmp_path, data):
-    model = data.draw(st.sampled_from(["mlp", "ngram", "mixture"]))
+    model = data.draw(st.sampled_from(["mlp", "ngram", "mixture", "transformer"]))
     raw = bytearray(trained[model].read_bytes())
     for _ in range(data.draw(st.integers(1, 3))):
         where = data.draw(st.integers(0, len(raw) - 1))
@@ -331,7 +336,7 @@ SIZES = st.one_of(st.integers(0, 40), st.sampled_from([-1, 2**26, 10**9, 2 * 10*
 @FUZZ
 @given(data=st.data())
 def test_header_offsets_shapes_and_dtypes_changed(trained, tmp_path, data):
-    model = data.draw(st.sampled_from(["mlp", "ngram", "bigram-nn"]))
+    model = data.draw(st.sampled_from(["mlp", "ngram", "bigram-nn", "gru", "transformer"]))
     header, body = unpack(trained[model].read_bytes())
     name = data.draw(st.sampled_from(sorted(set(header) - {"__metadata__"})))
     entry = header[name]
@@ -378,7 +383,7 @@ JSON_TYPES = [None, True, 0, -1, 1, 2.5, 1e308, 2**63, 10**30, "", "x", "kn", []
               {"a": 1}]
 
 
-@pytest.mark.parametrize("model", ["mlp", "ngram", "bigram", "mixture"])
+@pytest.mark.parametrize("model", ["mlp", "ngram", "bigram", "mixture", "gru", "transformer"])
 def test_every_json_field_replaced_by_every_json_type(trained, tmp_path, model):
     """Each value of the document, in turn, replaced by each kind of JSON value; also removed, and a key
     added beside it. Every file loads or is refused with a one-line CheckpointError."""
@@ -418,7 +423,7 @@ def json_values():
 @FUZZ
 @given(data=st.data())
 def test_random_json_in_random_places(trained, tmp_path, data):
-    model = data.draw(st.sampled_from(["mlp", "ngram", "mixture", "bigram-nn"]))
+    model = data.draw(st.sampled_from(["mlp", "ngram", "mixture", "bigram-nn", "gru", "transformer"]))
     header, body = unpack(trained[model].read_bytes())
     doc = document(header)
     for _ in range(data.draw(st.integers(1, 3))):
