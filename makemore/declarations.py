@@ -30,8 +30,8 @@ MANIFEST = Path(__file__).with_name("declarations.json")
 REGENERATE = "python -m makemore.declarations"
 FORMAT = 1
 # the sources of every manifest besides the models' own modules: how options are declared, the hooks'
-# defaults, and the training settings
-MACHINERY = ("makemore.options", "makemore.models.base", "makemore.train")
+# defaults, the training settings, and this reader (its size rules)
+MACHINERY = ("makemore.options", "makemore.models.base", "makemore.train", "makemore.declarations")
 KINDS = {kind.__name__: kind for kind in options.KINDS}
 SIZE_RULE = "by data size"  # a setting's default in the help, where the model derives it from the data
 
