@@ -284,14 +284,9 @@ def extra(args, out, log):
 
 def run(data=None) -> str:
     """The three sections, the extra data files made first by scripts/make_bench_data.py."""
-    import subprocess
+    from common import main_with_extra_data
 
-    from common import section_of
-
-    extra = tempfile.mkdtemp(prefix="bench-mlp-data-")
-    made = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_bench_data.py"), extra],
-                          stdout=sys.stderr).returncode == 0
-    return section_of(main, (["--data", str(data)] if data else []) + (["--extra", extra] if made else []))
+    return main_with_extra_data(main, data, "bench-mlp-data-")
 
 
 if __name__ == "__main__":

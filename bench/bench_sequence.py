@@ -15,15 +15,13 @@ Prints a markdown section on stdout (progress on stderr):
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from common import REPO, data_file, log, section_of, table
+from common import data_file, log, main_with_extra_data, table
 
 from makemore import api  # noqa: E402
 from makemore.batches import BatchSampler  # noqa: E402
@@ -133,10 +131,7 @@ def main() -> None:
 def run(data=None) -> str:
     """The whole section, the extra data files made first by scripts/make_bench_data.py (skipped without
     the bench extra)."""
-    extra = tempfile.mkdtemp(prefix="bench-sequence-data-")
-    made = subprocess.run([sys.executable, str(REPO / "scripts" / "make_bench_data.py"), extra],
-                          stdout=sys.stderr).returncode == 0
-    return section_of(main, (["--data", str(data)] if data else []) + (["--extra", extra] if made else []))
+    return main_with_extra_data(main, data, "bench-sequence-data-")
 
 
 if __name__ == "__main__":

@@ -81,3 +81,15 @@ def section_of(main, argv: list[str]) -> str:
     finally:
         sys.argv = saved
     return buffer.getvalue()
+
+
+def main_with_extra_data(main, data, prefix: str) -> str:
+    """A module's section from its main(), given --data (the lecture's file, when there) and --extra: a
+    folder of the files scripts/make_bench_data.py makes (left out when it cannot: no bench extra)."""
+    import subprocess
+    import tempfile
+
+    extra = tempfile.mkdtemp(prefix=prefix)
+    made = subprocess.run([sys.executable, str(REPO / "scripts" / "make_bench_data.py"), extra],
+                          stdout=sys.stderr).returncode == 0
+    return section_of(main, (["--data", str(data)] if data else []) + (["--extra", extra] if made else []))

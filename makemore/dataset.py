@@ -97,9 +97,10 @@ def build_dataset(items: list[str], vocab: Vocab, block_size: int, whole_items: 
     # a window must never reach into the previous item, so it gets block_size boundary tokens before it;
     # a row starts at its item's boundary token and a tail row inside its item, so one is enough
     lead = 1 if whole_items else block_size
-    token_parts, position_parts, row_parts, offset = [], [], [], 0
+    token_parts, position_parts, row_parts, offset, n_targets = [], [], [], 0, 0
     for start in range(0, max(len(items), 1), BUILD_CHUNK):
         tokens, positions = _encode_items(items[start:start + BUILD_CHUNK], vocab, lead)
+        n_targets += positions.numel()
         if whole_items:
             positions, first = _rows(tokens, positions, block_size)
             row_parts.append(first)
@@ -112,7 +113,6 @@ def build_dataset(items: list[str], vocab: Vocab, block_size: int, whole_items: 
     if not whole_items:
         return Dataset(tokens, positions, block_size, len(items))
     rows = torch.cat(row_parts).to(_smallest_int_dtype(block_size))
-    n_targets = sum(map(len, items)) + sum(1 for item in items if item)
     return Dataset(tokens, positions, block_size, len(items), rows, n_targets)
 
 
