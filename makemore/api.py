@@ -272,8 +272,9 @@ class MixResult:
     weights: list[float]
     component_dev_losses: list[float]
     dev_loss: float
-    iterations: int  # EM steps; 0 when the weights were given
+    iterations: int  # steps of the fit (EM or Newton); 0 when the weights were given
     seconds: float
+    kind: str = "log-linear"
 
 
 def _check_same_data(trained: list) -> None:
@@ -290,16 +291,22 @@ def _check_same_data(trained: list) -> None:
 
 
 def mix(paths: list, out: str | Path = "out", name: str = "mixture", weights: list | None = None,
-        device: str = "cpu", n_threads: int | None = None) -> MixResult:
-    """Load the checkpoints, fit the mixture weights on dev (or use the given ones), write the mixture."""
+        device: str = "cpu", n_threads: int | None = None, kind: str = "log-linear") -> MixResult:
+    """Load the checkpoints, fit the mixture weights on dev (or use the given ones), write the mixture.
+
+    kind: "log-linear" (p proportional to prod_i p_i^w_i) or "linear" (p = sum_i w_i p_i); see makemore.mixing."""
     t0 = time.perf_counter()
+    if kind not in mixing.KINDS:
+        raise OptionError(f"--kind {kind!r}: choose one of {', '.join(mixing.KINDS)}")
+    if weights is not None:
+        if len(weights) != len(paths):
+            raise OptionError(f"--weights: {len(weights)} weights for {len(paths)} checkpoints")
+        if not all(0 <= w < math.inf for w in weights) or sum(weights) <= 0:
+            raise OptionError("--weights must be numbers >= 0, not all 0")
+        if kind == "log-linear" and max(weights) > mixing.MAX_LOG_LINEAR_WEIGHT:
+            raise OptionError(f"--weights of a log-linear mixture are at most {mixing.MAX_LOG_LINEAR_WEIGHT:g}")
     trained = [load(p, device=device, n_threads=n_threads) for p in paths]
     _check_same_data(trained)
-    if weights is not None:
-        if len(weights) != len(trained):
-            raise OptionError(f"--weights: {len(weights)} weights for {len(trained)} checkpoints")
-        if not all(w >= 0 for w in weights) or sum(weights) <= 0:
-            raise OptionError("--weights must be numbers >= 0, not all 0")
     first = trained[0]
     dev_items = first.splits(first.read_data())["dev"]
     if not dev_items and weights is None:
@@ -307,24 +314,31 @@ def mix(paths: list, out: str | Path = "out", name: str = "mixture", weights: li
                         "give them with --weights")
     models = [t.model for t in trained]
     losses, iterations = [float("nan")] * len(models), 0
+    dev = None
     if dev_items:
         dev = build_dataset(dev_items, first.vocab, max(m.block_size for m in models)).to(resolve_device(device))
         P = mixing.target_probs(models, dev)
         losses = (-P.log().mean(0)).tolist()
-        if weights is None:
+        if weights is None and kind == "linear":
             fitted, history = mixing.em(P)
             weights, iterations = fitted.tolist(), len(history) - 1
-    total = sum(weights)
-    weights = [w / total for w in weights]
+        elif weights is None:
+            fitted, history = mixing.fit_log_linear(*mixing.log_probs(models, dev, len(first.vocab)))
+            weights, iterations = fitted.tolist(), len(history) - 1
+    if kind == "linear":
+        total = sum(weights)
+        weights = [w / total for w in weights]
     config = MixtureConfig(
         components=tuple(dict(model=t.ckpt["model"], config=t.ckpt["config"]) for t in trained),
         weights=tuple(weights),
+        kind=kind,
     )
     net = Mixture(config, len(first.vocab))
     net.components.load_state_dict(torch.nn.ModuleList(models).state_dict())
+    net.to(resolve_device(device))
     dev_loss = float("nan")
-    if dev_items:
-        dev_loss = -(P @ torch.tensor(weights, dtype=torch.float64)).log().mean().item()
+    if dev is not None:
+        dev_loss = evaluate(net, dev)
     out = Path(out)
     check_writable(out)
     path = out / f"{name}{checkpoint.SUFFIX}"
@@ -337,7 +351,8 @@ def mix(paths: list, out: str | Path = "out", name: str = "mixture", weights: li
     )
     checkpoint.save(ckpt, path)
     checkpoint.write_latest(out, path)
-    return MixResult(path, [str(p) for p in paths], weights, losses, dev_loss, iterations, time.perf_counter() - t0)
+    return MixResult(path, [str(p) for p in paths], weights, losses, dev_loss, iterations, time.perf_counter() - t0,
+                     kind)
 
 
 def inspect(path: str | Path | None = None, out: str | Path = "out") -> dict:

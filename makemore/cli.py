@@ -558,7 +558,7 @@ def plot_counts(output, out, checkpoint_path):
 
 
 class WeightsType(NumbersType):
-    """Comma-separated non-negative numbers, one per checkpoint (normalised to sum 1)."""
+    """Comma-separated non-negative numbers, one per checkpoint (a linear mixture's normalised to sum 1)."""
 
     name = "W1,W2,..."
     example = "0.6,0.4"
@@ -573,22 +573,27 @@ class WeightsType(NumbersType):
 @click.argument("checkpoints", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--out", default="out", type=click.Path(file_okay=False), help="Folder for the mixture's checkpoint.")
 @click.option("--name", default="mixture", help="Checkpoint name in --out.")
-@click.option("--weights", type=WeightsType(), help="One weight per checkpoint. [default: fitted on dev by EM]")
+@click.option("--kind", type=click.Choice(["log-linear", "linear"]), default="log-linear", show_default=True,
+              help="log-linear: p proportional to p_1^w_1 p_2^w_2 ...; linear: p = w_1 p_1 + w_2 p_2 + ...")
+@click.option("--weights", type=WeightsType(),
+              help="One weight per checkpoint. [default: fitted on dev, by Newton's method or (linear) EM]")
 @device_option
 @handle_errors
-def mix(checkpoints, out, name, weights, device, n_threads):
+def mix(checkpoints, out, name, kind, weights, device, n_threads):
     """Mix two or more trained models into one, weighted to fit the dev split.
 
-    The mixture predicts p = w_1 p_1 + w_2 p_2 + ... from the CHECKPOINTS, which must come from the same data
-    file, split and vocabulary. Its weights have seen dev: report its loss on test."""
+    A log-linear mixture predicts p proportional to p_1^w_1 p_2^w_2 ..., a linear one p = w_1 p_1 + w_2 p_2 + ...,
+    from the CHECKPOINTS, which must come from the same data file, split and vocabulary. Its weights have seen
+    dev: report its loss on test."""
     from makemore import api
 
     if len(checkpoints) < 2:
         raise click.UsageError("give at least two checkpoints to mix")
-    result = api.mix(list(checkpoints), out, name, list(weights) if weights else None, device, n_threads)
+    result = api.mix(list(checkpoints), out, name, list(weights) if weights else None, device, n_threads, kind)
     for path, w, loss in zip(result.components, result.weights, result.component_dev_losses):
         click.echo(f"weight {w:.4f}  dev loss {loss:.4f}  {path}")
-    how = f"EM, {result.iterations} iterations" if result.iterations else "given weights"
+    method = "EM" if kind == "linear" else "Newton"
+    how = f"{kind}, {method}, {result.iterations} iterations" if result.iterations else f"{kind}, given weights"
     click.echo(f"mixture dev loss {result.dev_loss:.4f} ({how}, {result.seconds:.2f}s); saved {result.path}")
 
 

@@ -1,6 +1,10 @@
-"""Mix trained checkpoints into one model: weights fitted on the dev split by expectation-maximisation.
+"""Mix trained checkpoints into one model, with weights fitted on the dev split. Two kinds of mixture:
 
-With p_ti the probability component i gives to the t-th dev character, the mixture's dev loss is
+- log-linear (Klakow 1998, "Log-linear interpolation of language models"): p(v) proportional to
+  prod_i p_i(v)^w_i, weights w_i >= 0 of any sum, fitted by Newton's method (fit_log_linear);
+- linear (Bengio et al. 2003): p = sum_i w_i p_i, weights summing to 1, fitted by expectation-maximisation.
+
+Linear: with p_ti the probability component i gives to the t-th dev character, the mixture's dev loss is
 -mean_t log sum_i w_i p_ti. EM alternates between how much each component explains each character
 (responsibilities r_ti = w_i p_ti / sum_j w_j p_tj) and new weights w_i = mean_t r_ti; every step can
 only lower the loss (Dempster, Laird and Rubin 1977), and on two or three components it settles in a
@@ -10,8 +14,14 @@ from __future__ import annotations
 
 import torch
 
+KINDS = ("log-linear", "linear")
 MAX_ITERATIONS = 500
-TOLERANCE = 1e-9  # stop once an EM step lowers the mean dev loss by less than this (nats)
+TOLERANCE = 1e-9  # stop once a step lowers the mean dev loss by less than this (nats)
+# a log-probability below this counts as this: a component that gives a character probability 0 then
+# makes it all but impossible in a log-linear mixture instead of turning the sum into -inf (or nan at w 0)
+LOG_FLOOR = -745.0  # about log of the smallest positive float64
+MAX_LOG_LINEAR_WEIGHT = 1000.0
+FIT_NUMBERS = 1 << 24  # log-probabilities (float64) held for a log-linear fit: a random subset of a large dev split
 
 
 def em(P: torch.Tensor, iterations: int = MAX_ITERATIONS, tol: float = TOLERANCE) -> tuple[torch.Tensor, list[float]]:
@@ -44,3 +54,71 @@ def target_probs(models: list, dataset) -> torch.Tensor:
                 logits = model(x[:, x.shape[1] - model.block_size:]).double()
                 columns[i].append(torch.log_softmax(logits, -1).gather(1, y[:, None]).squeeze(1).exp().cpu())
     return torch.stack([torch.cat(c) for c in columns], dim=1)
+
+
+def log_linear_loss(L: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> float:
+    """Mean -log of the target's probability under the log-linear mixture with weights w; L (N, M, V) floored
+    log-probabilities, y (N,) targets."""
+    mixed = torch.einsum("nmv,m->nv", L, w)
+    return (mixed.logsumexp(1) - mixed.gather(1, y[:, None]).squeeze(1)).mean().item()
+
+
+def fit_log_linear(L: torch.Tensor, y: torch.Tensor, iterations: int = 100,
+                   tol: float = TOLERANCE) -> tuple[torch.Tensor, list[float]]:
+    """Weights w >= 0 minimising log_linear_loss, from w_i = 1/M (the geometric mean); and the loss after each step.
+
+    The loss is convex in w: its gradient is the mean over targets of E_q[L_i] - L_i(target) and its Hessian the
+    covariance of the L_i under the mixture q. Each step is a Newton step on the weights not held at 0 (a weight
+    at 0 whose gradient pushes it below stays there), halved until the loss falls; a few steps suffice.
+    """
+    L, y = L.double(), y.long()
+    N, M, V = L.shape
+    w = torch.full((M,), 1.0 / M, dtype=torch.float64)
+    losses = [log_linear_loss(L, y, w)]
+    at_target = L.gather(2, y[:, None, None].expand(N, M, 1)).squeeze(2)  # (N, M)
+    for _ in range(iterations):
+        q = torch.einsum("nmv,m->nv", L, w).softmax(1)
+        mean = torch.einsum("nv,nmv->nm", q, L)  # E_q[L_i] per target
+        grad = (mean - at_target).mean(0)
+        hess = torch.einsum("nv,nmv,nkv->mk", q, L, L) / N - mean.T @ mean / N
+        free = (w > 0) | (grad < 0)
+        f = free.nonzero().squeeze(1)
+        if len(f) == 0:
+            break
+        H = hess[f][:, f] + 1e-9 * torch.eye(len(f), dtype=torch.float64)
+        direction = torch.zeros_like(w)
+        direction[f] = -torch.linalg.solve(H, grad[f])
+        step, improved = 1.0, False
+        for _ in range(40):
+            candidate = (w + step * direction).clamp(0, MAX_LOG_LINEAR_WEIGHT)
+            loss = log_linear_loss(L, y, candidate)
+            if loss < losses[-1]:
+                w, improved = candidate, True
+                break
+            step /= 2
+        if not improved:
+            break
+        losses.append(loss)
+        if losses[-2] - losses[-1] < tol:
+            break
+    return w, losses
+
+
+def log_probs(models: list, dataset, vocab_size: int, limit: int = FIT_NUMBERS,
+              seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, M, V) each model's log-probabilities (float64, floored at LOG_FLOOR) and (N,) the targets, for every
+    example of the dataset, or for a random subset of them when all would hold more than limit numbers."""
+    n = min(len(dataset), max(1, limit // (len(models) * vocab_size)))
+    if n < len(dataset):
+        ix = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    else:
+        ix = torch.arange(len(dataset))
+    ix = ix.to(dataset.positions.device)
+    parts, targets = [], []
+    with torch.no_grad():
+        for start in range(0, n, 16384):
+            x, y = dataset.batch(ix[start:start + 16384])
+            parts.append(torch.stack([torch.log_softmax(m(x[:, x.shape[1] - m.block_size:]).double(), -1)
+                                      for m in models], 1).clamp_min_(LOG_FLOOR).cpu())
+            targets.append(y.cpu())
+    return torch.cat(parts), torch.cat(targets)

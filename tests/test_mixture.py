@@ -6,7 +6,9 @@ import torch
 from makemore import api, checkpoint
 from makemore.data import read_items
 from makemore.dataset import build_dataset
-from makemore.mixing import em
+from makemore.errors import OptionError
+from makemore.mixing import LOG_FLOOR, em, fit_log_linear, log_linear_loss
+from makemore.models.mixture import Mixture
 
 
 @pytest.fixture
@@ -31,12 +33,88 @@ def test_mixture_probabilities_sum_to_one(run, two_models):
     assert torch.allclose(probs.sum(1), torch.ones(len(probs), dtype=torch.float64), rtol=0, atol=1e-9)
 
 
-def test_weights_one_and_zero_give_the_first_component_exactly(run, two_models):
-    run("mix", "out/mlp.safetensors", "out/ngram.safetensors", "--weights", "1,0")
+@pytest.mark.parametrize("kind", ["linear", "log-linear"])
+def test_weights_one_and_zero_give_the_first_component(run, two_models, kind):
+    run("mix", "out/mlp.safetensors", "out/ngram.safetensors", "--weights", "1,0", "--kind", kind)
     mixture, mlp = api.load("out/mixture.safetensors"), api.load("out/mlp.safetensors")
+    assert mixture.model.config.kind == kind
     ctx = contexts(mixture, two_models)
     expected = torch.log_softmax(mlp.model(ctx[:, -mlp.block_size:]).double(), -1)
-    assert torch.equal(mixture.model(ctx), expected)
+    if kind == "linear":  # log 1 + log p: exact
+        assert torch.equal(mixture.model(ctx), expected)
+    else:  # log p normalised again: equal to rounding
+        assert torch.allclose(mixture.model(ctx), expected, rtol=0, atol=1e-12)
+
+
+def test_log_linear_weights_are_not_normalised_and_sharpen(run, two_models):
+    """Weights 2,0 square the first component's probabilities and renormalise: a sharper distribution."""
+    run("mix", "out/mlp.safetensors", "out/ngram.safetensors", "--weights", "2,0", "--name", "sharp")
+    mixture, mlp = api.load("out/sharp.safetensors"), api.load("out/mlp.safetensors")
+    assert mixture.model.config.weights == (2.0, 0.0)
+    ctx = contexts(mixture, two_models)
+    expected = torch.log_softmax(2 * torch.log_softmax(mlp.model(ctx[:, -mlp.block_size:]).double(), -1), -1)
+    assert torch.allclose(mixture.model(ctx), expected, rtol=0, atol=1e-12)
+
+
+def random_log_probs(n, m, v, seed):
+    g = torch.Generator().manual_seed(seed)
+    L = torch.log_softmax(3 * torch.randn(n, m, v, generator=g, dtype=torch.float64), -1)
+    return L, torch.randint(v, (n,), generator=g)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_log_linear_fit_reaches_the_optimum(seed):
+    """The fitted weights satisfy the optimality conditions of the convex problem: no small move of any
+    weight (kept >= 0) lowers the loss, and the loss is below the geometric mean's and every component's."""
+    L, y = random_log_probs(400, 3 + seed, 7, seed)
+    if seed == 3:  # a misleading component (the target least likely) must get weight 0
+        L[:, 0] = torch.log_softmax(-5.0 * torch.nn.functional.one_hot(y, 7).double(), -1)
+    w, losses = fit_log_linear(L, y)
+    assert (w >= 0).all() and all(b < a for a, b in zip(losses, losses[1:]))
+    assert losses[-1] == pytest.approx(log_linear_loss(L, y, w), abs=1e-12)
+    for i in range(len(w)):
+        for delta in (1e-3, -1e-3):
+            moved = w.clone()
+            moved[i] = (moved[i] + delta).clamp(min=0)
+            assert log_linear_loss(L, y, moved) >= losses[-1] - 1e-10
+        single = torch.zeros_like(w)
+        single[i] = 1
+        assert losses[-1] <= log_linear_loss(L, y, single)
+    if seed == 3:
+        assert w[0] == 0
+
+
+def test_a_component_that_rules_out_a_character_does_not_make_nan():
+    """A component giving probability 0 (log -inf) is floored, in the fit and in the mixture."""
+    L, y = random_log_probs(200, 2, 5, 0)
+    L[:, 1, 0] = float("-inf")
+    w, losses = fit_log_linear(L.clamp_min(LOG_FLOOR), y)
+    assert torch.isfinite(w).all() and all(map(lambda x: x == x, losses))
+
+
+def test_components_worse_than_uniform_get_weight_zero():
+    """Log-probabilities unrelated to the targets: the fit may choose the uniform distribution (all weights 0),
+    which is a valid mixture."""
+    L, y = random_log_probs(400, 5, 7, 2)
+    w, losses = fit_log_linear(L, y)
+    assert losses[-1] <= log_linear_loss(L, y, torch.zeros(5, dtype=torch.float64)) + 1e-12
+    part = {"model": "bigram", "config": {}}
+    config = Mixture.config_from({"components": [part, part], "weights": [0, 0], "kind": "log-linear"})
+    probs = Mixture(config, 7)(torch.zeros(3, 1, dtype=torch.long)).exp()
+    assert torch.allclose(probs, torch.full((3, 7), 1 / 7, dtype=torch.float64))
+
+
+def test_mixture_configs_are_checked():
+    part = {"model": "bigram", "config": {}}
+    old = Mixture.config_from({"components": [part, part], "weights": [0.5, 0.5]})
+    assert old.kind == "linear"  # a checkpoint from before log-linear mixtures
+    assert Mixture.config_from({"components": [part, part], "weights": [3, 0], "kind": "log-linear"}).weights == (3, 0)
+    for bad in ({"weights": [0.5, 0.6], "kind": "linear"}, {"weights": [-1, 2], "kind": "log-linear"},
+                {"weights": [float("nan"), 1], "kind": "log-linear"}, {"weights": [1e9, 1], "kind": "log-linear"},
+                {"weights": [0.5, 0.5], "kind": "geometric"}, {"weights": [0.5, 0.5], "kind": None},
+                {"weights": [0.5, 0.5], "kind": "linear", "extra": 1}):
+        with pytest.raises(OptionError):
+            Mixture.config_from({"components": [part, part], **bad})
 
 
 def test_em_never_increases_the_dev_loss(run, two_models):
@@ -53,8 +131,10 @@ def test_em_never_increases_the_dev_loss(run, two_models):
         assert weights.sum().item() == pytest.approx(1, abs=1e-12) and (weights >= 0).all()
 
 
-def test_a_mixture_is_a_model_like_any_other(run, two_models):
-    out = run("mix", "out/ngram.safetensors", "out/mlp.safetensors").output
+@pytest.mark.parametrize("kind", ["linear", "log-linear"])
+def test_a_mixture_is_a_model_like_any_other(run, two_models, kind):
+    out = run("mix", "out/ngram.safetensors", "out/mlp.safetensors", "--kind", kind).output
+    assert f"({kind}, {'EM' if kind == 'linear' else 'Newton'}, " in out
     em_loss = float(out.split("mixture dev loss ")[1].split()[0])
     assert json.loads(run("eval", "--json").stdout)["loss"] == pytest.approx(em_loss, abs=1e-4)
     assert json.loads(run("eval", "--split", "test", "--json").stdout)["model"] == "mixture"
@@ -82,6 +162,8 @@ def test_mixing_checkpoints_of_different_data_is_refused(run, small_names, tmp_p
     (["out/ngram.safetensors"], "at least two checkpoints"),
     (["out/ngram.safetensors", "out/ngram.safetensors", "--weights", "1,2,3"], "3 weights for 2 checkpoints"),
     (["out/ngram.safetensors", "out/ngram.safetensors", "--weights", "0,0"], "not all 0"),
+    (["out/ngram.safetensors", "out/ngram.safetensors", "--weights", "1,2000"], "at most 1000"),
+    (["out/ngram.safetensors", "out/ngram.safetensors", "--kind", "geometric"], "'geometric' is not one of"),
 ])
 def test_bad_mix_requests_are_usage_errors(run, small_names, args, message):
     run("train", "--model", "ngram", "--data", small_names, "-q")

@@ -1,10 +1,16 @@
-"""A mixture of trained models, as in Bengio et al. (2003), "A Neural Probabilistic Language Model", section 4:
+"""A mixture of trained models, of one of two kinds:
 
-    p(next | context) = sum_i w_i p_i(next | context)
+- linear, as in Bengio et al. (2003), "A Neural Probabilistic Language Model", section 4:
+  p(next | context) = sum_i w_i p_i(next | context), the weights summing to 1. Their network's perplexity
+  improved most when its probabilities were averaged with an interpolated n-gram's: the two are wrong in
+  different places.
+- log-linear (Klakow 1998, "Log-linear interpolation of language models"): p(next | context) proportional to
+  prod_i p_i(next | context)^w_i, weights >= 0 of any sum. A character that every component finds likely
+  gains; one that any component with weight finds unlikely loses. On the lecture's names it beats the linear
+  mixture of the same checkpoints (README, BENCHMARKS.md).
 
-Their network's perplexity improved most when its probabilities were averaged with an interpolated n-gram's:
-the two are wrong in different places. The components are any models of the registry (mixtures included);
-each reads its own block_size of the same context. makemore.mixing fits the weights.
+The components are any models of the registry (mixtures included); each reads its own block_size of the same
+context. makemore.mixing fits the weights.
 """
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ import torch
 from torch import nn
 
 from makemore.errors import OptionError
+from makemore.mixing import KINDS, LOG_FLOOR, MAX_LOG_LINEAR_WEIGHT
 from makemore.models import get_model_class, register
 from makemore.models.base import Model, config_dict
 
@@ -27,21 +34,25 @@ MAX_COMPONENTS = 64
 class MixtureConfig:
     # each component as {"model": registry name, "config": its config dict}; its tensors are in the state_dict
     components: tuple = ()
-    weights: tuple = ()  # one per component, summing to 1
+    weights: tuple = ()  # one per component: summing to 1 (linear), or >= 0 of any sum (log-linear)
+    kind: str = "linear"  # a checkpoint from before log-linear mixtures has no kind: it is linear
 
 
 @register("mixture")
 class Mixture(Model):
-    """The weighted average of its components' next-character distributions, returned as log-probabilities."""
+    """Its components' next-character distributions combined by the config's kind, as log-probabilities."""
 
     Config = MixtureConfig
 
     @classmethod
     def config_from(cls, values: dict, complete: bool = False, depth: int = 0) -> MixtureConfig:
         """Built by makemore mix, not by flags: the components' configs are checked by their own models."""
-        if not isinstance(values, dict) or set(values) != {"components", "weights"}:
-            raise OptionError("a mixture's config holds exactly 'components' and 'weights'")
-        parts, weights = values["components"], values["weights"]
+        if not isinstance(values, dict) or not {"components", "weights"} <= set(values) <= {"components", "weights",
+                                                                                             "kind"}:
+            raise OptionError("a mixture's config holds exactly 'components', 'weights' and 'kind'")
+        parts, weights, kind = values["components"], values["weights"], values.get("kind", "linear")
+        if kind not in KINDS:
+            raise OptionError(f"a mixture's kind is one of {', '.join(KINDS)}, not {str(kind)[:40]!r}")
         if not isinstance(parts, (list, tuple)) or not 1 <= len(parts) <= MAX_COMPONENTS:
             raise OptionError(f"a mixture has 1 to {MAX_COMPONENTS} components")
         if depth >= MAX_DEPTH:
@@ -62,9 +73,14 @@ class Mixture(Model):
         if (not isinstance(weights, (list, tuple)) or len(weights) != len(parts)
                 or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights)):
             raise OptionError("a mixture needs one weight (a number) per component")
-        if any(not 0 <= w < math.inf for w in weights) or not math.isclose(sum(weights), 1, abs_tol=1e-6):
-            raise OptionError(f"mixture weights must be >= 0 and sum to 1, not {list(weights)[:8]}")
-        return MixtureConfig(tuple(components), tuple(float(w) for w in weights))
+        if kind == "linear" and (any(not 0 <= w < math.inf for w in weights)
+                                 or not math.isclose(sum(weights), 1, abs_tol=1e-6)):
+            raise OptionError(f"linear mixture weights must be >= 0 and sum to 1, not {list(weights)[:8]}")
+        # all 0 is allowed: the uniform distribution, which a fit to components worse than it may choose
+        if kind == "log-linear" and any(not 0 <= w <= MAX_LOG_LINEAR_WEIGHT for w in weights):
+            raise OptionError(f"log-linear mixture weights must be 0 to {MAX_LOG_LINEAR_WEIGHT:g}, "
+                              f"not {list(weights)[:8]}")
+        return MixtureConfig(tuple(components), tuple(float(w) for w in weights), kind)
 
     @classmethod
     def _parts(cls, config: MixtureConfig):
@@ -89,8 +105,9 @@ class Mixture(Model):
     def __init__(self, config: MixtureConfig, vocab_size: int):
         super().__init__(config, vocab_size)
         self.components = nn.ModuleList(part_cls(part_config, vocab_size) for part_cls, part_config in self._parts(config))
-        # log 0 = -inf: a component with weight 0 then adds exactly nothing in the logsumexp
-        self.register_buffer("log_weights", torch.tensor(config.weights, dtype=torch.float64).log(), persistent=False)
+        weights = torch.tensor(config.weights, dtype=torch.float64)
+        # linear: log 0 = -inf, so that a component with weight 0 adds exactly nothing in the logsumexp
+        self.register_buffer("weights", weights if config.kind == "log-linear" else weights.log(), persistent=False)
 
     @property
     def block_size(self) -> int:
@@ -102,5 +119,9 @@ class Mixture(Model):
                             for m in self.components])
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """log sum_i w_i p_i(. | idx), computed in log space so that no probability underflows."""
-        return torch.logsumexp(self.log_weights[:, None, None] + self.component_log_probs(idx), dim=0)
+        """Linear: log sum_i w_i p_i(. | idx), in log space so that no probability underflows. Log-linear:
+        sum_i w_i log p_i(. | idx), normalised; log-probabilities floored at LOG_FLOOR (makemore.mixing)."""
+        log_probs = self.component_log_probs(idx)
+        if self.config.kind == "linear":
+            return torch.logsumexp(self.weights[:, None, None] + log_probs, dim=0)
+        return torch.log_softmax(torch.einsum("mbv,m->bv", log_probs.clamp_min(LOG_FLOOR), self.weights), dim=-1)
