@@ -314,7 +314,7 @@ def mix(paths: list, out: str | Path = "out", name: str = "mixture", weights: li
                         "give them with --weights")
     models = [t.model for t in trained]
     losses, iterations = [float("nan")] * len(models), 0
-    dev = None
+    dev, dev_loss = None, float("nan")
     if dev_items:
         dev = build_dataset(dev_items, first.vocab, max(m.block_size for m in models)).to(resolve_device(device))
         P = mixing.target_probs(models, dev)
@@ -323,8 +323,11 @@ def mix(paths: list, out: str | Path = "out", name: str = "mixture", weights: li
             fitted, history = mixing.em(P)
             weights, iterations = fitted.tolist(), len(history) - 1
         elif weights is None:
-            fitted, history = mixing.fit_log_linear(*mixing.log_probs(models, dev, len(first.vocab)))
+            L, y = mixing.log_probs(models, dev, len(first.vocab))
+            fitted, history = mixing.fit_log_linear(L, y)
             weights, iterations = fitted.tolist(), len(history) - 1
+            if len(y) == len(dev):  # fitted on all of dev: its loss is known without reading dev again
+                dev_loss = history[-1]
     if kind == "linear":
         total = sum(weights)
         weights = [w / total for w in weights]
@@ -336,8 +339,7 @@ def mix(paths: list, out: str | Path = "out", name: str = "mixture", weights: li
     net = Mixture(config, len(first.vocab))
     net.components.load_state_dict(torch.nn.ModuleList(models).state_dict())
     net.to(resolve_device(device))
-    dev_loss = float("nan")
-    if dev is not None:
+    if dev is not None and math.isnan(dev_loss):
         dev_loss = evaluate(net, dev)
     out = Path(out)
     check_writable(out)
