@@ -7,7 +7,7 @@ from makemore import api, checkpoint
 from makemore.data import read_items
 from makemore.dataset import build_dataset
 from makemore.errors import OptionError
-from makemore.mixing import LOG_FLOOR, em, fit_log_linear, log_linear_loss
+from makemore.mixing import LOG_FLOOR, em, fit_log_linear, log_linear_loss, log_probs
 from makemore.models.mixture import Mixture
 
 
@@ -169,3 +169,19 @@ def test_bad_mix_requests_are_usage_errors(run, small_names, args, message):
     run("train", "--model", "ngram", "--data", small_names, "-q")
     result = run("mix", *args, ok=False)
     assert result.exit_code == 2 and message in result.output
+
+
+def test_a_large_dev_split_is_fitted_on_a_bounded_subset(run, two_models):
+    """log_probs holds at most limit numbers: a seeded subset of the examples, each exactly as in the whole."""
+    ngram, mlp = api.load("out/ngram.safetensors"), api.load("out/mlp.safetensors")
+    models, V = [ngram.model, mlp.model], len(ngram.vocab)
+    dev = build_dataset(ngram.splits()["dev"], ngram.vocab, max(ngram.block_size, mlp.block_size))
+    whole, y_whole = log_probs(models, dev, V)
+    assert whole.shape == (len(dev), 2, V) and (whole >= LOG_FLOOR).all()
+    part, y_part = log_probs(models, dev, V, limit=2 * V * 25)
+    assert part.shape == (25, 2, V) and len(y_part) == 25
+    again, _ = log_probs(models, dev, V, limit=2 * V * 25)
+    assert torch.equal(part, again)  # the same subset every time
+    for row, target in zip(part, y_part):
+        same = (whole == row).flatten(1).all(1) & (y_whole == target)
+        assert same.any()
