@@ -105,9 +105,7 @@ class Mixture(Model):
     def __init__(self, config: MixtureConfig, vocab_size: int):
         super().__init__(config, vocab_size)
         self.components = nn.ModuleList(part_cls(part_config, vocab_size) for part_cls, part_config in self._parts(config))
-        weights = torch.tensor(config.weights, dtype=torch.float64)
-        # linear: log 0 = -inf, so that a component with weight 0 adds exactly nothing in the logsumexp
-        self.register_buffer("weights", weights if config.kind == "log-linear" else weights.log(), persistent=False)
+        self.register_buffer("weights", torch.tensor(config.weights, dtype=torch.float64), persistent=False)
 
     @property
     def block_size(self) -> int:
@@ -122,6 +120,6 @@ class Mixture(Model):
         """Linear: log sum_i w_i p_i(. | idx), in log space so that no probability underflows. Log-linear:
         sum_i w_i log p_i(. | idx), normalised; log-probabilities floored at LOG_FLOOR (makemore.mixing)."""
         log_probs = self.component_log_probs(idx)
-        if self.config.kind == "linear":
-            return torch.logsumexp(self.weights[:, None, None] + log_probs, dim=0)
+        if self.config.kind == "linear":  # log 0 = -inf: a component with weight 0 adds exactly nothing
+            return torch.logsumexp(self.weights.log()[:, None, None] + log_probs, dim=0)
         return torch.log_softmax(torch.einsum("mbv,m->bv", log_probs.clamp_min(LOG_FLOOR), self.weights), dim=-1)
