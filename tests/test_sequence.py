@@ -98,6 +98,53 @@ def test_one_pass_over_a_row_is_causal(name):
     assert not torch.allclose(a[:, 6:], b[:, 6:])
 
 
+def test_alibi_lowers_each_heads_scores_by_its_slope_times_the_distance():
+    """Press et al.'s biases: head h of n looks back at slope 2^(-8h/n); later positions are masked out."""
+    net = model("transformer", 6, 7)
+    n = net.config.n_head
+    bias = net.attention_bias(5, torch.device("cpu"))
+    assert bias.shape == (n, 5, 5)
+    for h in range(n):
+        slope = 2.0 ** (-8.0 * (h + 1) / n)
+        for i in range(5):
+            for j in range(5):
+                expected = -slope * (i - j) if j <= i else float("-inf")
+                assert bias[h, i, j].item() == pytest.approx(expected), (h, i, j)
+    cls = get_model_class("transformer")
+    plain = cls(cls.config_from(dict(SMALL["transformer"], block_size=6, alibi=False)), 7)
+    assert plain.attention_bias(5, torch.device("cpu")) is None
+
+
+def test_alibi_changes_what_attention_reads():
+    """The same weights with and without the biases: the first position (nothing to weigh) agrees, later
+    ones do not."""
+    cls = get_model_class("transformer")
+    on = model("transformer", 8, 7)
+    off = cls(cls.config_from(dict(SMALL["transformer"], block_size=8, alibi=False)), 7).eval()
+    off.load_state_dict(on.state_dict())
+    row = torch.tensor([[0, 3, 1, 4, 1, 5]])
+    a, b = on(row, every_position=True), off(row, every_position=True)
+    torch.testing.assert_close(a[:, 0], b[:, 0])
+    assert not torch.allclose(a[:, 1:], b[:, 1:])
+
+
+def test_tied_embeddings_give_the_logits_through_the_token_embeddings():
+    """With tie_embeddings the output layer is the token embeddings' transpose plus a bias, one matrix
+    trained for both; without, a separate output matrix."""
+    cls = get_model_class("transformer")
+    tied = model("transformer", 6, 7)
+    assert "lm_head.weight" not in tied.state_dict() and "lm_bias" in tied.state_dict()
+    row = torch.tensor([[0, 2, 4]])
+    before = tied(row, every_position=True)
+    with torch.no_grad():
+        tied.wte.weight[5] += 1.0  # token 5 never read here: only its logit can change
+    after = tied(row, every_position=True)
+    assert not torch.allclose(before[..., 5], after[..., 5])
+    torch.testing.assert_close(before[..., :5], after[..., :5])
+    untied = cls(cls.config_from(dict(SMALL["transformer"], block_size=6, tie_embeddings=False)), 7)
+    assert untied.state_dict()["lm_head.weight"].shape == (7, 8) and "lm_bias" not in untied.state_dict()
+
+
 def test_block_size_defaults_to_the_longest_training_item(tmp_path):
     data = tmp_path / "words.txt"
     data.write_text("ab\nabcdefghi\nabc\n" * 40, encoding="utf-8")

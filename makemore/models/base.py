@@ -32,6 +32,9 @@ class Model(nn.Module):
     decay_in_loss: ClassVar[bool] = False
     # trained and evaluated on rows of whole items, every position at once (SequenceModel)
     whole_items: ClassVar[bool] = False
+    # options added after checkpoints of the model were written: name -> the value such a checkpoint, which
+    # lacks the name, was trained with
+    options_added_later: ClassVar[dict] = {}
 
     def __init__(self, config, vocab_size: int):
         super().__init__()
@@ -52,7 +55,10 @@ class Model(nn.Module):
     @classmethod
     def config_from(cls, values: dict, complete: bool = False):
         """The Config from option values (names as the fields), each checked where it is declared;
-        OptionError for a value or a name the model does not take."""
+        OptionError for a value or a name the model does not take. A complete config (a checkpoint's) that
+        lacks an option added later gets the value it was trained with."""
+        if complete and isinstance(values, dict):
+            values = {**cls.options_added_later, **values}
         return options.make(cls.Config, values, what=f"--model {cls.name}", complete=complete)
 
     @classmethod
