@@ -55,7 +55,9 @@ def test_every_model_option_on_every_model(run, small_names, model, name):
     base = ["train", "--model", model, "--data", small_names, "-q", *fast]
     if name not in takes:
         spec = _declared_everywhere()[name]
-        value = [options.flag(name)] if spec.kind is bool else [options.flag(name), spec.choices[0] if spec.choices else 1]
+        value = [options.flag(name)]
+        if spec.kind is not bool:
+            value.append(spec.choices[0] if spec.choices else 1)
         result = run(*base, *value, ok=False)
         assert result.exit_code == 2 and "does not apply to --model" in result.output
         return
