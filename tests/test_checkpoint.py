@@ -856,27 +856,38 @@ def test_finite_weights_that_predict_nothing_are_refused_by_every_command(tmp_pa
     assert len(set(found)) == 1 and "predictions are not numbers" in found[0], found
 
 
-def test_a_transformer_from_before_alibi_and_tied_embeddings_loads_as_it_was_trained(trained, tmp_path):
-    """A checkpoint written before the transformer's alibi and tie_embeddings options records neither: it
-    loads with both off, scores as it did, samples, and resumes."""
+# the options each generation of transformer checkpoints lacks, and the values it was trained with
+BEFORE_ALIBI = dict(alibi=False, tie_embeddings=False, alibi_scale=1.0, learned_positions=True)
+BEFORE_ALIBI_ALONE = dict(alibi_scale=1.0, learned_positions=True)
+
+
+@pytest.mark.parametrize("lacks", [BEFORE_ALIBI, BEFORE_ALIBI_ALONE], ids=["before-alibi", "before-alibi-alone"])
+def test_a_transformer_from_before_later_options_loads_as_it_was_trained(trained, tmp_path, lacks):
+    """A checkpoint written before some of the transformer's options records none of them: it loads with
+    the values it was trained with, scores as it did, samples, and resumes."""
     data = trained["data"]
-    ok("train", "--model", "transformer", "--n-embd", 8, "--n-head", 2, "--n-layer", 1, "--steps", 5, "--no-alibi",
-       "--no-tie-embeddings", "--data", data, "--out", tmp_path, "--name", "new", "-q")
+    flags = []
+    for name, value in lacks.items():
+        flag = name.replace("_", "-")
+        flags += [(f"--{flag}" if value else f"--no-{flag}")] if isinstance(value, bool) else [f"--{flag}", value]
+    ok("train", "--model", "transformer", "--n-embd", 8, "--n-head", 2, "--n-layer", 1, "--steps", 5, *flags,
+       "--data", data, "--out", tmp_path, "--name", "new", "-q")
     header, body = unpack((tmp_path / f"new{checkpoint.SUFFIX}").read_bytes())
     doc = document(header)
-    assert doc["config"].pop("alibi") is False and doc["config"].pop("tie_embeddings") is False
+    assert {name: doc["config"].pop(name) for name in lacks} == lacks
     old = tmp_path / f"old{checkpoint.SUFFIX}"
     old.write_bytes(seal(header, body, doc))
     loaded = api.load(old)
-    assert not loaded.model.config.alibi and not loaded.model.config.tie_embeddings
+    assert {name: getattr(loaded.model.config, name) for name in lacks} == lacks
     losses = [json.loads(ok("eval", "--checkpoint", p, "--json").stdout)["loss"]
               for p in (tmp_path / f"new{checkpoint.SUFFIX}", old)]
     assert losses[0] == losses[1]
     assert len(ok("sample", "--checkpoint", old, "-n", 3).stdout.split()) == 3
     ok("train", "--resume", "--checkpoint", old, "--steps", 8, "-q")
-    assert checkpoint.load(old)["step"] == 8 and "alibi" in checkpoint.load(old)["config"]
+    resumed = checkpoint.load(old)
+    assert resumed["step"] == 8 and {name: resumed["config"][name] for name in lacks} == lacks
     # the same file claiming the new defaults does not fit its tensors: refused in one line
-    doc["config"].update(alibi=True, tie_embeddings=True)
+    doc["config"].update(tie_embeddings=True, learned_positions=False)
     wrong = tmp_path / f"wrong{checkpoint.SUFFIX}"
     wrong.write_bytes(seal(header, body, doc))
     assert isinstance(attempt(wrong), str)

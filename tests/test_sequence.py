@@ -98,14 +98,18 @@ def test_one_pass_over_a_row_is_causal(name):
     assert not torch.allclose(a[:, 6:], b[:, 6:])
 
 
-def test_alibi_lowers_each_heads_scores_by_its_slope_times_the_distance():
-    """Press et al.'s biases: head h of n looks back at slope 2^(-8h/n); later positions are masked out."""
-    net = model("transformer", 6, 7)
-    n = net.config.n_head
+@pytest.mark.parametrize("alibi_scale", [None, 2.0, 0.5])
+def test_alibi_lowers_each_heads_scores_by_its_slope_times_the_distance(alibi_scale):
+    """Press et al.'s biases times alibi_scale (1 by default): head h of n looks back at slope
+    scale x 2^(-8h/n); later positions are masked out."""
+    cls = get_model_class("transformer")
+    given = {} if alibi_scale is None else dict(alibi_scale=alibi_scale)
+    net = cls(cls.config_from(dict(SMALL["transformer"], block_size=6, **given)), 7)
+    n, scale = net.config.n_head, 1.0 if alibi_scale is None else alibi_scale
     bias = net.attention_bias(5, torch.device("cpu"))
     assert bias.shape == (n, 5, 5)
     for h in range(n):
-        slope = 2.0 ** (-8.0 * (h + 1) / n)
+        slope = scale * 2.0 ** (-8.0 * (h + 1) / n)
         for i in range(5):
             for j in range(5):
                 expected = -slope * (i - j) if j <= i else float("-inf")
@@ -126,6 +130,28 @@ def test_alibi_changes_what_attention_reads():
     a, b = on(row, every_position=True), off(row, every_position=True)
     torch.testing.assert_close(a[:, 0], b[:, 0])
     assert not torch.allclose(a[:, 1:], b[:, 1:])
+
+
+@pytest.mark.parametrize("learned_positions", [False, True])
+def test_positions_come_only_from_alibi_unless_learned(learned_positions):
+    """Without learned positions a one-block transformer with ALiBi off weighs the earlier characters as a
+    set: their order does not change the last position's logits. Learned position embeddings (or ALiBi)
+    make it change."""
+    cls = get_model_class("transformer")
+    values = dict(SMALL["transformer"], n_layer=1, block_size=6, learned_positions=learned_positions)
+    torch.manual_seed(0)
+    plain = cls(cls.config_from(dict(values, alibi=False)), 7).eval()
+    with torch.no_grad():
+        for p in plain.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    assert ("wpe.weight" in plain.state_dict()) == learned_positions
+    row, swapped = torch.tensor([[0, 3, 1, 4, 2]]), torch.tensor([[0, 1, 4, 3, 2]])
+    last = [plain(r, every_position=True)[0, -1] for r in (row, swapped)]
+    assert torch.allclose(last[0], last[1], atol=1e-5) != learned_positions
+    alibi = cls(cls.config_from(values), 7).eval()
+    alibi.load_state_dict(plain.state_dict())
+    last = [alibi(r, every_position=True)[0, -1] for r in (row, swapped)]
+    assert not torch.allclose(last[0], last[1], atol=1e-5)
 
 
 def test_tied_embeddings_give_the_logits_through_the_token_embeddings():
