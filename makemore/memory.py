@@ -55,3 +55,14 @@ def check_fits(needs: dict[str, int], device: torch.device, advice: str) -> None
 
 def _gb(n: int) -> str:
     return f"{n / 2**30:.1f} GB" if n >= 2**28 else f"{n / 2**20:.0f} MB"
+
+
+def rows_that_fit(cls, config, vocab_size: int, device: torch.device, wanted: int, share: float = 0.5) -> int:
+    """The most rows (examples) of one forward pass without gradients, at most wanted, whose activations fit
+    in share of the memory this process may still allocate on device; MakemoreError when not one row fits."""
+    per_row = 4 * cls.example_numbers(config, vocab_size) + 8 * config.block_size
+    rows = min(wanted, int(share * available(device)) // max(1, per_row))
+    if rows < 1:
+        raise MakemoreError(f"one example of this {cls.name} model needs about {_gb(per_row)} of memory but "
+                            f"{device.type} has {_gb(available(device))} available")
+    return rows
