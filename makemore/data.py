@@ -21,6 +21,10 @@ BOUNDARY = "."
 # Items are lines, so a newline can never be part of one: it is the boundary when the data has '.'.
 FALLBACK_BOUNDARY = "\n"
 MAX_VOCAB = 10_000  # characters, boundary included: sampling allocates 256 x V numbers, a counting model V^2
+# characters of one item: a line longer than this is refused, naming its line; the sequence models read items up
+# to 1,024 tokens whole, and the samplers' length cap is twice the longest item, so one stray megabyte-long line
+# cannot make every step of every model megabytes wide
+MAX_ITEM_CHARS = 1000
 SPLIT_NAMES = ("train", "dev", "test")
 DEFAULT_SPLITS = (0.8, 0.1, 0.1)
 DEFAULT_SPLIT_SEED = 42
@@ -95,6 +99,10 @@ def parse_items(raw: bytes, name: str = "data") -> list[str]:
         ) from None
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     items = [unicodedata.normalize("NFC", line.strip()) for line in lines]
+    if max(map(len, items)) > MAX_ITEM_CHARS:
+        number, item = next((n, item) for n, item in enumerate(items, 1) if len(item) > MAX_ITEM_CHARS)
+        raise DataError(f"{name}: line {number:,} is {len(item):,} characters long; makemore models items of at "
+                        f"most {MAX_ITEM_CHARS:,} characters (one per line): split or drop that line")
     items = [item for item in items if item]
     if not items:
         what = "is empty" if not text.strip("\n\r\ufeff") else "has only blank lines"
