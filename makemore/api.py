@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import sys
 import tempfile
 import time
@@ -16,16 +17,18 @@ import torch
 from makemore import checkpoint, declarations, distributed, instruments, memory, mixing, options, plots, threads
 from makemore.batches import BATCH_CHUNK
 from makemore.constraints import NothingFound, Samples
-from makemore.data import DEFAULT_SPLIT_SEED, DEFAULT_SPLITS, Data, Vocab, read_items, read_items_file
+from makemore.data import (DEFAULT_SPLIT_SEED, DEFAULT_SPLITS, Data, Vocab, read_items, read_items_file, recordable,
+                           recorded_status)
 from makemore.dataset import build_dataset
-from makemore.errors import CheckpointError, DataError, Interrupted, MakemoreError, OptionError
-from makemore.files import atomic_write
-from makemore.models import get_model_class
+from makemore.errors import CheckpointError, DataError, Interrupted, MakemoreError, OptionError, printable
+from makemore.files import atomic_write, check_name
+from makemore.models import MODELS, get_model_class
 from makemore.models.mixture import Mixture, MixtureConfig
 from makemore.train import LoopState, TrainConfig, evaluate, make_optimizer, stop_on_signals, train_loop
-from makemore.trained import Trained, _changed_data, _model_from, load, resolve_device
+from makemore.trained import Trained, _changed_data, _model_from, check_predicts, load, resolve_device
 
 PLOT_HINT = plots.INSTALL_HINT
+MAX_RECORDED_BYTES = 1 << 30
 latest = checkpoint.latest  # the checkpoint trained last in a folder
 
 __all__ = ["load", "train", "inspect", "mix", "lr_find", "read_items", "read_items_file", "Data", "Trained", "Samples",
@@ -116,50 +119,171 @@ def check_writable(out_dir: Path) -> None:
         raise MakemoreError(f"cannot write to the output directory {out_dir}: {e.strerror}") from None
 
 
+@dataclass
+class Run:
+    """What a training run is set up from: the model's class and config, the loop's settings, the data and
+    its split, the vocabulary, and for --resume the checkpoint continued (prior)."""
+
+    cls: type
+    mconfig: object
+    tconfig: TrainConfig
+    dataset: Data
+    splits: tuple
+    split_seed: int
+    vocab: Vocab
+    prior: dict | None = None
+
+
+def _new_run(model: str, data, model_options: dict | None, train_options: dict | None, splits, split_seed) -> Run:
+    cls = get_model_class(model)
+    mconfig = model_config(model, model_options or {})
+    tconfig = train_config(model, train_options or {})
+    dataset = Data.read(data)
+    parts = dataset.split(splits, split_seed)
+    mconfig = cls.config_for_data(mconfig, _given(model_options), parts["train"])
+    return Run(cls, mconfig, tconfig, dataset, tuple(splits), split_seed, Vocab.from_items(dataset.items))
+
+
+def _resumed_run(path: Path, model: str | None, data, model_options: dict | None, train_options: dict | None,
+                 splits, split_seed, strict: bool, warn) -> Run:
+    """The run a checkpoint continues. Every option given must agree with the checkpoint (an OptionError
+    names the first that does not), except --steps, which may lengthen the run."""
+    prior = checkpoint.load(path)
+    if prior["model"] not in MODELS:
+        raise CheckpointError(f"{printable(path)}: a {prior['model']} is made by makemore {prior['model'].replace('ture', '')}"
+                              " from trained checkpoints, not trained step by step, so it cannot be resumed")
+    cls = get_model_class(prior["model"])
+    recorded = dict(model=prior["model"], splits=tuple(prior["split"]["fractions"]), split_seed=prior["split"]["seed"])
+    for key, value in dict(model=model, splits=splits, split_seed=split_seed).items():
+        if value is not None and (tuple(value) if key == "splits" else value) != recorded[key]:
+            shown = ",".join(f"{f:g}" for f in value) if key == "splits" else value
+            was = ",".join(f"{f:g}" for f in recorded[key]) if key == "splits" else recorded[key]
+            raise OptionError(f"--{key.replace('_', '-')} {shown} contradicts the run being resumed, which has {was}; "
+                              "leave it out to continue that run, or train a new one without --resume")
+    mconfig = cls.config_from(prior["config"], complete=True)
+    _refuse_changes(mconfig, cls.config_from({**dataclasses.asdict(mconfig), **_given(model_options)}, complete=True))
+    tconfig = options.make(TrainConfig, prior["train"], what="the run to resume") if not cls.counts else \
+        train_config(prior["model"], {})
+    given = _given(train_options)
+    if cls.counts and given:
+        train_config(prior["model"], given)  # the OptionError a counting model gives for a training setting
+    wanted = options.make(TrainConfig, {**dataclasses.asdict(tconfig), **given}, what="training")
+    _refuse_changes(tconfig, dataclasses.replace(wanted, steps=tconfig.steps))
+    if wanted.steps < prior["step"]:
+        raise OptionError(f"--steps {wanted.steps:,} is below the {prior['step']:,} steps the run being resumed has "
+                          "trained already; give more steps, or leave --steps out to finish the run as it was set up")
+    if not cls.counts and wanted.steps == prior["step"]:
+        raise MakemoreError(f"{printable(path)}: has trained all {prior['step']:,} of its steps; give --steps above "
+                            f"{prior['step']:,} to train it further")
+    tconfig.steps = wanted.steps
+    resumed = _model_from(prior, path)  # a checkpoint whose weights do not fit is refused before any work
+    if not cls.counts and prior["step"] > 0:
+        checkpoint.check_resumable(prior, path, make_optimizer(resumed, tconfig))
+    dataset = _resumed_data(prior, path, data, strict, warn)
+    vocab = Vocab(prior["vocab"])
+    vocab.check_items(dataset.items, printable(dataset.path))
+    return Run(cls, mconfig, tconfig, dataset, recorded["splits"], recorded["split_seed"], vocab, prior)
+
+
+def _refuse_changes(recorded, wanted) -> None:
+    """OptionError for the first setting in which wanted (the recorded config with the options given) differs
+    from recorded."""
+    for field in dataclasses.fields(recorded):
+        was, now = getattr(recorded, field.name), getattr(wanted, field.name)
+        if was != now:
+            raise OptionError(f"{options.flag(field.name)} {_plain_value(now)} contradicts the run being resumed, "
+                              f"which has {_plain_value(was)}; leave it out to continue that run, or train a new one "
+                              "without --resume")
+
+
+def _plain_value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (tuple, list)):
+        return ",".join(_plain_value(v) for v in value)
+    return "none" if value is None else str(value)
+
+
+def _resumed_data(prior: dict, path: Path, data, strict: bool, warn) -> Data:
+    """The data a resumed run trains on: the file given with --data, else the items the checkpoint keeps.
+    The file the checkpoint records is never read for its items (a received checkpoint may name any file):
+    it is only compared with the recorded fingerprint, and a changed one refuses the resume."""
+    if data is not None:
+        dataset = Data.read(data)
+        if dataset.fingerprint != prior["data"]["fingerprint"]:
+            _changed_data(prior, dataset, strict, warn)
+        return dataset
+    recorded = prior["data"]["path"]
+    kept = prior["items"].split("\n") if prior.get("items") else []
+    if not kept:
+        raise CheckpointError(f"{printable(path)}: keeps no training items; give the data to continue on with --data")
+    if recorded_status(recorded, prior["data"]["fingerprint"], MAX_RECORDED_BYTES) == "changed":
+        raise DataError(f"{printable(recorded)} has changed since {printable(path)} was trained on it; to continue "
+                        "on the file as it is now, give it with --data (without --data the run continues on the items "
+                        "the checkpoint keeps only while that file is unchanged or gone)")
+    return Data(Path(recorded), kept, prior["data"]["fingerprint"])
+
+
+def _output_path(out: Path, name: str | None, default: str, resumed: Path | None) -> Path:
+    """Where the run's checkpoint goes: --out/NAME.safetensors. A resumed checkpoint is never written over:
+    its continuation gets the first free name NAME-2, NAME-3, ... when it would land on it."""
+    path = out / f"{name or default}{checkpoint.SUFFIX}"
+    if resumed is None or not _same_file(path, resumed):
+        return path
+    if name is not None:
+        raise OptionError(f"--name {name} would write over the checkpoint being resumed, {printable(resumed)}; "
+                          "choose another --name or --out")
+    stem, _, number = default.rpartition("-")
+    stem, n = (stem, int(number)) if stem and number.isdigit() else (default, 1)
+    while True:
+        n += 1
+        path = out / f"{stem}-{n}{checkpoint.SUFFIX}"
+        if not path.exists():
+            return path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return Path(a).resolve() == Path(b).resolve()
+
+
 @distributed.leaves_process_group
-def train(model: str = "mlp", data: str | Path | None = None, out: str | Path = "out", name: str | None = None,
+def train(model: str | None = None, data: str | Path | None = None, out: str | Path = "out", name: str | None = None,
           model_options: dict | None = None, train_options: dict | None = None,
-          splits=DEFAULT_SPLITS, split_seed: int = DEFAULT_SPLIT_SEED, resume: str | Path | None = None,
+          splits=None, split_seed: int | None = None, resume: str | Path | None = None,
           device: str = "auto", progress: bool = True, strict: bool = False, warn=None,
           n_threads: int | None = None) -> TrainResult:
-    """Train a model (or resume the checkpoint named by resume) and write its checkpoint under out.
+    """Train a model (or continue the checkpoint named by resume) and write its checkpoint in out.
+
+    model, splits and split_seed default to mlp, 0.8,0.1,0.1 and 42; with resume they default to the
+    checkpoint's, and any option given must agree with it (OptionError), except train_options' steps, which
+    may lengthen the run. The resumed checkpoint itself is never written: the continued run is saved in out,
+    under name (default: the resumed checkpoint's, or NAME-2 beside it). Without data a resumed run trains
+    on the items the checkpoint keeps. No checkpoint is written (nor an earlier one replaced) until the run
+    has a model that loads: a run that diverges or stops before its first evaluation leaves out as it was.
 
     n_threads: torch's thread count; None lets makemore.threads choose it and adapt it to the machine's load.
 
     Under torchrun every process calls this; rank 0 alone warns, evaluates and writes (see distributed).
     """
-    warn = warn or (lambda message: print(message, file=sys.stderr))
+    warn = warn or (lambda message: print(printable(message), file=sys.stderr))
     world, dev = distributed.setup(resolve_device(device))
     if not world.is_main:
         warn, progress = (lambda message: None), False
-    prior = None
+    if name is not None:
+        check_name(name)
+    resume = Path(resume) if resume is not None else None
     if resume is not None:
-        prior = checkpoint.load(resume)
-        model, name, out = prior["model"], Path(resume).stem, Path(resume).parent
-        data = data if data is not None else prior["data"]["path"]
-        splits, split_seed = tuple(prior["split"]["fractions"]), prior["split"]["seed"]
-    cls = get_model_class(model)
-    if prior is not None:
-        mconfig = cls.config_from(prior["config"], complete=True)
-        given = {k: v for k, v in (train_options or {}).items() if v is not None}
-        tconfig = options.make(TrainConfig, dict(prior["train"], **given), what="the run to resume")
-        resumed = _model_from(prior, resume)  # a checkpoint whose weights do not fit is refused before any work
-        if not cls.counts and prior["step"] > 0:
-            checkpoint.check_resumable(prior, resume, make_optimizer(resumed, tconfig))
+        run = _resumed_run(resume, model, data, model_options, train_options, splits, split_seed, strict, warn)
     else:
-        mconfig = model_config(model, model_options or {})
-        tconfig = train_config(model, train_options or {})
-    dataset = Data.read(data)
-    if prior is not None and dataset.fingerprint != prior["data"]["fingerprint"]:
-        _changed_data(prior, dataset, strict, warn)
-    parts = dataset.split(splits, split_seed)
-    if prior is None:
-        mconfig = cls.config_for_data(mconfig, _given(model_options), parts["train"])
-    vocab = Vocab(prior["vocab"]) if prior is not None else Vocab.from_items(dataset.items)
-    if prior is not None and vocab.unknown("".join(dataset.items)):
-        raise DataError(f"{dataset.path}: has characters the checkpoint's vocabulary lacks: "
-                        f"{''.join(vocab.unknown(''.join(dataset.items)))!r}")
-    net, train_set, dev_set = build_run(cls, mconfig, tconfig, vocab, parts, dev, with_dev=world.is_main)
+        run = _new_run(model or "mlp", data, model_options, train_options, splits or DEFAULT_SPLITS,
+                       DEFAULT_SPLIT_SEED if split_seed is None else split_seed)
+    cls, mconfig, tconfig, prior = run.cls, run.mconfig, run.tconfig, run.prior
+    model = cls.name
+    parts = run.dataset.split(run.splits, run.split_seed)
+    net, train_set, dev_set = build_run(cls, mconfig, tconfig, run.vocab, parts, dev, with_dev=world.is_main)
     out = Path(out)
     if world.is_main:  # made only now: a run refused above leaves no empty folder behind
         check_writable(out)
@@ -167,54 +291,41 @@ def train(model: str = "mlp", data: str | Path | None = None, out: str | Path = 
     if prior is None:  # a resumed run keeps the settings it started with
         apply_size_rules(cls, tconfig, train_options, len(train_set))
 
-    path = out / f"{name or model}{checkpoint.SUFFIX}"
-    replaced = path.exists() and prior is None
+    path = _output_path(out, name, resume.stem if resume is not None else model, resume)
+    replaced = path.exists()
     base = dict(
-        model=model, config=mconfig, vocab=vocab.chars, train=tconfig,
-        split=dict(fractions=list(splits), seed=split_seed),
-        data=dict(path=str(dataset.path.resolve()), fingerprint=dataset.fingerprint, n_items=len(dataset.items)),
-        items="\n".join(dataset.items),
+        model=model, config=mconfig, vocab=run.vocab.chars, train=tconfig,
+        split=dict(fractions=list(run.splits), seed=run.split_seed),
+        data=dict(path=recordable(run.dataset.path), fingerprint=run.dataset.fingerprint,
+                  n_items=len(run.dataset.items)),
+        items="\n".join(run.dataset.items),
     )
     metrics_path = path.with_suffix(".metrics.jsonl")
 
     def write(state: LoopState, net) -> None:
-        resume = None
+        resume_state = None
         if state.optimizer is not None:
-            resume = dict(state_dict=net.state_dict(), optimizer=state.optimizer, rng=state.rng,
-                          elapsed=state.elapsed, world_size=world.size)
+            resume_state = dict(state_dict=net.state_dict(), optimizer=state.optimizer, rng=state.rng,
+                                elapsed=state.elapsed, world_size=world.size)
         checkpoint.save(checkpoint.build(**base, state_dict=state.best_state or net.state_dict(), step=state.step,
                                          best_dev_loss=state.best_dev_loss, metrics=list(state.metrics or []),
-                                         resume=resume), path)
+                                         resume=resume_state), path)
         checkpoint.write_latest(out, path)
         atomic_metrics(metrics_path, state.metrics or [])
 
     if cls.counts:
         if world.is_main:  # counting is one quick pass: the other processes have nothing to do
             net.fit(train_set)
+            check_predicts(net, f"the {model} model counted from {printable(run.dataset.path)}")
         state = LoopState(step=0, metrics=[], best_state=net.state_dict())
         if world.is_main:
             write(state, net)
     else:
-        state = LoopState()
-        if prior is not None and "resume" not in prior:  # saved before the first step: start afresh from it
-            net.load_state_dict(prior["state_dict"])
-        elif prior is not None:
-            r = prior["resume"]
-            if r.get("world_size", 1) != world.size:
-                warn(f"warning: resuming with {world.size} process(es) a run trained with {r.get('world_size', 1)}: "
-                     f"the batch of each step changes from {r.get('world_size', 1) * tconfig.batch_size} to "
-                     f"{world.size * tconfig.batch_size} examples")
-            net.load_state_dict(r["state_dict"])
-            state = LoopState(step=prior["step"], best_dev_loss=prior["best_dev_loss"],
-                              best_state={k: v.to(dev) for k, v in prior["state_dict"].items()},
-                              optimizer=r["optimizer"], rng=r["rng"], metrics=list(prior["metrics"]),
-                              elapsed=r["elapsed"])
+        state = _loop_state(prior, net, dev, world, tconfig, warn)
         with stop_on_signals() as stop:
-            if world.is_main and prior is None and (not path.exists() or tconfig.steps == 0):
-                # a complete checkpoint from the very start, but never one that replaces an earlier
-                # checkpoint with untrained weights: that is left until the first evaluation
+            if world.is_main and tconfig.steps == state.step == 0:  # asked for no training: the model as built
                 write(state, net)
-            # the loop writes the checkpoint at every evaluation, the last step included
+            # the loop writes the checkpoint at every evaluation, the last step included, and on an interrupt
             try:
                 state = train_loop(net, train_set, dev_set, tconfig, state, save=write if world.is_main else None,
                                    progress=progress, stop=stop, world=world, governor=governor)
@@ -229,8 +340,26 @@ def train(model: str = "mlp", data: str | Path | None = None, out: str | Path = 
     train_loss = evaluate(net, train_set)
     dev_loss = evaluate(net, dev_set) if dev_set is not None else float("nan")
     curve = plots.write_curve_if_possible(state.metrics, plots.curve_path(path),
-                                           plots.curve_title(model, dataset.path))
+                                           plots.curve_title(model, run.dataset.path))
     return TrainResult(path, state.step, train_loss, dev_loss, seconds, replaced, curve)
+
+
+def _loop_state(prior: dict | None, net, dev: torch.device, world, tconfig: TrainConfig, warn) -> LoopState:
+    """Where the loop starts: afresh, or where the resumed checkpoint stopped (its weights loaded into net)."""
+    if prior is None:
+        return LoopState()
+    if "resume" not in prior:  # saved before the first step: start afresh from it
+        net.load_state_dict(prior["state_dict"])
+        return LoopState()
+    r = prior["resume"]
+    if r.get("world_size", 1) != world.size:
+        warn(f"warning: resuming with {world.size} process(es) a run trained with {r.get('world_size', 1)}: "
+             f"the batch of each step changes from {r.get('world_size', 1) * tconfig.batch_size} to "
+             f"{world.size * tconfig.batch_size} examples")
+    net.load_state_dict(r["state_dict"])
+    return LoopState(step=prior["step"], best_dev_loss=prior["best_dev_loss"],
+                     best_state={k: v.to(dev) for k, v in prior["state_dict"].items()},
+                     optimizer=r["optimizer"], rng=r["rng"], metrics=list(prior["metrics"]), elapsed=r["elapsed"])
 
 
 def atomic_metrics(path: Path, metrics: list[dict]) -> None:
@@ -308,7 +437,7 @@ def mix(paths: list, out: str | Path = "out", name: str = "mixture", weights: li
     trained = [load(p, device=device, n_threads=n_threads) for p in paths]
     _check_same_data(trained)
     first = trained[0]
-    dev_items = first.splits(first.read_data())["dev"]
+    dev_items = first.splits()["dev"]  # the items the checkpoint keeps: a recorded path is never read
     if not dev_items and weights is None:
         raise DataError("the checkpoints' dev split is empty, so there is nothing to fit the weights on; "
                         "give them with --weights")
@@ -364,7 +493,7 @@ def inspect(path: str | Path | None = None, out: str | Path = "out") -> dict:
     ckpt, vocab = trained.ckpt, trained.vocab
     data = dict(ckpt["data"])
     # read in chunks, and only when it is a regular file: the path is whatever the checkpoint says
-    data["status"] = checkpoint.recorded_data_status(data["path"], data["fingerprint"])
+    data["status"] = recorded_status(data["path"], data["fingerprint"], MAX_RECORDED_BYTES)
     split = dict(ckpt["split"])
     if ckpt.get("items"):
         split["sizes"] = {name: len(part) for name, part in trained.splits().items()}

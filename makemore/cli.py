@@ -11,6 +11,7 @@ import os
 import sys
 
 import click
+from click.core import ParameterSource
 
 from makemore import __version__, distributed
 from makemore.models import MODEL_NAMES, MODELS
@@ -197,9 +198,15 @@ def checkpoint_options(f):
 
 
 def _plain_name(ctx, param, value):
-    """A checkpoint name is a file name in --out, not a path."""
-    if value is not None and (value in ("", ".", "..") or any(c in value for c in "/\\\0")):
-        raise click.BadParameter(f"{value!r} must be a plain file name; choose the folder with --out")
+    """A checkpoint name is a plain file name in --out, not a path."""
+    if value is not None:
+        from makemore.errors import OptionError
+        from makemore.files import check_name
+
+        try:
+            check_name(value)
+        except OptionError as e:
+            raise click.BadParameter(str(e).removeprefix("--name ")) from None
     return value
 
 
@@ -226,12 +233,15 @@ def cli():
 @click.option("--model", "model_name", type=click.Choice(MODEL_NAMES), default="mlp", help="Which model to train.")
 @click.option("--data", type=click.Path(), help="Text file, one item per line. [default: names.txt]")
 @click.option("--out", default="out", type=click.Path(file_okay=False), help="Folder for the checkpoint.")
-@click.option("--name", callback=_plain_name, help="Checkpoint name in --out. [default: the model's name]")
+@click.option("--name", callback=_plain_name, help="Checkpoint name in --out. [default: the model's name; with "
+              "--resume the resumed checkpoint's, or NAME-2 when that is the resumed file itself]")
 @click.option("--splits", type=SplitsType(), default="0.8,0.1,0.1", help="Train, dev, test fractions.")
 @click.option("--split-seed", type=SEED, default=42, help="Seed of the shuffle before splitting.")
-@click.option("--resume", is_flag=True, help="Continue the run in --checkpoint (or the one trained last in --out).")
+@click.option("--resume", is_flag=True, help="Continue the run in --checkpoint (or the one trained last in --out); the "
+              "continuation is saved in --out, never over the checkpoint it continues.")
 @click.option("--checkpoint", "checkpoint_path", type=click.Path(dir_okay=False), help="With --resume: the run to continue.")
-@click.option("--strict", is_flag=True, help="With --resume: a changed data file is an error, not a warning.")
+@click.option("--strict", is_flag=True, help="With --resume --data: a file other than the one trained on is an error, "
+              "not a warning.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @device_option
 @handle_errors
@@ -244,24 +254,26 @@ def train(model_name, data, out, name, splits, split_seed, resume, checkpoint_pa
     """
     declared = _declared()
     model_options, train_options = declared.split(settings)
-    if resume:
-        given = [k for k, v in {**model_options, **train_options, "name": name}.items()
-                 if v is not None and k != "steps"]
-        if given:
-            raise click.UsageError("--resume continues a run as it was set up; only --steps may change "
-                                   f"(got --{given[0].replace('_', '-')})")
-    elif checkpoint_path:
-        raise click.UsageError("--checkpoint goes with --resume; to name the new checkpoint use --name")
-    else:  # what api.train would refuse by the declarations alone, refused before torch is imported
+    ctx = click.get_current_context()
+
+    def typed(param: str):
+        """The value the user gave, or None: with --resume a default must not contradict the checkpoint."""
+        given = ctx.get_parameter_source(param) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+        return ctx.params[param] if given or not resume else None
+
+    if not resume:
+        if checkpoint_path:
+            raise click.UsageError("--checkpoint goes with --resume; to name the new checkpoint use --name")
+        # what api.train would refuse by the declarations alone, refused before torch is imported
         declared.check(model_name, model_options, train_options)
     from makemore import api
     from makemore.errors import Interrupted
 
     resume_path = (checkpoint_path or api.latest(out)) if resume else None
     try:
-        result = api.train(model_name, data, out, name, model_options, train_options, splits, split_seed,
-                           resume=resume_path, device=device, progress=not quiet, strict=strict,
-                           n_threads=n_threads)
+        result = api.train(typed("model_name"), data, out, name, model_options, train_options, typed("splits"),
+                           typed("split_seed"), resume=resume_path, device=device, progress=not quiet,
+                           strict=strict, n_threads=n_threads)
     except Interrupted as e:
         if not distributed.is_main():
             # the others exit quietly: a failed one would make torchrun kill rank 0 before it reports
@@ -572,7 +584,7 @@ class WeightsType(NumbersType):
 @cli.command()
 @click.argument("checkpoints", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--out", default="out", type=click.Path(file_okay=False), help="Folder for the mixture's checkpoint.")
-@click.option("--name", default="mixture", help="Checkpoint name in --out.")
+@click.option("--name", default="mixture", callback=_plain_name, help="Checkpoint name in --out.")
 @click.option("--kind", type=click.Choice(["log-linear", "linear"]), default="log-linear", show_default=True,
               help="log-linear: p proportional to p_1^w_1 p_2^w_2 ...; linear: p = w_1 p_1 + w_2 p_2 + ...")
 @click.option("--weights", type=WeightsType(),

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from makemore.errors import DataError
+from makemore.errors import DataError, VocabularyError
 
 BOUNDARY = "."
 # Items are lines, so a newline can never be part of one: it is the boundary when the data has '.'.
@@ -68,6 +68,44 @@ def read_bytes(path: str | Path) -> bytes:
         return path.read_bytes()
     except OSError as e:
         raise DataError(f"{path}: cannot read it ({e.strerror})") from None
+
+
+def recordable(path: Path) -> str:
+    """The data file's path as a checkpoint records it, a hint for its reader: absolute, and valid Unicode (a
+    byte of the name that is not UTF-8, or a control character, written as an escape)."""
+    from makemore.errors import printable
+
+    return printable(os.path.abspath(path))
+
+
+def recorded_status(path: str, fingerprint: str, limit: int = 1 << 30) -> str:
+    """Whether the data file a checkpoint records is still the file it was trained on: "unchanged", "changed",
+    "missing" or "unreadable" (not a regular file, or an error). The path comes from a checkpoint, so it is
+    only hashed, never parsed or shown, and only when it is a regular file of at most limit bytes (a larger
+    one cannot be the data a checkpoint keeps: it is "changed" unread)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except (FileNotFoundError, NotADirectoryError):
+        return "missing"
+    except (OSError, ValueError):
+        return "unreadable"
+    h = hashlib.sha256()
+    with os.fdopen(fd, "rb", buffering=0) as f:
+        try:
+            found = os.fstat(f.fileno())
+            if not stat.S_ISREG(found.st_mode):  # a FIFO or device is never read: it may block or never end
+                return "unreadable"
+            if found.st_size > limit:
+                return "changed"
+            total = 0
+            while chunk := f.read(1 << 20):
+                total += len(chunk)
+                if total > limit:  # it grew while being read
+                    return "changed"
+                h.update(chunk)
+        except OSError:
+            return "unreadable"
+    return "unchanged" if h.hexdigest()[:len(fingerprint)] == fingerprint and fingerprint else "changed"
 
 
 def fingerprint_bytes(raw: bytes) -> str:
@@ -155,6 +193,15 @@ class Vocab:
     def unknown(self, text: str) -> list[str]:
         """Characters of text outside the vocabulary (the boundary included: it is not a character)."""
         return sorted({c for c in text if c not in self.stoi or self.stoi[c] == 0})
+
+    def check_items(self, items: list[str], what: str) -> None:
+        """A VocabularyError naming where (item and character number, never which character: the items may come
+        from a file named only inside a checkpoint) the first character outside the vocabulary is."""
+        for number, item in enumerate(items, 1):
+            column = next((i for i, c in enumerate(item, 1) if self.stoi.get(c, 0) == 0), None)
+            if column is not None:
+                raise VocabularyError(f"{what}: item {number:,}, character {column}, is not in the model's "
+                                      "vocabulary; use data of the characters it was trained on")
 
     def encode(self, text: str) -> list[int]:
         return [self.stoi[c] for c in text]

@@ -1,6 +1,7 @@
 """Exceptions whose messages are meant for the user; the CLI prints them as one-line errors."""
 
 import signal
+import unicodedata
 
 
 class MakemoreError(Exception):
@@ -33,3 +34,21 @@ class Interrupted(Exception):
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+
+
+def printable(text) -> str:
+    """text as it may reach a terminal: control characters (a newline would forge a line of output, an escape
+    sequence restyle the terminal) and what is not valid Unicode written as escapes, everything else as is."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or (c == " ") else _escape(c) for c in text)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 in a file name (Python's surrogateescape)
+        return f"\\x{code - 0xDC00:02x}"
+    if unicodedata.category(char) in ("Zs",):
+        return char
+    return char.encode("unicode_escape").decode("ascii")

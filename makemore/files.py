@@ -7,6 +7,32 @@ import tempfile
 from pathlib import Path
 
 
+# bytes of a checkpoint's name: with the longest suffix beside it (.embeddings.png) and atomic_write's
+# temporary-file decoration, every file a run writes stays within the 255 bytes file systems allow
+MAX_NAME_BYTES = 200
+
+
+def check_name(name: str, flag: str = "--name") -> None:
+    """OptionError unless name can name a checkpoint in its folder: a plain, visible file name of valid
+    Unicode without control characters, at most MAX_NAME_BYTES bytes."""
+    from makemore.errors import OptionError, printable
+
+    problem = None
+    if name in ("", ".", ".."):
+        problem = "is empty" if not name else "is not a file name"
+    elif any(c in name for c in "/\\"):
+        problem = "has a slash: a checkpoint's name is a file name, its folder is --out's"
+    elif not name.isprintable():
+        problem = "has a control character or a byte that is not UTF-8"
+    elif name.startswith("."):
+        problem = "starts with a dot, which would hide the checkpoint"
+    elif len(name.encode("utf-8")) > MAX_NAME_BYTES:
+        problem = f"is longer than {MAX_NAME_BYTES} bytes"
+    if problem:
+        shown = printable(name if len(name) <= 60 else name[:57] + "...")
+        raise OptionError(f"{flag} '{shown}' {problem}; give a plain file name")
+
+
 def atomic_write(path: Path, write) -> None:
     """Call write(file object) on a temporary file beside path, then rename it over path.
 

@@ -13,7 +13,7 @@ from makemore import checkpoint, instruments, options, plots, stream, threads
 from makemore.constraints import Request, Samples, default_cap
 from makemore.data import SPLIT_NAMES, Data, Vocab, is_regular_file, split_items
 from makemore.dataset import build_dataset
-from makemore.errors import CheckpointError, DataError, MakemoreError, OptionError, VocabularyError
+from makemore.errors import (CheckpointError, DataError, MakemoreError, OptionError, TrainingError, printable)
 from makemore.models import get_model_class
 from makemore.nearest import nearest as closest
 from makemore.sampling import log_probs
@@ -37,20 +37,24 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def _changed_data(ckpt: dict, data: Data, strict: bool, warn) -> None:
-    recorded, trained_on = Path(ckpt["data"]["path"]), ckpt["data"]["fingerprint"]
+    """Warn (or with strict refuse) that the data file given is not the one a checkpoint was trained on."""
+    recorded, trained_on = ckpt["data"]["path"], ckpt["data"]["fingerprint"]
     if _same_file(data.path, recorded):
-        message = (f"{data.path} has changed since training (fingerprint {data.fingerprint} now, "
-                   f"{trained_on} when the checkpoint was trained)")
+        message = (f"{printable(data.path)} has changed since training (fingerprint {data.fingerprint} now, "
+                   f"{printable(trained_on)} when the checkpoint was trained)")
     else:
-        message = (f"{data.path} (fingerprint {data.fingerprint}) is not the data the checkpoint was trained on "
-                   f"({recorded}, fingerprint {trained_on})")
+        message = (f"{printable(data.path)} (fingerprint {data.fingerprint}) is not the data the checkpoint was trained "
+                   f"on ({printable(recorded)}, fingerprint {printable(trained_on)})")
     if strict:
         raise DataError(message)
     warn("warning: " + message)
 
 
 def _same_file(a, b) -> bool:
-    return Path(a).resolve() == Path(b).resolve()
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except (OSError, ValueError, RuntimeError):
+        return False
 
 
 @dataclass
@@ -76,30 +80,24 @@ class Trained:
 
     def splits(self, data: Data | None = None) -> dict[str, list[str]]:
         items = data.items if data is not None else self.items()
-        name = str(data.path) if data is not None else self.ckpt["data"]["path"]
+        name = printable(data.path if data is not None else self.ckpt["data"]["path"])
         return split_items(items, tuple(self.ckpt["split"]["fractions"]), self.ckpt["split"]["seed"], name)
 
     def read_data(self, data: str | Path | None = None, strict: bool = False, warn=None) -> Data | None:
-        """The training data file (or another given one), checked against the fingerprint; None when the
-        recorded file is gone (the items kept in the checkpoint are used instead)."""
+        """The data file given, checked against the fingerprint when it is the file the checkpoint was trained
+        on (a warning, or with strict a DataError, when it has changed); None without one: then the items the
+        checkpoint keeps are the data. The file a checkpoint records is never read: a checkpoint received from
+        elsewhere may name any file."""
         warn = warn or (lambda message: print(message, file=sys.stderr))
         if data is None:
-            recorded = Path(self.ckpt["data"]["path"])
-            if not is_regular_file(recorded) and self.ckpt.get("items"):
-                return None
-            data = recorded
+            if not self.ckpt.get("items"):
+                raise CheckpointError(f"{printable(self.path)}: keeps no items of the data it was trained on; give the "
+                                      "data file with --data")
+            return None
         loaded = Data.read(data)
-        # another file given on purpose is no cause for a warning; the training file changed is
         if _same_file(loaded.path, self.ckpt["data"]["path"]) and loaded.fingerprint != self.ckpt["data"]["fingerprint"]:
             _changed_data(self.ckpt, loaded, strict, warn)
         return loaded
-
-    def check_text(self, text: str, what: str) -> None:
-        bad = self.vocab.unknown(text)
-        if bad:
-            shown = "".join(self.vocab.show(c) for c in self.vocab.chars[1:])
-            raise VocabularyError(f"{what} has characters the model never saw: {''.join(map(self.vocab.show, bad))!r} "
-                                  f"(its vocabulary: {shown!r})")
 
     def evaluate(self, split: str = "dev", data: str | Path | None = None, strict: bool = False, warn=None) -> dict:
         """Mean NLL per character (nats) and perplexity of one split (or 'all')."""
@@ -111,7 +109,7 @@ class Trained:
         if not items:
             raise DataError(f"the {split} split is empty (trained with --splits "
                             f"{','.join(f'{f:g}' for f in self.ckpt['split']['fractions'])})")
-        self.check_text("".join(items), f"the {split} split")
+        self.vocab.check_items(items, f"the {split} split of {printable(loaded.path if loaded else self.path)}")
         ds = build_dataset(items, self.vocab, self.block_size, self.model.whole_items).to(self.device)
         loss = evaluate(self.model, ds)
         return dict(split=split, loss=loss, perplexity=math.exp(loss) if loss < 700 else float("inf"),
@@ -119,8 +117,7 @@ class Trained:
 
     def score(self, items: list[str]) -> list[dict]:
         """Every transition of each item with its probability, and the item's total and mean NLL (nats)."""
-        for item in items:
-            self.check_text(item, f"the item {item!r}")
+        self.vocab.check_items(items, "the items to score")
         return instruments.score(self.model, self.vocab, items)
 
     @property
@@ -153,7 +150,7 @@ class Trained:
             raise CheckpointError(f"{self.path}: a {self.name} model is counted, not trained step by step, so it "
                                   "has no training curve")
         return plots.training_curve(self.ckpt["metrics"], output or plots.curve_path(self.path),
-                                    plots.curve_title(self.name, self.ckpt["data"]["path"]))
+                                    plots.curve_title(self.name, printable(self.ckpt["data"]["path"])))
 
     def plot_embeddings(self, output: str | Path | None = None) -> Path:
         """The lecture's scatter of the characters in the embedding table C, as a PNG; needs matplotlib."""
@@ -179,7 +176,7 @@ class Trained:
 
     def log_prob(self, items: list[str]) -> list[float]:
         """Log-probability (nats) of each item under the model, its end included."""
-        self.check_text("".join(items), "an item")
+        self.vocab.check_items(items, "the items")
         return log_probs(self.model, self.vocab, list(items)).tolist()
 
     def describe(self, items: list[str], nearest: bool = False) -> list[dict]:
@@ -226,6 +223,21 @@ def load(path: str | Path | None = None, out: str | Path = "out", device: str = 
     net.to(dev).eval()
     threads.setup(n_threads, dev, threads.work(net, EVAL_ROWS))
     return Trained(path, ckpt, net, Vocab(ckpt["vocab"]))
+
+
+def check_predicts(net, what: str) -> None:
+    """A TrainingError when a model predicts no numbers (NaN or +inf logits) for a context of boundary tokens:
+    finite weights can still do so (a BatchNorm variance below 0, an add-k overflowing float64), and such a
+    model is never written, since no command could load it."""
+    with torch.no_grad():
+        logits = net.eval()(torch.zeros(1, net.block_size, dtype=torch.long, device=_device_of(net)))
+    if logits.isnan().any() or (logits == math.inf).any():
+        raise TrainingError(f"{what} predicts no numbers (NaN), so it was not saved; an option value far out of the "
+                            "usual range is the likely cause")
+
+
+def _device_of(net) -> torch.device:
+    return next(iter(net.state_dict().values())).device
 
 
 def _model_from(ckpt: dict, path) -> torch.nn.Module:

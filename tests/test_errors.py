@@ -9,7 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from makemore import api, checkpoint
+from makemore import api, checkpoint, data
 from makemore.cli import cli
 from makemore.data import fingerprint
 from test_checkpoint import document, seal, unpack
@@ -132,17 +132,26 @@ def test_messy_but_valid_file_reads_like_the_clean_one(tmp_path):
 
 def test_non_latin_characters_and_a_very_long_line(tmp_path):
     rng = random.Random(0)
-    long_line = "".join(rng.choice(LOWER) for _ in range(20000))
+    long_line = "".join(rng.choice(LOWER) for _ in range(data.MAX_ITEM_CHARS))
     items = ["мария", "иван", "さくら", "李娜", "anna", "bob", "ørjan", "ñandú"] * 5 + [long_line]
     path = tmp_path / "world.txt"
     path.write_text("\n".join(items) + "\n", encoding="utf-8")
     ok("train", *TINY_MLP, "--data", path, "--out", tmp_path, "--splits", "1,0,0")
     trained = api.load(tmp_path / "mlp.safetensors")
     assert set("мария李娜さくらø") <= set(trained.vocab.chars)
-    assert max(map(len, trained.items())) == 20000
+    assert max(map(len, trained.items())) == data.MAX_ITEM_CHARS
     assert len(ok("sample", "--checkpoint", tmp_path / "mlp.safetensors", "-n", 3, "--seed", 1,
                   "--prefix", "ма").stdout.splitlines()) == 3
     assert "all loss" in ok("eval", "--checkpoint", tmp_path / "mlp.safetensors", "--split", "all").stdout
+
+
+def test_a_line_longer_than_an_item_may_be_is_refused_by_its_number(tmp_path):
+    path = tmp_path / "long.txt"
+    path.write_text("anna\n\nbob\n" + "x" * (data.MAX_ITEM_CHARS + 1) + "\n", encoding="utf-8")
+    message = error(invoke("train", *TINY_MLP, "--data", path, "--out", tmp_path / "out"), path, "line 4",
+                    f"{data.MAX_ITEM_CHARS + 1:,} characters")
+    assert "xxx" not in message
+    assert not (tmp_path / "out").exists()
 
 
 # ------------------------------------------------------------------------------------------------- options
@@ -202,7 +211,9 @@ def test_prefix_with_unseen_characters(trained):
 def test_data_with_unseen_characters(tmp_path, trained):
     path = tmp_path / "other.txt"
     path.write_text("\n".join(["anna", "bob", "Zoë"] * 10) + "\n", encoding="utf-8")
-    error(invoke("eval", "--checkpoint", trained["bigram"], "--data", path, "--split", "all"), "Zë", LOWER)
+    message = error(invoke("eval", "--checkpoint", trained["bigram"], "--data", path, "--split", "all"),
+                    path, "item 3, character 1")
+    assert "Z" not in message.replace(str(path), "")  # where, never which: the data's contents are not quoted
 
 
 # --------------------------------------------------------------------------------------------- checkpoints
@@ -302,13 +313,18 @@ def test_changed_data_warns_with_both_fingerprints_and_strict_refuses(tmp_path, 
     data.write_bytes(trained["data"].read_bytes())
     ok("train", "--model", "bigram", "--data", data, "--out", tmp_path, "-q")
     before = fingerprint(data)
+    kept = ok("eval", "--checkpoint", tmp_path / "bigram.safetensors").stdout
     with data.open("a", encoding="utf-8") as f:
         f.write("zelda\n")
     after = fingerprint(data)
+    # without --data the items the checkpoint keeps are evaluated: the recorded file is not read
     result = ok("eval", "--checkpoint", tmp_path / "bigram.safetensors")
+    assert result.stdout == kept and result.stderr == ""
+    result = ok("eval", "--checkpoint", tmp_path / "bigram.safetensors", "--data", data)
     assert "changed since training" in result.stderr and before in result.stderr and after in result.stderr
     assert "dev loss" in result.stdout
-    error(invoke("eval", "--checkpoint", tmp_path / "bigram.safetensors", "--strict"), data, before, after)
+    error(invoke("eval", "--checkpoint", tmp_path / "bigram.safetensors", "--data", data, "--strict"), data, before,
+          after)
 
 
 def test_resume_with_changed_data(tmp_path, trained):
@@ -318,11 +334,15 @@ def test_resume_with_changed_data(tmp_path, trained):
     before = fingerprint(data)
     data.write_bytes(data.read_bytes() + b"zelda\n")
     stored = (tmp_path / "mlp.safetensors").read_bytes()
-    error(invoke("train", "--resume", "--checkpoint", tmp_path / "mlp.safetensors", "--steps", 30, "--strict", "-q"),
-          before, fingerprint(data))
+    resume = ["train", "--resume", "--checkpoint", tmp_path / "mlp.safetensors", "--steps", 30, "--out", tmp_path, "-q"]
+    error(invoke(*resume), data, "changed", "--data")
+    error(invoke(*resume, "--data", data, "--strict"), before, fingerprint(data))
     assert (tmp_path / "mlp.safetensors").read_bytes() == stored
-    result = ok("train", "--resume", "--checkpoint", tmp_path / "mlp.safetensors", "--steps", 30, "-q")
-    assert before in result.stderr and "(30 steps" in result.stdout
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".safetensors") == ["mlp.safetensors"]
+    result = ok(*resume, "--data", data)
+    assert before in result.stderr and "(30 steps" in result.stdout and "mlp-2.safetensors" in result.stdout
+    data.unlink()  # gone: the items the checkpoint keeps are what it was trained on
+    assert "mlp-3.safetensors" in ok(*resume).stdout
 
 
 def test_resume_without_a_checkpoint(tmp_path):

@@ -32,24 +32,27 @@ def test_n_steps_then_resumed_to_2n_equals_2n_steps(tmp_path, names, optimizer):
     ok("train", *args, "--steps", n, "--out", tmp_path / "halves")
     halves = tmp_path / "halves" / "mlp.safetensors"
     assert checkpoint.load(halves)["step"] == n
-    out = ok("train", "--resume", "--checkpoint", halves, "--steps", 2 * n, "-q").stdout
-    assert f"({2 * n} steps" in out
-    a, b = (checkpoint.load(p) for p in (tmp_path / "whole" / "mlp.safetensors", halves))
+    kept = halves.read_bytes()
+    resumed = tmp_path / "resumed" / "mlp.safetensors"
+    out = ok("train", "--resume", "--checkpoint", halves, "--steps", 2 * n, "--out", resumed.parent, "-q").stdout
+    assert f"({2 * n} steps" in out and str(resumed) in out
+    assert halves.read_bytes() == kept  # the checkpoint resumed from is never written
+    a, b = (checkpoint.load(p) for p in (tmp_path / "whole" / "mlp.safetensors", resumed))
     assert a["step"] == b["step"] == 2 * n
     for k, v in a["resume"]["state_dict"].items():  # the weights after the last step
         assert torch.equal(v, b["resume"]["state_dict"][k]), k
     assert a["metrics"][-1]["dev_loss"] == b["metrics"][-1]["dev_loss"]  # evaluated at the last step
     whole_eval = ok("eval", "--checkpoint", tmp_path / "whole" / "mlp.safetensors", "--json").stdout
-    halves_eval = ok("eval", "--checkpoint", halves, "--json").stdout
+    halves_eval = ok("eval", "--checkpoint", resumed, "--json").stdout
     assert json.loads(whole_eval)["loss"] == json.loads(halves_eval)["loss"]
 
 
 def test_resume_of_a_finished_run_changes_nothing(tmp_path, names):
     ok("train", *TINY, "--data", names, "--steps", 30, "--out", tmp_path)
-    before = checkpoint.load(tmp_path / "mlp.safetensors")
-    ok("train", "--resume", "--out", tmp_path, "-q")
-    after = checkpoint.load(tmp_path / "mlp.safetensors")
-    assert after["step"] == 30 and all(torch.equal(v, after["state_dict"][k]) for k, v in before["state_dict"].items())
+    kept = files(tmp_path)
+    message = one_line_error(invoke("train", "--resume", "--out", tmp_path, "-q"))
+    assert "all 30 of its steps" in message and "--steps" in message
+    assert files(tmp_path) == kept
 
 
 @pytest.mark.parametrize("model", ["mlp", "bigram-nn"])
@@ -63,10 +66,10 @@ def test_diverging_run_stops_at_once_and_keeps_the_earlier_checkpoint(tmp_path, 
     assert files(tmp_path / "out") == kept  # checkpoint, metrics and the latest pointer: byte for byte
 
 
-def test_diverging_first_run_leaves_only_a_complete_checkpoint(tmp_path, names):
+def test_diverging_first_run_leaves_nothing_behind(tmp_path, names):
+    """A run that diverges before its first evaluation has no model worth loading: it writes nothing."""
     one_line_error(invoke("train", *TINY, "--data", names, "--steps", 100, "--lr", "1e6", "--out", tmp_path / "out"))
-    assert sorted(files(tmp_path / "out")) == ["latest", "mlp.metrics.jsonl", "mlp.safetensors"]
-    assert checkpoint.load(tmp_path / "out" / "mlp.safetensors")["step"] == 0  # the weights before training
+    assert files(tmp_path / "out") == {}
 
 
 def test_output_folder_that_cannot_be_written(tmp_path, names):
@@ -115,8 +118,9 @@ def test_wavenet_resumes_exactly_batchnorm_statistics_included(tmp_path, names):
     ok("train", *args, "--steps", 80, "--out", tmp_path / "whole")
     ok("train", *args, "--steps", 40, "--out", tmp_path / "halves")
     halves = tmp_path / "halves" / "wavenet.safetensors"
-    ok("train", "--resume", "--checkpoint", halves, "--steps", 80, "-q")
-    a, b = (checkpoint.load(p)["resume"]["state_dict"] for p in (tmp_path / "whole" / "wavenet.safetensors", halves))
+    ok("train", "--resume", "--checkpoint", halves, "--steps", 80, "--out", tmp_path / "halves", "-q")
+    resumed = tmp_path / "halves" / "wavenet-2.safetensors"  # beside the checkpoint resumed, never over it
+    a, b = (checkpoint.load(p)["resume"]["state_dict"] for p in (tmp_path / "whole" / "wavenet.safetensors", resumed))
     assert any("running_var" in k for k in a)
     for k, v in a.items():
         assert torch.equal(v, b[k]), k

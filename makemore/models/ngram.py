@@ -184,10 +184,11 @@ class NGram(Model):
                 gamma = torch.zeros(len(ctx), **f64).index_add_(0, inverse, d) / total
             else:
                 k = float(self.smoothing)
-                # add-k: (c + k) / (total + kV) = c / (total + kV) + gamma / V with gamma = kV / (total + kV)
+                # add-k: (c + k) / (total + kV) = c / (total + kV) + gamma / V with gamma = kV / (total + kV),
+                # written so that a huge k (kV beyond float64) gives the uniform distribution, not inf / inf
                 denom = total + k * V
                 alpha = c / denom[inverse]
-                gamma = k * V / denom
+                gamma = 1 / (1 + total / k / V)
             start = torch.zeros(len(ctx) + 1, dtype=torch.int64, device=device)
             start[1:] = torch.cumsum(width, 0)
             self.register_buffer(f"ctx_{n}", ctx, persistent=False)
