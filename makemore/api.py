@@ -53,7 +53,12 @@ def train_config(model_name: str, given: dict) -> TrainConfig:
     checked as declared (a counting model takes none)."""
     given = _given(given)
     declarations.from_classes().check(model_name, {}, given)
-    return options.make(TrainConfig, dict(get_model_class(model_name).train_defaults, **given), what="training")
+    cls = get_model_class(model_name)
+    tconfig = options.make(TrainConfig, dict(cls.train_defaults, **given), what="training")
+    if tconfig.batch_size < cls.min_batch_size:
+        raise OptionError(f"--batch-size {tconfig.batch_size}: a {model_name} batch holds at least "
+                          f"{cls.min_batch_size} examples (its BatchNorm normalises over the batch)")
+    return tconfig
 
 
 def apply_size_rules(cls, tconfig: TrainConfig, given: dict | None, n_examples: int) -> None:
@@ -150,8 +155,8 @@ def _resumed_run(path: Path, model: str | None, data, model_options: dict | None
     names the first that does not), except --steps, which may lengthen the run."""
     prior = checkpoint.load(path)
     if prior["model"] not in MODELS:
-        raise CheckpointError(f"{printable(path)}: a {prior['model']} is made by makemore {prior['model'].replace('ture', '')}"
-                              " from trained checkpoints, not trained step by step, so it cannot be resumed")
+        raise CheckpointError(f"{printable(path)}: a {prior['model']} is built by makemore mix from trained "
+                              "checkpoints, not trained step by step, so it cannot be resumed")
     cls = get_model_class(prior["model"])
     recorded = dict(model=prior["model"], splits=tuple(prior["split"]["fractions"]), split_seed=prior["split"]["seed"])
     for key, value in dict(model=model, splits=splits, split_seed=split_seed).items():
@@ -340,7 +345,7 @@ def train(model: str | None = None, data: str | Path | None = None, out: str | P
     train_loss = evaluate(net, train_set)
     dev_loss = evaluate(net, dev_set) if dev_set is not None else float("nan")
     curve = plots.write_curve_if_possible(state.metrics, plots.curve_path(path),
-                                           plots.curve_title(model, run.dataset.path))
+                                           plots.curve_title(model, printable(run.dataset.path)))
     return TrainResult(path, state.step, train_loss, dev_loss, seconds, replaced, curve)
 
 
@@ -457,9 +462,9 @@ def mix(paths: list, out: str | Path = "out", name: str = "mixture", weights: li
             weights, iterations = fitted.tolist(), len(history) - 1
             if len(y) == len(dev):  # fitted on all of dev: its loss is known without reading dev again
                 dev_loss = history[-1]
-    if kind == "linear":
-        total = sum(weights)
-        weights = [w / total for w in weights]
+    if kind == "linear":  # scaled by the largest first: weights near the float limit must not sum to infinity
+        scaled = [w / max(weights) for w in weights]
+        weights = [w / sum(scaled) for w in scaled]
     config = MixtureConfig(
         components=tuple(dict(model=t.ckpt["model"], config=t.ckpt["config"]) for t in trained),
         weights=tuple(weights),

@@ -53,8 +53,35 @@ class SplitsType(NumbersType):
         return parts
 
 
-def positive_float(min_open: float = 0.0):
-    return click.FloatRange(min=min_open, min_open=True)
+class PositiveFloat(click.FloatRange):
+    """A finite number above 0: infinity or NaN would pass a range check and then ruin every result."""
+
+    def __init__(self):
+        super().__init__(min=0, min_open=True)
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+def positive_float():
+    return PositiveFloat()
+
+
+def to_json(value, **kwargs) -> str:
+    """JSON text of value, with every number that JSON cannot hold (an infinite loss, NaN) written as null."""
+    def finite(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: finite(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [finite(x) for x in v]
+        return v
+
+    return json.dumps(finite(value), allow_nan=False, ensure_ascii=False, **kwargs)
 
 
 class DeclaredType(click.ParamType):
@@ -141,7 +168,7 @@ def handle_errors(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        from makemore.errors import MakemoreError
+        from makemore.errors import MakemoreError, printable
 
         try:
             return command(*args, **kwargs)
@@ -151,7 +178,7 @@ def handle_errors(command):
             from makemore.errors import OptionError
 
             # under torchrun an error may be one process's own (a file missing on one machine): say whose
-            message = str(e) if distributed.is_main() else f"rank {distributed.rank()}: {e}"
+            message = printable(e) if distributed.is_main() else f"rank {distributed.rank()}: {printable(e)}"
             if isinstance(e, OptionError):
                 raise click.UsageError(message) from None
             raise click.ClickException(message) from None
@@ -349,7 +376,7 @@ def sample(n, seed, temperature, top_k, top_p, prefix, suffix, min_len, max_len,
                            unique=unique, max_tries=max_tries, progress=sys.stderr.isatty())
     if as_json:
         for record in trained.describe(items, nearest):
-            click.echo(json.dumps(record, ensure_ascii=False))
+            click.echo(to_json(record))
     else:
         where = trained.where(items) if mark else None
         records = trained.describe(items, nearest=True) if nearest else None
@@ -370,10 +397,11 @@ def sample(n, seed, temperature, top_k, top_p, prefix, suffix, min_len, max_len,
 def inspect_(checkpoint_file, out, as_json):
     """What a checkpoint holds: model, hyperparameters, vocabulary, data, split and training."""
     from makemore import api
+    from makemore.errors import printable
 
     info = api.inspect(checkpoint_file, out)
     if as_json:
-        click.echo(json.dumps(info, indent=2, ensure_ascii=False))
+        click.echo(to_json(info, indent=2))
         return
     config = ", ".join(f"{k} {v}" for k, v in info["config"].items())
     counted = f", {info['n_buffers']:,} counts" if info["n_buffers"] else ""
@@ -394,8 +422,8 @@ def inspect_(checkpoint_file, out, as_json):
                      if info["steps"] else " (counted in one pass)")),
         ("best dev loss", f"{info['best_dev_loss']:.4f}" if info["best_dev_loss"] is not None else "none recorded"),
     ]
-    for name, value in rows:
-        click.echo(f"{name:<14}{value}")
+    for name, value in rows:  # what a checkpoint holds may have any character in it: none reaches the terminal raw
+        click.echo(f"{name:<14}{printable(value)}")
 
 
 def _size(n: int) -> str:
@@ -418,16 +446,11 @@ def eval_(split, data, as_json, strict, out, checkpoint_path, device, n_threads)
     trained = load_trained(checkpoint_path, out, device, n_threads)
     result = trained.evaluate(split, data, strict)
     if as_json:
-        click.echo(json.dumps(result))
+        click.echo(to_json(result))
     else:
         click.echo(f"{result['split']} loss {result['loss']:.4f} (perplexity {result['perplexity']:.2f}) over "
                    f"{result['n_chars']:,} characters in {result['n_items']:,} items; "
                    f"{result['model']} from {result['checkpoint']}")
-
-
-def _finite(value):
-    """JSON has no infinity: a loss that is infinite (a transition of probability 0) is written as null."""
-    return value if math.isfinite(value) else None
 
 
 @cli.command()
@@ -453,13 +476,10 @@ def score(items, data, totals, as_json, out, checkpoint_path, device, n_threads)
     n = sum(r["n"] for r in results)
     if as_json:
         for r in results:
-            r["nll"], r["mean_nll"] = _finite(r["nll"]), _finite(r["mean_nll"])
-            for t in r["transitions"]:
-                t["logprob"] = _finite(t["logprob"])
             if totals:
                 del r["transitions"]
-        click.echo(json.dumps(dict(model=trained.name, checkpoint=str(trained.path), items=results,
-                                   nll=_finite(nll), mean_nll=_finite(nll / n), n=n)))
+        click.echo(to_json(dict(model=trained.name, checkpoint=str(trained.path), items=results,
+                                   nll=nll, mean_nll=nll / n, n=n)))
         return
     for i, r in enumerate(results):
         if not totals:
@@ -513,8 +533,8 @@ def lr_find(model_name, data, min_lr, max_lr, steps, splits, split_seed, plot_pa
         click.echo(f"no plot: {api.PLOT_HINT}", err=True)
     blowup = sweep.lrs[sweep.blowup_step] if sweep.blowup_step is not None else None
     if as_json:
-        click.echo(json.dumps(dict(suggested_lr=sweep.suggested_lr, suggested_step=sweep.suggested_step,
-                                   floor_lr=sweep.lrs[sweep.floor_step], blowup_lr=blowup, lrs=sweep.lrs, losses=[_finite(v) for v in sweep.losses],
+        click.echo(to_json(dict(suggested_lr=sweep.suggested_lr, suggested_step=sweep.suggested_step,
+                                   floor_lr=sweep.lrs[sweep.floor_step], blowup_lr=blowup, lrs=sweep.lrs, losses=sweep.losses,
                                    settings=sweep.settings, plot=str(written) if written else None)))
         return
     floor_lr = sweep.lrs[sweep.floor_step]

@@ -30,9 +30,9 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise OptionError("--device: CUDA is not available on this machine")
+        raise MakemoreError("--device: CUDA is not available on this machine; use --device cpu (or auto)")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise OptionError("--device: MPS is not available on this machine")
+        raise MakemoreError("--device: MPS is not available on this machine; use --device cpu (or auto)")
     return device
 
 

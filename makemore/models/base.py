@@ -30,6 +30,8 @@ class Model(nn.Module):
     train_defaults: ClassVar[dict] = {}
     # the weight decay is a term of the loss (penalty) instead of the optimizer's decoupled decay
     decay_in_loss: ClassVar[bool] = False
+    # the fewest examples a training batch may hold (BatchNorm needs two values per channel to normalise)
+    min_batch_size: ClassVar[int] = 1
     # trained and evaluated on rows of whole items, every position at once (SequenceModel)
     whole_items: ClassVar[bool] = False
     # options added after checkpoints of the model were written: name -> the value such a checkpoint, which

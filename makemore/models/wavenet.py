@@ -54,6 +54,7 @@ class WaveNet(Model):
     Config = WaveNetConfig
     # the lecture's part 5 training (SGD lr 0.1, then 0.01 for the last quarter, batch 32, 200,000 steps)
     train_defaults = dict(steps=200000, batch_size=32, lr=0.1, optimizer="sgd", schedule="step", decay_at=0.75)
+    min_batch_size = 2  # the last level's BatchNorm sees one position per example
 
     @classmethod
     def example_numbers(cls, config: WaveNetConfig, vocab_size: int) -> int:
