@@ -1,7 +1,6 @@
 """Exceptions whose messages are meant for the user; the CLI prints them as one-line errors."""
 
 import signal
-import unicodedata
 
 
 class MakemoreError(Exception):
@@ -42,13 +41,11 @@ def printable(text) -> str:
     text = str(text)
     if text.isprintable():
         return text
-    return "".join(c if c.isprintable() or (c == " ") else _escape(c) for c in text)
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
 
 
 def _escape(char: str) -> str:
     code = ord(char)
     if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 in a file name (Python's surrogateescape)
         return f"\\x{code - 0xDC00:02x}"
-    if unicodedata.category(char) in ("Zs",):
-        return char
     return char.encode("unicode_escape").decode("ascii")
