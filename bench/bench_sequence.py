@@ -41,7 +41,7 @@ def speed(path: Path, model: str, threads: int) -> tuple[float, float]:
     parts = data.split((0.8, 0.1, 0.1), 42)
     vocab = Vocab.from_items(data.items)
     cls = get_model_class(model)
-    mconfig = cls.config_for_data(api.model_config(model, {}), {}, parts["train"])
+    mconfig = cls.config_for_data(api.model_config(model, {}), {}, parts["train"], len(vocab))
     tconfig = api.train_config(model, {})
     torch.manual_seed(0)
     net = cls(mconfig, len(vocab))

@@ -53,12 +53,7 @@ def train_config(model_name: str, given: dict) -> TrainConfig:
     checked as declared (a counting model takes none)."""
     given = _given(given)
     declarations.from_classes().check(model_name, {}, given)
-    cls = get_model_class(model_name)
-    tconfig = options.make(TrainConfig, dict(cls.train_defaults, **given), what="training")
-    if tconfig.batch_size < cls.min_batch_size:
-        raise OptionError(f"--batch-size {tconfig.batch_size}: a {model_name} batch holds at least "
-                          f"{cls.min_batch_size} examples (its BatchNorm normalises over the batch)")
-    return tconfig
+    return options.make(TrainConfig, dict(get_model_class(model_name).train_defaults, **given), what="training")
 
 
 def apply_size_rules(cls, tconfig: TrainConfig, given: dict | None, n_examples: int) -> None:
@@ -78,6 +73,7 @@ def build_run(cls, mconfig, tconfig: TrainConfig, vocab: Vocab, parts: dict, dev
     """A fresh model initialised from tconfig.seed, and the train and dev datasets (dev None when empty, or
     when not with_dev: only the main process of a distributed run evaluates) on dev; first a check that
     they and the training steps fit in memory."""
+    check_batch(cls, tconfig)
     check_fits(cls, mconfig, tconfig, len(vocab), parts["train"] + (parts["dev"] if with_dev else []), dev)
     torch.manual_seed(tconfig.seed)
     net = cls(mconfig, len(vocab)).to(dev)
@@ -86,6 +82,13 @@ def build_run(cls, mconfig, tconfig: TrainConfig, vocab: Vocab, parts: dict, dev
     if parts["dev"] and with_dev:
         dev_set = build_dataset(parts["dev"], vocab, mconfig.block_size, cls.whole_items).to(dev)
     return net, train_set, dev_set
+
+
+def check_batch(cls, tconfig: TrainConfig) -> None:
+    """OptionError for a batch too small for the model to train on (a check across the model and the loop)."""
+    if not cls.counts and tconfig.batch_size < cls.min_batch_size:
+        raise OptionError(f"--batch-size {tconfig.batch_size}: a {cls.name} batch holds at least "
+                          f"{cls.min_batch_size} examples (its BatchNorm normalises over the batch)")
 
 
 def check_fits(cls, mconfig, tconfig: TrainConfig, vocab_size: int, items: list[str], dev: torch.device) -> None:
@@ -145,8 +148,9 @@ def _new_run(model: str, data, model_options: dict | None, train_options: dict |
     tconfig = train_config(model, train_options or {})
     dataset = Data.read(data)
     parts = dataset.split(splits, split_seed)
-    mconfig = cls.config_for_data(mconfig, _given(model_options), parts["train"])
-    return Run(cls, mconfig, tconfig, dataset, tuple(splits), split_seed, Vocab.from_items(dataset.items))
+    vocab = Vocab.from_items(dataset.items)
+    mconfig = cls.config_for_data(mconfig, _given(model_options), parts["train"], len(vocab))
+    return Run(cls, mconfig, tconfig, dataset, tuple(splits), split_seed, vocab)
 
 
 def _resumed_run(path: Path, model: str | None, data, model_options: dict | None, train_options: dict | None,
@@ -383,9 +387,10 @@ def lr_find(model: str = "mlp", data=None, model_options: dict | None = None, tr
     dev = resolve_device(device)
     dataset = Data.read(data)
     parts = dataset.split(splits, split_seed)
-    mconfig = cls.config_for_data(model_config(model, model_options or {}), _given(model_options), parts["train"])
-    tconfig = train_config(model, train_options or {})
     vocab = Vocab.from_items(dataset.items)
+    mconfig = cls.config_for_data(model_config(model, model_options or {}), _given(model_options), parts["train"],
+                                  len(vocab))
+    tconfig = train_config(model, train_options or {})
     net, train_set, _ = build_run(cls, mconfig, tconfig, vocab, dict(parts, dev=[]), dev)
     apply_size_rules(cls, tconfig, train_options, len(train_set))  # the weight decay train would use
     lrs = instruments.exponential_lrs(min_lr, max_lr, steps)

@@ -435,9 +435,11 @@ def _size(n: int) -> str:
 
 @cli.command("eval")
 @click.option("--split", type=click.Choice(SPLITS), default="dev", help="Which part of the data.")
-@click.option("--data", type=click.Path(), help="Evaluate on this file instead of the training file.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@click.option("--strict", is_flag=True, help="A data file changed since training is an error, not a warning.")
+@click.option("--data", type=click.Path(), help="Evaluate on this file. [default: the items the checkpoint keeps, "
+              "the data it was trained on]")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object; an infinite loss is null.")
+@click.option("--strict", is_flag=True, help="With --data: the training file changed since training is an error, "
+              "not a warning.")
 @checkpoint_options
 @device_option
 @handle_errors

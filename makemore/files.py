@@ -1,7 +1,6 @@
 """Writes that never leave a half-written file: a temporary file beside the target, then a rename."""
 from __future__ import annotations
 
-import glob
 import os
 import tempfile
 from pathlib import Path
@@ -56,11 +55,12 @@ def atomic_write(path: Path, write) -> None:
 
 
 def remove_stale_temporaries(path: Path) -> None:
-    """Delete temporaries of path whose writing process no longer exists."""
+    """Delete the temporaries in path's folder whose writing process no longer exists: those of path and of
+    its neighbours (a resumed run writes a new name, so a killed run's temporary may never be written again)."""
     path = Path(path)
-    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+    for tmp in path.parent.glob(".*.tmp"):
+        parts = tmp.name[:-len(".tmp")].rsplit(".", 2)  # .NAME.PID.RANDOM.tmp
+        if len(parts) == 3 and parts[1].isdigit() and not _alive(int(parts[1])):
             try:
                 tmp.unlink()
             except OSError:

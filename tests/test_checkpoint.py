@@ -572,7 +572,7 @@ def test_an_optimizer_setting_the_loop_does_not_use_is_refused_by_resume_only(tr
     path = tmp_path / f"capturable{checkpoint.SUFFIX}"
     path.write_bytes(seal(header, body, change(document(header))))
     assert not isinstance(attempt(path), str)
-    result = invoke("train", "--resume", "--checkpoint", path, "--steps", 15, "-q")
+    result = invoke("train", "--resume", "--checkpoint", path, "--steps", 15, "--out", tmp_path / "resumed", "-q")
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "capturable is True; makemore trains with False; it cannot be resumed" in result.stderr
 
@@ -835,7 +835,7 @@ def test_train_resume_takes_what_the_loader_accepts(trained, tmp_path, name):
     path = tmp_path / f"{name}{checkpoint.SUFFIX}"
     path.write_bytes(seal(header, body, doc))
     assert not isinstance(attempt(path), str)
-    result = invoke("train", "--resume", "--checkpoint", path, "--steps", 15, "-q")
+    result = invoke("train", "--resume", "--checkpoint", path, "--steps", 15, "--out", tmp_path / "resumed", "-q")
     assert result.exit_code in (0, 1) and "Traceback" not in result.output, result.output
     if result.exit_code == 1:  # a learning rate of 5 may diverge: said in one line
         assert len(result.stderr.strip().splitlines()) == 1 and "diverged" in result.stderr, result.stderr
@@ -883,8 +883,8 @@ def test_a_transformer_from_before_later_options_loads_as_it_was_trained(trained
               for p in (tmp_path / f"new{checkpoint.SUFFIX}", old)]
     assert losses[0] == losses[1]
     assert len(ok("sample", "--checkpoint", old, "-n", 3).stdout.split()) == 3
-    ok("train", "--resume", "--checkpoint", old, "--steps", 8, "-q")
-    resumed = checkpoint.load(old)
+    ok("train", "--resume", "--checkpoint", old, "--steps", 8, "--out", tmp_path / "resumed", "-q")
+    resumed = checkpoint.load(tmp_path / "resumed" / f"old{checkpoint.SUFFIX}")
     assert resumed["step"] == 8 and {name: resumed["config"][name] for name in lacks} == lacks
     # the same file claiming the new defaults does not fit its tensors: refused in one line
     doc["config"].update(tie_embeddings=True, learned_positions=False)

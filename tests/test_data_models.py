@@ -121,7 +121,7 @@ def test_counting_bigram_rows_are_distributions_even_for_unseen_contexts():
 @pytest.mark.parametrize("model_name", MODEL_NAMES)
 def test_every_model_gives_distributions(model_name):
     cls = get_model_class(model_name)
-    model = cls(cls.config_for_data(cls.Config(), {}, ["abcdefg"]), 11)
+    model = cls(cls.config_for_data(cls.Config(), {}, ["abcdefg"], 11), 11)
     x = torch.randint(11, (5, model.block_size))
     probs = torch.softmax(model(x).double(), dim=-1)
     assert probs.shape == (5, 11)

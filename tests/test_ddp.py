@@ -68,7 +68,9 @@ def stopped_and_resumed(tmp_path_factory):
     k = stopped["step"]
     second = torchrun(tmp, tmp / "logs2", "--resume", "--checkpoint", "out/mlp.safetensors", "--steps", k + 40)
     second_out, second_err = second.communicate(timeout=TIMEOUT)
-    return SimpleNamespace(tmp=tmp, data=data, ckpt=ckpt, stopped=stopped, k=k,
+    # the continuation is saved beside the checkpoint it resumed, never over it
+    return SimpleNamespace(tmp=tmp, data=data, ckpt=ckpt, resumed=ckpt.with_name("mlp-2.safetensors"),
+                           stopped=stopped, k=k,
                            first=first, first_err=first_err, second=second, second_err=second_err,
                            first_ranks=[rank_output(tmp / "logs1", r) for r in (0, 1)],
                            second_ranks=[rank_output(tmp / "logs2", r) for r in (0, 1)])
@@ -106,9 +108,9 @@ def test_resumed_run_finishes_and_only_rank0_prints(stopped_and_resumed):
     (out0, err0), (out1, err1) = r.second_ranks
     assert out1 == "" and err1 == ""
     lines = out0.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("train loss ") and lines[0].endswith("saved out/mlp.safetensors")
+    assert len(lines) == 1 and lines[0].startswith("train loss ") and lines[0].endswith("saved out/mlp-2.safetensors")
     assert "training mlp" in err0  # the progress bar, from rank 0 only
-    final = checkpoint.load(r.ckpt)
+    final = checkpoint.load(r.resumed)
     assert final["step"] == r.k + 40
     losses = [m["train_loss"] for m in final["metrics"]]
     assert losses[-1] < losses[0] - 0.3  # from about log(27) = 3.3 towards 2.5
@@ -116,12 +118,12 @@ def test_resumed_run_finishes_and_only_rank0_prints(stopped_and_resumed):
 
 def test_checkpoint_is_ordinary_and_samples_and_evaluates(stopped_and_resumed, run):
     r = stopped_and_resumed
-    final = checkpoint.load(r.ckpt)
-    fresh = api.load(r.ckpt).model.state_dict()
+    final = checkpoint.load(r.resumed)
+    fresh = api.load(r.resumed).model.state_dict()
     assert sorted(final["state_dict"]) == sorted(fresh) and not any(k.startswith("module.") for k in final["state_dict"])
-    samples = run("sample", "--checkpoint", r.ckpt, "-n", 5, "--seed", 1, "--device", "cpu").output.splitlines()
+    samples = run("sample", "--checkpoint", r.resumed, "-n", 5, "--seed", 1, "--device", "cpu").output.splitlines()
     assert len(samples) == 5 and all(samples)
-    result = json.loads(run("eval", "--checkpoint", r.ckpt, "--json").output)
+    result = json.loads(run("eval", "--checkpoint", r.resumed, "--json").output)
     assert 1.5 < result["loss"] < 3.0
 
 

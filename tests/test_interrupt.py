@@ -4,6 +4,7 @@ uninterrupted run ends."""
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -92,9 +93,10 @@ def test_sigint_and_sigterm_save_say_how_to_resume_and_resume_exactly(tmp_path, 
             f"{sig.name}: stopped at step {stopped:,} and saved {path}; continue with: "
             f"makemore train --resume --checkpoint {path}"), err
         assert "Traceback" not in err and not temporaries(tmp_path / sig.name)
-        ok("train", "--resume", "--checkpoint", path, "--steps", stopped + 60, "-q")
+        ok("train", "--resume", "--checkpoint", path, "--steps", stopped + 60, "--out", tmp_path / "resumed",
+           "--name", sig.name, "-q")
         ok("train", *args, "--steps", stopped + 60, "--out", tmp_path / f"whole-{sig.name}")
-        same_run(path, tmp_path / f"whole-{sig.name}" / "mlp.safetensors")
+        same_run(tmp_path / "resumed" / f"{sig.name}.safetensors", tmp_path / f"whole-{sig.name}" / "mlp.safetensors")
 
 
 def fork_cli(args: list[str]) -> int:
@@ -122,29 +124,32 @@ def test_sigkill_at_random_moments_never_leaves_a_broken_checkpoint(tmp_path, na
     args = [*TINY, "--data", names, "--steps", steps, "--eval-interval", 10]  # a checkpoint write every 10 steps
     reference = ok("train", *args, "--out", tmp_path / "whole")
     seconds = float(re.search(r"steps, ([\d.]+)s\)", reference.stdout).group(1))  # the loop's own time
-    path = tmp_path / "killed" / "mlp.safetensors"
+    out = tmp_path / "killed"  # every resumed run saves its continuation beside the run it resumed
     rng = random.Random()
     kills, last_step, tries = 0, -1, 0
     while kills < 12:
         tries += 1
         assert tries < 60, "the runs kept finishing before they were killed"
-        resume = path.exists()
-        pid = fork_cli(["train", "--resume", "--checkpoint", path] if resume else
-                       ["train", *args, "--out", path.parent])
+        resume = (out / "latest").exists()
+        if resume and checkpoint.load(checkpoint.latest(out))["step"] == steps:
+            shutil.rmtree(out)  # start over: the aim is to kill runs, not to finish them
+            continue
+        pid = fork_cli(["train", "--resume", "--out", out] if resume else ["train", *args, "--out", out])
         time.sleep(rng.uniform(0, seconds / 3))
         finished, status = os.waitpid(pid, os.WNOHANG)
         if finished:
             assert os.waitstatus_to_exitcode(status) == 0
-            path.unlink()  # start over: the aim is to kill runs, not to finish them
             continue
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         kills += 1
-        if path.exists():  # absent only when killed before a fresh run's first write
-            ckpt = checkpoint.load(path)
+        if (out / "latest").exists():  # absent only when killed before a fresh run's first write
+            latest = checkpoint.latest(out)
+            ckpt = checkpoint.load(latest)
             assert ckpt["step"] >= (last_step if resume else 0)
             last_step = ckpt["step"]
-            api.load(path)
-    ok("train", "--resume", "--checkpoint", path, "-q")
+            api.load(latest)
+    if checkpoint.load(checkpoint.latest(out))["step"] < steps:
+        ok("train", "--resume", "--out", out, "-q")
     assert not temporaries(tmp_path)
-    same_run(path, tmp_path / "whole" / "mlp.safetensors")
+    same_run(checkpoint.latest(out), tmp_path / "whole" / "mlp.safetensors")

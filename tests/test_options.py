@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from makemore import declarations, models, options
+from makemore import checkpoint, declarations, models, options
 from makemore.errors import OptionError
 from makemore.models import MODEL_NAMES, get_model_class
 from makemore.train import TrainConfig
@@ -127,7 +127,7 @@ def test_expected_tensors_are_what_the_model_builds(model):
     """A model that writes its shapes out (to load without the meta device's imports) agrees with __init__."""
     cls = get_model_class(model)
     # a default that depends on the data (a sequence model's block_size) is set as a run sets it
-    configs = [cls.config_for_data(cls.Config(), {}, ["an item", "another"])]
+    configs = [cls.config_for_data(cls.Config(), {}, ["an item", "another"], 11)]
     configs += [cls.Config(block_size=3, n_embd=4, n_hidden=7, direct=False)] if model == "mlp" else []
     for config in configs:
         built = {name: (t.dtype, tuple(t.shape)) for name, t in cls(config, 11).state_dict().items()}
@@ -144,11 +144,17 @@ def test_expected_tensors_are_what_the_model_builds(model):
 
 
 def test_a_config_refused_for_its_data_leaves_no_output_folder(run, small_names, tmp_path):
-    """Checks across fields or against the vocabulary (check_config) are usage errors too, made before
-    the output folder is."""
+    """A value this data cannot take (a block size whose keys overflow 64 bits with its vocabulary) is
+    refused with exit 1, what the data cannot do, before the output folder is made; the default block size
+    adapts to such a vocabulary instead of being reported as if the user had typed it."""
     result = run("train", "--model", "ngram", "--data", small_names, "--block-size", 15, "--out", "new", ok=False)
-    assert result.exit_code == 2 and "64-bit keys" in result.output
+    assert result.exit_code == 1 and "64-bit keys" in result.output and "this data's vocabulary" in result.output
     assert not (tmp_path / "new").exists()
+    wide = tmp_path / "wide.txt"  # 2,999 distinct characters: 3000^6 is beyond 64 bits, 3000^5 is not
+    wide.write_text("\n".join(chr(0x4E00 + i) + chr(0x4E00 + (7 * i) % 2999) for i in range(2999)) + "\n",
+                    encoding="utf-8")
+    run("train", "--model", "ngram", "--data", wide, "--out", "wide")
+    assert checkpoint.load(tmp_path / "wide" / "ngram.safetensors")["config"]["block_size"] == 4
 
 
 @pytest.mark.parametrize("flags, message", [

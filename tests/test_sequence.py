@@ -190,8 +190,8 @@ def test_trains_samples_evaluates_and_resumes(tmp_path, names, name):
     ok("train", *args, "--steps", 40, "--out", tmp_path / "whole")
     ok("train", *args, "--steps", 20, "--out", tmp_path / "halves")
     whole, halves = (tmp_path / part / f"{name}.safetensors" for part in ("whole", "halves"))
-    ok("train", "--resume", "--checkpoint", halves, "--steps", 40, "-q")
-    a, b = (checkpoint.load(p)["resume"]["state_dict"] for p in (whole, halves))
+    ok("train", "--resume", "--checkpoint", halves, "--steps", 40, "--out", tmp_path / "resumed", "-q")
+    a, b = (checkpoint.load(p)["resume"]["state_dict"] for p in (whole, tmp_path / "resumed" / f"{name}.safetensors"))
     for k, v in a.items():
         assert torch.equal(v, b[k]), k
     ckpt = checkpoint.load(whole)

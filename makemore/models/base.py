@@ -64,9 +64,10 @@ class Model(nn.Module):
         return options.make(cls.Config, values, what=f"--model {cls.name}", complete=complete)
 
     @classmethod
-    def config_for_data(cls, config, given: dict, items: list[str]):
-        """The config to train on these (training) items, given the options the user gave (names as the
-        fields): where a default depends on the data, it is set here. The default: config unchanged."""
+    def config_for_data(cls, config, given: dict, items: list[str], vocab_size: int):
+        """The config to train on these (training) items of a vocabulary of vocab_size tokens, given the options
+        the user gave (names as the fields): where a default depends on the data, it is set here. The default:
+        config unchanged."""
         return config
 
     @classmethod
@@ -167,7 +168,7 @@ class SequenceModel(Model):
         return int(min(cls.MAX_STEPS, max(cls.MIN_STEPS, round(cls.EPOCHS * n_examples / batch_size))))
 
     @classmethod
-    def config_for_data(cls, config, given: dict, items: list[str]):
+    def config_for_data(cls, config, given: dict, items: list[str], vocab_size: int):
         if config.block_size:
             return config
         high = options.declared(cls.Config)["block_size"][0].high

@@ -18,11 +18,12 @@ precede it, so (as KenLM does for <s>) its n-grams keep their real counts.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
-from makemore.errors import OptionError
+from makemore.errors import DataError, OptionError
 from makemore.models import register
 from makemore.models.base import Model
 from makemore.models.smoothing import parse_discount, parse_smoothing
@@ -83,12 +84,24 @@ class NGram(Model):
     counts = True
 
     @classmethod
+    def config_for_data(cls, config: NGramConfig, given: dict, items: list[str], vocab_size: int) -> NGramConfig:
+        """The default block size, shortened where a large vocabulary's keys would not fit in 64 bits."""
+        if "block_size" in given or vocab_size ** (config.block_size + 1) <= INT64_MAX:
+            return config
+        return dataclasses.replace(config, block_size=max(1, cls._longest_keyed(config.block_size, vocab_size)))
+
+    @staticmethod
+    def _longest_keyed(K: int, V: int) -> int:
+        """The longest block size up to K whose (block_size+1)-grams over V tokens have 64-bit keys (0: none)."""
+        return max((k for k in range(1, K + 1) if V ** (k + 1) <= INT64_MAX), default=0)
+
+    @classmethod
     def check_config(cls, config: NGramConfig, vocab_size: int) -> None:
         K, V = config.block_size, vocab_size
         if V ** (K + 1) > INT64_MAX:
-            longest = max((k for k in range(1, K) if V ** (k + 1) <= INT64_MAX), default=0)
-            raise OptionError(f"--block-size {K} is too long for {cls.name}'s 64-bit keys with a vocabulary of "
-                              f"{V} characters; use at most {longest}")
+            # a block size that fits a smaller vocabulary: what this data cannot do, not a value no model takes
+            raise DataError(f"--block-size {K} is too long for {cls.name}'s 64-bit keys with this data's vocabulary "
+                            f"of {V} characters; use at most {cls._longest_keyed(K, V)}")
         if config.discount is not None and config.smoothing != "kn":
             raise OptionError("--discount applies only with --smoothing kn")
 
