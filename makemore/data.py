@@ -132,7 +132,7 @@ def parse_items(raw: bytes, name: str = "data") -> list[str]:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise DataError(
-            f"{name}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+            f"{name}: not valid UTF-8 (at byte offset {e.start:,}); "
             "convert it first, e.g. iconv -t UTF-8"
         ) from None
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
