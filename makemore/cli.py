@@ -306,8 +306,11 @@ def train(model_name, data, out, name, splits, split_seed, resume, checkpoint_pa
             # the others exit quietly: a failed one would make torchrun kill rank 0 before it reports
             sys.exit(0)
         launcher = "torchrun ... -m makemore" if distributed.launched() else "makemore"
-        click.echo(f"{e}: stopped at step {e.step:,} and saved {e.path}; continue with: "
-                   f"{launcher} train --resume --checkpoint {e.path}", err=True)
+        if not e.saved:
+            click.echo(f"{e}: stopped before the first step; nothing was saved", err=True)
+        else:
+            click.echo(f"{e}: stopped at step {e.step:,} and saved {e.path}; continue with: "
+                       f"{launcher} train --resume --checkpoint {e.path}", err=True)
         sys.exit(128 + e.signum)
     if not distributed.is_main():
         return

@@ -28,11 +28,12 @@ class OptionError(MakemoreError):
 
 
 class Interrupted(Exception):
-    """Training stopped on SIGINT or SIGTERM after saving its state (not an error: the CLI says how to resume)."""
+    """Training stopped on SIGINT or SIGTERM, after saving its state unless it had not taken a step yet (not an
+    error: the CLI says how to resume)."""
 
-    def __init__(self, signum: int):
+    def __init__(self, signum: int, saved: bool = True):
         super().__init__(signal.Signals(signum).name)
-        self.signum = signum
+        self.signum, self.saved = signum, saved
 
 
 def printable(text) -> str:

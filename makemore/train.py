@@ -388,6 +388,8 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
         divergence = Divergence(model, *batches.peek(), config)
         step = state.step
         event = cadence.next_log(step)
+        if solo_stop is not None and solo_stop.signum:  # before the first step: nothing worth a checkpoint
+            raise Interrupted(solo_stop.signum, saved=False)
         while step < config.steps:
             lr = config.lr_at(step)
             seed_step(config.seed, step, world.rank, device)

@@ -222,3 +222,32 @@ def test_a_data_path_that_is_not_utf8_is_recorded_escaped(tmp_path, names, monke
     ok("train", *TINY, "--data", odd, "--steps", 5, "--out", tmp_path / "o")
     assert checkpoint.load(tmp_path / "o" / "mlp.safetensors")["data"]["path"].endswith("na\\xffmes.txt")
     assert set(string.printable) >= set(ok("inspect", tmp_path / "o" / "mlp.safetensors").stdout.replace(" ", ""))
+
+
+def test_a_stop_before_the_first_step_saves_nothing(names):
+    """SIGINT or SIGTERM that arrives before the loop's first step: the run ends without writing (an earlier
+    checkpoint of the same name is kept), and says so."""
+    import signal
+    from types import SimpleNamespace
+
+    import torch
+
+    from makemore import api
+    from makemore.data import Data, Vocab
+    from makemore.dataset import build_dataset
+    from makemore.errors import Interrupted
+    from makemore.models import get_model_class
+    from makemore.train import train_loop
+
+    data = Data.read(names)
+    cls = get_model_class("mlp")
+    mconfig, tconfig = api.model_config("mlp", {"n_embd": 4, "n_hidden": 8}), api.train_config("mlp", {"steps": 5})
+    vocab = Vocab.from_items(data.items)
+    torch.manual_seed(0)
+    net = cls(mconfig, len(vocab))
+    saved = []
+    with pytest.raises(Interrupted) as stopped:
+        train_loop(net, build_dataset(data.items, vocab, mconfig.block_size), None, tconfig,
+                   save=lambda state, model: saved.append(state.step), progress=False,
+                   stop=SimpleNamespace(signum=signal.SIGINT))
+    assert not stopped.value.saved and saved == []
