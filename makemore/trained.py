@@ -229,15 +229,15 @@ def load(path: str | Path | None = None, out: str | Path = "out", device: str = 
 
 
 def _model_from(ckpt: dict, path) -> torch.nn.Module:
-    """The model of a checkpoint that checkpoint.load has checked, with its weights (the latest weights kept
-    for --resume are loaded first, so that they are checked too). Values that only the model can judge (an
+    """The model of a checkpoint that checkpoint.load has checked, with its weights, built without initialising
+    the weights they replace (the model takes the checkpoint's tensors as its own; the latest weights kept for
+    --resume are loaded first, so that they are checked too). Values that only the model can judge (an
     n-gram's keys out of range) are a CheckpointError."""
     try:
         cls = get_model_class(ckpt["model"])
-        net = cls(cls.config_from(ckpt["config"], complete=True), len(ckpt["vocab"]))
-        if isinstance(ckpt.get("resume"), dict):
-            net.load_state_dict(ckpt["resume"]["state_dict"])
-        net.load_state_dict(ckpt["state_dict"])
+        resume = ckpt.get("resume")
+        states = ([resume["state_dict"]] if isinstance(resume, dict) else []) + [ckpt["state_dict"]]
+        net = cls.from_state(cls.config_from(ckpt["config"], complete=True), len(ckpt["vocab"]), *states)
     except (MakemoreError, KeyError, TypeError, RuntimeError, ValueError, IndexError) as e:
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         raise CheckpointError(f"{path}: does not fit its model ({type(e).__name__}: {first})") from None
