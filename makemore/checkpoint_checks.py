@@ -20,8 +20,8 @@ from makemore.errors import CheckpointError
 # Bytes of the safetensors header (the tensors' names, dtypes, shapes and offsets, and the JSON document).
 # Measured: 1-6 KB for every model at its defaults, 28 KB for a default transformer with its training state,
 # 16 KB for a mixture of ten; each training log record adds about 90 bytes (about 200 a run). The largest
-# header the model limits allow, a mixture of 64 transformers of 64 layers, is about 5 MB. 16 MB leaves a
-# margin of three over that and lets a run that logged every step for 100,000 steps load; safetensors' own
+# header the model limits allow, a mixture of 64 transformers of 64 layers, is about 6 MB. 16 MB leaves a
+# margin of 2.5 over that and lets a run that logged every step for 100,000 steps load; safetensors' own
 # limit is 100 MB, and a header of a million empty tensors within it took 1.15 GB to parse.
 MAX_HEADER_BYTES = 16 << 20
 # Tensors listed in the header. The most a checkpoint holds: a mixture of 64 transformers of 64 layers, 774
