@@ -9,9 +9,11 @@ of that document and of every tensor, so that a damaged file is noticed. The REA
 documents the layout key by key.
 
 load() checks before it allocates: the path is a regular file (a directory, FIFO or device is refused
-without being read); safetensors' own reader checks the header and that its byte ranges tile the file
-exactly; every JSON field has its type and range, and every tensor's dtype and shape is the one the model
-built from the config has; only then are the tensors read, never more bytes than the file holds; then the
+without being read); the header's length and number of tensors are within makemore's bounds and the
+tensors fit in the memory the process may use (makemore.checkpoint_checks, before safetensors parses or
+maps anything); safetensors' own reader checks the header and that its byte ranges tile the file exactly;
+every JSON field has its type and range, and every tensor's dtype and shape is the one the model built
+from the config has; only then are the tensors read, never more bytes than the file holds; then the
 checksum. Every failure is a CheckpointError with a one-line message that starts with the path.
 
 Files are written atomically (a temporary file in the same folder, then a rename), so the file on disk is
@@ -34,7 +36,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as serialize
 
 from makemore import __version__, options
-from makemore.data import MAX_VOCAB, SPLIT_NAMES, _split_sizes, fingerprint_bytes
+from makemore import checkpoint_checks as checks
+from makemore.data import MAX_ITEM_CHARS, MAX_VOCAB, SPLIT_NAMES, _split_sizes, fingerprint_bytes
 from makemore.errors import CheckpointError, MakemoreError
 from makemore.files import atomic_write
 from makemore.models import BUILT, MODELS, get_model_class
@@ -55,6 +58,7 @@ MAX_ITEMS = 10**9
 MAX_STEP = 10**12
 MAX_WORLD = 1 << 16
 _READ = 1 << 20
+_FINITE_SLICE = 1 << 22  # numbers: a temporary of 16 MB (float32)
 
 # safetensors dtype name -> (torch dtype name, bytes per element)
 _DTYPES = {"F64": ("float64", 8), "F32": ("float32", 4), "F16": ("float16", 2), "BF16": ("bfloat16", 2),
@@ -254,7 +258,7 @@ def load(path: str | Path) -> dict:
     world_size}.
     """
     path = Path(path)
-    _check_regular(path)
+    _check_file(path)
     try:
         # safetensors checks the header (its size, JSON, dtypes, shapes, byte ranges that tile the file
         # exactly) when it opens the file, and maps it instead of reading it
@@ -262,15 +266,20 @@ def load(path: str | Path) -> dict:
             document, text = _document(f.metadata(), path)
             entries = {name: (f.get_slice(name).get_dtype(), tuple(f.get_slice(name).get_shape())) for name in f.keys()}
             if entries.pop(DIGEST, None) != ("U8", (32,)):
-                raise _damaged(path, f"no checksum (a {DIGEST} tensor of 32 bytes)")
+                raise checks.damaged(path, f"no checksum (a {DIGEST} tensor of 32 bytes)")
+            if "items" in entries:
+                checks.items_size(path, math.prod(entries["items"][1]))
             ckpt, wanted = _check_document(document, path)
             _check_tensors(entries, wanted, path)
             tensors = {name: f.get_tensor(name) for name in entries}
             stored = bytes(f.get_tensor(DIGEST).tolist()).hex()
     except SafetensorError as e:
-        raise _damaged(path, _first_line(e)) from None
+        raise checks.damaged(path, _first_line(e)) from None
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read it ({e.strerror or _first_line(e)})") from None
+    except (RuntimeError, MemoryError) as e:  # the file could not be mapped: more than this process may use
+        raise CheckpointError(f"{path}: does not fit in the memory this process may use ({_first_line(e)})") \
+            from None
     found = _digest(text, {name: (*entries[name], t.numel() * t.element_size(), [_bytes_of(t)])
                            for name, t in tensors.items()})
     if not hmac.compare_digest(found, stored):
@@ -284,14 +293,10 @@ class _Refused(Exception):
     """A check failed; load turns it into CheckpointError(f"{path}: {message}")."""
 
 
-def _damaged(path: Path, why: str) -> CheckpointError:
-    return CheckpointError(f"{path}: not a readable checkpoint ({why}); it is damaged, truncated or not a makemore "
-                           "checkpoint: train again or restore a copy")
-
-
-def _check_regular(path: Path) -> None:
+def _check_file(path: Path) -> None:
     """Refuse, without opening it, a path that is not a regular file (a FIFO would block, a device never
-    end); and a checkpoint of the format before safetensors, by its first bytes."""
+    end); a checkpoint of the format before safetensors, by its first bytes; a header that would take
+    safetensors unbounded work to parse; and tensors that would not fit in memory."""
     try:
         mode = os.stat(path).st_mode
     except (FileNotFoundError, NotADirectoryError, ValueError):
@@ -306,13 +311,16 @@ def _check_regular(path: Path) -> None:
     try:
         with open(path, "rb") as f:
             first = f.read(8)
+            if not first:
+                raise checks.damaged(path, "the file is empty")
+            if first.startswith(b"PK\x03\x04") or first.startswith(b"\x80\x02\x8a\n"):
+                raise CheckpointError(f"{path}: a checkpoint of an older makemore (a torch.save archive), which "
+                                      "this version no longer reads; train the model again with: makemore train")
+            header_bytes = checks.header_bounds(path, first, f)
+            size = os.fstat(f.fileno()).st_size
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read it ({e.strerror})") from None
-    if not first:
-        raise _damaged(path, "the file is empty")
-    if first.startswith(b"PK\x03\x04") or first.startswith(b"\x80\x02\x8a\n"):
-        raise CheckpointError(f"{path}: a checkpoint of an older makemore (a torch.save archive), which this "
-                              "version no longer reads; train the model again with: makemore train")
+    checks.fits_in_memory(path, size - 8 - header_bytes)
 
 
 def _document(metadata: dict, path: Path) -> tuple[dict, str]:
@@ -321,14 +329,14 @@ def _document(metadata: dict, path: Path) -> tuple[dict, str]:
         raise CheckpointError(f"{path}: a safetensors file without makemore's metadata, so not a makemore "
                               "checkpoint")
     if set(metadata) != {METADATA_KEY}:
-        raise _damaged(path, "unexpected metadata beside makemore's")
+        raise checks.damaged(path, "unexpected metadata beside makemore's")
     text = metadata[METADATA_KEY]
     try:
         document = _parse_json(text)
     except (ValueError, RecursionError):
-        raise _damaged(path, "its makemore metadata is not JSON") from None
+        raise checks.damaged(path, "its makemore metadata is not JSON") from None
     if not isinstance(document, dict):
-        raise _damaged(path, "its makemore metadata is not a JSON object")
+        raise checks.damaged(path, "its makemore metadata is not a JSON object")
     version = document.get("format_version")
     if not _is_int(version) or version < 1:
         raise CheckpointError(f"{path}: not a makemore checkpoint (format version {_shown(version)})")
@@ -687,9 +695,15 @@ def _assemble(ckpt: dict, tensors: dict, path: Path) -> None:
     for where, weights in (("weights", ckpt["state_dict"]), ("latest weights", (resume or {}).get("state_dict", {})),
                            ("optimizer state", optimizer_tensors)):
         for name, t in weights.items():
-            # max |x| < inf is False for an inf and for a NaN: one reduction, faster than isfinite().all()
-            if t.is_floating_point() and t.numel() and not bool(t.abs().max() < math.inf):
+            if t.is_floating_point() and not _finite(t):
                 refuse(f"its {where} hold a number that is not finite ({name})")
+
+
+def _finite(t: torch.Tensor) -> bool:
+    """Whether every number of t is finite. max |x| < inf is False for an inf and for a NaN: one reduction,
+    faster than isfinite().all(); taken over slices of _FINITE_SLICE numbers, so that the temporary |x| of a
+    large tensor stays small."""
+    return all(bool(part.abs().max() < math.inf) for part in t.reshape(-1).split(_FINITE_SLICE) if part.numel())
 
 
 def _items(raw: bytearray, ckpt: dict, refuse) -> str:
@@ -702,6 +716,10 @@ def _items(raw: bytearray, ckpt: dict, refuse) -> str:
     n = text.count("\n") + 1
     if n != ckpt["data"]["n_items"] or text.startswith("\n") or text.endswith("\n") or "\n\n" in text:
         refuse(f"it keeps {n:,} training items (or empty ones), but its data had {ckpt['data']['n_items']:,}")
+    too_long = checks.longest_item(raw, text)
+    if too_long is not None:
+        refuse(f"its training item {too_long[0]:,} is {too_long[1]:,} characters long; items are at most "
+               f"{MAX_ITEM_CHARS:,}")
     if text.isascii():  # counted in C: a set() of 25 million characters takes a second
         counts = torch.bincount(torch.frombuffer(raw, dtype=torch.uint8), minlength=128)
         chars = {chr(c) for c in counts.nonzero().flatten().tolist()}

@@ -225,13 +225,17 @@ def load(path: str | Path | None = None, out: str | Path = "out", device: str = 
     return Trained(path, ckpt, net, Vocab(ckpt["vocab"]))
 
 
-def check_predicts(net, what: str) -> None:
-    """A TrainingError when a model predicts no numbers (NaN or +inf logits) for a context of boundary tokens:
-    finite weights can still do so (a BatchNorm variance below 0, an add-k overflowing float64), and such a
-    model is never written, since no command could load it."""
+def predicts_numbers(net) -> bool:
+    """Whether a model predicts numbers (no NaN or +inf logits) for a context of boundary tokens: finite weights
+    can still predict NaN (a BatchNorm variance below 0, an add-k overflowing float64)."""
     with torch.no_grad():
         logits = net.eval()(torch.zeros(1, net.block_size, dtype=torch.long, device=_device_of(net)))
-    if logits.isnan().any() or (logits == math.inf).any():
+    return not (logits.isnan().any() or (logits == math.inf).any())
+
+
+def check_predicts(net, what: str) -> None:
+    """A TrainingError for a model that predicts no numbers: it is never written, since no command could load it."""
+    if not predicts_numbers(net):
         raise TrainingError(f"{what} predicts no numbers (NaN), so it was not saved; an option value far out of the "
                             "usual range is the likely cause")
 
@@ -241,22 +245,19 @@ def _device_of(net) -> torch.device:
 
 
 def _model_from(ckpt: dict, path) -> torch.nn.Module:
-    """The model of a checkpoint that checkpoint.load has checked, with its weights (the latest weights kept
-    for --resume are loaded first, so that they are checked too). Values that only the model can judge (an
+    """The model of a checkpoint that checkpoint.load has checked, with its weights, built without initialising
+    the weights they replace (the model takes the checkpoint's tensors as its own; the latest weights kept for
+    --resume are loaded first, so that they are checked too). Values that only the model can judge (an
     n-gram's keys out of range) are a CheckpointError."""
     try:
         cls = get_model_class(ckpt["model"])
-        net = cls(cls.config_from(ckpt["config"], complete=True), len(ckpt["vocab"]))
-        if isinstance(ckpt.get("resume"), dict):
-            net.load_state_dict(ckpt["resume"]["state_dict"])
-        net.load_state_dict(ckpt["state_dict"])
+        resume = ckpt.get("resume")
+        states = ([resume["state_dict"]] if isinstance(resume, dict) else []) + [ckpt["state_dict"]]
+        net = cls.from_state(cls.config_from(ckpt["config"], complete=True), len(ckpt["vocab"]), *states)
     except (MakemoreError, KeyError, TypeError, RuntimeError, ValueError, IndexError) as e:
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         raise CheckpointError(f"{path}: does not fit its model ({type(e).__name__}: {first})") from None
-    # finite weights can still predict nothing (a BatchNorm variance below 0 gives NaN): one context tells
-    with torch.no_grad():
-        logits = net.eval()(torch.zeros(1, net.block_size, dtype=torch.long))
-    if logits.isnan().any() or (logits == math.inf).any():
+    if not predicts_numbers(net):
         raise CheckpointError(f"{path}: does not fit its model (its predictions are not numbers); train again or "
                               "restore a copy")
     return net

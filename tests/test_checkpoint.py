@@ -840,7 +840,7 @@ def test_train_resume_takes_what_the_loader_accepts(trained, tmp_path, name):
     if result.exit_code == 1:  # a learning rate of 5 may diverge: said in one line
         assert len(result.stderr.strip().splitlines()) == 1 and "diverged" in result.stderr, result.stderr
     else:
-        assert checkpoint.load(path)["step"] == 15
+        assert checkpoint.load(tmp_path / "resumed" / path.name)["step"] == 15
 
 
 def test_finite_weights_that_predict_nothing_are_refused_by_every_command(tmp_path, small_names):

@@ -4,10 +4,12 @@ what it needs."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Callable, ClassVar
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from makemore import options
 from makemore.errors import OptionError
@@ -76,21 +78,48 @@ class Model(nn.Module):
         more than one field, or the data); called before anything is allocated."""
 
     @classmethod
+    def on_meta(cls, config, vocab_size: int) -> Model:
+        """The model on the meta device: every tensor's dtype and shape, without memory or numbers, built
+        without drawing its random initial weights (see WithoutRandomFills)."""
+        cls.check_config(config, vocab_size)
+        with torch.device("meta"), WithoutRandomFills():
+            return cls(config, vocab_size)
+
+    @classmethod
     def expected_tensors(cls, config, vocab_size: int) -> dict[str, tuple[torch.dtype, tuple]]:
         """The state_dict this config gives: name -> (dtype, shape), where dtype may be a tuple of the
-        dtypes allowed and None in a shape is a size that depends on the data. Found without allocating anything: the model is built on the meta device."""
-        cls.check_config(config, vocab_size)
-        with torch.device("meta"):
-            model = cls(config, vocab_size)
-        return {name: (t.dtype, tuple(t.shape)) for name, t in model.state_dict().items()}
+        dtypes allowed and None in a shape is a size that depends on the data. Found without allocating
+        anything: the model is built on the meta device."""
+        return {name: (t.dtype, tuple(t.shape)) for name, t in cls.on_meta(config, vocab_size).state_dict().items()}
 
     @classmethod
     def expected_parameters(cls, config, vocab_size: int) -> list[tuple[torch.dtype, tuple]]:
         """The trainable parameters as (dtype, shape), in the order of model.parameters() (the optimizer's),
         found on the meta device as expected_tensors is."""
-        with torch.device("meta"):
-            model = cls(config, vocab_size)
-        return [(p.dtype, tuple(p.shape)) for p in model.parameters() if p.requires_grad]
+        return [(p.dtype, tuple(p.shape)) for p in cls.on_meta(config, vocab_size).parameters() if p.requires_grad]
+
+    @classmethod
+    def from_state(cls, config, vocab_size: int, *states: dict) -> Model:
+        """The model with the weights of states (state_dicts, loaded in turn: the last one stays), built
+        without initialising the weights they replace: on the meta device, then the states' tensors taken
+        as the model's own (load_state_dict(assign=True)), then the buffers that are not saved derived by
+        every model inside (derive). RuntimeError (from load_state_dict) for a state that does not fit."""
+        model = cls.on_meta(config, vocab_size)
+        for state in states:
+            model.load_state_dict(state, assign=True)
+        device = next(iter(states[-1].values())).device if states and states[-1] else torch.device("cpu")
+        for module in model.modules():
+            if isinstance(module, Model):
+                module.derive(device)
+        for name, t in itertools.chain(model.named_parameters(), model.named_buffers()):
+            if t.is_meta:  # a bug of the model: a buffer that derive() does not compute
+                raise RuntimeError(f"{name} of a {cls.name} is neither saved nor derived")
+        return model
+
+    def derive(self, device: torch.device | None) -> None:
+        """Compute the buffers that are not saved (persistent=False) from the config and the loaded weights,
+        on device (None: torch's default device): a model with such buffers computes them here, and calls
+        this from __init__ unless on_meta_device(); from_state calls it once the weights are loaded."""
 
     @classmethod
     def example_numbers(cls, config, vocab_size: int) -> int:
@@ -132,6 +161,38 @@ class Model(nn.Module):
         and returns the probability of each target, (B, 1); with sgd it also applies plain SGD itself,
         otherwise it writes each parameter's .grad for the optimizer."""
         return None
+
+
+def on_meta_device() -> bool:
+    """Whether the model being built is on the meta device (Model.on_meta): its __init__ then leaves the
+    buffers that are not saved to derive(), which from_state calls once the weights are loaded (computing
+    them on the meta device would import torch._dynamo, as WithoutRandomFills explains)."""
+    return torch.get_default_device().type == "meta"
+
+
+class WithoutRandomFills(TorchFunctionMode):
+    """Used with torch.device("meta"): filling a meta tensor with initial values does nothing (torch.nn.init's
+    functions and the random fills) and torch.randn makes an empty tensor. A meta tensor holds no numbers to
+    fill, but torch's normal_ there runs a Python reference whose first call imports torch._dynamo: about a
+    second of every command that loads a checkpoint."""
+
+    INITS = frozenset(getattr(nn.init, name) for name in dir(nn.init) if name.endswith("_") and name[0] != "_")
+    FILLS = frozenset({torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.exponential_,
+                       torch.Tensor.log_normal_, torch.Tensor.cauchy_, torch.Tensor.geometric_,
+                       torch.Tensor.random_, torch.Tensor.bernoulli_})
+    FACTORIES = frozenset({torch.randn, torch.rand})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.INITS or func in self.FILLS:
+            filled = kwargs.get("tensor", args[0] if args else None)
+            if isinstance(filled, torch.Tensor) and filled.is_meta:
+                return filled
+        elif func in self.FACTORIES:
+            made = torch.empty(*args, **{k: v for k, v in kwargs.items() if k != "generator"})
+            if made.is_meta:
+                return made
+        return func(*args, **kwargs)
 
 
 def item_context(high: int = 1024):

@@ -32,15 +32,6 @@ class BigramNN(Model):
 
     decay_in_loss = True  # --weight-decay is the lecture's penalty on W, not the optimizer's decay
 
-    @classmethod
-    def expected_tensors(cls, config: BigramNNConfig, vocab_size: int) -> dict:
-        """W, written out rather than built on the meta device (half a second of imports at every load)."""
-        return dict(W=(torch.float32, (vocab_size, vocab_size)))
-
-    @classmethod
-    def expected_parameters(cls, config: BigramNNConfig, vocab_size: int) -> list:
-        return list(cls.expected_tensors(config, vocab_size).values())  # every tensor is a parameter, in order
-
     def __init__(self, config: BigramNNConfig, vocab_size: int):
         super().__init__(config, vocab_size)
         self.W = nn.Parameter(torch.randn(vocab_size, vocab_size))

@@ -23,11 +23,19 @@ from torch import nn
 from makemore.errors import OptionError
 from makemore.mixing import KINDS, LOG_FLOOR, MAX_LOG_LINEAR_WEIGHT
 from makemore.models import get_model_class, register
-from makemore.models.base import Model, config_dict
+from makemore.models.base import Model, config_dict, on_meta_device
 
 
-MAX_DEPTH = 4  # mixtures of mixtures, at most this deep: a checkpoint cannot nest them without end
+# A mixture of mixtures nests at most MAX_DEPTH deep, each mixture has at most MAX_COMPONENTS components,
+# and all of it holds at most MAX_MODELS trained models: checked from the config (a checkpoint's JSON)
+# before any component is read or built. Every trained model runs at each step of evaluation and sampling,
+# so the work and the memory of a mixture grow with their number, not with its depth: nesting is for
+# mixing mixtures already made (`makemore mix` of a mixture and a model), never for more models than one
+# mixture could hold. 64 is far above what helps (ten default models are a 16 KB header and load in
+# 0.2 s); 262,144 models in a 53 MB file were still loading after 150 s.
+MAX_DEPTH = 4
 MAX_COMPONENTS = 64
+MAX_MODELS = 64
 
 
 @dataclass
@@ -47,6 +55,8 @@ class Mixture(Model):
     @classmethod
     def config_from(cls, values: dict, complete: bool = False, depth: int = 0) -> MixtureConfig:
         """Built by makemore mix, not by flags: the components' configs are checked by their own models."""
+        if depth == 0:
+            cls.check_size(values)
         if not isinstance(values, dict) or not {"components", "weights"} <= set(values) <= {"components", "weights",
                                                                                              "kind"}:
             raise OptionError("a mixture's config holds exactly 'components', 'weights' and 'kind'")
@@ -83,6 +93,26 @@ class Mixture(Model):
         return MixtureConfig(tuple(components), tuple(float(w) for w in weights), kind)
 
     @classmethod
+    def check_size(cls, values) -> None:
+        """OptionError for a mixture's config (as JSON holds it) that nests deeper than MAX_DEPTH or holds more
+        than MAX_MODELS trained models in all; a walk that stops as soon as either is exceeded. Each mixture
+        inside holds a model, and has at most MAX_DEPTH - 1 mixtures above it: so a config of more than
+        MAX_DEPTH * MAX_MODELS components has too many models (or a mixture of none, refused later)."""
+        components, models, stack = 0, 0, [(values, 0)]
+        while stack:
+            values, depth = stack.pop()
+            if depth >= MAX_DEPTH:
+                raise OptionError(f"mixtures nest at most {MAX_DEPTH} deep")
+            parts = values.get("components") if isinstance(values, dict) else None
+            for part in parts if isinstance(parts, (list, tuple)) else ():
+                nested = isinstance(part, dict) and part.get("model") == cls.name
+                components, models = components + 1, models + (not nested)
+                if models > MAX_MODELS or components > MAX_DEPTH * MAX_MODELS:
+                    raise OptionError(f"a mixture holds at most {MAX_MODELS} trained models in all, however nested")
+                if nested:
+                    stack.append((part.get("config"), depth + 1))
+
+    @classmethod
     def _parts(cls, config: MixtureConfig):
         for part in config.components:
             part_cls = get_model_class(part["model"])
@@ -105,7 +135,12 @@ class Mixture(Model):
     def __init__(self, config: MixtureConfig, vocab_size: int):
         super().__init__(config, vocab_size)
         self.components = nn.ModuleList(part_cls(part_config, vocab_size) for part_cls, part_config in self._parts(config))
-        self.register_buffer("weights", torch.tensor(config.weights, dtype=torch.float64), persistent=False)
+        if not on_meta_device():
+            self.derive(None)
+
+    def derive(self, device) -> None:
+        self.register_buffer("weights", torch.tensor(self.config.weights, dtype=torch.float64, device=device),
+                             persistent=False)
 
     @property
     def block_size(self) -> int:

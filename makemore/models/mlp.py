@@ -88,18 +88,6 @@ class MLP(Model):
         """
         return int(min(cls.MAX_STEPS, max(cls.MIN_STEPS, round(cls.EPOCHS * n_examples / batch_size))))
 
-    @classmethod
-    def expected_tensors(cls, config: MLPConfig, vocab_size: int) -> dict:
-        """The shapes __init__ makes, written out: building on the meta device costs half a second of
-        imports at every load (tests/test_options.py checks both agree)."""
-        V, E, H, T = vocab_size, config.n_embd, config.n_hidden, config.block_size
-        shapes = dict(C=(V, E), W1=(T * E, H), b1=(H,), W2=(H, V), b2=(V,), **({"Wd": (T * E, V)} if config.direct else {}))
-        return {name: (torch.float32, shape) for name, shape in shapes.items()}
-
-    @classmethod
-    def expected_parameters(cls, config: MLPConfig, vocab_size: int) -> list:
-        return list(cls.expected_tensors(config, vocab_size).values())  # every tensor is a parameter, in order
-
     def __init__(self, config: MLPConfig, vocab_size: int):
         super().__init__(config, vocab_size)
         V, E, H, T = vocab_size, config.n_embd, config.n_hidden, config.block_size

@@ -25,7 +25,7 @@ import torch
 
 from makemore.errors import DataError, OptionError
 from makemore.models import register
-from makemore.models.base import Model
+from makemore.models.base import Model, on_meta_device
 from makemore.models.smoothing import parse_discount, parse_smoothing
 from makemore.options import option
 
@@ -128,7 +128,10 @@ class NGram(Model):
             self.register_buffer(f"counts_{n}", torch.zeros(0, dtype=torch.int64))
         # the discounts used per order (row n-1 for n-grams of length n), kept for inspection and loading
         self.register_buffer("discounts", torch.zeros(K + 1, 3, dtype=torch.float64))
-        self._derive()
+        if not on_meta_device():  # the tables are derived once loaded (the meta device has no unique())
+            self._derive()
+        self.register_load_state_dict_pre_hook(NGram._take_stored_shapes)
+        self.register_load_state_dict_post_hook(NGram._check_and_derive)
 
     # ---- counting ----
 
@@ -258,15 +261,21 @@ class NGram(Model):
         D1, D2, D3 = self.discounts[n - 1]
         return torch.where(c >= 3, D3, torch.where(c == 2, D2, D1))
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # the stored tables have data-dependent sizes: take the checkpoint's shapes and types, then derive
-        for name in list(self._buffers):
-            stored = state_dict.get(prefix + name)
-            if isinstance(stored, torch.Tensor) and name not in self._non_persistent_buffers_set:
-                self._buffers[name] = torch.empty_like(stored, device=self.discounts.device)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._check_tables()
-        self._derive()
+    @staticmethod
+    def _take_stored_shapes(module, state_dict: dict, prefix: str, *args) -> None:
+        """Before loading: the stored tables have data-dependent sizes, so each takes the checkpoint's shape and
+        type."""
+        for n in range(1, module.block_size + 2):
+            for name in (f"ngrams_{n}", f"counts_{n}"):
+                stored = state_dict.get(prefix + name)
+                if isinstance(stored, torch.Tensor):
+                    setattr(module, name, torch.empty_like(stored, device=module.discounts.device))
+
+    @staticmethod
+    def _check_and_derive(module, incompatible_keys) -> None:
+        """After loading: the tables are checked, then the lookup tables derived from them."""
+        module._check_tables()
+        module._derive()
 
     def _check_tables(self) -> None:
         """Raise ValueError unless the stored tables are what fit() makes: per order, keys of n-grams of this
