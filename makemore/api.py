@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from makemore import checkpoint, declarations, distributed, instruments, memory, mixing, options, plots, threads
-from makemore.batches import BATCH_CHUNK
+from makemore.batches import BATCH_CHUNK, GATHER
 from makemore.constraints import NothingFound, Samples
 from makemore.data import DEFAULT_SPLIT_SEED, DEFAULT_SPLITS, Data, Vocab, read_items, read_items_file
 from makemore.dataset import build_dataset
@@ -82,18 +82,30 @@ def build_run(cls, mconfig, tconfig: TrainConfig, vocab: Vocab, parts: dict, dev
 
 def check_fits(cls, mconfig, tconfig: TrainConfig, vocab_size: int, items: list[str], dev: torch.device) -> None:
     """A one-line error, before anything is allocated, when the model, its training and the datasets of items
-    cannot fit in the memory of dev."""
+    cannot fit in the memory this process may still allocate on dev."""
     T, B = mconfig.block_size, tconfig.batch_size
     n_chars = sum(map(len, items))
-    # tokens (one byte each for a small vocabulary) with block_size boundary tokens before every item, and a
-    # position (up to 8 bytes) per example; building them takes about twice that
-    data = 2 * (n_chars + len(items) * (T + 1) + 8 * (n_chars + len(items)))
-    # a chunk of BATCH_CHUNK steps of indices (int64), a batch's contexts, and its activations
-    steps = 0 if cls.counts else B * (BATCH_CHUNK * 8 + 16 * T + 4 * cls.example_numbers(mconfig, vocab_size))
-    copies = 1 if cls.counts else memory.TRAINING_COPIES
+    # tokens (one byte each for a small vocabulary, four for a large one) with block_size boundary tokens
+    # before every item, and a position (up to 8 bytes) per example; building them takes about twice that
+    token_bytes = 1 if vocab_size < 256 else 4
+    data = 2 * (token_bytes * (n_chars + len(items) * (T + 1)) + 8 * (n_chars + len(items)))
+    # the items a checkpoint keeps: joined, as a tensor, and serialised (UTF-8, up to 4 bytes a character)
+    kept = 3 * (4 if vocab_size >= 128 else 1) * (n_chars + len(items))
+    steps = 0
+    if not cls.counts:
+        # a chunk of BATCH_CHUNK steps of indices (int64); the contexts and targets gathered for several steps
+        # at once (up to GATHER examples, int64, with the indices that gather them); a step's activations
+        # and gradients
+        gathered = max(B, min(GATHER, B * BATCH_CHUNK))
+        positions = T if cls.whole_items else 1
+        steps = (B * BATCH_CHUNK * 8 + gathered * (16 * T + 8 * positions)
+                 + B * 4 * cls.example_numbers(mconfig, vocab_size))
+    copies = 2 if cls.counts else memory.training_copies(tconfig.optimizer)
     weights = copies * memory.tensor_bytes(cls.expected_tensors(mconfig, vocab_size))
-    memory.check_fits(dict(weights=weights, batches=steps, data=data), dev,
-                      "make the model smaller (--n-hidden, --n-embd, --block-size) or the batches (--batch-size)")
+    memory.check_fits({"weights and their copies": weights, "batches": steps, "datasets": data,
+                       "items kept in the checkpoint": kept}, dev,
+                      "make the model smaller (--n-hidden, --n-embd, --block-size) or the batches (--batch-size)"
+                      if not cls.counts else "use less data or a smaller --block-size")
 
 
 @dataclass
