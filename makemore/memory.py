@@ -182,6 +182,7 @@ def rows_that_fit(cls, config, vocab_size: int, device: torch.device, wanted: in
     free = available(device)
     rows = min(wanted, int(share * free) // max(1, per_row))
     if rows < 1:
-        raise MakemoreError(f"one example of this {cls.name} model needs about {gb(per_row)} of memory but "
-                            f"{where(device)} has {gb(free)} available; use a smaller model")
+        raise MakemoreError(f"one example of this {cls.name} model needs about {gb(per_row)} of memory, more than "
+                            f"the {gb(int(share * free))} a forward pass may take ({share:.0%} of the {gb(free)} "
+                            f"{where(device)} has available); use a machine with more memory or a smaller model")
     return rows
