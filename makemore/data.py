@@ -80,7 +80,11 @@ def read_bytes(path: str | Path) -> bytes:
         _too_large(path, size)
     try:
         with open(path, "rb") as f:
-            raw = f.read(MAX_DATA_BYTES + 1)
+            # as many bytes as the file has (a buffer of the limit's size would be one more copy at the peak),
+            # and the rest only when it grew meanwhile
+            raw = f.read(size + 1)
+            if len(raw) > size:
+                raw += f.read(MAX_DATA_BYTES + 1 - len(raw))
     except OSError as e:
         raise DataError(f"{path}: cannot read it ({e.strerror})") from None
     if len(raw) > MAX_DATA_BYTES:
