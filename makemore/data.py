@@ -27,8 +27,8 @@ MAX_VOCAB = 10_000  # characters, boundary included: sampling allocates 256 x V 
 MAX_ITEM_CHARS = 1000
 # bytes of a data file: a larger one is refused, naming its size, before it is read. Every checkpoint keeps the
 # items (a 200 MB file ended in a panic while saving), saving holds them three times over, and reading turns a
-# byte into up to 30 bytes of Python strings (short lines: see READ_BYTES_PER_LINE); 64 MB is 40 times the
-# largest corpus the README trains on and keeps all of that near 2 GB at worst
+# byte into up to 30 bytes of Python strings (short lines: see READ_BYTES_PER_LINE); 64 MB is 280 times
+# names.txt and keeps all of that near 2 GB at worst
 MAX_DATA_BYTES = 64 << 20
 # what reading a data file holds at its peak, measured (peak RSS of Data.read, the vocabulary and the split):
 # about 4 bytes per byte of the file (the bytes, the decoded text, the items' characters) and 80-100 per line
@@ -66,16 +66,16 @@ def read_bytes(path: str | Path) -> bytes:
     read of a file that grows meanwhile)."""
     path = Path(path)
     try:
-        mode = os.stat(path).st_mode
+        info = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
         raise DataError(f"{path}: no such file") from None
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    mode, size = info.st_mode, info.st_size
     if stat.S_ISDIR(mode):
         raise DataError(f"{path}: is a directory, not a text file")
     if not stat.S_ISREG(mode):
         raise DataError(f"{path}: is not a regular file (a FIFO, socket or device); give a text file")
-    size = os.stat(path).st_size
     if size > MAX_DATA_BYTES:
         _too_large(path, size)
     try:
