@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from makemore import checkpoint, declarations, distributed, instruments, memory, mixing, options, plots, threads
-from makemore.batches import BATCH_CHUNK
+from makemore.batches import BATCH_CHUNK, GATHER
 from makemore.constraints import NothingFound, Samples
 from makemore.data import (DEFAULT_SPLIT_SEED, DEFAULT_SPLITS, Data, Vocab, read_items, read_items_file, recordable,
                            recorded_status)
@@ -23,12 +23,11 @@ from makemore.dataset import build_dataset
 from makemore.errors import CheckpointError, DataError, Interrupted, MakemoreError, OptionError, printable
 from makemore.files import atomic_write, check_name
 from makemore.models import MODELS, get_model_class
-from makemore.models.mixture import Mixture, MixtureConfig
+from makemore.models.mixture import MAX_MODELS, Mixture, MixtureConfig
 from makemore.train import LoopState, TrainConfig, evaluate, make_optimizer, stop_on_signals, train_loop
 from makemore.trained import Trained, _changed_data, _model_from, check_predicts, load, resolve_device
 
 PLOT_HINT = plots.INSTALL_HINT
-MAX_RECORDED_BYTES = 1 << 30
 latest = checkpoint.latest  # the checkpoint trained last in a folder
 
 __all__ = ["load", "train", "inspect", "mix", "lr_find", "read_items", "read_items_file", "Data", "Trained", "Samples",
@@ -93,18 +92,30 @@ def check_batch(cls, tconfig: TrainConfig) -> None:
 
 def check_fits(cls, mconfig, tconfig: TrainConfig, vocab_size: int, items: list[str], dev: torch.device) -> None:
     """A one-line error, before anything is allocated, when the model, its training and the datasets of items
-    cannot fit in the memory of dev."""
+    cannot fit in the memory this process may still allocate on dev."""
     T, B = mconfig.block_size, tconfig.batch_size
     n_chars = sum(map(len, items))
-    # tokens (one byte each for a small vocabulary) with block_size boundary tokens before every item, and a
-    # position (up to 8 bytes) per example; building them takes about twice that
-    data = 2 * (n_chars + len(items) * (T + 1) + 8 * (n_chars + len(items)))
-    # a chunk of BATCH_CHUNK steps of indices (int64), a batch's contexts, and its activations
-    steps = 0 if cls.counts else B * (BATCH_CHUNK * 8 + 16 * T + 4 * cls.example_numbers(mconfig, vocab_size))
-    copies = 1 if cls.counts else memory.TRAINING_COPIES
+    # tokens (one byte each for a small vocabulary, four for a large one) with block_size boundary tokens
+    # before every item, and a position (up to 8 bytes) per example; building them takes about twice that
+    token_bytes = 1 if vocab_size < 256 else 4
+    data = 2 * (token_bytes * (n_chars + len(items) * (T + 1)) + 8 * (n_chars + len(items)))
+    # the items a checkpoint keeps: joined, as a tensor, and serialised (UTF-8, up to 4 bytes a character)
+    kept = 3 * (4 if vocab_size >= 128 else 1) * (n_chars + len(items))
+    steps = 0
+    if not cls.counts:
+        # a chunk of BATCH_CHUNK steps of indices (int64); the contexts and targets gathered for several steps
+        # at once (up to GATHER examples, int64, with the indices that gather them); a step's activations
+        # and gradients
+        gathered = max(B, min(GATHER, B * BATCH_CHUNK))
+        positions = T if cls.whole_items else 1
+        steps = (B * BATCH_CHUNK * 8 + gathered * (16 * T + 8 * positions)
+                 + B * 4 * cls.example_numbers(mconfig, vocab_size))
+    copies = 2 if cls.counts else memory.training_copies(tconfig.optimizer)
     weights = copies * memory.tensor_bytes(cls.expected_tensors(mconfig, vocab_size))
-    memory.check_fits(dict(weights=weights, batches=steps, data=data), dev,
-                      "make the model smaller (--n-hidden, --n-embd, --block-size) or the batches (--batch-size)")
+    memory.check_fits({"weights and their copies": weights, "batches": steps, "datasets": data,
+                       "items kept in the checkpoint": kept}, dev,
+                      "make the model smaller (--n-hidden, --n-embd, --block-size) or the batches (--batch-size)"
+                      if not cls.counts else "use less data or a smaller --block-size")
 
 
 @dataclass
@@ -226,7 +237,7 @@ def _resumed_data(prior: dict, path: Path, data, strict: bool, warn) -> Data:
     kept = prior["items"].split("\n") if prior.get("items") else []
     if not kept:
         raise CheckpointError(f"{printable(path)}: keeps no training items; give the data to continue on with --data")
-    if recorded_status(recorded, prior["data"]["fingerprint"], MAX_RECORDED_BYTES) == "changed":
+    if recorded_status(recorded, prior["data"]["fingerprint"]) == "changed":
         raise DataError(f"{printable(recorded)} has changed since {printable(path)} was trained on it; to continue "
                         "on the file as it is now, give it with --data (without --data the run continues on the items "
                         "the checkpoint keeps only while that file is unchanged or gone)")
@@ -444,7 +455,10 @@ def mix(paths: list, out: str | Path = "out", name: str = "mixture", weights: li
             raise OptionError("--weights must be numbers >= 0, not all 0")
         if kind == "log-linear" and max(weights) > mixing.MAX_LOG_LINEAR_WEIGHT:
             raise OptionError(f"--weights of a log-linear mixture are at most {mixing.MAX_LOG_LINEAR_WEIGHT:g}")
+    if len(paths) > MAX_MODELS:  # refused before a single checkpoint is read
+        raise OptionError(f"{len(paths)} checkpoints: a mixture holds at most {MAX_MODELS} trained models")
     trained = [load(p, device=device, n_threads=n_threads) for p in paths]
+    Mixture.check_size({"components": [dict(model=t.ckpt["model"], config=t.ckpt["config"]) for t in trained]})
     _check_same_data(trained)
     first = trained[0]
     dev_items = first.splits()["dev"]  # the items the checkpoint keeps: a recorded path is never read
@@ -503,7 +517,7 @@ def inspect(path: str | Path | None = None, out: str | Path = "out") -> dict:
     ckpt, vocab = trained.ckpt, trained.vocab
     data = dict(ckpt["data"])
     # read in chunks, and only when it is a regular file: the path is whatever the checkpoint says
-    data["status"] = recorded_status(data["path"], data["fingerprint"], MAX_RECORDED_BYTES)
+    data["status"] = recorded_status(data["path"], data["fingerprint"])
     split = dict(ckpt["split"])
     if ckpt.get("items"):
         split["sizes"] = {name: len(part) for name, part in trained.splits().items()}

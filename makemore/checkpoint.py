@@ -37,7 +37,7 @@ from safetensors.torch import save as serialize
 
 from makemore import __version__, options
 from makemore import checkpoint_checks as checks
-from makemore.data import MAX_ITEM_CHARS, MAX_VOCAB, SPLIT_NAMES, _split_sizes, fingerprint_bytes
+from makemore.data import MAX_ITEM_CHARS, MAX_VOCAB, SPLIT_NAMES, _split_sizes
 from makemore.errors import CheckpointError, MakemoreError
 from makemore.files import atomic_write
 from makemore.models import BUILT, MODELS, get_model_class
@@ -749,28 +749,3 @@ def check_resumable(ckpt: dict, path, optimizer) -> None:
         if not fits or (fixed and value != ref):
             raise CheckpointError(f"{path}: the optimizer's {key} is {_shown(value)}; makemore trains with "
                                   f"{_shown(ref)}; it cannot be resumed")
-
-
-def recorded_data_status(path: str, fingerprint: str) -> str:
-    """Whether the data file a checkpoint records is still there: "unchanged", "changed", "missing" or
-    "unreadable" (not a regular file, or an error). Read in chunks, and only when it is a regular file."""
-
-    try:
-        before = os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return "missing"
-    except (OSError, ValueError):
-        return "unreadable"
-    if not stat.S_ISREG(before.st_mode):
-        return "unreadable"
-    h = hashlib.sha256()
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-        with os.fdopen(fd, "rb", buffering=0) as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                return "unreadable"
-            while chunk := f.read(_READ):
-                h.update(chunk)
-    except OSError:
-        return "unreadable"
-    return "unchanged" if h.hexdigest()[:len(fingerprint_bytes(b""))] == fingerprint else "changed"

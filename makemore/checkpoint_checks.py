@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from makemore import memory
-from makemore.data import MAX_ITEM_CHARS
+from makemore.data import MAX_DATA_BYTES, MAX_ITEM_CHARS
 from makemore.errors import CheckpointError
 
 # Bytes of the safetensors header (the tensors' names, dtypes, shapes and offsets, and the JSON document).
@@ -29,8 +29,8 @@ MAX_HEADER_BYTES = 16 << 20
 # tensor, so 65,536 of them about 80 MB.
 MAX_TENSORS = 1 << 16
 # Bytes of the training items kept in a checkpoint (UTF-8, joined by newlines): the items are the lines of
-# the data file, whose size makemore.data bounds at 64 MB.
-MAX_ITEMS_BYTES = 64 << 20
+# a data file, whose size makemore.data bounds
+MAX_ITEMS_BYTES = MAX_DATA_BYTES
 
 # a JSON string: its quotes and what lies between them, escapes included (written so that the engine does
 # not backtrack)

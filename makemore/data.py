@@ -25,6 +25,16 @@ MAX_VOCAB = 10_000  # characters, boundary included: sampling allocates 256 x V 
 # to 1,024 tokens whole, and the samplers' length cap is twice the longest item, so one stray megabyte-long line
 # cannot make every step of every model megabytes wide
 MAX_ITEM_CHARS = 1000
+# bytes of a data file: a larger one is refused, naming its size, before it is read. Every checkpoint keeps the
+# items (a 200 MB file ended in a panic while saving), saving holds them three times over, and reading turns a
+# byte into up to 30 bytes of Python strings (short lines: see READ_BYTES_PER_LINE); 64 MB is 280 times
+# names.txt and keeps all of that near 2 GB at worst
+MAX_DATA_BYTES = 64 << 20
+# what reading a data file holds at its peak, measured (peak RSS of Data.read, the vocabulary and the split):
+# about 4 bytes per byte of the file (the bytes, the decoded text, the items' characters) and 80-100 per line
+# (a string object and the lists' pointers to it): 2-character lines took 31.5 bytes per byte, names 14.4
+READ_BYTES_PER_BYTE = 5
+READ_BYTES_PER_LINE = 100
 SPLIT_NAMES = ("train", "dev", "test")
 DEFAULT_SPLITS = (0.8, 0.1, 0.1)
 DEFAULT_SPLIT_SEED = 42
@@ -52,22 +62,59 @@ def is_regular_file(path: str | Path) -> bool:
 
 def read_bytes(path: str | Path) -> bytes:
     """The bytes of a data file; a path that is not a regular file is refused without being read (a FIFO
-    would block, a device never end)."""
+    would block, a device never end), and so is a file of more than MAX_DATA_BYTES (nor is more than that
+    read of a file that grows meanwhile)."""
     path = Path(path)
     try:
-        mode = os.stat(path).st_mode
+        info = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
         raise DataError(f"{path}: no such file") from None
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    mode, size = info.st_mode, info.st_size
     if stat.S_ISDIR(mode):
         raise DataError(f"{path}: is a directory, not a text file")
     if not stat.S_ISREG(mode):
         raise DataError(f"{path}: is not a regular file (a FIFO, socket or device); give a text file")
+    if size > MAX_DATA_BYTES:
+        _too_large(path, size)
     try:
-        return path.read_bytes()
+        with open(path, "rb") as f:
+            # as many bytes as the file has (a buffer of the limit's size would be one more copy at the peak),
+            # and the rest only when it grew meanwhile
+            raw = f.read(size + 1)
+            if len(raw) > size:
+                raw += f.read(MAX_DATA_BYTES + 1 - len(raw))
     except OSError as e:
         raise DataError(f"{path}: cannot read it ({e.strerror})") from None
+    if len(raw) > MAX_DATA_BYTES:
+        _too_large(path, len(raw))
+    return raw
+
+
+def _too_large(path: Path, size: int):
+    raise DataError(f"{path}: {_megabytes(size)}; makemore reads data files of at most {_megabytes(MAX_DATA_BYTES)} "
+                    "(every checkpoint keeps the items): train on a sample of its lines")
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 2**20:,.1f} MB" if n < 2**30 else f"{n / 2**30:,.1f} GB"
+
+
+def check_reading_fits(path: Path, size: int, lines: int | None = None, held: int = 0) -> None:
+    """A DataError when reading a file of size bytes (and lines lines, once known) would not fit in the memory
+    this process may still allocate (makemore.memory.available), held bytes of it being allocated already."""
+    import torch  # with makemore.memory: only when a data file is read
+
+    from makemore import memory
+
+    need = READ_BYTES_PER_BYTE * size + READ_BYTES_PER_LINE * (lines or 0) - held
+    free = memory.available(torch.device("cpu"))
+    if need > free:
+        raise DataError(f"{path}: reading its {_megabytes(size)}"
+                        + (f" of {lines:,} lines" if lines else "")
+                        + f" needs about {memory.gb(need)} of memory but this process has {memory.gb(free)} "
+                        "available; train on a sample of its lines")
 
 
 def recordable(path: Path) -> str:
@@ -78,7 +125,7 @@ def recordable(path: Path) -> str:
     return printable(os.path.abspath(path))
 
 
-def recorded_status(path: str, fingerprint: str, limit: int = 1 << 30) -> str:
+def recorded_status(path: str, fingerprint: str, limit: int = MAX_DATA_BYTES) -> str:
     """Whether the data file a checkpoint records is still the file it was trained on: "unchanged", "changed",
     "missing" or "unreadable" (not a regular file, or an error). The path comes from a checkpoint, so it is
     only hashed, never parsed or shown, and only when it is a regular file of at most limit bytes (a larger
@@ -265,7 +312,11 @@ class Data:
     @classmethod
     def read(cls, path: str | Path | None = None) -> "Data":
         path = Path(path) if path is not None else default_data_path()
+        if is_regular_file(path):  # read_bytes refuses the others, and a file too large, by itself
+            check_reading_fits(path, min(os.stat(path).st_size, MAX_DATA_BYTES))
         raw = read_bytes(path)
+        # lines end at LF, CRLF or CR: counting both bytes errs towards more lines
+        check_reading_fits(path, len(raw), raw.count(b"\n") + raw.count(b"\r") + 1, held=len(raw))
         return cls(path, parse_items(raw, str(path)), fingerprint_bytes(raw))
 
     def split(self, splits=DEFAULT_SPLITS, seed: int = DEFAULT_SPLIT_SEED) -> dict[str, list[str]]:

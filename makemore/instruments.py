@@ -16,7 +16,7 @@ from makemore.batches import BatchSampler
 from makemore.dataset import build_dataset
 from makemore.errors import CheckpointError, DataError, TrainingError
 from makemore.threads import Governor
-from makemore.train import TrainStep
+from makemore.train import TrainStep, chunk_rows
 
 
 @torch.no_grad()
@@ -33,23 +33,23 @@ def score(model, vocab, items: list[str]) -> list[dict]:
         # the dataset builder has no example for an empty item, and no data file holds one
         raise DataError("cannot score an empty item; give items of at least one character")
     T = model.block_size
-    ds = build_dataset(items, vocab, T).to(next(iter(model.state_dict().values())).device)
-    x, y = ds.tensors()
+    device = next(iter(model.state_dict().values())).device
+    ds = build_dataset(items, vocab, T).to(device)
     model.eval()
-    logp = torch.cat([F.log_softmax(model(xb).double(), dim=-1).gather(1, yb[:, None]).squeeze(1).cpu()
-                      for xb, yb in ds.chunks(16384)])
-    x, y = x.cpu().tolist(), y.cpu().tolist()
+    shown = [vocab.show(c) for c in vocab.chars]
+    # a chunk at a time, sized to fit (a wide context makes each row large), its contexts spelt out as it goes
+    transitions = []
+    for x, y in ds.chunks(chunk_rows(model, 16384, device)):
+        logp = F.log_softmax(model(x).double(), dim=-1).gather(1, y[:, None]).squeeze(1).cpu().tolist()
+        for row, target, lp in zip(x.cpu().tolist(), y.cpu().tolist(), logp):
+            transitions.append(dict(context="".join(shown[t] for t in row), next=shown[target],
+                                    prob=math.exp(lp), logprob=lp))
     results, start = [], 0
     for item in items:
         n = len(item) + 1  # every character, then the boundary that ends the item
-        transitions = []
-        for i in range(start, start + n):
-            lp = logp[i].item()
-            transitions.append(dict(context="".join(vocab.show(vocab.chars[t]) for t in x[i]),
-                                    next=vocab.show(vocab.chars[y[i]]),
-                                    prob=math.exp(lp), logprob=lp))
-        nll = -sum(t["logprob"] for t in transitions)
-        results.append(dict(item=item, transitions=transitions, nll=nll, mean_nll=nll / n, n=n))
+        mine = transitions[start:start + n]
+        nll = -sum(t["logprob"] for t in mine)
+        results.append(dict(item=item, transitions=mine, nll=nll, mean_nll=nll / n, n=n))
         start += n
     return results
 

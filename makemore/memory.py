@@ -1,34 +1,122 @@
-"""Will it fit? The memory a run needs, estimated from its settings before anything is allocated, against
-the memory the device has free: a size that cannot fit is a one-line error, not an allocation traceback
-(or the machine swapping) minutes later."""
+"""Will it fit? The memory a command needs, estimated from its settings before anything is allocated, against
+the memory this process may still allocate: a size that cannot fit is a one-line error, not an allocation
+traceback, a panic while saving (or the machine swapping) minutes later."""
 from __future__ import annotations
 
-import os
+import resource
+from pathlib import Path
 
 import torch
 
 from makemore.errors import MakemoreError
 
-# copies of the weights a training run keeps: the weights, their gradients, AdamW's two moments, the
-# best-on-dev weights and the copy written to the checkpoint
-TRAINING_COPIES = 6
+PROC = Path("/proc")
+CGROUP = Path("/sys/fs/cgroup")
+# a limit at or above this is no limit: cgroup v1 writes "unlimited" as the largest page-aligned int64
+NO_LIMIT = 1 << 62
+MAX_CONTEXT = 1024  # the widest context of a model whose config does not say (a mixture)
 
 
-def available(device: torch.device) -> int:
-    """Bytes free for new tensors on device: the GPU's free memory, or the machine's available memory."""
+def available(device: torch.device, proc: Path = PROC, cgroup: Path = CGROUP, rlimit=resource.getrlimit) -> int:
+    """Bytes this process may still allocate for new tensors on device.
+
+    On a GPU: its free memory. On the CPU, the smallest of: the machine's available memory (MemAvailable);
+    the address-space limit (RLIMIT_AS, ulimit -v) less the address space in use (VmSize); the data-segment
+    limit (RLIMIT_DATA) less the data in use (VmData); and the room left under each memory cgroup (v1 or
+    v2) the process is in. proc, cgroup and rlimit stand in for /proc, /sys/fs/cgroup and
+    resource.getrlimit (for tests)."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
+    status = _status(proc)
+    rooms = [_meminfo(proc), _cgroup_room(proc, cgroup)]
+    for limit, in_use in ((resource.RLIMIT_AS, "VmSize"), (resource.RLIMIT_DATA, "VmData")):
+        soft = rlimit(limit)[0]
+        if soft != resource.RLIM_INFINITY and 0 <= soft < NO_LIMIT:
+            rooms.append(soft - status.get(in_use, 0))
+    known = [room for room in rooms if room is not None]
+    if not known:
+        return 1 << 62  # nothing could be read: let the allocator speak
+    return max(0, min(known))
+
+
+def _kilobytes(text: str, field: str) -> int | None:
+    """A 'Field:   123 kB' line's value in bytes, or None."""
+    for line in text.splitlines():
+        if line.startswith(field + ":"):
+            try:
+                return int(line.split()[1]) * 1024
+            except (ValueError, IndexError):
+                return None
+    return None
+
+
+def _meminfo(proc: Path) -> int | None:
     try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
+        return _kilobytes((proc / "meminfo").read_text(encoding="ascii"), "MemAvailable")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _status(proc: Path) -> dict[str, int]:
+    """This process's VmSize and VmData, in bytes (those it could read)."""
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 1 << 62  # unknown: let the allocator speak
+        text = (proc / "self" / "status").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return {}
+    found = {field: _kilobytes(text, field) for field in ("VmSize", "VmData")}
+    return {field: value for field, value in found.items() if value is not None}
+
+
+def _cgroup_room(proc: Path, root: Path) -> int | None:
+    """The least room (limit less usage) of the memory cgroups this process is in and their ancestors;
+    None without a limit. /proc/self/cgroup names them: '0::/path' (v2) or 'N:memory:/path' (v1)."""
+    try:
+        lines = (proc / "self" / "cgroup").read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    rooms = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":  # v2: at the root of a pure v2 mount, or under unified/ of a hybrid one
+            places, files = (root, root / "unified"), ("memory.max", "memory.current")
+        elif "memory" in controllers.split(","):
+            places, files = (root / "memory",), ("memory.limit_in_bytes", "memory.usage_in_bytes")
+        else:
+            continue
+        for mount in places:
+            rooms += _rooms_up(mount, path, *files)
+    return min(rooms, default=None)
+
+
+def _rooms_up(mount: Path, path: str, limit_name: str, usage_name: str) -> list[int]:
+    """The room under the cgroup at path and under each ancestor up to the mount. Inside a container the
+    mount may show only the process's own cgroup (its path then is not found under it): the mount's root
+    is that cgroup."""
+    parts = [p for p in path.split("/") if p]
+    here = mount.joinpath(*parts) if ".." not in parts else mount
+    if not here.is_dir():
+        here = mount
+    rooms = []
+    while True:
+        room = _room(here, limit_name, usage_name)
+        if room is not None:
+            rooms.append(room)
+        if here == mount or here == here.parent:
+            return rooms
+        here = here.parent
+
+
+def _room(folder: Path, limit_name: str, usage_name: str) -> int | None:
+    try:
+        limit = (folder / limit_name).read_text().strip()
+        if limit == "max" or int(limit) >= NO_LIMIT:
+            return None
+        return int(limit) - int((folder / usage_name).read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def tensor_bytes(expected: dict) -> int:
@@ -43,26 +131,57 @@ def tensor_bytes(expected: dict) -> int:
     return total
 
 
+def training_copies(optimizer: str) -> int:
+    """Copies of the weights a training run holds at its peak, while it writes a checkpoint: the weights,
+    their gradients, the optimizer's moments (AdamW two, SGD none), the best-on-dev weights, and the
+    checkpoint's bytes as they are serialised (the best and the latest weights, and the moments)."""
+    moments = 2 if optimizer == "adamw" else 0
+    return 3 + moments + (2 + moments)
+
+
+def thread_stacks(threads: int) -> int:
+    """Address space that threads reserve for their stacks (RLIMIT_STACK each, 8 MB where unlimited):
+    counted by an address-space limit though rarely touched."""
+    soft = resource.getrlimit(resource.RLIMIT_STACK)[0]
+    return threads * (soft if soft != resource.RLIM_INFINITY and 0 < soft < NO_LIMIT else 8 << 20)
+
+
 def check_fits(needs: dict[str, int], device: torch.device, advice: str) -> None:
     """Raise MakemoreError when the parts of needs (name -> bytes) add up to more than device has free."""
     total, free = sum(needs.values()), available(device)
     if total <= free:
         return
-    parts = ", ".join(f"{name} {_gb(n)}" for name, n in sorted(needs.items(), key=lambda kv: -kv[1]) if n)
-    raise MakemoreError(f"this run needs about {_gb(total)} of memory ({parts}) but {device.type} has "
-                        f"{_gb(free)} available; {advice}")
+    parts = ", ".join(f"{name} {gb(n)}" for name, n in sorted(needs.items(), key=lambda kv: -kv[1]) if n >= 2**20)
+    raise MakemoreError(f"this run needs about {gb(total)} of memory ({parts}) but {where(device)} has "
+                        f"{gb(free)} available; {advice}")
 
 
-def _gb(n: int) -> str:
+def where(device: torch.device) -> str:
+    return "this process" if device.type == "cpu" else device.type
+
+
+def gb(n: int) -> str:
+    """Bytes in words: '1.5 GB', '12 MB'."""
     return f"{n / 2**30:.1f} GB" if n >= 2**28 else f"{n / 2**20:.0f} MB"
+
+
+def row_bytes(cls, config, vocab_size: int) -> int:
+    """Bytes of one row (example) of a forward pass without gradients: its activations (the model's
+    example_numbers, which count them with their gradients for training: half of that, in float32), the
+    logits in float64 and their log-softmax where the loss is summed, and its int64 context and targets."""
+    block_size = getattr(config, "block_size", None) or MAX_CONTEXT  # a mixture's: its widest component's
+    positions = block_size if cls.whole_items else 1
+    return 2 * cls.example_numbers(config, vocab_size) + 16 * positions * vocab_size + 16 * block_size
 
 
 def rows_that_fit(cls, config, vocab_size: int, device: torch.device, wanted: int, share: float = 0.5) -> int:
     """The most rows (examples) of one forward pass without gradients, at most wanted, whose activations fit
     in share of the memory this process may still allocate on device; MakemoreError when not one row fits."""
-    per_row = 4 * cls.example_numbers(config, vocab_size) + 8 * config.block_size
-    rows = min(wanted, int(share * available(device)) // max(1, per_row))
+    per_row = row_bytes(cls, config, vocab_size)
+    free = available(device)
+    rows = min(wanted, int(share * free) // max(1, per_row))
     if rows < 1:
-        raise MakemoreError(f"one example of this {cls.name} model needs about {_gb(per_row)} of memory but "
-                            f"{device.type} has {_gb(available(device))} available")
+        raise MakemoreError(f"one example of this {cls.name} model needs about {gb(per_row)} of memory, more than "
+                            f"the {gb(int(share * free))} a forward pass may take ({share:.0%} of the {gb(free)} "
+                            f"{where(device)} has available); use a machine with more memory or a smaller model")
     return rows

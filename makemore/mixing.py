@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from makemore import memory
+
 KINDS = ("log-linear", "linear")
 MAX_ITERATIONS = 500
 TOLERANCE = 1e-9  # stop once a step lowers the mean dev loss by less than this (nats)
@@ -45,15 +47,34 @@ def em(P: torch.Tensor, iterations: int = MAX_ITERATIONS, tol: float = TOLERANCE
     return w, losses
 
 
-def target_probs(models: list, dataset) -> torch.Tensor:
-    """(N, M): each model's probability of every target of the dataset, each reading its own block_size."""
-    columns = [[] for _ in models]
+def forward_rows(models: list, device: torch.device, wanted: int = 16384) -> int:
+    """Rows of one chunk that every model's forward pass fits (makemore.memory.rows_that_fit), the models
+    taking turns on it."""
+    return min(memory.rows_that_fit(type(m), m.config, m.vocab_size, device, wanted) for m in models)
+
+
+def _subset(n_all: int, n: int, seed: int) -> torch.Tensor:
+    """n of the indices below n_all, in order: all of them, or a random subset."""
+    if n >= n_all:
+        return torch.arange(n_all)
+    return torch.randperm(n_all, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+
+
+def target_probs(models: list, dataset, limit: int = FIT_NUMBERS, seed: int = 0) -> torch.Tensor:
+    """(N, M): each model's probability of every target of the dataset, each reading its own block_size; of a
+    random subset of the targets, in order, when all would hold more than limit numbers (EM then fits on
+    those, as fit_log_linear does on its subset)."""
+    n = min(len(dataset), max(1, limit // len(models)))
+    keep = torch.zeros(len(dataset), dtype=torch.bool)
+    keep[_subset(len(dataset), n, seed)] = True
+    parts, start = [], 0
     with torch.no_grad():
-        for x, y in dataset.chunks(16384):
-            for i, model in enumerate(models):
-                logits = model(x[:, x.shape[1] - model.block_size:]).double()
-                columns[i].append(torch.log_softmax(logits, -1).gather(1, y[:, None]).squeeze(1).exp().cpu())
-    return torch.stack([torch.cat(c) for c in columns], dim=1)
+        for x, y in dataset.chunks(forward_rows(models, dataset.positions.device)):
+            logp = torch.stack([torch.log_softmax(m(x[:, x.shape[1] - m.block_size:]).double(), -1)
+                                .gather(1, y[:, None]).squeeze(1).cpu() for m in models], 1)
+            parts.append(logp[keep[start:start + len(logp)]].exp())
+            start += len(logp)
+    return torch.cat(parts)
 
 
 def log_linear_loss(L: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> float:
@@ -109,15 +130,13 @@ def log_probs(models: list, dataset, vocab_size: int, limit: int = FIT_NUMBERS,
     """(N, M, V) each model's log-probabilities (float64, floored at LOG_FLOOR) and (N,) the targets, for every
     example of the dataset, or for a random subset of them when all would hold more than limit numbers."""
     n = min(len(dataset), max(1, limit // (len(models) * vocab_size)))
-    if n < len(dataset):
-        ix = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].sort().values
-    else:
-        ix = torch.arange(len(dataset))
-    ix = ix.to(dataset.positions.device)
+    ix = _subset(len(dataset), n, seed).to(dataset.positions.device)
+    # a chunk's (rows, M, V) log-probabilities are held at once, besides each model's forward pass
+    rows = min(forward_rows(models, dataset.positions.device), max(1, limit // (len(models) * vocab_size)))
     parts, targets = [], []
     with torch.no_grad():
-        for start in range(0, n, 16384):
-            x, y = dataset.batch(ix[start:start + 16384])
+        for start in range(0, n, rows):
+            x, y = dataset.batch(ix[start:start + rows])
             parts.append(torch.stack([torch.log_softmax(m(x[:, x.shape[1] - m.block_size:]).double(), -1)
                                       for m in models], 1).clamp_min_(LOG_FLOOR).cpu())
             targets.append(y.cpu())

@@ -111,16 +111,27 @@ def embeddings(points, labels: list[str], path: Path, title: str, axis_names=("d
     return _save(fig, path, 80)
 
 
+# the most characters whose bigram table is drawn: the figure is at most 14 inches at 72 dpi, 1,008 pixels, so
+# beyond this a cell is less than a pixel (and a 10,000-character table alone is 800 MB of float64)
+MAX_TABLE_VOCAB = 1000
+MAX_CELL_TEXT = 40  # characters up to which each cell is labelled with its bigram and value
+MAX_TICK_LABELS = 100  # characters up to which the rows and columns are labelled
+
+
 def bigram_table(table, labels: list[str], path: Path, title: str, counts: bool) -> Path:
     """The lecture's table as a heatmap: row = previous character, column = next; each cell names its
-    bigram and its count (or probability). Cell text is left out when the vocabulary is too big to read."""
+    bigram and its count (or probability). Cell text, then the characters on the axes, are left out when the
+    vocabulary is too big to read; a table of more than MAX_TABLE_VOCAB characters is refused."""
     V = len(labels)
+    if V > MAX_TABLE_VOCAB:
+        raise MakemoreError(f"the bigram table of {V:,} characters is too large to draw (at most "
+                            f"{MAX_TABLE_VOCAB:,}: a cell would be less than a pixel)")
     size = min(14.0, 2 + 0.42 * V)
     fig = _figure(size, size)
     ax = fig.add_subplot()
-    rows = table.tolist()
-    ax.imshow(rows, cmap="Blues")
-    if V <= 40:
+    ax.imshow(table.numpy(), cmap="Blues")
+    if V <= MAX_CELL_TEXT:
+        rows = table.tolist()
         dark = 0.55 * max(max(row) for row in rows)
         for i in range(V):
             for j in range(V):
@@ -129,8 +140,9 @@ def bigram_table(table, labels: list[str], path: Path, title: str, counts: bool)
                 # one text per cell, not two: drawing ~1,500 texts is most of the time this takes
                 ax.text(j, i, f"{labels[i]}{labels[j]}\n{shown}", ha="center", va="center", fontsize=6.5,
                         linespacing=1.1, color="white" if value > dark else "#555555")
-    ax.set_xticks(range(V), labels, fontsize=8)
-    ax.set_yticks(range(V), labels, fontsize=8)
+    if V <= MAX_TICK_LABELS:
+        ax.set_xticks(range(V), labels, fontsize=8)
+        ax.set_yticks(range(V), labels, fontsize=8)
     ax.xaxis.tick_top()
     ax.set_xlabel("next character")
     ax.xaxis.set_label_position("top")

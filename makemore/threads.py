@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from makemore.errors import OptionError
+from makemore import memory
+from makemore.errors import MakemoreError, OptionError
 
 # Multiply-adds of one forward pass (see work()) worth another thread. Measured on 16 cores (seconds for
 # the same steps at 1 / 2 / 4 / 8 / 16 threads): the lecture's MLP at batch 32 (0.4M) 0.32 / 0.31 / 0.38;
@@ -36,6 +37,9 @@ WORK_PER_THREAD = 1_000_000
 # On a GPU run the CPU only gathers batches and launches kernels: the default MLP on an H200 took the
 # same time with 1, 2, 4 or 16 threads (0.58 s for 2,000 steps).
 ACCELERATOR_THREADS = 2
+# the most threads a user's count may give per usable core: beyond a few per core they only wait for each other
+# (and 1,024 threads reserve 8 GB of address space for their stacks, which ended in a MemoryError)
+MAX_THREADS_PER_CORE = 4
 
 
 def usable_cores() -> int:
@@ -157,6 +161,11 @@ def choose(threads: int | None = None, device="cpu", work: int | None = None, *,
     if threads is not None:
         if threads < 1:
             raise OptionError(f"--threads must be at least 1, not {threads}")
+        cores = usable_cores() if cores is None else cores
+        if threads > MAX_THREADS_PER_CORE * cores:
+            raise MakemoreError(f"--threads {threads}: this machine lets the process use {cores} "
+                                f"core{'s' * (cores != 1)}; give at most {MAX_THREADS_PER_CORE * cores} "
+                                f"({MAX_THREADS_PER_CORE} per core), or leave --threads out to let makemore choose")
         return Choice(threads, threads, "--threads", "--threads")
     env = os.environ if env is None else env
     given = env.get("OMP_NUM_THREADS", "").strip()
@@ -185,8 +194,12 @@ def apply(choice: Choice) -> None:
 
 
 def setup(threads: int | None = None, device="cpu", work: int | None = None) -> Choice:
-    """choose() and apply(): for a command's start (train, eval, lr-find, sample)."""
+    """choose() and apply(): for a command's start (train, eval, lr-find, sample); first a check that the
+    threads' stacks fit in the address space the process may still use."""
     choice = choose(threads, device, work)
+    if choice.threads > torch.get_num_threads():
+        memory.check_fits({"thread stacks": memory.thread_stacks(choice.threads - torch.get_num_threads())},
+                          torch.device("cpu"), "give fewer --threads")
     apply(choice)
     return choice
 

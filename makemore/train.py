@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from makemore import memory
 from makemore.batches import BatchSampler
 from makemore.dataset import IGNORE
 from makemore.distributed import World
@@ -110,6 +111,8 @@ def evaluate(model, dataset, batch_size: int | None = None) -> float:
         batch_size = 4096 if dataset.positions.device.type == "cpu" else 65536
     if dataset.whole_items:  # a row is block_size predictions
         batch_size = max(1, batch_size // dataset.block_size)
+    # smaller chunks where a row is large (a wide context, many heads): the loss is the same sum
+    batch_size = chunk_rows(model, batch_size, dataset.positions.device)
     was_training = model.training
     model.eval()
     total = torch.zeros((), dtype=torch.float64)
@@ -118,6 +121,12 @@ def evaluate(model, dataset, batch_size: int | None = None) -> float:
                                  ignore_index=IGNORE, reduction="sum").cpu()
     model.train(was_training)
     return total.item() / dataset.n_targets
+
+
+def chunk_rows(model, wanted: int, device: torch.device) -> int:
+    """The rows of a forward pass without gradients, at most wanted, that fit in half the memory this process
+    may still allocate (makemore.memory.rows_that_fit); MakemoreError when not one does."""
+    return memory.rows_that_fit(type(model), model.config, model.vocab_size, device, wanted)
 
 
 def logits_of(model, x: torch.Tensor, whole_items: bool) -> torch.Tensor:
@@ -181,15 +190,20 @@ class TrainStep:
         self.by_hand = model.step_by_hand(sgd=sgd) if world.size == 1 and not model.decay_in_loss else None
         self.flat = self.by_hand is not None
         self.applies_update = self.flat and sgd
-        self.outputs = []  # the steps' losses (target probabilities by hand) since take_loss
+        # the sum of the steps' losses since take_loss and its count of terms: a running sum, not a list of
+        # each step's tensors, which grew by about a step's activations per step kept (measured: bigram-nn at
+        # batch 8192, 800 KB a step, so a million steps, 5,000 between log points, grew by 150 MB/s)
+        self.loss_sum, self.terms, self.loss_dtype = None, 0, torch.float32
         self.mode = torch.inference_mode() if self.flat else nullcontext()
 
     def __call__(self, contexts: torch.Tensor, targets: torch.Tensor, lr: float) -> None:
         for group in self.groups:
             group["lr"] = lr
         if self.by_hand is not None:
-            # the probabilities of the targets; their mean -log is the loss
-            self.outputs.append(self.by_hand(contexts, targets, lr, self.weight_decay))
+            # the probabilities of the targets; their mean -log is the loss, where a target probability that underflowed to 0 (a loss beyond 87 nats: a diverging run, or the
+            # lecture's randn init in its first steps) counts as 87 nats (in float32), not as infinity
+            probs = self.by_hand(contexts, targets, lr, self.weight_decay)
+            self._add(probs.clamp_min(torch.finfo(probs.dtype).tiny).log().sum().neg_(), probs.numel(), probs)
             if not self.applies_update:
                 self.optimizer.step()
             return
@@ -203,18 +217,22 @@ class TrainStep:
             p.grad = None
         objective.backward()
         self.optimizer.step()
-        self.outputs.append(loss.detach())
+        self._add(loss.detach(), 1, loss)
+
+    def _add(self, total: torch.Tensor, terms: int, like: torch.Tensor) -> None:
+        if self.loss_sum is None:  # float64 where the device has it: thousands of steps add up without drift
+            wide = torch.float32 if like.device.type == "mps" else torch.float64
+            self.loss_sum, self.loss_dtype = torch.zeros((), dtype=wide, device=like.device), like.dtype
+        self.loss_sum.add_(total)
+        self.terms += terms
 
     def take_loss(self) -> torch.Tensor:
-        """The mean train loss of the steps since the last call."""
-        if self.by_hand is not None:
-            # a target probability that underflowed to 0 (a loss beyond 87 nats: a diverging run, or the
-            # lecture's randn init in its first steps) counts as 87 nats (in float32), not as infinity
-            probs = torch.cat(self.outputs)
-            loss = -probs.clamp_min_(torch.finfo(probs.dtype).tiny).log().mean()
-        else:
-            loss = torch.stack(self.outputs).mean()
-        self.outputs.clear()
+        """The mean train loss of the steps since the last call (nan when none)."""
+        if self.loss_sum is None:
+            return torch.tensor(math.nan, dtype=self.loss_dtype)
+        loss = (self.loss_sum / max(1, self.terms)).to(self.loss_dtype)
+        self.loss_sum.zero_()
+        self.terms = 0
         return loss
 
     def __enter__(self) -> TrainStep:
@@ -223,7 +241,7 @@ class TrainStep:
 
     def __exit__(self, *exc) -> None:
         self.mode.__exit__(*exc)
-        self.outputs.clear()
+        self.loss_sum, self.terms = None, 0
         if self.by_hand is not None:
             for p in self.params:
                 p.grad = None

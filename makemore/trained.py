@@ -11,9 +11,9 @@ import torch
 
 from makemore import checkpoint, instruments, options, plots, stream, threads
 from makemore.constraints import Request, Samples, default_cap
-from makemore.data import SPLIT_NAMES, Data, Vocab, is_regular_file, split_items
+from makemore.data import SPLIT_NAMES, Data, Vocab, split_items
 from makemore.dataset import build_dataset
-from makemore.errors import (CheckpointError, DataError, MakemoreError, OptionError, TrainingError, printable)
+from makemore.errors import CheckpointError, DataError, MakemoreError, TrainingError, printable
 from makemore.models import get_model_class
 from makemore.nearest import nearest as closest
 from makemore.sampling import log_probs
@@ -163,6 +163,10 @@ class Trained:
     def plot_counts(self, output: str | Path | None = None) -> Path:
         """The lecture's bigram table (counts, or a bigram-nn's probabilities) as a PNG; needs matplotlib."""
         plots.require()
+        if len(self.vocab) > plots.MAX_TABLE_VOCAB:  # refused before the table is computed
+            raise MakemoreError(f"{self.path}: the bigram table of {len(self.vocab):,} characters is too large to "
+                                f"draw (plot counts draws at most {plots.MAX_TABLE_VOCAB:,}: beyond that a cell is "
+                                "less than a pixel)")
         table, counts = instruments.bigram_table(self.model)
         labels = [self.vocab.show(c) for c in self.vocab.chars]
         what = "bigram counts N[prev, next]" if counts else "bigram probabilities P[prev, next]"

@@ -130,7 +130,11 @@ class Mixture(Model):
 
     @classmethod
     def example_numbers(cls, config: MixtureConfig, vocab_size: int) -> int:
-        return sum(part_cls.example_numbers(part_config, vocab_size) for part_cls, part_config in cls._parts(config))
+        """The components', and the (M, V) float64 log-probabilities that forward stacks, floors and weighs per
+        row (three such tensors at once: 12 float32 numbers per entry, as the hook counts them with gradients)."""
+        parts = list(cls._parts(config))
+        return (sum(part_cls.example_numbers(part_config, vocab_size) for part_cls, part_config in parts)
+                + 12 * len(parts) * vocab_size)
 
     def __init__(self, config: MixtureConfig, vocab_size: int):
         super().__init__(config, vocab_size)
