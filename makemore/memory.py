@@ -60,7 +60,8 @@ def _gb(n: int) -> str:
 def rows_that_fit(cls, config, vocab_size: int, device: torch.device, wanted: int, share: float = 0.5) -> int:
     """The most rows (examples) of one forward pass without gradients, at most wanted, whose activations fit
     in share of the memory this process may still allocate on device; MakemoreError when not one row fits."""
-    per_row = 4 * cls.example_numbers(config, vocab_size) + 8 * config.block_size
+    # a mixture's config has no block_size: its components' contexts are counted in its example_numbers
+    per_row = 4 * cls.example_numbers(config, vocab_size) + 8 * getattr(config, "block_size", 0)
     rows = min(wanted, int(share * available(device)) // max(1, per_row))
     if rows < 1:
         raise MakemoreError(f"one example of this {cls.name} model needs about {_gb(per_row)} of memory but "
