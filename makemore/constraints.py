@@ -137,15 +137,31 @@ def check(request: Request, vocab, cap: int) -> tuple:
     return (compile_regex(r.regex) if r.regex is not None else None), notes
 
 
-def report_line(asked: int, found: int, draws: int, rejected: dict, cap: int, patience: float | None) -> str:
-    """One line: asked for 100, found 87 in 20,000 draws (acceptance 0.4%; 9,411 were in the data, ...);
-    patience: the seconds after which drawing stopped without a new item, when it stopped for time."""
+@dataclass
+class Timeout:
+    """Drawing stopped after patience seconds without a new item, cutting short the draws still going (at
+    length characters, the prefix included)."""
+
+    patience: float
+    going: int = 0
+    length: int = 0
+
+
+def report_line(asked: int, found: int, draws: int, rejected: dict, cap: int, timed_out: Timeout | None) -> str:
+    """One line: asked for 100, found 87 in 20,000 draws (acceptance 0.4%; 9,411 were in the data, ...),
+    and when drawing stopped for time, after how long (and, when no draw was judged, how far those cut short
+    had gone)."""
     acceptance = found / draws if draws else 0.0
     pct = 100 * acceptance
     shown = "0" if pct == 0 else f"{pct:.1f}" if pct >= 0.1 else f"{pct:.2g}"
     parts = [f"{count:,} {REASONS[reason].format(cap=cap)}" for reason, count in rejected.items() if count]
+    stopped = ""
+    if timed_out is not None:
+        stopped = f", stopped after {timed_out.patience:g} s without a new item"
+        if timed_out.going and not draws:  # nothing else says why: a batch of long draws took all the time
+            plural = "s" if timed_out.length != 1 else ""
+            parts.append(f"{timed_out.going:,} cut short at {timed_out.length:,} character{plural}")
     details = "; " + ", ".join(parts) if parts else ""
-    stopped = f", stopped after {patience:g} s without a new item" if patience is not None else ""
     return f"asked for {asked:,}, found {found:,} in {draws:,} draws{stopped} (acceptance {shown}%{details})"
 
 
@@ -153,13 +169,13 @@ class Samples(list):
     """The items drawn (a list of str), with the figures of how the drawing went."""
 
     def __init__(self, items=(), asked: int = 0, draws: int = 0, rejected: dict | None = None, cap: int = 0,
-                 timed_out: float | None = None):
+                 timed_out: Timeout | None = None):
         super().__init__(items)
         self.asked = asked
         self.draws = draws
         self.rejected = dict(rejected or {})  # reason (a key of REASONS) -> count
         self.cap = cap  # the longest item that could be drawn
-        self.timed_out = timed_out  # the patience (seconds) when drawing stopped for time, else None
+        self.timed_out = timed_out  # when drawing stopped for time, else None
 
     @property
     def complete(self) -> bool:
@@ -190,7 +206,7 @@ class Tally:
         self.seen: set[str] = set()
         self.rejected = dict.fromkeys(REASONS, 0)
         self.draws = 0
-        self.timed_out: float | None = None
+        self.timed_out: Timeout | None = None
 
     def steps(self) -> int:
         """Tokens to draw after the prefix: one more than the characters allowed, for the end."""
@@ -212,8 +228,9 @@ class Tally:
             self.seen.add(item)
         return True
 
-    def stop_for_time(self) -> None:
-        self.timed_out = self.request.patience
+    def stop_for_time(self, going: int = 0, length: int = 0) -> None:
+        """Stop: no item found for request.patience seconds; going draws cut short at length characters."""
+        self.timed_out = Timeout(self.request.patience, going, length)
 
     @property
     def complete(self) -> bool:

@@ -75,9 +75,10 @@ def draw_batch(model, prefix_ids: list[int], keys: torch.Tensor, steps: int, min
     from stream.item_keys): up to steps tokens after the prefix, the last of which must be the boundary
     for the item to have ended. Only rows still going are passed through the model.
 
-    After each step, yields the rows decided by then, in row order: a row is yielded once it and every row
-    before it have ended, hit a dead end or drawn steps tokens. Stops between steps, leaving the rest
-    undecided, when give_up() is true. The token buffer grows with the steps taken, not the steps allowed.
+    After each step, yields the rows decided by then (often none), in row order: a row is yielded once it
+    and every row before it have ended, hit a dead end or drawn steps tokens. Stops between steps, leaving
+    the rest undecided, when give_up() is true. The token buffer grows with the steps taken, not the steps
+    allowed.
     """
     device = next(iter(model.state_dict().values())).device
     T, size = model.block_size, len(keys)
@@ -112,12 +113,11 @@ def draw_batch(model, prefix_ids: list[int], keys: torch.Tensor, steps: int, min
         going = ~stops
         rows, ctx = rows[going], torch.cat([ctx[going.to(device)][:, 1:], nxt[going, None].to(device)], dim=1)
         upto = int(rows[0]) if rows.numel() else size  # every row before the first still going is decided
-        if upto > told:
-            lengths = length[told:upto].tolist()
-            yield [(ids[:n], end, stop) for ids, n, end, stop in
-                   zip(tokens[told:upto, :max(lengths)].tolist(), lengths, ended[told:upto].tolist(),
-                       dead[told:upto].tolist())]
-            told = upto
+        lengths = length[told:upto].tolist()
+        yield [(ids[:n], end, stop) for ids, n, end, stop in
+               zip(tokens[told:upto, :max(lengths, default=0)].tolist(), lengths, ended[told:upto].tolist(),
+                   dead[told:upto].tolist())]
+        told = upto
         if rows.numel() == 0:
             return
 
@@ -199,8 +199,10 @@ class Sampler:
                 batches += 1
                 keys = stream.item_keys(self.key, torch.arange(first, first + size))
                 first += size
+                taken = told = 0  # steps of the batch, rows of it judged
                 for drawn in draw_batch(self.model, prefix_ids, keys, steps, r.min_len, r.temperature, r.top_k,
                                         r.top_p, give_up=out_of_patience):
+                    taken, told = taken + 1, told + len(drawn)
                     kept = []
                     for ids, ended, dead in drawn:
                         item = r.prefix + "".join(chars[i] for i in ids)
@@ -216,7 +218,7 @@ class Sampler:
                     if not tally.going():
                         break
                 if tally.going() and out_of_patience():
-                    tally.stop_for_time()
+                    tally.stop_for_time(size - told, len(r.prefix) + taken)
         finally:
             if bar is not None:
                 bar.close()
