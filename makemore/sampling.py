@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from makemore import memory, stream
-from makemore.constraints import NUCLEUS_SLACK, NothingFound, Request, Samples, Tally  # noqa: F401
+from makemore.constraints import NUCLEUS_SLACK, NothingFound, Request, Samples, Tally  # noqa: F401 (re-exported)
 from makemore.dataset import build_dataset
 from makemore.errors import OptionError
 
@@ -223,13 +223,6 @@ class Sampler:
             if bar is not None:
                 bar.close()
         tally.check_found()
-
-
-def sample(model, vocab, request: Request, key: int, cap: int, data_items=frozenset(),
-           progress: bool = False) -> Samples:
-    """Draw until request.n items meet every constraint, the budget is spent or patience runs out (see
-    Sampler); raises NothingFound when none was found."""
-    return Sampler(model, vocab, request, key, cap, data_items, progress).collect()
 
 
 @torch.no_grad()
