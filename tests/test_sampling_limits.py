@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from makemore import api, memory, sampling, stream
-from makemore.constraints import Request, compile_regex
+from makemore.cli import sample as sample_command
+from makemore.constraints import PATIENCE, Request, compile_regex
 from makemore.errors import MakemoreError, OptionError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,6 +110,8 @@ def test_the_sampler_holds_no_kept_item(bigram):
 
 # ---------------------------------------------------------------------------------------------- time
 def test_a_hopeless_request_ends_for_time_with_its_report(ckpt_run):
+    (patience,) = [p for p in sample_command.params if p.name == "patience"]
+    assert patience.default == PATIENCE == Request().patience  # the CLI's default is the library's
     result = ckpt_run("-n", 20, "--new", "--unique", "--regex", "[0-9]+", "--patience", 0.5,
                       "--max-tries", 10**12, ok=False)
     assert result.exit_code == 1 and result.stdout == ""
@@ -250,32 +253,44 @@ def test_batches_fit_the_rows_memory_allows(bigram, run, monkeypatch):
     monkeypatch.setattr(memory, "rows_that_fit", lambda cls, config, vocab_size, device, wanted: 7)
     assert list(bigram.sample(300, 5)) == expected and max(sizes) == 7
 
+    message = "one example of this bigram model needs about 9 GB of memory but cpu has 1 GB available"
+
     def none_fit(*args):
-        raise MakemoreError("one example of this bigram model needs about 9 GB of memory but cpu has 1 GB available")
+        raise MakemoreError(message)
 
     monkeypatch.setattr(memory, "rows_that_fit", none_fit)
     result = run("sample", "--checkpoint", bigram.path, ok=False)
     assert result.exit_code == 1 and result.stdout == ""
-    assert result.stderr == "Error: one example of this bigram model needs about 9 GB of memory but cpu has 1 GB available\n"
+    assert result.stderr == f"Error: {message}\n"
 
 
 # ---------------------------------------------------------------------------------------------- any request
-REGEXES = [None, ".*a.*", "[^e]*", ".{2,5}", "(a|e).*|.*n", "(a+)+.*", r"(a)\1", "(?=a).*", "(a"]
+REGEXES = [None, ".*a.*", "[^e]*", ".{2,5}", "(a|e).*|.*n", "(a+)+.*"]
+NOT_RE2 = [r"(a)\1", "(?=a).*", "(a"]
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(prefix=st.text("aejlmnB", max_size=3), suffix=st.text("aeny", max_size=3),
-       min_len=st.integers(0, 8) | st.integers(0, 10**12), max_len=st.none() | st.integers(-2, 12) | st.integers(0, 10**12),
-       regex=st.sampled_from(REGEXES), seed=st.integers(0, 1000))
+       min_len=st.integers(0, 8) | st.integers(0, 10**12),
+       max_len=st.none() | st.integers(-2, 12) | st.integers(0, 10**12),
+       regex=st.sampled_from(REGEXES + NOT_RE2), seed=st.integers(0, 1000))
 def test_any_length_request_is_refused_in_one_line_or_met(bigram, prefix, suffix, min_len, max_len, regex, seed):
+    """Refused in one line exactly when it can never be met by this model; otherwise every item meets it."""
+    cap = 2 * max(map(len, bigram.items())) + len(prefix)
+    never = ("B" in prefix or regex in NOT_RE2 or min_len > cap
+             or max_len is not None and (max_len < 1 or min_len > max_len or len(prefix) > max_len
+                                         or len(suffix) > max_len))
     notes = []
     try:
         items = bigram.sample(5, seed, prefix=prefix, max_len=max_len, suffix=suffix, min_len=min_len, regex=regex,
                               max_tries=500, warn=notes.append)
-    except MakemoreError as e:
-        assert str(e) and "\n" not in str(e)
+    except sampling.NothingFound as e:
+        assert not never and "found 0 in 500 draws" in str(e)
         return
-    cap = 2 * max(map(len, bigram.items())) + len(prefix)
+    except MakemoreError as e:
+        assert never and str(e) and "\n" not in str(e)
+        return
+    assert not never
     assert items.cap == min(cap, max_len if max_len is not None else cap)
     assert len(notes) == (max_len is not None and max_len > cap)
     for item in items:
