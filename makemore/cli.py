@@ -324,17 +324,18 @@ def train(model_name, data, out, name, splits, split_seed, resume, checkpoint_pa
 
 
 class RegexType(click.ParamType):
-    """A Python regular expression, checked when the options are parsed."""
+    """A regular expression in RE2's syntax (linear-time matching), checked when the options are parsed."""
 
     name = "PATTERN"
 
     def convert(self, value, param, ctx):
-        import re
+        from makemore.constraints import compile_regex
+        from makemore.errors import OptionError
 
         try:
-            re.compile(value)
-        except re.error as e:
-            self.fail(f"{value!r} is not a valid regular expression: {e}", param, ctx)
+            compile_regex(value)
+        except OptionError as e:
+            self.fail(str(e).removeprefix("--regex "), param, ctx)
         return value
 
 
@@ -351,14 +352,17 @@ class RegexType(click.ParamType):
 @click.option("--min-len", type=click.IntRange(min=0), default=1,
               help="Shortest item: the end is not drawn before this length.")
 @click.option("--max-len", type=click.IntRange(min=1),
-              help="Longest item; longer draws are rejected. [default: twice the longest in the data]")
-@click.option("--regex", type=RegexType(), help="Items that the Python regular expression matches whole.")
+              help="Longest item; longer draws are rejected. [default and most: twice the longest in the data]")
+@click.option("--regex", type=RegexType(),
+              help="Items that the regular expression matches whole (RE2 syntax: no backreferences or lookaround).")
 @click.option("--new", is_flag=True, help="Only items that are nowhere in the training data (any split).")
 @click.option("--exclude", type=click.Path(exists=True, dir_okay=False),
               help="Also reject the items listed in this file, one per line.")
 @click.option("--unique", is_flag=True, help="No item twice.")
 @click.option("--max-tries", type=click.IntRange(min=1),
-              help="Budget of draws. [default: 100 per item asked, at least 200,000, at most 500,000]")
+              help="Budget of draws. [default: 100 per item asked, at least 200,000]")
+@click.option("--patience", type=positive_float(), default=10.0,
+              help="Give up after this many seconds without finding a new item.")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object per line: item, log_prob, log_prob_per_char and split (train, dev, test, none).")
 @click.option("--nearest", is_flag=True, help="Add the closest item of the train split and its edit distance.")
@@ -367,28 +371,42 @@ class RegexType(click.ParamType):
 @device_option
 @handle_errors
 def sample(n, seed, temperature, top_k, top_p, prefix, suffix, min_len, max_len, regex, new, exclude, unique,
-           max_tries, as_json, nearest, mark, out, checkpoint_path, device, n_threads):
-    """Print items drawn from a trained model, one per line: exactly -n of them, each meeting every
-    constraint, or as many as --max-tries draws found (then a line on stderr says why; exit 1 if none)."""
+           max_tries, patience, as_json, nearest, mark, out, checkpoint_path, device, n_threads):
+    """Print items drawn from a trained model, one per line as they are found: exactly -n of them, each
+    meeting every constraint, or as many as --max-tries draws or --patience found (then a line on stderr
+    says why; exit 1 if none)."""
     from makemore import api
+    from makemore.constraints import Request
 
     excluded = api.read_items_file(exclude) if exclude else ()
     trained = load_trained(checkpoint_path, out, device, n_threads)
-    items = trained.sample(n=n, seed=seed, temperature=temperature, top_k=top_k, top_p=top_p, prefix=prefix,
-                           suffix=suffix, min_len=min_len, max_len=max_len, regex=regex, new=new, exclude=excluded,
-                           unique=unique, max_tries=max_tries, progress=sys.stderr.isatty())
+    request = Request(n=n, temperature=temperature, top_k=top_k, top_p=top_p, prefix=prefix, suffix=suffix,
+                      min_len=min_len, max_len=max_len, regex=regex, new=new, exclude=frozenset(excluded),
+                      unique=unique, max_tries=max_tries, patience=patience)
+    # a progress bar would break into the items when both go to the terminal
+    drawing = trained.draw(request, seed, progress=sys.stderr.isatty() and not sys.stdout.isatty())
+    for note in drawing.notes:
+        click.echo(note, err=True)
+    try:
+        for items in drawing.groups():
+            click.echo("\n".join(_sample_lines(trained, items, as_json, nearest, mark)))
+    except BrokenPipeError:
+        # the reader has what it wanted (`makemore sample -n 1000000 | head`): stop drawing, quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
+    if not drawing.complete:
+        click.echo(drawing.report(), err=True)
+
+
+def _sample_lines(trained, items: list[str], as_json: bool, nearest: bool, mark: bool) -> list[str]:
+    """The lines sample prints for items: plain, with their mark or nearest item, or JSON objects."""
     if as_json:
-        for record in trained.describe(items, nearest):
-            click.echo(to_json(record))
-    else:
-        where = trained.where(items) if mark else None
-        records = trained.describe(items, nearest=True) if nearest else None
-        for i, item in enumerate(items):
-            columns = [item] + ([where[i]] if mark else []) + (
-                [records[i]["nearest"], str(records[i]["distance"])] if nearest else [])
-            click.echo("\t".join(columns))
-    if not items.complete:
-        click.echo(items.report(), err=True)
+        return [to_json(record) for record in trained.describe(items, nearest)]
+    where = trained.where(items) if mark else None
+    records = trained.describe(items, nearest=True) if nearest else None
+    return ["\t".join([item] + ([where[i]] if mark else []) +
+                      ([records[i]["nearest"], str(records[i]["distance"])] if nearest else []))
+            for i, item in enumerate(items)]
 
 
 @cli.command("inspect")

@@ -1,10 +1,10 @@
-"""What a sampling request asks, and how each drawn item is judged: shared by both samplers (no torch)."""
+"""What a sampling request asks, and how each drawn item is judged (no torch: the CLI checks --regex with it)."""
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
+from makemore.data import MAX_ITEM_CHARS
 from makemore.errors import MakemoreError, OptionError, VocabularyError
 
 # Why an item was rejected, in the order the checks run; an item is counted under the first it fails.
@@ -24,16 +24,24 @@ REASONS = {
 # last bit of rounding, which differs between torch and plain Python, must not decide.
 NUCLEUS_SLACK = 1 - 1e-9
 
+# Seconds of drawing without a new item after which a request gives up (--patience): a hopeless request
+# ends in seconds whatever the model, while a rare but possible one keeps going as long as items come
+PATIENCE = 10.0
+
+# The longest item a model draws is twice the longest item it was trained on (kept in its checkpoint), plus
+# the prefix, and never more than twice the longest item any data file may hold
+LENGTH_CAP_FACTOR = 2
+LONGEST_WITHOUT_ITEMS = 32  # a checkpoint that keeps no items: the cap is 64 characters plus the prefix
+
 
 class NothingFound(MakemoreError):
-    """The budget of draws ran out before a single item met every constraint."""
+    """The budget of draws or of time ran out before a single item met every constraint."""
 
 
 def default_max_tries(n: int) -> int:
-    """100 draws per item asked, at least 200,000 and at most 500,000: an acceptance of 1 in 20,000 still
-    finds 10 items, and a hopeless request ends within seconds (200,000 draws of the MLP took 2.6 s on
-    one busy core)."""
-    return min(max(100 * n, 200_000), 500_000)
+    """100 draws per item asked, at least 200,000: an acceptance of 1 in 20,000 still finds 10 items. A
+    hopeless request is ended by the patience in seconds, so the budget has no ceiling below n."""
+    return max(100 * n, 200_000)
 
 
 @dataclass
@@ -47,27 +55,44 @@ class Request:
     prefix: str = ""
     suffix: str = ""
     min_len: int = 1  # an item is never empty: no line of the data is
-    max_len: int | None = None
-    regex: str | None = None  # must match the whole item (re.fullmatch)
+    max_len: int | None = None  # above the model's length cap: the cap
+    regex: str | None = None  # must match the whole item, in RE2's syntax
     new: bool = False  # reject items of the training data (any split)
     exclude: frozenset = frozenset()
     unique: bool = False
     max_tries: int | None = None  # None: default_max_tries(n)
+    patience: float | None = PATIENCE  # seconds without a new item before giving up; None: no limit
 
     def budget(self) -> int:
         return self.max_tries if self.max_tries is not None else default_max_tries(self.n)
 
-    def cap(self, default: int) -> int:
-        """The longest item that can be drawn; default when there is no max_len."""
-        return self.max_len if self.max_len is not None else max(default, self.min_len, len(self.prefix))
 
-    def steps(self, default_cap: int) -> int:
-        """Tokens to draw after the prefix: one more than the characters allowed, for the end."""
-        return self.cap(default_cap) - len(self.prefix) + 1
+def length_cap(items: list[str], prefix: str) -> int:
+    """The longest item a model trained on items draws after prefix: twice the longest item (at most
+    twice MAX_ITEM_CHARS, for checkpoints kept from before that bound), plus the prefix."""
+    longest = max(map(len, items), default=LONGEST_WITHOUT_ITEMS)
+    return LENGTH_CAP_FACTOR * min(longest, MAX_ITEM_CHARS) + len(prefix)
 
 
-def check(request: Request, vocab) -> re.Pattern | None:
-    """Refuse, before any drawing, a request that can never be met; return the compiled regex."""
+def compile_regex(pattern: str):
+    """The pattern compiled by RE2, which matches in time linear in the item (no backtracking); a pattern
+    outside RE2's syntax (backreferences, lookaround) is an OptionError saying why."""
+    import re2
+
+    options = re2.Options()
+    options.log_errors = False  # RE2 would also print its complaint to stderr
+    try:
+        return re2.compile(pattern, options)
+    except re2.error as e:
+        why = e.args[0].decode("utf-8", "replace") if e.args and isinstance(e.args[0], bytes) else str(e)
+        raise OptionError(f"--regex {pattern!r} is not a valid RE2 regular expression ({why}); RE2 matches in "
+                          "linear time, so it has no backreferences or lookaround") from None
+
+
+def check(request: Request, vocab, cap: int) -> tuple:
+    """Refuse, before any drawing, a request that can never be met: OptionError for a value no model could
+    take, MakemoreError for one beyond this model (cap: its length cap, length_cap). Returns the compiled
+    regex (or None) and the notes to show, such as a --max-len above the cap."""
     r = request
     if r.n < 0:
         raise OptionError(f"-n must be 0 or more, not {r.n}")
@@ -79,13 +104,15 @@ def check(request: Request, vocab) -> re.Pattern | None:
         raise OptionError(f"--top-p must be above 0 and at most 1, not {r.top_p}")
     if r.max_tries is not None and r.max_tries < 1:
         raise OptionError(f"--max-tries must be at least 1, not {r.max_tries}")
+    if r.patience is not None and not 0 < r.patience < math.inf:
+        raise OptionError(f"--patience must be a number of seconds above 0, not {r.patience}")
     for flag, text in (("--prefix", r.prefix), ("--suffix", r.suffix)):
         bad = vocab.unknown(text)
         if bad:
             shown = "".join(vocab.show(c) for c in vocab.chars[1:])
             # exit 1 like every unseen-character error (issue 4), though it is refused before drawing too
             raise VocabularyError(f"{flag} has characters the model never saw: {''.join(map(vocab.show, bad))!r} "
-                              f"(its vocabulary: {shown!r})")
+                                  f"(its vocabulary: {shown!r})")
     if r.min_len < 0:
         raise OptionError(f"--min-len must be 0 or more, not {r.min_len}")
     if r.max_len is not None:
@@ -96,23 +123,59 @@ def check(request: Request, vocab) -> re.Pattern | None:
         for flag, text in (("--prefix", r.prefix), ("--suffix", r.suffix)):
             if len(text) > r.max_len:
                 raise OptionError(f"{flag} {text!r} is longer than --max-len {r.max_len}")
-    if r.regex is None:
-        return None
-    try:
-        return re.compile(r.regex)
-    except re.error as e:
-        raise OptionError(f"--regex {r.regex!r} is not a valid regular expression: {e}") from None
+    why = f"twice the longest training item{' plus the prefix' if r.prefix else ''}"
+    if r.min_len > cap:
+        raise MakemoreError(f"--min-len {r.min_len:,} is above the longest item this model draws, {cap:,} "
+                            f"characters ({why})")
+    if len(r.suffix) > cap:
+        raise MakemoreError(f"--suffix is {len(r.suffix):,} characters, above the longest item this model draws, "
+                            f"{cap:,} ({why})")
+    notes = []
+    if r.max_len is not None and r.max_len > cap:
+        notes.append(f"note: --max-len {r.max_len:,} is above the longest item this model draws, {cap:,} "
+                     f"characters ({why}); items are drawn up to {cap:,}")
+    return (compile_regex(r.regex) if r.regex is not None else None), notes
+
+
+@dataclass
+class Timeout:
+    """Drawing stopped after patience seconds without a new item, cutting short the draws still going (at
+    length characters, the prefix included)."""
+
+    patience: float
+    going: int = 0
+    length: int = 0
+
+
+def report_line(asked: int, found: int, draws: int, rejected: dict, cap: int, timed_out: Timeout | None) -> str:
+    """One line: asked for 100, found 87 in 20,000 draws (acceptance 0.4%; 9,411 were in the data, ...),
+    and when drawing stopped for time, after how long (and, when no draw was judged, how far those cut short
+    had gone)."""
+    acceptance = found / draws if draws else 0.0
+    pct = 100 * acceptance
+    shown = "0" if pct == 0 else f"{pct:.1f}" if pct >= 0.1 else f"{pct:.2g}"
+    parts = [f"{count:,} {REASONS[reason].format(cap=cap)}" for reason, count in rejected.items() if count]
+    stopped = ""
+    if timed_out is not None:
+        stopped = f", stopped after {timed_out.patience:g} s without a new item"
+        if timed_out.going and not draws:  # nothing else says why: a batch of long draws took all the time
+            plural = "s" if timed_out.length != 1 else ""
+            parts.append(f"{timed_out.going:,} cut short at {timed_out.length:,} character{plural}")
+    details = "; " + ", ".join(parts) if parts else ""
+    return f"asked for {asked:,}, found {found:,} in {draws:,} draws{stopped} (acceptance {shown}%{details})"
 
 
 class Samples(list):
     """The items drawn (a list of str), with the figures of how the drawing went."""
 
-    def __init__(self, items=(), asked: int = 0, draws: int = 0, rejected: dict | None = None, cap: int = 0):
+    def __init__(self, items=(), asked: int = 0, draws: int = 0, rejected: dict | None = None, cap: int = 0,
+                 timed_out: Timeout | None = None):
         super().__init__(items)
         self.asked = asked
         self.draws = draws
         self.rejected = dict(rejected or {})  # reason (a key of REASONS) -> count
         self.cap = cap  # the longest item that could be drawn
+        self.timed_out = timed_out  # when drawing stopped for time, else None
 
     @property
     def complete(self) -> bool:
@@ -124,67 +187,82 @@ class Samples(list):
 
     def report(self) -> str:
         """One line: asked for 100, found 87 in 20,000 draws (acceptance 0.4%; 9,411 were in the data, ...)."""
-        pct = 100 * self.acceptance
-        shown = "0" if pct == 0 else f"{pct:.1f}" if pct >= 0.1 else f"{pct:.2g}"
-        parts = [f"{count:,} {REASONS[reason].format(cap=self.cap)}"
-                 for reason, count in self.rejected.items() if count]
-        details = "; " + ", ".join(parts) if parts else ""
-        return (f"asked for {self.asked:,}, found {len(self):,} in {self.draws:,} draws "
-                f"(acceptance {shown}%{details})")
+        return report_line(self.asked, len(self), self.draws, self.rejected, self.cap, self.timed_out)
 
 
 class Tally:
-    """The items drawn so far, in the order drawn, judged against a request: kept or rejected and why.
+    """How the drawing of a request goes: the items judged so far, in the order drawn, counted as kept or
+    rejected and why. Holds no kept item (a stream of them may be endless), only --unique's seen set.
 
-    Made before any drawing: it refuses (check) a request that can never be met. data_items: the items of
-    the training data, for request.new.
+    Made before any drawing: it refuses (check) a request that can never be met. cap: the model's length
+    cap for this request (length_cap). data_items: the items of the training data, for request.new.
     """
 
-    def __init__(self, request: Request, vocab, data_items=frozenset()):
-        self.pattern = check(request, vocab)
+    def __init__(self, request: Request, vocab, cap: int, data_items=frozenset()):
+        self.pattern, self.notes = check(request, vocab, cap)
         self.request, self.data_items = request, data_items
-        self.found: list[str] = []
+        self.cap = min(request.max_len, cap) if request.max_len is not None else cap
+        self.found = 0
         self.seen: set[str] = set()
         self.rejected = dict.fromkeys(REASONS, 0)
         self.draws = 0
+        self.timed_out: Timeout | None = None
+
+    def steps(self) -> int:
+        """Tokens to draw after the prefix: one more than the characters allowed, for the end."""
+        return self.cap - len(self.request.prefix) + 1
 
     def going(self) -> bool:
-        """Whether to draw again: fewer than n found and draws left in the budget."""
-        return len(self.found) < self.request.n and self.draws < self.request.budget()
+        """Whether to draw again: fewer than n found, draws left in the budget and time left."""
+        return self.found < self.request.n and self.draws < self.request.budget() and self.timed_out is None
 
-    def add(self, item: str, dead: bool, ended: bool) -> None:
+    def add(self, item: str, dead: bool, ended: bool) -> bool:
+        """Judge one more draw; whether it is kept."""
         self.draws += 1
-        reason = verdict(item, dead, ended, self.request, self.pattern, self.data_items, self.seen)
-        if reason is None:
-            self.found.append(item)
-            if self.request.unique:
-                self.seen.add(item)
-        else:
+        reason = verdict(item, dead, ended, self, self.data_items, self.seen)
+        if reason is not None:
             self.rejected[reason] += 1
+            return False
+        self.found += 1
+        if self.request.unique:
+            self.seen.add(item)
+        return True
 
-    def result(self, default_cap: int) -> Samples:
-        """The Samples; raises NothingFound when items were asked for and none was found."""
+    def stop_for_time(self, going: int = 0, length: int = 0) -> None:
+        """Stop: no item found for request.patience seconds; going draws cut short at length characters."""
+        self.timed_out = Timeout(self.request.patience, going, length)
+
+    @property
+    def complete(self) -> bool:
+        return self.found >= self.request.n
+
+    def report(self) -> str:
+        return report_line(self.request.n, self.found, self.draws, self.rejected, self.cap, self.timed_out)
+
+    def check_found(self) -> None:
+        """Raise NothingFound when items were asked for and none was found."""
+        if self.request.n and not self.found:
+            more = "--patience" if self.timed_out is not None else "--max-tries"
+            raise NothingFound(f"{self.report()}; loosen the constraints or raise {more}")
+
+    def samples(self, items: list[str]) -> Samples:
+        """The Samples of the items kept; raises NothingFound when items were asked for and none was found."""
+        self.check_found()
         r = self.request
-        result = Samples(self.found, r.n, self.draws, self.rejected, r.cap(default_cap))
-        if r.n and not self.found:
-            raise NothingFound(result.report() + "; loosen the constraints or raise --max-tries")
-        return result
+        return Samples(items, r.n, self.draws, self.rejected, self.cap, self.timed_out)
 
 
-def default_cap(items: list[str], prefix: str) -> int:
-    """The longest item drawn without --max-len: twice the longest item of the data, plus the prefix."""
-    return 2 * max(map(len, items), default=32) + len(prefix)
-
-
-def verdict(item: str, dead: bool, ended: bool, r: Request, pattern, data_items, seen) -> str | None:
-    """None when item meets every constraint, else the first reason (a key of REASONS) it fails."""
+def verdict(item: str, dead: bool, ended: bool, tally: Tally, data_items, seen) -> str | None:
+    """None when item meets every constraint of tally's request, else the first reason (a key of REASONS)."""
+    r = tally.request
     if dead:
         return "dead_end"
     if not ended:
-        return "too_long" if r.max_len is not None else "no_end"
+        # a --max-len above the cap: what the cap cut did not end within it, not longer than asked
+        return "too_long" if r.max_len is not None and r.max_len <= tally.cap else "no_end"
     if r.suffix and not item.endswith(r.suffix):
         return "suffix"
-    if pattern is not None and pattern.fullmatch(item) is None:
+    if tally.pattern is not None and tally.pattern.fullmatch(item) is None:
         return "regex"
     if r.new and item in data_items:
         return "in_data"

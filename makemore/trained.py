@@ -10,14 +10,13 @@ from pathlib import Path
 import torch
 
 from makemore import checkpoint, instruments, options, plots, stream, threads
-from makemore.constraints import Request, Samples, default_cap
+from makemore.constraints import PATIENCE, Request, Samples, length_cap
 from makemore.data import SPLIT_NAMES, Data, Vocab, split_items
 from makemore.dataset import build_dataset
 from makemore.errors import CheckpointError, DataError, MakemoreError, TrainingError, printable
 from makemore.models import get_model_class
 from makemore.nearest import nearest as closest
-from makemore.sampling import log_probs
-from makemore.sampling import sample as draw_samples
+from makemore.sampling import Sampler, log_probs
 from makemore.train import evaluate
 
 
@@ -127,21 +126,31 @@ class Trained:
     def sample(self, n: int = 10, seed: int | None = None, temperature: float = 1.0, top_k: int | None = None,
                prefix: str = "", max_len: int | None = None, *, top_p: float | None = None, suffix: str = "",
                min_len: int = 1, regex: str | None = None, new: bool = False, exclude=(), unique: bool = False,
-               max_tries: int | None = None, progress: bool = False) -> Samples:
+               max_tries: int | None = None, patience: float | None = PATIENCE, progress: bool = False,
+               warn=None) -> Samples:
         """Draw n items that meet every constraint (the options of `makemore sample`, same names).
 
-        Returns a Samples list, shorter than n only when max_tries draws ran out first (samples.complete
-        is False and samples.report() says why). Raises OptionError for a request that can never be met
-        and NothingFound when no draw met the constraints.
+        Returns a Samples list, shorter than n only when max_tries draws ran out or no item was found for
+        patience seconds (samples.complete is False and samples.report() says why). Raises OptionError for
+        a request that can never be met, MakemoreError for one beyond this model (a min_len above its
+        length cap) and NothingFound when no draw met the constraints. warn: called with each note (a
+        max_len above the length cap is lowered to it); default: print to stderr.
         """
         request = Request(n=n, temperature=temperature, top_k=top_k, top_p=top_p, prefix=prefix, suffix=suffix,
                           min_len=min_len, max_len=max_len, regex=regex, new=new, exclude=frozenset(exclude),
-                          unique=unique, max_tries=max_tries)
-        if new and not self.ckpt.get("items"):
+                          unique=unique, max_tries=max_tries, patience=patience)
+        drawing = self.draw(request, seed, progress)
+        for note in drawing.notes:
+            (warn or (lambda message: print(message, file=sys.stderr)))(note)
+        return drawing.collect()
+
+    def draw(self, request: Request, seed: int | None = None, progress: bool = False) -> Sampler:
+        """The streaming form of sample: a Sampler to iterate for the items as they are found (nothing is
+        drawn before). Its notes are for the user; the same errors as sample, NothingFound at the end."""
+        if request.new and not self.ckpt.get("items"):
             raise CheckpointError(f"{self.path}: keeps no training items, so --new cannot tell new items apart")
-        return draw_samples(self.model, self.vocab, request, stream.key_of(seed),
-                            self._item_set() if new else frozenset(), default_cap=default_cap(self.items(), prefix),
-                            progress=progress)
+        return Sampler(self.model, self.vocab, request, stream.key_of(seed), length_cap(self.items(), request.prefix),
+                       self._item_set() if request.new else frozenset(), progress)
 
     def plot_loss(self, output: str | Path | None = None) -> Path:
         """The training curve as a PNG (default: beside the checkpoint); needs matplotlib."""

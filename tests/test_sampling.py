@@ -188,7 +188,7 @@ def test_impossible_constraint_is_exit_1_with_the_figures(ckpt_run):
     (["--prefix", "anna", "--max-len", 3], "--prefix 'anna' is longer than --max-len 3", 2),
     (["--suffix", "elle", "--max-len", 3], "--suffix 'elle' is longer than --max-len 3", 2),
     (["--top-k", 99], "--top-k must be between 1 and the vocabulary size", 2),
-    (["--regex", "(a"], "is not a valid regular expression", 2),
+    (["--regex", "(a"], "is not a valid RE2 regular expression", 2),
     (["--top-p", 0], "0<x<=1", 2),
     (["--exclude", "no-such-file"], "does not exist", 2),
 ])
@@ -349,9 +349,9 @@ def test_batches_of_a_large_vocabulary_stay_small_and_draw_the_same_items(bigram
     sizes = []
     draw = sampling.draw_batch
 
-    def recording(model, prefix_ids, keys, *args):
+    def recording(model, prefix_ids, keys, *args, **kwargs):
         sizes.append(len(keys))
-        return draw(model, prefix_ids, keys, *args)
+        return draw(model, prefix_ids, keys, *args, **kwargs)
 
     monkeypatch.setattr(sampling, "draw_batch", recording)
     monkeypatch.setattr(sampling, "BATCH_NUMBERS", 40 * len(bigram.vocab))
