@@ -30,7 +30,7 @@ class Dataset:
 
     Windows (rows None): len(item)+1 examples per item, the block_size previous tokens (boundary-padded)
     -> the next token. Rows: an item of up to block_size-1 characters is one example, its boundary token
-    and characters (B, block_size) -> every next token (B, block_size), IGNORE after its end; a longer item
+    and characters (B, width) -> every next token (B, width), IGNORE after its end; a longer item
     adds one tail row per further target, the block_size characters before it -> that target, so that each
     target is predicted from exactly what its window holds. Both count every target once.
     """
@@ -41,6 +41,9 @@ class Dataset:
     n_items: int
     rows: torch.Tensor | None = None  # (N,) rows: the first position of each row that has a target
     n_targets: int = -1  # rows: the characters and item ends the rows predict
+    # rows: the columns a row needs, min(block_size, longest item + 1): a block size far above every item
+    # must not make every row (and every evaluation) that wide
+    width: int = 0
 
     def __post_init__(self):
         if self.rows is None:
@@ -62,12 +65,12 @@ class Dataset:
             return self.tokens[p[:, None] + rel].long(), self.tokens[p].long()
         # the last item's row reads past the stream's end: those positions lie after its end, so the
         # clamped index is as good as any
-        at = (p[:, None] + torch.arange(self.block_size + 1, device=p.device)).clamp_(max=self.tokens.numel() - 1)
+        at = (p[:, None] + torch.arange(self.width + 1, device=p.device)).clamp_(max=self.tokens.numel() - 1)
         row = self.tokens[at].long()
         x, y = row[:, :-1], row[:, 1:]
         is_end = y == 0
         after_end = (is_end.cumsum(1) - is_end.long()) > 0
-        before_first = torch.arange(self.block_size, device=p.device) < self.rows[ix].long()[:, None]
+        before_first = torch.arange(self.width, device=p.device) < self.rows[ix].long()[:, None]
         return x, y.masked_fill(after_end | before_first, IGNORE)
 
     def chunks(self, size: int = 65536):
@@ -83,7 +86,7 @@ class Dataset:
     def to(self, device) -> "Dataset":
         rows = None if self.rows is None else self.rows.to(device)
         return Dataset(self.tokens.to(device), self.positions.to(device), self.block_size, self.n_items, rows,
-                       self.n_targets)
+                       self.n_targets, self.width)
 
 
 BUILD_CHUNK = 1 << 16  # items encoded at a time: the working tensors stay in cache, the peak near the result
@@ -113,7 +116,8 @@ def build_dataset(items: list[str], vocab: Vocab, block_size: int, whole_items: 
     if not whole_items:
         return Dataset(tokens, positions, block_size, len(items))
     rows = torch.cat(row_parts).to(_smallest_int_dtype(block_size))
-    return Dataset(tokens, positions, block_size, len(items), rows, n_targets)
+    width = min(block_size, max(map(len, items), default=0) + 1)
+    return Dataset(tokens, positions, block_size, len(items), rows, n_targets, width)
 
 
 def _rows(tokens: torch.Tensor, targets: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:

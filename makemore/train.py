@@ -109,8 +109,8 @@ def evaluate(model, dataset, batch_size: int | None = None) -> float:
         # on the CPU a chunk whose activations stay in cache is faster than a large one (the lecture's
         # MLP on its dev set: 26 ms in chunks of 4,096 against 42 ms in chunks of 16,384)
         batch_size = 4096 if dataset.positions.device.type == "cpu" else 65536
-    if dataset.whole_items:  # a row is block_size predictions
-        batch_size = max(1, batch_size // dataset.block_size)
+    if dataset.whole_items:  # a row is up to width predictions
+        batch_size = max(1, batch_size // dataset.width)
     # smaller chunks where a row is large (a wide context, many heads): the loss is the same sum
     batch_size = chunk_rows(model, batch_size, dataset.positions.device)
     was_training = model.training

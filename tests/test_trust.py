@@ -251,3 +251,20 @@ def test_a_stop_before_the_first_step_saves_nothing(names):
                    save=lambda state, model: saved.append(state.step), progress=False,
                    stop=SimpleNamespace(signum=signal.SIGINT))
     assert not stopped.value.saved and saved == []
+
+
+def test_rows_are_as_wide_as_the_longest_item_whatever_the_block_size(names):
+    """A sequence model with --block-size far above every item reads rows no wider than the longest item and
+    its boundary token: the same rows as a block size that fits exactly, so evaluation costs the same."""
+    import torch
+
+    from makemore.data import Data, Vocab
+    from makemore.dataset import build_dataset
+
+    items = Data.read(names).items
+    vocab = Vocab.from_items(items)
+    longest = max(map(len, items))
+    wide, exact = (build_dataset(items, vocab, size, whole_items=True) for size in (1000, longest + 1))
+    assert wide.width == exact.width == longest + 1
+    for a, b in zip(wide.tensors(), exact.tensors()):
+        assert a.shape == b.shape and torch.equal(a, b)
