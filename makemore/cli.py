@@ -356,7 +356,7 @@ class RegexType(click.ParamType):
 @click.option("--regex", type=RegexType(),
               help="Items that the regular expression matches whole (RE2 syntax: no backreferences or lookaround).")
 @click.option("--new", is_flag=True, help="Only items that are nowhere in the training data (any split).")
-@click.option("--exclude", type=click.Path(exists=True, dir_okay=False),
+@click.option("--exclude", type=click.Path(),
               help="Also reject the items listed in this file, one per line.")
 @click.option("--unique", is_flag=True, help="No item twice.")
 @click.option("--max-tries", type=click.IntRange(min=1),

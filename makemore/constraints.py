@@ -98,8 +98,11 @@ def check(request: Request, vocab, cap: int) -> tuple:
         raise OptionError(f"-n must be 0 or more, not {r.n}")
     if not r.temperature > 0 or math.isinf(r.temperature):
         raise OptionError(f"--temperature must be above 0, not {r.temperature}")
-    if r.top_k is not None and not 1 <= r.top_k <= len(vocab):
-        raise OptionError(f"--top-k must be between 1 and the vocabulary size {len(vocab)}, not {r.top_k}")
+    if r.top_k is not None and r.top_k < 1:
+        raise OptionError(f"--top-k must be at least 1, not {r.top_k}")
+    if r.top_k is not None and r.top_k > len(vocab):  # another model's vocabulary could take it: exit 1
+        raise MakemoreError(f"--top-k {r.top_k} is above this model's vocabulary of {len(vocab)} tokens; give at "
+                            f"most {len(vocab)}")
     if r.top_p is not None and not 0 < r.top_p <= 1:
         raise OptionError(f"--top-p must be above 0 and at most 1, not {r.top_p}")
     if r.max_tries is not None and r.max_tries < 1:

@@ -190,11 +190,15 @@ def test_unknown_model_lists_the_choices(command):
     (["--temperature", "0"], "--temperature"),
     (["--temperature", "-1"], "--temperature"),
     (["--top-k", "0"], "--top-k"),
-    (["--top-k", "28"], "--top-k"),  # the vocabulary has 27 tokens
     (["--seed", "-5"], "--seed"),
 ])
 def test_bad_sample_option(trained, args, option):
     usage_error(invoke("sample", "--checkpoint", trained["bigram"], *args), option)
+
+
+def test_what_this_checkpoint_cannot_do_is_exit_1(trained, tmp_path):
+    error(invoke("sample", "--checkpoint", trained["bigram"], "--top-k", 28), "--top-k 28", "27 tokens")
+    error(invoke("sample", "--checkpoint", trained["bigram"], "--exclude", tmp_path / "none.txt"), "no such file")
 
 
 def test_top_k_equal_to_the_vocabulary_is_fine(trained):

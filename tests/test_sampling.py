@@ -187,10 +187,10 @@ def test_impossible_constraint_is_exit_1_with_the_figures(ckpt_run):
     (["--min-len", 6, "--max-len", 5], "--min-len 6 is above --max-len 5", 2),
     (["--prefix", "anna", "--max-len", 3], "--prefix 'anna' is longer than --max-len 3", 2),
     (["--suffix", "elle", "--max-len", 3], "--suffix 'elle' is longer than --max-len 3", 2),
-    (["--top-k", 99], "--top-k must be between 1 and the vocabulary size", 2),
+    (["--top-k", 99], "--top-k 99 is above this model's vocabulary of 27 tokens", 1),
     (["--regex", "(a"], "is not a valid RE2 regular expression", 2),
     (["--top-p", 0], "0<x<=1", 2),
-    (["--exclude", "no-such-file"], "does not exist", 2),
+    (["--exclude", "no-such-file"], "no-such-file: no such file", 1),
 ])
 def test_impossible_requests_fail_before_any_drawing(ckpt_run, monkeypatch, args, message, code):
     def no_drawing(*a, **k):
