@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save as serialize
+from safetensors.torch import save_file
 
 from makemore import __version__, options
 from makemore import checkpoint_checks as checks
@@ -146,8 +146,8 @@ def save(ckpt: dict, path: Path) -> None:
     digest = _digest(text, {name: (*entries[name], t.numel() * t.element_size(), [_bytes_of(t)])
                             for name, t in tensors.items()})
     tensors[DIGEST] = torch.frombuffer(bytearray.fromhex(digest), dtype=torch.uint8)
-    raw = serialize(tensors, metadata={METADATA_KEY: text})
-    atomic_write(path, lambda f: f.write(raw))
+    # written straight to the file: serialising to bytes first held the whole file twice more in memory
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={METADATA_KEY: text}), by_path=True)
 
 
 def _to_file(ckpt: dict) -> tuple[dict, dict]:

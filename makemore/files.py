@@ -32,8 +32,9 @@ def check_name(name: str, flag: str = "--name") -> None:
         raise OptionError(f"{flag} '{shown}' {problem}; give a plain file name")
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call write(file object) on a temporary file beside path, then rename it over path.
+def atomic_write(path: Path, write, by_path: bool = False) -> None:
+    """Call write(file object) on a temporary file beside path, then rename it over path; with by_path,
+    write(the temporary file's path), for a writer that opens the file itself.
 
     The temporary file's name holds the writer's process id, so that temporaries left by a writer that
     was killed (SIGKILL, power loss) are recognised and removed by the next write of the same path.
@@ -44,8 +45,11 @@ def atomic_write(path: Path, write) -> None:
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it private; give it a normal file's mode
         with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
+            if by_path:
+                write(tmp)
+            else:
+                write(f)
+                f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
