@@ -174,12 +174,18 @@ def row_bytes(cls, config, vocab_size: int) -> int:
     return 2 * cls.example_numbers(config, vocab_size) + 16 * positions * vocab_size + 16 * block_size
 
 
+# the bytes one chunk of a forward pass without gradients aims at: more rows buy no speed (a chunk that stays
+# near the cache is faster on the CPU), and a large vocabulary's logits must not take a large share of memory
+CHUNK_BYTES = 128 << 20
+
+
 def rows_that_fit(cls, config, vocab_size: int, device: torch.device, wanted: int, share: float = 0.5) -> int:
-    """The most rows (examples) of one forward pass without gradients, at most wanted, whose activations fit
-    in share of the memory this process may still allocate on device; MakemoreError when not one row fits."""
+    """The most rows (examples) of one forward pass without gradients, at most wanted and at most CHUNK_BYTES
+    of them (but one at least), whose activations fit in share of the memory this process may still allocate
+    on device; MakemoreError when not one row fits."""
     per_row = row_bytes(cls, config, vocab_size)
     free = available(device)
-    rows = min(wanted, int(share * free) // max(1, per_row))
+    rows = min(wanted, max(1, CHUNK_BYTES // max(1, per_row)), int(share * free) // max(1, per_row))
     if rows < 1:
         raise MakemoreError(f"one example of this {cls.name} model needs about {gb(per_row)} of memory, more than "
                             f"the {gb(int(share * free))} a forward pass may take ({share:.0%} of the {gb(free)} "

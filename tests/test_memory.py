@@ -178,6 +178,7 @@ def test_evaluation_shrinks_its_chunks_to_fit_with_the_same_loss(monkeypatch, de
 
 def test_a_row_of_attention_counts_heads_by_context_by_context(monkeypatch):
     monkeypatch.setattr(memory, "available", lambda device, *rest: 64 * GB)
+    monkeypatch.setattr(memory, "CHUNK_BYTES", 64 * GB)
     cls = get_model_class("transformer")
     small = cls.Config(block_size=1024, n_head=1, n_embd=256, n_layer=1)
     wide = cls.Config(block_size=1024, n_head=256, n_embd=256, n_layer=1)
@@ -226,3 +227,15 @@ def test_plot_counts_refuses_a_vocabulary_too_large_to_draw(run, tmp_path):
     result = run("plot", "counts", ok=False)
     assert result.exit_code == 1 and "too large to draw" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_chunk_aims_at_chunk_bytes_however_much_memory_is_free(monkeypatch):
+    """A large vocabulary's rows are few per chunk even with memory to spare; a row larger than a chunk is
+    still one row when it fits."""
+    monkeypatch.setattr(memory, "available", lambda device, *rest: 64 * GB)
+    cls = get_model_class("bigram-nn")
+    per_row = memory.row_bytes(cls, cls.Config(), 6628)
+    rows = memory.rows_that_fit(cls, cls.Config(), 6628, CPU, 1 << 20)
+    assert rows == memory.CHUNK_BYTES // per_row and rows * per_row <= memory.CHUNK_BYTES
+    monkeypatch.setattr(memory, "CHUNK_BYTES", per_row // 2)
+    assert memory.rows_that_fit(cls, cls.Config(), 6628, CPU, 1 << 20) == 1
