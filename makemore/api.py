@@ -114,8 +114,18 @@ def check_fits(cls, mconfig, tconfig: TrainConfig, vocab_size: int, items: list[
     weights = copies * memory.tensor_bytes(cls.expected_tensors(mconfig, vocab_size))
     memory.check_fits({"weights and their copies": weights, "batches": steps, "datasets": data,
                        "items kept in the checkpoint": kept}, dev,
-                      "make the model smaller (--n-hidden, --n-embd, --block-size) or the batches (--batch-size)"
-                      if not cls.counts else "use less data or a smaller --block-size")
+                      _smaller(cls))
+
+
+def _smaller(cls) -> str:
+    """How to make a run of cls need less memory: the size options it has, or less data."""
+    declared = options.declared(cls.Config)
+    sizes = [options.flag(name) for name in ("n_hidden", "n_embd", "block_size", "n_layer")
+             if name in declared and declared[name][0].high != declared[name][0].low]  # bigram-nn's is fixed
+    if cls.counts:
+        return "use less data" + (f" or a smaller {', '.join(sizes)}" if sizes else "")
+    model = f"the model smaller ({', '.join(sizes)}) or " if sizes else ""
+    return f"make {model}the batches smaller (--batch-size)"
 
 
 @dataclass
