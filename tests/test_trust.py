@@ -268,3 +268,50 @@ def test_rows_are_as_wide_as_the_longest_item_whatever_the_block_size(names):
     assert wide.width == exact.width == longest + 1
     for a, b in zip(wide.tensors(), exact.tensors()):
         assert a.shape == b.shape and torch.equal(a, b)
+
+
+HUGE_CONFIGS = r'''
+import sys, tempfile
+from hypothesis import given, settings, strategies as st
+from makemore import api
+from makemore.errors import MakemoreError
+
+data = sys.argv[1]
+sizes = st.one_of(st.integers(1, 64), st.integers(1, 1 << 20))
+
+
+@settings(max_examples=int(sys.argv[2]), deadline=None, database=None)
+@given(st.sampled_from(["mlp", "bigram-nn", "wavenet", "rnn", "gru", "transformer"]), sizes, sizes, sizes,
+       st.integers(0, 2))
+def huge(model, a, b, batch, blocks):
+    options = dict(mlp=dict(n_hidden=a, n_embd=min(b, 65536), block_size=min(a, 4096)),
+                   wavenet=dict(n_hidden=min(a, 1 << 16), n_embd=min(b, 65536), block_size=[2, 4, 8][blocks]),
+                   rnn=dict(n_hidden=min(a, 8192), n_embd=min(b, 8192), n_layer=blocks + 1),
+                   gru=dict(n_hidden=min(a, 8192), n_embd=min(b, 8192), n_layer=blocks + 1),
+                   transformer=dict(n_embd=min(a, 8192) // 4 * 4 or 4, n_layer=blocks + 1),
+                   ).get(model, {})
+    try:  # under the address-space limit: trained (one step), or refused as what this machine cannot do
+        api.train(model, data, tempfile.mkdtemp(), model_options=options,
+                  train_options=dict(steps=1, batch_size=min(batch, 1 << 24), eval_interval=1),
+                  device="cpu", progress=False, n_threads=1, warn=lambda message: None)
+    except MakemoreError as e:
+        assert "\n" not in str(e), str(e)
+
+
+huge()
+'''
+
+
+def test_valid_but_huge_configs_train_or_are_refused_under_an_address_space_limit(names):
+    """Any sizes the options allow, under RLIMIT_AS 3 GB: the run trains, or is refused in one line before it
+    allocates; never an allocator error, a panic or an abort."""
+    import resource
+    import subprocess
+    import sys
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+
+    done = subprocess.run([sys.executable, "-c", HUGE_CONFIGS, str(names), "25"], capture_output=True, text=True,
+                          timeout=600, preexec_fn=limit, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
