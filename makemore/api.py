@@ -21,7 +21,7 @@ from makemore.data import (DEFAULT_SPLIT_SEED, DEFAULT_SPLITS, Data, Vocab, read
                            recorded_status)
 from makemore.dataset import build_dataset
 from makemore.errors import CheckpointError, DataError, Interrupted, MakemoreError, OptionError, printable
-from makemore.files import atomic_write, check_name
+from makemore.files import atomic_write, check_name, check_not_inputs
 from makemore.models import MODELS, get_model_class
 from makemore.models.mixture import MAX_MODELS, Mixture, MixtureConfig
 from makemore.train import LoopState, TrainConfig, evaluate, make_optimizer, stop_on_signals, train_loop
@@ -312,16 +312,17 @@ def train(model: str | None = None, data: str | Path | None = None, out: str | P
                        DEFAULT_SPLIT_SEED if split_seed is None else split_seed)
     cls, mconfig, tconfig, prior = run.cls, run.mconfig, run.tconfig, run.prior
     model = cls.name
+    out = Path(out)
+    path = _output_path(out, name, resume.stem if resume is not None else model, resume)
+    check_not_inputs([path, path.with_suffix(".metrics.jsonl"), plots.curve_path(path)], [run.dataset.path, resume])
     parts = run.dataset.split(run.splits, run.split_seed)
     net, train_set, dev_set = build_run(cls, mconfig, tconfig, run.vocab, parts, dev, with_dev=world.is_main)
-    out = Path(out)
     if world.is_main:  # made only now: a run refused above leaves no empty folder behind
         check_writable(out)
     governor = threads.Governor(threads.setup(n_threads, dev, threads.work(net, tconfig.batch_size)))
     if prior is None:  # a resumed run keeps the settings it started with
         apply_size_rules(cls, tconfig, train_options, len(train_set))
 
-    path = _output_path(out, name, resume.stem if resume is not None else model, resume)
     replaced = path.exists()
     base = dict(
         model=model, config=mconfig, vocab=run.vocab.chars, train=tconfig,
@@ -407,6 +408,8 @@ def lr_find(model: str = "mlp", data=None, model_options: dict | None = None, tr
     declarations.from_classes().check_sweep(model, min_lr, max_lr)
     dev = resolve_device(device)
     dataset = Data.read(data)
+    if plot_path is not None:
+        check_not_inputs([plot_path], [dataset.path])
     parts = dataset.split(splits, split_seed)
     vocab = Vocab.from_items(dataset.items)
     mconfig = cls.config_for_data(model_config(model, model_options or {}), _given(model_options), parts["train"],
@@ -505,8 +508,9 @@ def mix(paths: list, out: str | Path = "out", name: str = "mixture", weights: li
     if dev is not None and math.isnan(dev_loss):
         dev_loss = evaluate(net, dev)
     out = Path(out)
-    check_writable(out)
     path = out / f"{name}{checkpoint.SUFFIX}"
+    check_not_inputs([path], paths)
+    check_writable(out)
     ckpt = checkpoint.build(
         model="mixture", config=config, vocab=first.vocab.chars, train={}, split=first.ckpt["split"],
         data=first.ckpt["data"], items=first.ckpt.get("items", ""), state_dict=net.state_dict(), step=0,

@@ -32,6 +32,27 @@ def check_name(name: str, flag: str = "--name") -> None:
         raise OptionError(f"{flag} '{shown}' {problem}; give a plain file name")
 
 
+def check_not_inputs(outputs, inputs) -> None:
+    """OptionError when a file a command would write is one of the files it reads (the data, a checkpoint):
+    writing it would lose the user's file."""
+    from makemore.errors import OptionError, printable
+
+    for written in outputs:
+        for read in inputs:
+            if read is not None and _same_file(written, read):
+                raise OptionError(f"{printable(written)} is a file this command reads; it would be written over: "
+                                  "choose another output")
+
+
+def _same_file(a, b) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): the same path is the same file
+        return os.path.abspath(a) == os.path.abspath(b)
+    except ValueError:  # a NUL in a name: no file has it
+        return False
+
+
 def atomic_write(path: Path, write, by_path: bool = False) -> None:
     """Call write(file object) on a temporary file beside path, then rename it over path; with by_path,
     write(the temporary file's path), for a writer that opens the file itself.

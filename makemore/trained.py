@@ -14,6 +14,7 @@ from makemore.constraints import PATIENCE, Request, Samples, length_cap
 from makemore.data import SPLIT_NAMES, Data, Vocab, split_items
 from makemore.dataset import build_dataset
 from makemore.errors import CheckpointError, DataError, MakemoreError, TrainingError, printable
+from makemore.files import check_not_inputs
 from makemore.models import get_model_class
 from makemore.nearest import nearest as closest
 from makemore.sampling import Sampler, log_probs
@@ -158,7 +159,7 @@ class Trained:
         if not self.ckpt.get("metrics"):
             raise CheckpointError(f"{self.path}: a {self.name} model is counted, not trained step by step, so it "
                                   "has no training curve")
-        return plots.training_curve(self.ckpt["metrics"], output or plots.curve_path(self.path),
+        return plots.training_curve(self.ckpt["metrics"], self._output(output, plots.curve_path(self.path)),
                                     plots.curve_title(self.name, printable(self.ckpt["data"]["path"])))
 
     def plot_embeddings(self, output: str | Path | None = None) -> Path:
@@ -166,7 +167,7 @@ class Trained:
         plots.require()
         points, note, axes = instruments.embedding_2d(self.model)
         labels = [self.vocab.show(c) for c in self.vocab.chars]
-        return plots.embeddings(points.tolist(), labels, output or self.path.with_suffix(".embeddings.png"),
+        return plots.embeddings(points.tolist(), labels, self._output(output, self.path.with_suffix(".embeddings.png")),
                                 f"{self.name} character embeddings C\n{note}", axes)
 
     def plot_counts(self, output: str | Path | None = None) -> Path:
@@ -179,8 +180,14 @@ class Trained:
         table, counts = instruments.bigram_table(self.model)
         labels = [self.vocab.show(c) for c in self.vocab.chars]
         what = "bigram counts N[prev, next]" if counts else "bigram probabilities P[prev, next]"
-        return plots.bigram_table(table, labels, output or self.path.with_suffix(".counts.png"),
+        return plots.bigram_table(table, labels, self._output(output, self.path.with_suffix(".counts.png")),
                                   f"{self.name}: {what}", counts)
+
+    def _output(self, given, default: Path) -> Path:
+        """Where a plot goes: the path given, or default beside the checkpoint; never the checkpoint itself."""
+        path = Path(given) if given is not None else default
+        check_not_inputs([path], [self.path])
+        return path
 
     def _item_set(self) -> frozenset:
         if "items" not in self._cache:

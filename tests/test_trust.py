@@ -315,3 +315,17 @@ def test_valid_but_huge_configs_train_or_are_refused_under_an_address_space_limi
     done = subprocess.run([sys.executable, "-c", HUGE_CONFIGS, str(names), "25"], capture_output=True, text=True,
                           timeout=600, preexec_fn=limit, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_no_command_writes_over_a_file_it_reads(run_dir, names):
+    """An output named like an input (the mixture over one of its components, a plot over its checkpoint, the
+    sweep's plot over its data) is refused before anything is written."""
+    mlp = run_dir / "r" / "mlp.safetensors"
+    ok("train", "--model", "bigram", "--data", names, "--out", run_dir / "r")
+    kept = files(run_dir / "r")
+    data = names.read_bytes()
+    for args in (["mix", mlp, run_dir / "r" / "bigram.safetensors", "--out", run_dir / "r", "--name", "mlp"],
+                 ["plot", "loss", "--checkpoint", mlp, "-o", mlp],
+                 ["lr-find", "--data", names, "--plot", names, "--steps", 20, *TINY]):
+        assert "written over" in one_line(invoke(*args), 2)
+    assert files(run_dir / "r") == kept and names.read_bytes() == data
