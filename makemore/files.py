@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -55,28 +56,44 @@ def _same_file(a, b) -> bool:
 
 def atomic_write(path: Path, write, by_path: bool = False) -> None:
     """Call write(file object) on a temporary file beside path, then rename it over path; with by_path,
-    write(the temporary file's path), for a writer that opens the file itself.
+    write(a path in a temporary folder beside path), for a writer that makes the file itself (safetensors'
+    save_file writes a temporary of its own there, so that one is never left beside path either).
 
-    The temporary file's name holds the writer's process id, so that temporaries left by a writer that
-    was killed (SIGKILL, power loss) are recognised and removed by the next write of the same path.
+    The temporary's name holds the writer's process id, so that temporaries left by a writer that was killed
+    (SIGKILL, power loss) are recognised and removed by the next write in the same folder.
     """
     path = Path(path)
     remove_stale_temporaries(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    prefix = f".{path.name}.{os.getpid()}."
+    if by_path:
+        folder = tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=path.parent)
+        try:
+            tmp = os.path.join(folder, path.name)
+            write(tmp)
+            _finish(tmp, path)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it private; give it a normal file's mode
         with os.fdopen(fd, "wb") as f:
-            if by_path:
-                write(tmp)
-            else:
-                write(f)
-                f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+            write(f)
+        _finish(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _finish(tmp: str, path: Path) -> None:
+    """Flush tmp to disk, give it a normal file's mode (mkstemp makes it private), rename it over path."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, path)
 
 
 def remove_stale_temporaries(path: Path) -> None:
@@ -87,7 +104,7 @@ def remove_stale_temporaries(path: Path) -> None:
         parts = tmp.name[:-len(".tmp")].rsplit(".", 2)  # .NAME.PID.RANDOM.tmp
         if len(parts) == 3 and parts[1].isdigit() and not _alive(int(parts[1])):
             try:
-                tmp.unlink()
+                shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
             except OSError:
                 pass  # another writer removed it first
 

@@ -329,3 +329,16 @@ def test_no_command_writes_over_a_file_it_reads(run_dir, names):
                  ["lr-find", "--data", names, "--plot", names, "--steps", 20, *TINY]):
         assert "written over" in one_line(invoke(*args), 2)
     assert files(run_dir / "r") == kept and names.read_bytes() == data
+
+
+def test_a_checkpoint_is_written_whole_with_a_normal_files_mode_and_nothing_beside_it(run_dir):
+    """Written straight to a temporary in a private folder (safetensors' save_file makes a temporary of its
+    own), then renamed: the folder holds only the run's files, each with the mode the umask gives."""
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    folder = run_dir / "r"
+    assert sorted(p.name for p in folder.iterdir()) == ["latest", "mlp.loss.png", "mlp.metrics.jsonl",
+                                                        "mlp.safetensors"]
+    assert all((p.stat().st_mode & 0o777) == 0o666 & ~mask for p in folder.iterdir())
