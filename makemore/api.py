@@ -454,10 +454,12 @@ def _check_same_data(trained: list) -> None:
 
 
 def mix(paths: list, out: str | Path = "out", name: str = "mixture", weights: list | None = None,
-        device: str = "cpu", n_threads: int | None = None, kind: str = "log-linear") -> MixResult:
+        device: str = "cpu", n_threads: int | None = None, kind: str = "log-linear",
+        progress: bool = False) -> MixResult:
     """Load the checkpoints, fit the mixture weights on dev (or use the given ones), write the mixture.
 
-    kind: "log-linear" (p proportional to prod_i p_i^w_i) or "linear" (p = sum_i w_i p_i); see makemore.mixing."""
+    kind: "log-linear" (p proportional to prod_i p_i^w_i) or "linear" (p = sum_i w_i p_i); see makemore.mixing.
+    progress: bars on stderr for the passes over dev that take more than a second."""
     t0 = time.perf_counter()
     if kind not in mixing.KINDS:
         raise OptionError(f"--kind {kind!r}: choose one of {', '.join(mixing.KINDS)}")
@@ -483,13 +485,13 @@ def mix(paths: list, out: str | Path = "out", name: str = "mixture", weights: li
     dev, dev_loss = None, float("nan")
     if dev_items:
         dev = build_dataset(dev_items, first.vocab, max(m.block_size for m in models)).to(resolve_device(device))
-        P = mixing.target_probs(models, dev)
+        P = mixing.target_probs(models, dev, progress=progress)
         losses = (-P.log().mean(0)).tolist()
         if weights is None and kind == "linear":
             fitted, history = mixing.em(P)
             weights, iterations = fitted.tolist(), len(history) - 1
         elif weights is None:
-            L, y = mixing.log_probs(models, dev, len(first.vocab))
+            L, y = mixing.log_probs(models, dev, len(first.vocab), progress=progress)
             fitted, history = mixing.fit_log_linear(L, y)
             weights, iterations = fitted.tolist(), len(history) - 1
             if len(y) == len(dev):  # fitted on all of dev: its loss is known without reading dev again
@@ -506,7 +508,7 @@ def mix(paths: list, out: str | Path = "out", name: str = "mixture", weights: li
     net.components.load_state_dict(torch.nn.ModuleList(models).state_dict())
     net.to(resolve_device(device))
     if dev is not None and math.isnan(dev_loss):
-        dev_loss = evaluate(net, dev)
+        dev_loss = evaluate(net, dev, progress=progress)
     out = Path(out)
     path = out / f"{name}{checkpoint.SUFFIX}"
     check_not_inputs([path], paths)

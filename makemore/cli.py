@@ -467,7 +467,7 @@ def _size(n: int) -> str:
 def eval_(split, data, as_json, strict, out, checkpoint_path, device, n_threads):
     """Mean negative log-likelihood per character (nats) and perplexity of a split."""
     trained = load_trained(checkpoint_path, out, device, n_threads)
-    result = trained.evaluate(split, data, strict)
+    result = trained.evaluate(split, data, strict, progress=True)
     if as_json:
         click.echo(to_json(result))
     else:
@@ -644,7 +644,8 @@ def mix(checkpoints, out, name, kind, weights, device, n_threads):
 
     if len(checkpoints) < 2:
         raise click.UsageError("give at least two checkpoints to mix")
-    result = api.mix(list(checkpoints), out, name, list(weights) if weights else None, device, n_threads, kind)
+    result = api.mix(list(checkpoints), out, name, list(weights) if weights else None, device, n_threads, kind,
+                     progress=True)
     for path, w, loss in zip(result.components, result.weights, result.component_dev_losses):
         click.echo(f"weight {w:.4f}  dev loss {loss:.4f}  {path}")
     method = "EM" if kind == "linear" else "Newton"

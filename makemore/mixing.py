@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from makemore import memory
+from makemore.train import long_work
 
 KINDS = ("log-linear", "linear")
 MAX_ITERATIONS = 500
@@ -60,7 +61,8 @@ def _subset(n_all: int, n: int, seed: int) -> torch.Tensor:
     return torch.randperm(n_all, generator=torch.Generator().manual_seed(seed))[:n].sort().values
 
 
-def target_probs(models: list, dataset, limit: int = FIT_NUMBERS, seed: int = 0) -> torch.Tensor:
+def target_probs(models: list, dataset, limit: int = FIT_NUMBERS, seed: int = 0,
+                 progress: bool = False) -> torch.Tensor:
     """(N, M): each model's probability of every target of the dataset, each reading its own block_size; of a
     random subset of the targets, in order, when all would hold more than limit numbers (EM then fits on
     those, as fit_log_linear does on its subset)."""
@@ -68,12 +70,14 @@ def target_probs(models: list, dataset, limit: int = FIT_NUMBERS, seed: int = 0)
     keep = torch.zeros(len(dataset), dtype=torch.bool)
     keep[_subset(len(dataset), n, seed)] = True
     parts, start = [], 0
-    with torch.no_grad():
-        for x, y in dataset.chunks(forward_rows(models, dataset.positions.device)):
+    rows = forward_rows(models, dataset.positions.device)
+    with torch.no_grad(), long_work(-(-len(dataset) // rows), progress, "scoring dev") as bar:
+        for x, y in dataset.chunks(rows):
             logp = torch.stack([torch.log_softmax(m(x[:, x.shape[1] - m.block_size:]).double(), -1)
                                 .gather(1, y[:, None]).squeeze(1).cpu() for m in models], 1)
             parts.append(logp[keep[start:start + len(logp)]].exp())
             start += len(logp)
+            bar.update()
     return torch.cat(parts)
 
 
@@ -126,7 +130,7 @@ def fit_log_linear(L: torch.Tensor, y: torch.Tensor, iterations: int = 100,
 
 
 def log_probs(models: list, dataset, vocab_size: int, limit: int = FIT_NUMBERS,
-              seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+              seed: int = 0, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, M, V) each model's log-probabilities (float64, floored at LOG_FLOOR) and (N,) the targets, for every
     example of the dataset, or for a random subset of them when all would hold more than limit numbers."""
     n = min(len(dataset), max(1, limit // (len(models) * vocab_size)))
@@ -134,10 +138,11 @@ def log_probs(models: list, dataset, vocab_size: int, limit: int = FIT_NUMBERS,
     # a chunk's (rows, M, V) log-probabilities are held at once, besides each model's forward pass
     rows = min(forward_rows(models, dataset.positions.device), max(1, limit // (len(models) * vocab_size)))
     parts, targets = [], []
-    with torch.no_grad():
+    with torch.no_grad(), long_work(-(-n // rows), progress, "scoring dev") as bar:
         for start in range(0, n, rows):
             x, y = dataset.batch(ix[start:start + rows])
             parts.append(torch.stack([torch.log_softmax(m(x[:, x.shape[1] - m.block_size:]).double(), -1)
                                       for m in models], 1).clamp_min_(LOG_FLOOR).cpu())
             targets.append(y.cpu())
+            bar.update()
     return torch.cat(parts), torch.cat(targets)

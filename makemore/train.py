@@ -100,9 +100,16 @@ def stop_on_signals():
             signal.signal(s, h)
 
 
+def long_work(total: int, progress: bool, desc: str) -> tqdm:
+    """A progress bar on stderr for work of total chunks that may take a while: it shows itself only after a
+    second, so that quick work stays silent and long work is never a silence."""
+    return tqdm(total=total, disable=not progress, delay=1.0, leave=False, mininterval=1.0, desc=desc)
+
+
 @torch.no_grad()
-def evaluate(model, dataset, batch_size: int | None = None) -> float:
-    """Mean negative log-likelihood per predicted token (nats), summed in float64."""
+def evaluate(model, dataset, batch_size: int | None = None, progress: bool = False) -> float:
+    """Mean negative log-likelihood per predicted token (nats), summed in float64; with progress, a bar on
+    stderr when it takes more than a second."""
     if len(dataset) == 0:
         return float("nan")
     if batch_size is None:
@@ -116,9 +123,11 @@ def evaluate(model, dataset, batch_size: int | None = None) -> float:
     was_training = model.training
     model.eval()
     total = torch.zeros((), dtype=torch.float64)
-    for x, y in dataset.chunks(batch_size):
-        total += F.cross_entropy(logits_of(model, x, dataset.whole_items).flatten(0, -2).double(), y.flatten(),
-                                 ignore_index=IGNORE, reduction="sum").cpu()
+    with long_work(-(-len(dataset) // batch_size), progress, "evaluating") as bar:
+        for x, y in dataset.chunks(batch_size):
+            total += F.cross_entropy(logits_of(model, x, dataset.whole_items).flatten(0, -2).double(), y.flatten(),
+                                     ignore_index=IGNORE, reduction="sum").cpu()
+            bar.update()
     model.train(was_training)
     return total.item() / dataset.n_targets
 

@@ -99,8 +99,10 @@ class Trained:
             _changed_data(self.ckpt, loaded, strict, warn)
         return loaded
 
-    def evaluate(self, split: str = "dev", data: str | Path | None = None, strict: bool = False, warn=None) -> dict:
-        """Mean NLL per character (nats) and perplexity of one split (or 'all')."""
+    def evaluate(self, split: str = "dev", data: str | Path | None = None, strict: bool = False, warn=None,
+                 progress: bool = False) -> dict:
+        """Mean NLL per character (nats) and perplexity of one split (or 'all'); with progress, a bar on stderr
+        when it takes more than a second."""
         loaded = self.read_data(data, strict, warn)
         if split == "all":
             items = loaded.items if loaded is not None else self.items()
@@ -111,7 +113,7 @@ class Trained:
                             f"{','.join(f'{f:g}' for f in self.ckpt['split']['fractions'])})")
         self.vocab.check_items(items, f"the {split} split of {printable(loaded.path if loaded else self.path)}")
         ds = build_dataset(items, self.vocab, self.block_size, self.model.whole_items).to(self.device)
-        loss = evaluate(self.model, ds)
+        loss = evaluate(self.model, ds, progress=progress)
         return dict(split=split, loss=loss, perplexity=math.exp(loss) if loss < 700 else float("inf"),
                     n_chars=ds.n_targets, n_items=len(items), model=self.name, checkpoint=str(self.path))
 

@@ -342,3 +342,19 @@ def test_a_checkpoint_is_written_whole_with_a_normal_files_mode_and_nothing_besi
     assert sorted(p.name for p in folder.iterdir()) == ["latest", "mlp.loss.png", "mlp.metrics.jsonl",
                                                         "mlp.safetensors"]
     assert all((p.stat().st_mode & 0o777) == 0o666 & ~mask for p in folder.iterdir())
+
+
+def test_long_work_speaks_after_a_second_and_quick_work_stays_silent(capsys):
+    """Evaluations and a mixture's passes over dev show a bar on stderr once they take more than a second
+    (a mixture of 64 bigrams over 10,000 characters evaluates for about a minute), and nothing before."""
+    import time
+
+    from makemore.train import long_work
+
+    with long_work(3, True, "evaluating") as bar:
+        bar.update()
+    assert capsys.readouterr().err == ""
+    with long_work(3, True, "evaluating") as bar:
+        time.sleep(1.5)
+        bar.update()
+    assert "evaluating" in capsys.readouterr().err
