@@ -75,3 +75,18 @@ def ok(*args):
 
 def needs_shared_names():
     return pytest.mark.skipif(not SHARED_NAMES.exists(), reason="../shared/data/names-2018.txt is absent")
+
+
+@pytest.fixture
+def batch_sizes(monkeypatch) -> list[int]:
+    """The rows of every batch sampling draws from now on, in order."""
+    from makemore import sampling
+
+    sizes, draw = [], sampling.draw_batch
+
+    def recording(model, prefix_ids, keys, *args, **kwargs):
+        sizes.append(len(keys))
+        return draw(model, prefix_ids, keys, *args, **kwargs)
+
+    monkeypatch.setattr(sampling, "draw_batch", recording)
+    return sizes

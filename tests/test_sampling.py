@@ -343,17 +343,10 @@ def test_stream_is_seeded_uniform_and_the_same_on_integers_and_tensors():
     assert stream.key_of(None) != stream.key_of(None)
 
 
-def test_batches_of_a_large_vocabulary_stay_small_and_draw_the_same_items(bigram, monkeypatch):
+def test_batches_of_a_large_vocabulary_stay_small_and_draw_the_same_items(bigram, monkeypatch, batch_sizes):
     """A batch holds at most BATCH_NUMBERS probabilities; which items come out does not depend on it."""
     expected = bigram.sample(300, seed=5)
-    sizes = []
-    draw = sampling.draw_batch
-
-    def recording(model, prefix_ids, keys, *args, **kwargs):
-        sizes.append(len(keys))
-        return draw(model, prefix_ids, keys, *args, **kwargs)
-
-    monkeypatch.setattr(sampling, "draw_batch", recording)
+    batch_sizes.clear()
     monkeypatch.setattr(sampling, "BATCH_NUMBERS", 40 * len(bigram.vocab))
     assert list(bigram.sample(300, seed=5)) == list(expected)
-    assert sizes and max(sizes) == 40
+    assert batch_sizes and max(batch_sizes) == 40

@@ -239,19 +239,12 @@ def test_a_long_cap_draws_few_rows_at_a_time(endless, monkeypatch):
     assert sizes and {rows for rows, _ in sizes} == {100} and {steps for _, steps in sizes} == {2001}
 
 
-def test_batches_fit_the_rows_memory_allows(bigram, run, monkeypatch):
+def test_batches_fit_the_rows_memory_allows(bigram, run, monkeypatch, batch_sizes):
     """The rows of a batch are those memory.rows_that_fit allows (the items the same); none fitting is one line."""
     expected = list(bigram.sample(300, 5))
-    sizes = []
-    draw = sampling.draw_batch
-
-    def recording(model, prefix_ids, keys, *args, **kwargs):
-        sizes.append(len(keys))
-        return draw(model, prefix_ids, keys, *args, **kwargs)
-
-    monkeypatch.setattr(sampling, "draw_batch", recording)
+    batch_sizes.clear()
     monkeypatch.setattr(memory, "rows_that_fit", lambda cls, config, vocab_size, device, wanted: 7)
-    assert list(bigram.sample(300, 5)) == expected and max(sizes) == 7
+    assert list(bigram.sample(300, 5)) == expected and max(batch_sizes) == 7
 
     message = "one example of this bigram model needs about 9 GB of memory but cpu has 1 GB available"
 
