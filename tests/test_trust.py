@@ -358,3 +358,17 @@ def test_long_work_speaks_after_a_second_and_quick_work_stays_silent(capsys):
         time.sleep(1.5)
         bar.update()
     assert "evaluating" in capsys.readouterr().err
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(recorded=st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1,
+                        max_size=60))  # what the loader takes: no NUL, no name over 255 bytes
+def test_any_recorded_path_is_shown_escaped_on_one_line_and_never_read(run_dir, tmp_path_factory, recorded):
+    """Whatever path a checkpoint records (control characters, a newline, a path to any file), inspect shows it
+    on its own line, escaped, and eval and sample work from the items the checkpoint keeps."""
+    folder = tmp_path_factory.mktemp("forged")
+    path = forged(run_dir / "r" / "mlp.safetensors", folder / "f.safetensors", recorded)
+    shown = ok("inspect", path).stdout
+    assert len(shown.splitlines()) == 7 and all(line.isprintable() for line in shown.splitlines())
+    assert json.loads(ok("inspect", path, "--json").stdout)["data"]["path"] == recorded
+    assert json.loads(ok("eval", "--checkpoint", path, "--json").stdout)["loss"] > 0
