@@ -14,8 +14,7 @@ from makemore.options import option
 
 @dataclass
 class GRUConfig(RNNConfig):
-    # the gated cell fits the lecture's names faster than it generalises (train 1.76, dev 1.9930 without
-    # dropout); dev with its default training, one thread: dropout 0.1 1.9707, 0.25 1.9692
+    # the gated cell fits the lecture's names faster than it generalises (BENCHMARKS.md, tuning notes)
     dropout: float = option(0.2, "Dropout between layers and before the output while training.", low=0.0, high=0.9)
 
 

@@ -15,20 +15,15 @@ from makemore.options import option
 
 @dataclass
 class MLPConfig:
-    # The defaults were tuned on the dev split of the lecture's names (see bench/results/mlp.md); the
-    # lecture's own model is block_size 3, n_embd 10, n_hidden 200, init randn, no direct connections.
-    # On the lecture's names 6, 8 and 12 tie (dev 1.9680, 1.9687, 1.9677) and 6 is the cheapest; on files
-    # not tuned on, 6 is clearly better (12,000 Russian words 1.7317 against 1.7567 at 12; 8,000 German
-    # words 1.8122 against 1.8453): fewer weights to fit from little data
+    # tuned on the dev split of the lecture's names (BENCHMARKS.md, tuning notes): a context of 6 ties with
+    # longer ones there and generalises better elsewhere
     block_size: int = option(6, "Characters of context.", low=1, high=4096)
     n_embd: int = option(32, "Dimensions of each character's embedding.", low=1, high=65536)
     n_hidden: int = option(512, "tanh hidden units.", low=1, high=1 << 20)
-    # "scaled" for tanh (lecture part 3) trains faster than part 2's plain N(0, 1), whose first losses are
-    # in the tens
+    # "scaled" for tanh (lecture part 3) trains faster than part 2's plain N(0, 1)
     init: str = option("scaled", "Weight init: scaled for tanh, or randn as in lecture part 2.",
                        choices=("scaled", "randn"))
     # Bengio et al.'s direct connections from the concatenated embeddings to the logits
-    # (without them, dev 2.055 against 2.049 at 25,000 steps, no weight decay)
     direct: bool = option(True, "Direct connections from the embeddings to the logits (Bengio et al.).")
 
 
@@ -41,14 +36,10 @@ class MLP(Model):
     """
 
     Config = MLPConfig
-    # Weight decay is what keeps this wide model from overfitting. Dev loss on the lecture's names after
-    # 25,682 steps, measured at block_size 12 before the default became 6 (direct connections on): decay 0
-    # 2.049 (train 1.63), 0.03 1.981, 0.04 1.972, 0.05 1.969 (train 1.75), 0.07 1.972, 0.1 1.991, 0.2 2.080
-    # (train 2.05: underfits). At the default block_size 6, decay 0.05 gives dev 1.9680 (bench/results/mlp.md)
+    # weight decay is what keeps this wide model from overfitting (BENCHMARKS.md, tuning notes)
     train_defaults = dict(steps=25000, batch_size=128, lr=3e-3, optimizer="adamw", schedule="cosine",
                           weight_decay=0.05)
-    # Without --steps, training makes EPOCHS passes over the training examples, within these bounds;
-    # 18 passes are about 25,700 steps of 128 on the lecture's names
+    # without --steps, EPOCHS passes over the training examples, within these bounds
     EPOCHS = 18
     MIN_STEPS = 2000
     MAX_STEPS = 60000

@@ -37,8 +37,8 @@ DENSE_ROWS = 2**23
 
 @dataclass
 class NGramConfig:
-    # Dev loss on names-2018 (kn), by block size 3..7: 2.056, 1.983, 1.974, ... (bench/results/ngram.md): 5 is
-    # the best. Beyond 16 characters almost every context is seen once: the longest orders only add memory.
+    # 5 is the best on the lecture's names (BENCHMARKS.md, tuning notes); beyond 16 characters almost every
+    # context is seen once, so the longest orders only add memory
     block_size: int = option(5, "Characters of context.", low=1, high=16)  # it counts (block_size+1)-grams
     # add-1 is the lecture's bigram; Kneser-Ney is the best counting smoother (Chen & Goodman 1998)
     smoothing: float | str = option("kn", "add-k (a number k >= 0) or kn (interpolated modified Kneser-Ney).",
@@ -161,8 +161,7 @@ class NGram(Model):
                 # raw counts add up over the n-grams above; continuations count them (distinct left characters)
                 raw = torch.zeros(len(keys_n), dtype=torch.int64, device=top.device).index_add_(0, inverse, raw)
                 # a context of padding only (key < V) can only be preceded by padding: its continuation
-                # counts would all be 1, so it keeps its real counts, as KenLM's <s>. (Applying this to every
-                # context that merely starts with padding measured worse on names: dev 1.991 vs 1.983 at K=4.)
+                # counts would all be 1, so it keeps its real counts, as KenLM's <s>
                 only_padding = keys_n < V if n >= 2 else torch.zeros_like(keys_n, dtype=torch.bool)
                 tables[n] = (keys_n, torch.where(only_padding, raw, continuations))
         for n in range(1, K + 2):

@@ -23,7 +23,7 @@ class RNNConfig:
     n_embd: int = option(64, "Dimensions of each character's embedding.", low=1, high=8192)
     n_hidden: int = option(128, "Size of the hidden state of each layer.", low=1, high=8192)
     n_layer: int = option(1, "Recurrent layers, each reading the states of the one below.", low=1, high=16)
-    # the plain cell underfits the lecture's names rather than overfits: dropout 0.2 raised dev from 1.9984 to 2.0142
+    # the plain cell underfits the lecture's names rather than overfits (BENCHMARKS.md, tuning notes)
     dropout: float = option(0.0, "Dropout between layers and before the output while training.", low=0.0, high=0.9)
 
 
@@ -33,9 +33,7 @@ class RNN(SequenceModel):
 
     Config = RNNConfig
     cell = nn.RNN
-    # on the lecture's names, 12,000 steps of 64 on one thread: rnn dev 1.9984 in 42 s, gru (dropout 0.2)
-    # about 1.970 in 100 s; the reference makemore.py's GRU with its defaults: 2.021 after 120 s. A gru of
-    # n_hidden 256 (dropout 0.25) gains little for 2.4 times the time (1.9688 after 8,400 steps)
+    # chosen on the lecture's names for the RNN and the GRU alike (BENCHMARKS.md, tuning notes)
     train_defaults = dict(steps=10000, batch_size=64, lr=3e-3, optimizer="adamw", schedule="cosine", warmup=100,
                           weight_decay=0.01)
     EPOCHS = 30  # 12,000 steps on the lecture's names

@@ -76,26 +76,10 @@ class Transformer(SequenceModel):
     LayerNorm and a linear layer to the logits (the token embeddings' transpose with tie_embeddings)."""
 
     Config = TransformerConfig
-    # tuned on the lecture's names (dev split), 16,000 steps of 64 on one thread: dropout 0.1 at lr 2e-3
-    # 1.9645, dropout 0.2 at lr 2e-3 1.9894 and at 4e-3 about the same per step, n_embd 128 with dropout
-    # 0.2 at lr 1e-3 (8,000 steps, as long) 1.9929; 8,000 steps at lr 2e-3: dropout 0.1 2.0058
+    # tuned on the dev split of the lecture's names (BENCHMARKS.md, tuning notes)
     train_defaults = dict(steps=20000, batch_size=64, lr=2e-3, optimizer="adamw", schedule="cosine", warmup=200,
                           weight_decay=0.1)
-    # 50 passes over the items: 20,000 steps on the lecture's names, about 8 minutes on 2 CPU cores. On
-    # smaller files (tuning files apart from the benchmark's: 6,000 names of the 1920s, 8,000 German words)
-    # neither more dropout (0.2: 1.8180 and 1.8565, 0.3: 1.8375 and 1.9012, against 1.8192 and 1.8464) nor more
-    # steps (10,000 on the names: best 1.8222, then overfitting) closed the gap to the MLP (1.7825, 1.8122).
-    # ALiBi with tied embeddings: on the 1920s names 1.8095 and 1.8207 with seeds 42 and 7 (1.8192 and 1.8217
-    # before; seed noise there is about 0.01), on the lecture's names 1.9533 against 1.9570 (tied embeddings
-    # alone 1.9588), and on the benchmark's two untuned files 1.9702 and 1.7184 against 1.9849 and 1.7445.
-    # With them, neither batches of 32 for 40,000 steps (1.9626) nor lr 3e-3 with beta2 0.99 (1.9539) helped.
-    # ALiBi alone (no learned positions) with its slopes doubled looked better on the tuning files, 3,750 steps:
-    # 1920s names, seeds 42, 7, 8: 1.7883, 1.8072, 1.7926 against 1.8095, 1.8207, 1.8093; German words 1.8471
-    # against 1.8558 (each alone on the 1920s names: 1.8017, 1.8035; on top of both no help from slopes 4x,
-    # dropout 0.2, lr 3e-3, 3 blocks, n_embd 48, 5,000 steps, batches of 32 or EMA weights). As the default
-    # it did not hold up: the lecture's names 1.9620 (seeds 42, 7, 8 before: 1.9533, 1.9511, 1.9566), and
-    # the benchmark's files 1.9733 and 1.7454 against 1.9702 and 1.7184. So they stay options (--alibi-scale,
-    # --no-learned-positions); the defaults keep Press et al.'s slopes beside learned positions
+    # 50 passes over the items: 20,000 steps, about 8 minutes on 2 CPU cores, on the lecture's names
     EPOCHS = 50
     options_added_later = dict(alibi=False, tie_embeddings=False, alibi_scale=1.0, learned_positions=True)
 
