@@ -4,6 +4,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # subprocesses and torchrun: the full suite's tier
+
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 

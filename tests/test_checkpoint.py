@@ -384,6 +384,7 @@ JSON_TYPES = [None, True, 0, -1, 1, 2.5, 1e308, 2**63, 10**30, "", "x", "kn", []
 
 
 @pytest.mark.parametrize("model", ["mlp", "ngram", "bigram", "mixture", "gru", "transformer"])
+@pytest.mark.slow
 def test_every_json_field_replaced_by_every_json_type(trained, tmp_path, model):
     """Each value of the document, in turn, replaced by each kind of JSON value; also removed, and a key
     added beside it. Every file loads or is refused with a one-line CheckpointError."""
@@ -662,6 +663,7 @@ def run_cli(*args, timeout=60) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("command", [["sample", "--checkpoint"], ["eval", "--checkpoint"], ["inspect"],
                                      ["train", "--resume", "--checkpoint"]])
+@pytest.mark.slow
 def test_a_fifo_or_a_device_as_checkpoint_never_hangs(tmp_path, command):
     fifo = tmp_path / f"fifo{checkpoint.SUFFIX}"
     os.mkfifo(fifo)
@@ -791,6 +793,7 @@ def largest(trained: dict, where: Path) -> list[Path]:
     return paths
 
 
+@pytest.mark.slow
 def test_peak_memory_stays_under_a_gigabyte(trained, tmp_path):
     """Every crafted file, the good ones and the largest ones, through sample, eval and inspect in one
     process."""

@@ -18,6 +18,8 @@ import torch
 
 from makemore import api, checkpoint
 
+pytestmark = pytest.mark.slow  # subprocesses and torchrun: the full suite's tier
+
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ROOT / "names.txt"
 B = 32

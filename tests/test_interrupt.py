@@ -7,6 +7,8 @@ import re
 import shutil
 import signal
 import subprocess
+
+import pytest
 import sys
 import threading
 import time
@@ -18,6 +20,8 @@ from tqdm import tqdm
 
 from makemore import api, checkpoint
 from makemore.cli import cli
+
+pytestmark = pytest.mark.slow  # subprocesses and torchrun: the full suite's tier
 
 ROOT = Path(__file__).resolve().parents[1]
 # Small enough that a step takes well under a millisecond; one thread, so that the processes compared

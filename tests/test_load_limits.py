@@ -78,6 +78,7 @@ def test_loading_draws_no_random_numbers(trained, model):
     assert torch.equal(torch.get_rng_state(), before)
 
 
+@pytest.mark.slow
 def test_loading_imports_no_compiler(trained):
     """torch's normal_ on the meta device imports torch._dynamo (about a second per command): building a
     model to load draws no initial weights, on any device."""
@@ -185,6 +186,7 @@ except CheckpointError as e:
 """
 
 
+@pytest.mark.slow
 def test_under_an_address_space_limit_a_huge_sparse_checkpoint_is_refused_in_one_line(trained, tmp_path):
     """2 GB of tensors (sparse on disk) under 1 GB of address space left: a one-line refusal, never torch's
     "unable to mmap" traceback."""
@@ -265,6 +267,7 @@ def _config_and_state(shape, leaf_config: dict, leaf_state: dict, prefix: str = 
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                  HealthCheck.filter_too_much])
 @given(shape=SHAPES)
+@pytest.mark.slow
 def test_crafted_mixture_nestings_load_whole_or_are_refused_in_one_line(trained, tmp_path, shape):
     """Mixtures of bigrams nested in any shape, their tensors all there: within the limits the model loads
     with every bigram and predicts distributions; beyond them, a one-line refusal that names the limit."""

@@ -87,6 +87,7 @@ def test_available_reads_cgroup_v2_and_a_namespaced_mount(tmp_path):
     assert memory.available(CPU, proc, inside, unlimited) == 64 * GB
 
 
+@pytest.mark.slow
 def test_available_follows_a_real_rlimit_as_in_a_subprocess():
     code = ("import resource, torch; from makemore import memory; "
             "resource.setrlimit(resource.RLIMIT_AS, (3 << 30, resource.RLIM_INFINITY)); "
@@ -118,6 +119,7 @@ def data_files(tmp_path_factory) -> dict:
     (["--model", "bigram-nn", "--data", "wide"], "memory"),
     (["--threads", "1024"], "--threads"),
 ])
+@pytest.mark.slow
 def test_a_run_too_large_for_rlimit_as_is_refused_in_one_line(data_files, args, what):
     args = [str(data_files[a]) if a in data_files else a for a in args]
     data = [] if "--data" in args else ["--data", str(data_files["names"])]

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import SHARED_NAMES, needs_shared_names
 
-pytestmark = needs_shared_names()
+pytestmark = [needs_shared_names(), pytest.mark.slow]
 
 
 def train_and_eval_all(run, model, *flags) -> float:

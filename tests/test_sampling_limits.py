@@ -72,6 +72,7 @@ def greedy(trained) -> str:
 
 # ---------------------------------------------------------------------------------------------- streaming
 @pytest.mark.parametrize("extra", [[], ["--json", "--nearest"]])
+@pytest.mark.slow
 def test_items_stream_as_they_are_found_and_a_closed_pipe_ends_quietly(bigram, extra):
     """A request that could not end for hours prints its first items at once, and stops (exit 0, no
     traceback) when its reader goes away, as `makemore sample -n 1000000000 | head` does."""
@@ -94,6 +95,7 @@ def test_items_stream_as_they_are_found_and_a_closed_pipe_ends_quietly(bigram, e
     assert items == list(bigram.sample(3, 1))
 
 
+@pytest.mark.slow
 def test_the_sampler_holds_no_kept_item(bigram):
     """Iterated, the sampler hands each item over and keeps none: 100,000 items (about 9 MB of Python
     objects when kept) pass through in a few MB, the objects of one batch."""
@@ -169,6 +171,7 @@ def test_patterns_outside_re2_are_a_one_line_usage_error(ckpt_run, bigram, patte
         bigram.sample(2, regex=pattern)
 
 
+@pytest.mark.slow
 def test_nested_quantifiers_on_long_items_end(tmp_path):
     """(a+)+ against a run of a's and a b backtracks exponentially in Python's re (2^40 paths here); RE2
     answers in linear time, so every draw is rejected at once and the request ends with its report."""
@@ -204,6 +207,7 @@ def test_next_token_probs_at_any_positive_temperature():
 
 
 # ---------------------------------------------------------------------------------------------- length, memory
+@pytest.mark.slow
 def test_max_len_far_above_the_cap_is_lowered_with_a_note_in_bounded_memory(bigram):
     cap = 2 * max(map(len, bigram.items()))
     proc = cli("sample", "--checkpoint", bigram.path, "-n", 5, "--seed", 1, "--max-len", 10**9,

@@ -302,6 +302,7 @@ huge()
 '''
 
 
+@pytest.mark.slow
 def test_valid_but_huge_configs_train_or_are_refused_under_an_address_space_limit(names):
     """Any sizes the options allow, under RLIMIT_AS 3 GB: the run trains, or is refused in one line before it
     allocates; never an allocator error, a panic or an abort."""
@@ -344,6 +345,7 @@ def test_a_checkpoint_is_written_whole_with_a_normal_files_mode_and_nothing_besi
     assert all((p.stat().st_mode & 0o777) == 0o666 & ~mask for p in folder.iterdir())
 
 
+@pytest.mark.slow
 def test_long_work_speaks_after_a_second_and_quick_work_stays_silent(capsys):
     """Evaluations and a mixture's passes over dev show a bar on stderr once they take more than a second
     (a mixture of 64 bigrams over 10,000 characters evaluates for about a minute), and nothing before."""
@@ -363,6 +365,7 @@ def test_long_work_speaks_after_a_second_and_quick_work_stays_silent(capsys):
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(recorded=st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1,
                         max_size=60))  # what the loader takes: no NUL, no name over 255 bytes
+@pytest.mark.slow
 def test_any_recorded_path_is_shown_escaped_on_one_line_and_never_read(run_dir, tmp_path_factory, recorded):
     """Whatever path a checkpoint records (control characters, a newline, a path to any file), inspect shows it
     on its own line, escaped, and eval and sample work from the items the checkpoint keeps."""
