@@ -133,9 +133,8 @@ def _plain(value) -> str:
 
 class RegistryCommand(click.Command):
     """A command whose model options and training settings are built from their declarations (the
-    models' configs in the registry, and train.TrainConfig) when click first needs the parameters, so that
-    `makemore --help` imports neither the models nor torch; makemore.declarations' manifest spares
-    `makemore train --help` and the usage errors that import too."""
+    models' configs in the registry, and train.TrainConfig) when click first needs the parameters: so
+    `makemore --help` imports neither the models nor torch, and `makemore train --help` does."""
 
     def __init__(self, *args, train_fields: tuple = (), **kwargs):
         super().__init__(*args, **kwargs)
@@ -146,7 +145,7 @@ class RegistryCommand(click.Command):
             self.built_for = tuple(MODELS.items())
             from makemore import declarations
 
-            self.declarations = declarations.load()
+            self.declarations = declarations.from_classes()
             self.params = [p for p in self.params if not getattr(p, "declared", False)]
             model = next(i for i, p in enumerate(self.params) if p.name == "model_name")
             self.params[model].type = click.Choice(tuple(MODELS))
@@ -279,8 +278,7 @@ def train(model_name, data, out, name, splits, split_seed, resume, checkpoint_pa
     For data-parallel training on several CPU processes or GPUs, launch it with torchrun, e.g.
     torchrun --standalone --nproc-per-node 2 -m makemore train; rank 0 prints and saves.
     """
-    declared = _declared()
-    model_options, train_options = declared.split(settings)
+    model_options, train_options = _declared().split(settings)
     ctx = click.get_current_context()
 
     def typed(param: str):
@@ -288,11 +286,8 @@ def train(model_name, data, out, name, splits, split_seed, resume, checkpoint_pa
         given = ctx.get_parameter_source(param) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
         return ctx.params[param] if given or not resume else None
 
-    if not resume:
-        if checkpoint_path:
-            raise click.UsageError("--checkpoint goes with --resume; to name the new checkpoint use --name")
-        # what api.train would refuse by the declarations alone, refused before torch is imported
-        declared.check(model_name, model_options, train_options)
+    if not resume and checkpoint_path:
+        raise click.UsageError("--checkpoint goes with --resume; to name the new checkpoint use --name")
     from makemore import api
     from makemore.errors import Interrupted
 
@@ -541,11 +536,7 @@ def lr_find(model_name, data, min_lr, max_lr, steps, splits, split_seed, plot_pa
     up, and plots loss against log10(lr) when matplotlib is installed."""
     from pathlib import Path
 
-    declared = _declared()
-    model_options, train_options = declared.split(settings)
-    # what api.lr_find would refuse by the declarations alone, refused before torch is imported
-    declared.check_sweep(model_name, min_lr, max_lr)
-    declared.check(model_name, model_options, train_options)
+    model_options, train_options = _declared().split(settings)
     from makemore import api
 
     sweep = api.lr_find(model_name, data, model_options, train_options, min_lr, max_lr, steps, splits,

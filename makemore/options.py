@@ -119,7 +119,7 @@ def make(config_cls, values: dict, *, what: str, complete: bool = False):
 
 def check_all(options: dict[str, tuple[Option, Any]], values: dict, *, what: str, complete: bool = False) -> dict:
     """The values checked (and normalised) as make checks them, against declarations (name -> (Option,
-    default), as declared gives) that need not come from a class: makemore.declarations' manifest."""
+    default), as declared gives): a class's, or TrainConfig's with a model's train_defaults."""
     if not isinstance(values, dict):
         raise OptionError(f"the options of {what} are not a mapping of names to values")
     for name in values:

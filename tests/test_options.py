@@ -1,5 +1,6 @@
 """Options are declared once, in the configs: the CLI's flags, their help and every check come from there."""
 import json
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -165,3 +166,57 @@ def test_a_config_refused_for_its_data_leaves_no_output_folder(run, small_names,
 def test_declared_constraints_between_options_are_usage_errors(run, small_names, flags, message):
     result = run("train", "--data", small_names, *flags, ok=False)
     assert result.exit_code == 2 and message in result.output
+
+
+# (arguments, exit code, what the output says): help and usage errors, answered before any data is read
+USAGE = [
+    (["train", "--help"], 0, "--block-size INT "),
+    (["lr-find", "--help"], 0, "--weight-decay FLOAT"),
+    (["train", "--bogus"], 2, "No such option '--bogus'"),
+    (["train", "--steps", "abc"], 2, "Invalid value for '--steps': 'abc' is not int"),
+    (["train", "--optimizer", "bogus"], 2, "'bogus' is not one of 'sgd', 'adamw'"),
+    (["train", "--model", "bigram-nn", "--block-size", "3"], 2,
+     "--block-size: 3 is too large; it must be at most 1 (--model bigram-nn)"),
+    (["train", "--model", "bigram", "--n-hidden", "5"], 2, "--n-hidden does not apply to --model bigram; it is an "
+                                                           "option of mlp"),
+    (["train", "--model", "ngram", "--steps", "5"], 2, "--steps does not apply to --model ngram: it is counted"),
+    (["train", "--model", "ngram", "--smoothing", "-1"], 2, "'-1' must be a finite number >= 0 (add-k), or kn"),
+    (["train", "--lr", "0"], 2, "--lr: 0.0 is too small; it must be above 0"),
+    (["lr-find", "--model", "bigram"], 2, "--model bigram is counted in one pass, it has no learning rate"),
+    (["lr-find", "--min-lr", "1", "--max-lr", "0.5"], 2, "--min-lr (1) must be below --max-lr (0.5)"),
+    (["lr-find", "--model", "mlp", "--n-hidden", "0"], 2, "--n-hidden: 0 is too small; it must be at least 1"),
+    (["train", "--model", "wavenet", "--block-size", "6"], 2, "--block-size: 6 is not one of 2, 4, 8"),
+    (["train", "--model", "transformer", "--n-head", "3"], 2, "--n-embd 64 is not a multiple of --n-head 3"),
+    (["train", "--device", "meta"], 2, "unknown device 'meta'; use auto, cpu, cuda, cuda:N or mps"),
+    (["sample", "--device", "cuda:x"], 2, "unknown device 'cuda:x'"),
+]
+
+
+@pytest.mark.parametrize("args, code, said", USAGE)
+def test_help_and_usage_errors(run, args, code, said):
+    result = run(*args, ok=False)
+    assert result.exit_code == code and said in result.output, result.output
+    assert not (Path.cwd() / "out").exists()  # refused before any output folder is made
+
+
+def test_a_flag_of_several_models_says_what_it_means_for_each(run):
+    help_text = " ".join(run("train", "--help").output.split())
+    for model, meaning in (("mlp", "tanh hidden units."), ("wavenet", "Units of each level."),
+                           ("rnn, gru", "Size of the hidden state of each layer.")):
+        assert f"{model}: {meaning}" in help_text
+    assert "--steps INT Optimizer steps" in help_text  # said once where every model says the same
+
+
+def test_help_and_version_start_without_torch(tmp_path):
+    """`makemore --help` and `--version` answer at once: they import neither torch nor the models."""
+    import os
+    import subprocess
+    import sys
+
+    runner = ("import json, sys\nfrom click.testing import CliRunner\nfrom makemore.cli import cli\n"
+              "out = [CliRunner().invoke(cli, [a]).output for a in ('--help', '--version')]\n"
+              "print(json.dumps([out, 'torch' in sys.modules]))")
+    done = subprocess.run([sys.executable, "-c", runner], capture_output=True, text=True, cwd=tmp_path, check=True,
+                          env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])))
+    (help_text, version), torch_imported = json.loads(done.stdout)
+    assert "train" in help_text and "makemore, version" in version and not torch_imported
