@@ -299,17 +299,18 @@ def train(model: str | None = None, data: str | Path | None = None, out: str | P
     Under torchrun every process calls this; rank 0 alone warns, evaluates and writes (see distributed).
     """
     warn = warn or (lambda message: print(printable(message), file=sys.stderr))
-    world, dev = distributed.setup(resolve_device(device))
-    if not world.is_main:
+    if not distributed.is_main():
         warn, progress = (lambda message: None), False
     if name is not None:
         check_name(name)
     resume = Path(resume) if resume is not None else None
+    # the options, the checkpoint and the data are checked before the processes meet: a refusal is one line
     if resume is not None:
         run = _resumed_run(resume, model, data, model_options, train_options, splits, split_seed, strict, warn)
     else:
         run = _new_run(model or "mlp", data, model_options, train_options, splits or DEFAULT_SPLITS,
                        DEFAULT_SPLIT_SEED if split_seed is None else split_seed)
+    world, dev = distributed.setup(resolve_device(device))
     cls, mconfig, tconfig, prior = run.cls, run.mconfig, run.tconfig, run.prior
     model = cls.name
     out = Path(out)

@@ -137,21 +137,22 @@ def recorded_status(path: str, fingerprint: str, limit: int = MAX_DATA_BYTES) ->
     except (OSError, ValueError):
         return "unreadable"
     h = hashlib.sha256()
-    with os.fdopen(fd, "rb", buffering=0) as f:
-        try:
-            found = os.fstat(f.fileno())
-            if not stat.S_ISREG(found.st_mode):  # a FIFO or device is never read: it may block or never end
-                return "unreadable"
-            if found.st_size > limit:
-                return "changed"
-            total = 0
-            while chunk := f.read(1 << 20):
-                total += len(chunk)
-                if total > limit:  # it grew while being read
-                    return "changed"
-                h.update(chunk)
-        except OSError:
+    try:
+        found = os.fstat(fd)
+        if not stat.S_ISREG(found.st_mode):  # a directory, FIFO or device is never read
             return "unreadable"
+        if found.st_size > limit:
+            return "changed"
+        total = 0
+        while chunk := os.read(fd, 1 << 20):
+            total += len(chunk)
+            if total > limit:  # it grew while being read
+                return "changed"
+            h.update(chunk)
+    except OSError:
+        return "unreadable"
+    finally:
+        os.close(fd)
     return "unchanged" if h.hexdigest()[:len(fingerprint)] == fingerprint and fingerprint else "changed"
 
 
