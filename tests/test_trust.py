@@ -6,7 +6,7 @@ import string
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import invoke, ok
@@ -365,6 +365,8 @@ def test_long_work_speaks_after_a_second_and_quick_work_stays_silent(capsys):
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(recorded=st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1,
                         max_size=60))  # what the loader takes: no NUL, no name over 255 bytes
+@example(recorded="r")  # a folder (relative to the working directory): it was opened, then read
+@example(recorded="/dev/zero")
 @pytest.mark.slow
 def test_any_recorded_path_is_shown_escaped_on_one_line_and_never_read(run_dir, tmp_path_factory, recorded):
     """Whatever path a checkpoint records (control characters, a newline, a path to any file), inspect shows it
