@@ -25,7 +25,7 @@ from makemore.files import atomic_write, check_name, check_not_inputs
 from makemore.models import MODELS, get_model_class
 from makemore.models.mixture import MAX_MODELS, Mixture, MixtureConfig
 from makemore.train import LoopState, TrainConfig, evaluate, make_optimizer, stop_on_signals, train_loop
-from makemore.trained import Trained, _changed_data, _model_from, check_predicts, load, resolve_device
+from makemore.trained import Trained, check_predicts, load, model_from, note_changed_data, resolve_device
 
 PLOT_HINT = plots.INSTALL_HINT
 latest = checkpoint.latest  # the checkpoint trained last in a folder
@@ -206,7 +206,7 @@ def _resumed_run(path: Path, model: str | None, data, model_options: dict | None
         raise MakemoreError(f"{printable(path)}: has trained all {prior['step']:,} of its steps; give --steps above "
                             f"{prior['step']:,} to train it further")
     tconfig.steps = wanted.steps
-    resumed = _model_from(prior, path)  # a checkpoint whose weights do not fit is refused before any work
+    resumed = model_from(prior, path)  # a checkpoint whose weights do not fit is refused before any work
     if not cls.counts and prior["step"] > 0:
         checkpoint.check_resumable(prior, path, make_optimizer(resumed, tconfig))
     dataset = _resumed_data(prior, path, data, strict, warn)
@@ -241,7 +241,7 @@ def _resumed_data(prior: dict, path: Path, data, strict: bool, warn) -> Data:
     if data is not None:
         dataset = Data.read(data)
         if dataset.fingerprint != prior["data"]["fingerprint"]:
-            _changed_data(prior, dataset, strict, warn)
+            note_changed_data(prior, dataset, strict, warn)
         return dataset
     recorded = prior["data"]["path"]
     kept = prior["items"].split("\n") if prior.get("items") else []

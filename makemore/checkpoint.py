@@ -37,7 +37,7 @@ from safetensors.torch import save_file
 
 from makemore import __version__, options
 from makemore import checkpoint_checks as checks
-from makemore.data import MAX_ITEM_CHARS, MAX_VOCAB, SPLIT_NAMES, _split_sizes
+from makemore.data import MAX_ITEM_CHARS, MAX_VOCAB, SPLIT_NAMES, split_sizes
 from makemore.errors import CheckpointError, MakemoreError
 from makemore.files import atomic_write
 from makemore.models import BUILT, MODELS, get_model_class
@@ -552,7 +552,7 @@ def _fields(document: dict) -> tuple[dict, dict]:
 def _check_split_sizes(fractions: list, n_items: int) -> None:
     """Every split with a positive fraction gets an item, as when the checkpoint was trained."""
 
-    for split, fraction, size in zip(SPLIT_NAMES, fractions, _split_sizes(n_items, fractions)):
+    for split, fraction, size in zip(SPLIT_NAMES, fractions, split_sizes(n_items, fractions)):
         if fraction > 0 and size == 0:
             raise _Refused(f"its {split} split of {n_items:,} items would be empty")
 

@@ -270,7 +270,7 @@ def split_items(items: list[str], splits=DEFAULT_SPLITS, seed: int = DEFAULT_SPL
     """
     items = list(items)
     random.Random(seed).shuffle(items)
-    sizes = _split_sizes(len(items), splits)
+    sizes = split_sizes(len(items), splits)
     for split, frac, size in zip(SPLIT_NAMES, splits, sizes):
         if frac > 0 and size == 0:
             raise DataError(
@@ -281,7 +281,7 @@ def split_items(items: list[str], splits=DEFAULT_SPLITS, seed: int = DEFAULT_SPL
     return {"train": items[:n1], "dev": items[n1:n2], "test": items[n2:]}
 
 
-def _split_sizes(n: int, splits) -> tuple[int, int, int]:
+def split_sizes(n: int, splits) -> tuple[int, int, int]:
     n1 = int(splits[0] * n)
     # float round-off must not leave a stray item in an empty test split
     n2 = n if splits[2] == 0 else int((splits[0] + splits[1]) * n)
@@ -291,7 +291,7 @@ def _split_sizes(n: int, splits) -> tuple[int, int, int]:
 def min_items(splits) -> int:
     """The fewest items for which every split with a positive fraction gets at least one item."""
     def enough(n: int) -> bool:
-        return all(size > 0 for frac, size in zip(splits, _split_sizes(n, splits)) if frac > 0)
+        return all(size > 0 for frac, size in zip(splits, split_sizes(n, splits)) if frac > 0)
 
     # From n >= 2/f on, floor arithmetic gives every fraction f at least one item, so the search is short
     # unless a fraction is tiny; then that bound is the answer. Below it, counts that work can be

@@ -36,7 +36,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def _changed_data(ckpt: dict, data: Data, strict: bool, warn) -> None:
+def note_changed_data(ckpt: dict, data: Data, strict: bool, warn) -> None:
     """Warn (or with strict refuse) that the data file given is not the one a checkpoint was trained on."""
     recorded, trained_on = ckpt["data"]["path"], ckpt["data"]["fingerprint"]
     if _same_file(data.path, recorded):
@@ -96,7 +96,7 @@ class Trained:
             return None
         loaded = Data.read(data)
         if _same_file(loaded.path, self.ckpt["data"]["path"]) and loaded.fingerprint != self.ckpt["data"]["fingerprint"]:
-            _changed_data(self.ckpt, loaded, strict, warn)
+            note_changed_data(self.ckpt, loaded, strict, warn)
         return loaded
 
     def evaluate(self, split: str = "dev", data: str | Path | None = None, strict: bool = False, warn=None,
@@ -240,7 +240,7 @@ def load(path: str | Path | None = None, out: str | Path = "out", device: str = 
     ckpt = checkpoint.load(path)
     if model is not None and ckpt["model"] != model:
         raise CheckpointError(f"{path}: holds a {ckpt['model']} model, not {model}")
-    net = _model_from(ckpt, path)
+    net = model_from(ckpt, path)
     dev = resolve_device(device)
     net.to(dev).eval()
     threads.setup(n_threads, dev, threads.work(net, EVAL_ROWS))
@@ -266,7 +266,7 @@ def _device_of(net) -> torch.device:
     return next(iter(net.state_dict().values())).device
 
 
-def _model_from(ckpt: dict, path) -> torch.nn.Module:
+def model_from(ckpt: dict, path) -> torch.nn.Module:
     """The model of a checkpoint that checkpoint.load has checked, with its weights, built without initialising
     the weights they replace (the model takes the checkpoint's tensors as its own; the latest weights kept for
     --resume are loaded first, so that they are checked too). Values that only the model can judge (an
