@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import sys
 import tempfile
 import time
@@ -21,7 +20,7 @@ from makemore.data import (DEFAULT_SPLIT_SEED, DEFAULT_SPLITS, Data, Vocab, read
                            recorded_status)
 from makemore.dataset import build_dataset
 from makemore.errors import CheckpointError, DataError, Interrupted, MakemoreError, OptionError, printable
-from makemore.files import atomic_write, check_name, check_not_inputs
+from makemore.files import atomic_write, check_name, check_not_inputs, same_file
 from makemore.models import MODELS, get_model_class
 from makemore.models.mixture import MAX_MODELS, Mixture, MixtureConfig
 from makemore.train import LoopState, TrainConfig, evaluate, make_optimizer, stop_on_signals, train_loop
@@ -184,12 +183,8 @@ def _resumed_run(path: Path, model: str | None, data, model_options: dict | None
                               "checkpoints, not trained step by step, so it cannot be resumed")
     cls = get_model_class(prior["model"])
     recorded = dict(model=prior["model"], splits=tuple(prior["split"]["fractions"]), split_seed=prior["split"]["seed"])
-    for key, value in dict(model=model, splits=splits, split_seed=split_seed).items():
-        if value is not None and (tuple(value) if key == "splits" else value) != recorded[key]:
-            shown = ",".join(f"{f:g}" for f in value) if key == "splits" else value
-            was = ",".join(f"{f:g}" for f in recorded[key]) if key == "splits" else recorded[key]
-            raise OptionError(f"--{key.replace('_', '-')} {shown} contradicts the run being resumed, which has {was}; "
-                              "leave it out to continue that run, or train a new one without --resume")
+    given = dict(model=model, splits=tuple(splits) if splits is not None else None, split_seed=split_seed)
+    _refuse_changes(recorded, {**recorded, **_given(given)})
     mconfig = cls.config_from(prior["config"], complete=True)
     _refuse_changes(mconfig, cls.config_from({**dataclasses.asdict(mconfig), **_given(model_options)}, complete=True))
     tconfig = options.make(TrainConfig, prior["train"], what="the run to resume") if not cls.counts else \
@@ -216,23 +211,14 @@ def _resumed_run(path: Path, model: str | None, data, model_options: dict | None
 
 
 def _refuse_changes(recorded, wanted) -> None:
-    """OptionError for the first setting in which wanted (the recorded config with the options given) differs
-    from recorded."""
-    for field in dataclasses.fields(recorded):
-        was, now = getattr(recorded, field.name), getattr(wanted, field.name)
-        if was != now:
-            raise OptionError(f"{options.flag(field.name)} {_plain_value(now)} contradicts the run being resumed, "
-                              f"which has {_plain_value(was)}; leave it out to continue that run, or train a new one "
-                              "without --resume")
-
-
-def _plain_value(value) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (tuple, list)):
-        return ",".join(_plain_value(v) for v in value)
-    return "none" if value is None else str(value)
-
+    """OptionError for the first setting in which wanted (the recorded settings with the options given) differs
+    from recorded; both are configs (dataclasses) or dicts of the same keys."""
+    was, now = ((vars(c) if dataclasses.is_dataclass(c) else c) for c in (recorded, wanted))
+    for name, value in was.items():
+        if now[name] != value:
+            raise OptionError(f"{options.flag(name)} {options.plain(now[name])} contradicts the run being resumed, "
+                              f"which has {options.plain(value)}; leave it out to continue that run, or train a new "
+                              "one without --resume")
 
 def _resumed_data(prior: dict, path: Path, data, strict: bool, warn) -> Data:
     """The data a resumed run trains on: the file given with --data, else the items the checkpoint keeps.
@@ -258,7 +244,7 @@ def _output_path(out: Path, name: str | None, default: str, resumed: Path | None
     """Where the run's checkpoint goes: --out/NAME.safetensors. A resumed checkpoint is never written over:
     its continuation gets the first free name NAME-2, NAME-3, ... when it would land on it."""
     path = out / f"{name or default}{checkpoint.SUFFIX}"
-    if resumed is None or not _same_file(path, resumed):
+    if resumed is None or not same_file(path, resumed):
         return path
     if name is not None:
         raise OptionError(f"--name {name} would write over the checkpoint being resumed, {printable(resumed)}; "
@@ -270,13 +256,6 @@ def _output_path(out: Path, name: str | None, default: str, resumed: Path | None
         path = out / f"{stem}-{n}{checkpoint.SUFFIX}"
         if not path.exists():
             return path
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return Path(a).resolve() == Path(b).resolve()
 
 
 @distributed.leaves_process_group

@@ -13,7 +13,7 @@ import sys
 import click
 from click.core import ParameterSource
 
-from makemore import __version__, distributed
+from makemore import __version__, distributed, options
 from makemore.models import MODEL_NAMES, MODELS
 
 SPLITS = ("train", "dev", "test", "all")
@@ -112,23 +112,15 @@ def _declared_option(name: str, spec, defaults: dict):
     for model, value in defaults.items():
         by_value.setdefault(value, []).append(model)
     if len(by_value) == 1:
-        shown = _plain(next(iter(by_value)))
+        shown = options.plain(next(iter(by_value)))
     else:
-        shown = "; ".join(f"{', '.join(models)} {_plain(value)}" for value, models in by_value.items())
+        shown = "; ".join(f"{', '.join(models)} {options.plain(value)}" for value, models in by_value.items())
     help_text = f"{spec.help} [default: {shown}]"
     flag = "--" + name.replace("_", "-")
     if spec.kind is bool:
         return click.Option([f"{flag}/--no-{flag[2:]}", name], default=None, help=help_text, show_default=False)
     kind = click.Choice(spec.choices) if spec.choices else DeclaredType(spec)
     return click.Option([flag, name], type=kind, default=None, help=help_text, show_default=False)
-
-
-def _plain(value) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, tuple):
-        return ",".join(f"{v:g}" for v in value)
-    return "none" if value is None else str(value)
 
 
 class RegistryCommand(click.Command):

@@ -40,12 +40,14 @@ def check_not_inputs(outputs, inputs) -> None:
 
     for written in outputs:
         for read in inputs:
-            if read is not None and _same_file(written, read):
+            if read is not None and same_file(written, read):
                 raise OptionError(f"{printable(written)} is a file this command reads; it would be written over: "
                                   "choose another output")
 
 
-def _same_file(a, b) -> bool:
+def same_file(a, b) -> bool:
+    """Whether paths a and b name the same file (a link to it included); two paths of files not made yet
+    are the same when they are the same path."""
     try:
         return os.path.samefile(a, b)
     except OSError:  # one of them does not exist (yet): the same path is the same file

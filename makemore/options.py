@@ -57,6 +57,15 @@ class Option:
 
 
 
+def plain(value) -> str:
+    """A setting's value as the user types it: 0.003, 0.8,0.1,0.1, none."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (tuple, list)):
+        return ",".join(plain(v) for v in value)
+    return "none" if value is None else str(value)
+
+
 _KIND_NAMES = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}
 
 

@@ -14,7 +14,7 @@ from makemore.constraints import PATIENCE, Request, Samples, length_cap
 from makemore.data import SPLIT_NAMES, Data, Vocab, split_items
 from makemore.dataset import build_dataset
 from makemore.errors import CheckpointError, DataError, MakemoreError, TrainingError, printable
-from makemore.files import check_not_inputs
+from makemore.files import check_not_inputs, same_file
 from makemore.models import get_model_class
 from makemore.nearest import nearest as closest
 from makemore.sampling import Sampler, log_probs
@@ -39,7 +39,7 @@ def resolve_device(name: str = "auto") -> torch.device:
 def note_changed_data(ckpt: dict, data: Data, strict: bool, warn) -> None:
     """Warn (or with strict refuse) that the data file given is not the one a checkpoint was trained on."""
     recorded, trained_on = ckpt["data"]["path"], ckpt["data"]["fingerprint"]
-    if _same_file(data.path, recorded):
+    if same_file(data.path, recorded):
         message = (f"{printable(data.path)} has changed since training (fingerprint {data.fingerprint} now, "
                    f"{printable(trained_on)} when the checkpoint was trained)")
     else:
@@ -48,13 +48,6 @@ def note_changed_data(ckpt: dict, data: Data, strict: bool, warn) -> None:
     if strict:
         raise DataError(message)
     warn("warning: " + message)
-
-
-def _same_file(a, b) -> bool:
-    try:
-        return Path(a).resolve() == Path(b).resolve()
-    except (OSError, ValueError, RuntimeError):
-        return False
 
 
 @dataclass
@@ -95,7 +88,7 @@ class Trained:
                                       "data file with --data")
             return None
         loaded = Data.read(data)
-        if _same_file(loaded.path, self.ckpt["data"]["path"]) and loaded.fingerprint != self.ckpt["data"]["fingerprint"]:
+        if same_file(loaded.path, self.ckpt["data"]["path"]) and loaded.fingerprint != self.ckpt["data"]["fingerprint"]:
             note_changed_data(self.ckpt, loaded, strict, warn)
         return loaded
 

@@ -166,14 +166,14 @@ class Model(nn.Module):
 def on_meta_device() -> bool:
     """Whether the model being built is on the meta device (Model.on_meta): its __init__ then leaves the
     buffers that are not saved to derive(), which from_state calls once the weights are loaded (computing
-    them on the meta device would import torch._dynamo, as WithoutRandomFills explains)."""
+    them on the meta device would import torch's compiler, dynamo, as WithoutRandomFills explains)."""
     return torch.get_default_device().type == "meta"
 
 
 class WithoutRandomFills(TorchFunctionMode):
     """Used with torch.device("meta"): filling a meta tensor with initial values does nothing (torch.nn.init's
     functions and the random fills) and torch.randn makes an empty tensor. A meta tensor holds no numbers to
-    fill, but torch's normal_ there runs a Python reference whose first call imports torch._dynamo: about a
+    fill, but torch's normal_ there runs a Python reference whose first call imports its compiler (dynamo): about a
     second of every command that loads a checkpoint."""
 
     INITS = frozenset(getattr(nn.init, name) for name in dir(nn.init) if name.endswith("_") and name[0] != "_")
