@@ -1,4 +1,4 @@
-"""The library behind the CLI: train, lr-find, mix and inspect here; a loaded model (load, Trained) in
+"""The library behind the CLI: train, lr_find, mix and inspect; a loaded model (load, Trained) is in
 makemore.trained. Raises exceptions, never exits."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from makemore import checkpoint, declarations, distributed, instruments, memory, mixing, options, plots, threads
+from makemore import checkpoint, distributed, instruments, memory, mixing, options, plots, threads
 from makemore.batches import BATCH_CHUNK, GATHER
 from makemore.constraints import NothingFound, Samples
 from makemore.data import (DEFAULT_SPLIT_SEED, DEFAULT_SPLITS, Data, Vocab, read_items, read_items_file, recordable,
@@ -21,8 +21,8 @@ from makemore.data import (DEFAULT_SPLIT_SEED, DEFAULT_SPLITS, Data, Vocab, read
 from makemore.dataset import build_dataset
 from makemore.errors import CheckpointError, DataError, Interrupted, MakemoreError, OptionError, printable
 from makemore.files import atomic_write, check_name, check_not_inputs, same_file
-from makemore.models import MODELS, get_model_class
-from makemore.models.mixture import MAX_MODELS, Mixture, MixtureConfig
+from makemore.models import MODELS, get_model_class, trainable_classes
+from makemore.models.mixture import MAX_MODELS, Mixture, MixtureConfig, check_weights
 from makemore.train import LoopState, TrainConfig, evaluate, make_optimizer, stop_on_signals, train_loop
 from makemore.trained import Trained, check_predicts, load, model_from, note_changed_data, resolve_device
 
@@ -33,25 +33,29 @@ __all__ = ["load", "train", "inspect", "mix", "lr_find", "read_items", "read_ite
            "resolve_device", "MakemoreError", "OptionError", "NothingFound"]
 
 
-def model_config(model_name: str, given: dict):
-    """The model's config with the given (non-None) options applied, each checked where it is declared;
-    an option the model does not take is an OptionError naming the models that take it."""
-    given = _given(given)
-    declarations.from_classes().check(model_name, given, {})
-    return get_model_class(model_name).config_from(given)
-
-
 def _given(values: dict | None) -> dict:
-    """The options the user gave: those not None."""
     return {k: v for k, v in (values or {}).items() if v is not None}
 
 
+def model_config(model_name: str, given: dict):
+    """The model's config with the given (non-None) options applied and checked; an option the model does not
+    take is an OptionError naming the models that take it."""
+    cls, given = get_model_class(model_name), _given(given)
+    for name in given:
+        if name not in options.declared(cls.Config):
+            others = [m for m, c in trainable_classes().items() if name in options.declared(c.Config)]
+            raise OptionError(f"{options.flag(name)} does not apply to --model {model_name}; it is an option of "
+                              f"{', '.join(others) or 'no model'}")
+    return cls.config_from(given)
+
+
 def train_config(model_name: str, given: dict) -> TrainConfig:
-    """The loop's settings: TrainConfig's defaults, then the model's train_defaults, then the given values;
-    checked as declared (a counting model takes none)."""
-    given = _given(given)
-    declarations.from_classes().check(model_name, {}, given)
-    return options.make(TrainConfig, dict(get_model_class(model_name).train_defaults, **given), what="training")
+    """The loop's settings: TrainConfig's defaults, then the model's train_defaults, then the given values."""
+    cls, given = get_model_class(model_name), _given(given)
+    if cls.counts and given:
+        raise OptionError(f"{options.flag(next(iter(given)))} does not apply to --model {model_name}: it is "
+                          "counted in one pass, not trained step by step")
+    return options.make(TrainConfig, dict(cls.train_defaults, **given), what="training")
 
 
 def apply_size_rules(cls, tconfig: TrainConfig, given: dict | None, n_examples: int) -> None:
@@ -149,8 +153,7 @@ def check_writable(out_dir: Path) -> None:
 
 @dataclass
 class Run:
-    """What a training run is set up from: the model's class and config, the loop's settings, the data and
-    its split, the vocabulary, and for --resume the checkpoint continued (prior)."""
+    """What a training run is set up from; prior: the checkpoint a resumed run continues."""
 
     cls: type
     mconfig: object
@@ -159,18 +162,20 @@ class Run:
     splits: tuple
     split_seed: int
     vocab: Vocab
+    parts: dict
     prior: dict | None = None
 
 
 def _new_run(model: str, data, model_options: dict | None, train_options: dict | None, splits, split_seed) -> Run:
     cls = get_model_class(model)
-    mconfig = model_config(model, model_options or {})
-    tconfig = train_config(model, train_options or {})
+    splits = options.check_splits(splits)
+    mconfig = model_config(model, model_options)
+    tconfig = train_config(model, train_options)
     dataset = Data.read(data)
     parts = dataset.split(splits, split_seed)
     vocab = Vocab.from_items(dataset.items)
     mconfig = cls.config_for_data(mconfig, _given(model_options), parts["train"], len(vocab))
-    return Run(cls, mconfig, tconfig, dataset, tuple(splits), split_seed, vocab)
+    return Run(cls, mconfig, tconfig, dataset, splits, split_seed, vocab, parts)
 
 
 def _resumed_run(path: Path, model: str | None, data, model_options: dict | None, train_options: dict | None,
@@ -187,11 +192,11 @@ def _resumed_run(path: Path, model: str | None, data, model_options: dict | None
     _refuse_changes(recorded, {**recorded, **_given(given)})
     mconfig = cls.config_from(prior["config"], complete=True)
     _refuse_changes(mconfig, cls.config_from({**dataclasses.asdict(mconfig), **_given(model_options)}, complete=True))
-    tconfig = options.make(TrainConfig, prior["train"], what="the run to resume") if not cls.counts else \
-        train_config(prior["model"], {})
     given = _given(train_options)
-    if cls.counts and given:
-        train_config(prior["model"], given)  # the OptionError a counting model gives for a training setting
+    if cls.counts:
+        tconfig = train_config(prior["model"], given)  # the OptionError a counting model gives for a setting
+    else:
+        tconfig = options.make(TrainConfig, prior["train"], what="the run to resume")
     wanted = options.make(TrainConfig, {**dataclasses.asdict(tconfig), **given}, what="training")
     _refuse_changes(tconfig, dataclasses.replace(wanted, steps=tconfig.steps))
     if wanted.steps < prior["step"]:
@@ -207,7 +212,8 @@ def _resumed_run(path: Path, model: str | None, data, model_options: dict | None
     dataset = _resumed_data(prior, path, data, strict, warn)
     vocab = Vocab(prior["vocab"])
     vocab.check_items(dataset.items, printable(dataset.path))
-    return Run(cls, mconfig, tconfig, dataset, recorded["splits"], recorded["split_seed"], vocab, prior)
+    parts = dataset.split(recorded["splits"], recorded["split_seed"])
+    return Run(cls, mconfig, tconfig, dataset, recorded["splits"], recorded["split_seed"], vocab, parts, prior)
 
 
 def _refuse_changes(recorded, wanted) -> None:
@@ -220,10 +226,10 @@ def _refuse_changes(recorded, wanted) -> None:
                               f"which has {options.plain(value)}; leave it out to continue that run, or train a new "
                               "one without --resume")
 
+
 def _resumed_data(prior: dict, path: Path, data, strict: bool, warn) -> Data:
-    """The data a resumed run trains on: the file given with --data, else the items the checkpoint keeps.
-    The file the checkpoint records is never read for its items (a received checkpoint may name any file):
-    it is only compared with the recorded fingerprint, and a changed one refuses the resume."""
+    """The file given with --data, else the items the checkpoint keeps. The file the checkpoint records is never
+    read (a received checkpoint may name any file): a changed fingerprint of it refuses the resume."""
     if data is not None:
         dataset = Data.read(data)
         if dataset.fingerprint != prior["data"]["fingerprint"]:
@@ -241,8 +247,7 @@ def _resumed_data(prior: dict, path: Path, data, strict: bool, warn) -> Data:
 
 
 def _output_path(out: Path, name: str | None, default: str, resumed: Path | None) -> Path:
-    """Where the run's checkpoint goes: --out/NAME.safetensors. A resumed checkpoint is never written over:
-    its continuation gets the first free name NAME-2, NAME-3, ... when it would land on it."""
+    """out/NAME.safetensors; a continuation that would land on the checkpoint it resumes gets NAME-2, NAME-3..."""
     path = out / f"{name or default}{checkpoint.SUFFIX}"
     if resumed is None or not same_file(path, resumed):
         return path
@@ -258,101 +263,27 @@ def _output_path(out: Path, name: str | None, default: str, resumed: Path | None
             return path
 
 
-@distributed.leaves_process_group
-def train(model: str | None = None, data: str | Path | None = None, out: str | Path = "out", name: str | None = None,
-          model_options: dict | None = None, train_options: dict | None = None,
-          splits=None, split_seed: int | None = None, resume: str | Path | None = None,
-          device: str = "auto", progress: bool = True, strict: bool = False, warn=None,
-          n_threads: int | None = None) -> TrainResult:
-    """Train a model (or continue the checkpoint named by resume) and write its checkpoint in out.
-
-    model, splits and split_seed default to mlp, 0.8,0.1,0.1 and 42; with resume they default to the
-    checkpoint's, and any option given must agree with it (OptionError), except train_options' steps, which
-    may lengthen the run. The resumed checkpoint itself is never written: the continued run is saved in out,
-    under name (default: the resumed checkpoint's, or NAME-2 beside it). Without data a resumed run trains
-    on the items the checkpoint keeps. No checkpoint is written (nor an earlier one replaced) until the run
-    has a model that loads: a run that diverges or stops before its first evaluation leaves out as it was.
-
-    n_threads: torch's thread count; None lets makemore.threads choose it and adapt it to the machine's load.
-
-    Under torchrun every process calls this; rank 0 alone warns, evaluates and writes (see distributed).
-    """
-    warn = warn or (lambda message: print(printable(message), file=sys.stderr))
-    if not distributed.is_main():
-        warn, progress = (lambda message: None), False
-    if name is not None:
-        check_name(name)
-    resume = Path(resume) if resume is not None else None
-    # the options, the checkpoint and the data are checked before the processes meet: a refusal is one line
-    if resume is not None:
-        run = _resumed_run(resume, model, data, model_options, train_options, splits, split_seed, strict, warn)
-    else:
-        run = _new_run(model or "mlp", data, model_options, train_options, splits or DEFAULT_SPLITS,
-                       DEFAULT_SPLIT_SEED if split_seed is None else split_seed)
-    world, dev = distributed.setup(resolve_device(device))
-    cls, mconfig, tconfig, prior = run.cls, run.mconfig, run.tconfig, run.prior
-    model = cls.name
-    out = Path(out)
-    path = _output_path(out, name, resume.stem if resume is not None else model, resume)
-    check_not_inputs([path, path.with_suffix(".metrics.jsonl"), plots.curve_path(path)], [run.dataset.path, resume])
-    parts = run.dataset.split(run.splits, run.split_seed)
-    net, train_set, dev_set = build_run(cls, mconfig, tconfig, run.vocab, parts, dev, with_dev=world.is_main)
-    if world.is_main:  # made only now: a run refused above leaves no empty folder behind
-        check_writable(out)
-    governor = threads.Governor(threads.setup(n_threads, dev, threads.work(net, tconfig.batch_size)))
-    if prior is None:  # a resumed run keeps the settings it started with
-        apply_size_rules(cls, tconfig, train_options, len(train_set))
-
-    replaced = path.exists()
-    base = dict(
-        model=model, config=mconfig, vocab=run.vocab.chars, train=tconfig,
-        split=dict(fractions=list(run.splits), seed=run.split_seed),
-        data=dict(path=recordable(run.dataset.path), fingerprint=run.dataset.fingerprint,
-                  n_items=len(run.dataset.items)),
-        items="\n".join(run.dataset.items),
-    )
-    metrics_path = path.with_suffix(".metrics.jsonl")
+def _checkpoint_writer(run: Run, path: Path, out: Path, world_size: int):
+    """save(state, net) for the loop: the checkpoint, the pointer to it in out, and the metrics beside it."""
+    base = dict(model=run.cls.name, config=run.mconfig, vocab=run.vocab.chars, train=run.tconfig,
+                split=dict(fractions=list(run.splits), seed=run.split_seed),
+                data=dict(path=recordable(run.dataset.path), fingerprint=run.dataset.fingerprint,
+                          n_items=len(run.dataset.items)),
+                items="\n".join(run.dataset.items))
 
     def write(state: LoopState, net) -> None:
         resume_state = None
         if state.optimizer is not None:
             resume_state = dict(state_dict=net.state_dict(), optimizer=state.optimizer, rng=state.rng,
-                                elapsed=state.elapsed, world_size=world.size)
+                                elapsed=state.elapsed, world_size=world_size)
         checkpoint.save(checkpoint.build(**base, state_dict=state.best_state or net.state_dict(), step=state.step,
                                          best_dev_loss=state.best_dev_loss, metrics=list(state.metrics or []),
                                          resume=resume_state), path)
         checkpoint.write_latest(out, path)
-        atomic_metrics(metrics_path, state.metrics or [])
+        text = "".join(json.dumps(record) + "\n" for record in state.metrics or [])
+        atomic_write(path.with_suffix(".metrics.jsonl"), lambda f: f.write(text.encode()))
 
-    if cls.counts:
-        if world.is_main:  # counting is one quick pass: the other processes have nothing to do
-            net.fit(train_set)
-            check_predicts(net, f"the {model} model counted from {printable(run.dataset.path)}")
-        state = LoopState(step=0, metrics=[], best_state=net.state_dict())
-        if world.is_main:
-            write(state, net)
-    else:
-        state = _loop_state(prior, net, dev, world, tconfig, warn)
-        with stop_on_signals() as stop:
-            if world.is_main and tconfig.steps == state.step == 0:  # asked for no training: the model as built
-                write(state, net)
-            # the loop writes the checkpoint at every evaluation, the last step included, and on an interrupt
-            try:
-                state = train_loop(net, train_set, dev_set, tconfig, state, save=write if world.is_main else None,
-                                   progress=progress, stop=stop, world=world, governor=governor)
-            except Interrupted as e:
-                e.path, e.step = path, state.step
-                raise
-        if state.best_state is not None:  # None when no step ran (--steps 0)
-            net.load_state_dict(state.best_state)
-    seconds = state.elapsed
-    if not world.is_main:
-        return TrainResult(path, state.step, float("nan"), float("nan"), seconds, replaced)
-    train_loss = evaluate(net, train_set)
-    dev_loss = evaluate(net, dev_set) if dev_set is not None else float("nan")
-    curve = plots.write_curve_if_possible(state.metrics, plots.curve_path(path),
-                                           plots.curve_title(model, printable(run.dataset.path)))
-    return TrainResult(path, state.step, train_loss, dev_loss, seconds, replaced, curve)
+    return write
 
 
 def _loop_state(prior: dict | None, net, dev: torch.device, world, tconfig: TrainConfig, warn) -> LoopState:
@@ -373,9 +304,71 @@ def _loop_state(prior: dict | None, net, dev: torch.device, world, tconfig: Trai
                      optimizer=r["optimizer"], rng=r["rng"], metrics=list(prior["metrics"]), elapsed=r["elapsed"])
 
 
-def atomic_metrics(path: Path, metrics: list[dict]) -> None:
-    text = "".join(json.dumps(record) + "\n" for record in metrics)
-    atomic_write(path, lambda f: f.write(text.encode()))
+@distributed.leaves_process_group
+def train(model: str | None = None, data: str | Path | None = None, out: str | Path = "out", name: str | None = None,
+          model_options: dict | None = None, train_options: dict | None = None,
+          splits=None, split_seed: int | None = None, resume: str | Path | None = None,
+          device: str = "auto", progress: bool = True, strict: bool = False, warn=None,
+          n_threads: int | None = None, on_log=None) -> TrainResult:
+    """Train a model (or continue the checkpoint resume names) and write its checkpoint in out.
+
+    model, splits and split_seed default to mlp, 0.8,0.1,0.1 and 42, with resume to the checkpoint's, which
+    every option given must agree with (OptionError) except steps. The resumed file is never written over, and
+    nothing is written until the run has a model that loads. n_threads: None lets makemore.threads choose and
+    adapt. on_log(record) at each log point: {step, train_loss, lr, elapsed} (+ dev_loss at evaluations).
+    Under torchrun every process calls this; rank 0 alone warns, evaluates and writes.
+    """
+    warn = warn or (lambda message: print(printable(message), file=sys.stderr))
+    if not distributed.is_main():
+        warn, progress = (lambda message: None), False
+    if name is not None:
+        check_name(name)
+    options.check_device(device)
+    resume = Path(resume) if resume is not None else None
+    # the options, the checkpoint and the data are checked before the processes meet: a refusal is one line
+    if resume is not None:
+        run = _resumed_run(resume, model, data, model_options, train_options, splits, split_seed, strict, warn)
+    else:
+        run = _new_run(model or "mlp", data, model_options, train_options, splits or DEFAULT_SPLITS,
+                       DEFAULT_SPLIT_SEED if split_seed is None else split_seed)
+    world, dev = distributed.setup(resolve_device(device))
+    cls, tconfig, out = run.cls, run.tconfig, Path(out)
+    path = _output_path(out, name, resume.stem if resume is not None else cls.name, resume)
+    check_not_inputs([path, path.with_suffix(".metrics.jsonl"), plots.curve_path(path)], [run.dataset.path, resume])
+    net, train_set, dev_set = build_run(cls, run.mconfig, tconfig, run.vocab, run.parts, dev, with_dev=world.is_main)
+    if world.is_main:  # made only now: a run refused above leaves no empty folder behind
+        check_writable(out)
+    governor = threads.Governor(threads.setup(n_threads, dev, threads.work(net, tconfig.batch_size)))
+    if run.prior is None:  # a resumed run keeps the settings it started with
+        apply_size_rules(cls, tconfig, train_options, len(train_set))
+    replaced = path.exists()
+    write = _checkpoint_writer(run, path, out, world.size) if world.is_main else None
+    if cls.counts:
+        if world.is_main:  # counting is one quick pass: the other processes have nothing to do
+            net.fit(train_set)
+            check_predicts(net, f"the {cls.name} model counted from {printable(run.dataset.path)}")
+        state = LoopState(step=0, metrics=[], best_state=net.state_dict())
+        if world.is_main:
+            write(state, net)
+    else:
+        state = _loop_state(run.prior, net, dev, world, tconfig, warn)
+        with stop_on_signals() as stop:
+            if write is not None and tconfig.steps == state.step == 0:  # asked for no training: the model as built
+                write(state, net)
+            try:  # the loop writes the checkpoint at every evaluation, the last step included, and on an interrupt
+                state = train_loop(net, train_set, dev_set, tconfig, state, save=write, on_log=on_log,
+                                   progress=progress, stop=stop, world=world, governor=governor)
+            except Interrupted as e:
+                e.path, e.step = path, state.step
+                raise
+        if state.best_state is not None:  # None when no step ran (--steps 0)
+            net.load_state_dict(state.best_state)
+    if not world.is_main:
+        return TrainResult(path, state.step, float("nan"), float("nan"), state.elapsed, replaced)
+    dev_loss = evaluate(net, dev_set) if dev_set is not None else float("nan")
+    curve = plots.write_curve_if_possible(state.metrics, plots.curve_path(path),
+                                          plots.curve_title(cls.name, printable(run.dataset.path)))
+    return TrainResult(path, state.step, evaluate(net, train_set), dev_loss, state.elapsed, replaced, curve)
 
 
 def lr_find(model: str = "mlp", data=None, model_options: dict | None = None, train_options: dict | None = None,
@@ -384,24 +377,24 @@ def lr_find(model: str = "mlp", data=None, model_options: dict | None = None, tr
             plot_path: str | Path | None = None, n_threads: int | None = None) -> instruments.Sweep:
     """The lecture's sweep on a fresh model, set up from the data and options exactly as train would be;
     with plot_path, its plot too, when matplotlib is installed (sweep.plot: the file, or None)."""
-    cls = get_model_class(model)
-    declarations.from_classes().check_sweep(model, min_lr, max_lr)
+    if get_model_class(model).counts:
+        trainable = [m for m, c in trainable_classes().items() if not c.counts]
+        raise OptionError(f"--model {model} is counted in one pass, it has no learning rate; lr-find "
+                          f"applies to {', '.join(trainable)}")
+    if not min_lr < max_lr:
+        raise OptionError(f"--min-lr ({min_lr:g}) must be below --max-lr ({max_lr:g})")
     dev = resolve_device(device)
-    dataset = Data.read(data)
+    run = _new_run(model, data, model_options, train_options, splits, split_seed)
     if plot_path is not None:
-        check_not_inputs([plot_path], [dataset.path])
-    parts = dataset.split(splits, split_seed)
-    vocab = Vocab.from_items(dataset.items)
-    mconfig = cls.config_for_data(model_config(model, model_options or {}), _given(model_options), parts["train"],
-                                  len(vocab))
-    tconfig = train_config(model, train_options or {})
-    net, train_set, _ = build_run(cls, mconfig, tconfig, vocab, dict(parts, dev=[]), dev)
+        check_not_inputs([plot_path], [run.dataset.path])
+    cls, mconfig, tconfig = run.cls, run.mconfig, run.tconfig
+    net, train_set, _ = build_run(cls, mconfig, tconfig, run.vocab, dict(run.parts, dev=[]), dev)
     apply_size_rules(cls, tconfig, train_options, len(train_set))  # the weight decay train would use
     lrs = instruments.exponential_lrs(min_lr, max_lr, steps)
     governor = threads.Governor(threads.setup(n_threads, dev, threads.work(net, tconfig.batch_size)))
     sweep = instruments.lr_sweep(net, train_set, make_optimizer(net, tconfig), lrs, tconfig.batch_size, tconfig.seed,
                                  tconfig.weight_decay, progress, governor)
-    sweep.settings = dict(model=model, data=str(dataset.path), optimizer=tconfig.optimizer,
+    sweep.settings = dict(model=model, data=str(run.dataset.path), optimizer=tconfig.optimizer,
                           batch_size=tconfig.batch_size, weight_decay=tconfig.weight_decay, seed=tconfig.seed,
                           min_lr=min_lr, max_lr=max_lr, steps=steps, config=dataclasses.asdict(mconfig))
     sweep.plot = plots.lr_sweep(sweep, Path(plot_path)) if plot_path is not None and plots.available() else None
@@ -437,19 +430,15 @@ def mix(paths: list, out: str | Path = "out", name: str = "mixture", weights: li
         device: str = "cpu", n_threads: int | None = None, kind: str = "log-linear",
         progress: bool = False) -> MixResult:
     """Load the checkpoints, fit the mixture weights on dev (or use the given ones), write the mixture.
-
-    kind: "log-linear" (p proportional to prod_i p_i^w_i) or "linear" (p = sum_i w_i p_i); see makemore.mixing.
-    progress: bars on stderr for the passes over dev that take more than a second."""
+    kind: "log-linear" (p proportional to prod_i p_i^w_i) or "linear" (p = sum_i w_i p_i); see makemore.mixing."""
     t0 = time.perf_counter()
+    check_name(name)
+    if len(paths) < 2:
+        raise OptionError("give at least two checkpoints to mix")
     if kind not in mixing.KINDS:
         raise OptionError(f"--kind {kind!r}: choose one of {', '.join(mixing.KINDS)}")
     if weights is not None:
-        if len(weights) != len(paths):
-            raise OptionError(f"--weights: {len(weights)} weights for {len(paths)} checkpoints")
-        if not all(0 <= w < math.inf for w in weights) or sum(weights) <= 0:
-            raise OptionError("--weights must be numbers >= 0, not all 0")
-        if kind == "log-linear" and max(weights) > mixing.MAX_LOG_LINEAR_WEIGHT:
-            raise OptionError(f"--weights of a log-linear mixture are at most {mixing.MAX_LOG_LINEAR_WEIGHT:g}")
+        weights = list(check_weights(weights, kind, len(paths), given=True))
     if len(paths) > MAX_MODELS:  # refused before a single checkpoint is read
         raise OptionError(f"{len(paths)} checkpoints: a mixture holds at most {MAX_MODELS} trained models")
     trained = [load(p, device=device, n_threads=n_threads) for p in paths]

@@ -4,6 +4,7 @@ torch is imported only inside the commands, so that `makemore --help` starts at 
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -21,36 +22,20 @@ SEED = click.IntRange(0, 2**63 - 1)  # what torch.manual_seed accepts
 # the training settings (train.TrainConfig's fields) that `makemore train` takes as flags
 TRAIN_FIELDS = ("steps", "batch_size", "lr", "optimizer", "schedule", "decay_at", "warmup", "weight_decay",
                 "eval_interval", "seed")
+SIZE_RULE = "by data size"  # a setting's default in the help, where the model derives it from the data
 
 
 class NumbersType(click.ParamType):
-    """Comma-separated numbers, e.g. 0.8,0.1,0.1; subclasses check them."""
+    """Comma-separated numbers, e.g. 0.8,0.1,0.1; the library checks what they must be."""
 
-    example = "0.8,0.1,0.1"
+    def __init__(self, name: str):
+        self.name = name
 
     def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
         try:
-            parts = tuple(float(p) for p in value.split(","))
-        except ValueError:
-            self.fail(f"{value!r} is not numbers such as {self.example}", param, ctx)
-        return self.check(value, parts, param, ctx)
-
-
-class SplitsType(NumbersType):
-    """Three non-negative fractions summing to 1, e.g. 0.8,0.1,0.1."""
-
-    name = "TRAIN,DEV,TEST"
-
-    def check(self, value, parts, param, ctx):
-        if len(parts) != 3 or any(p < 0 or math.isnan(p) for p in parts):
-            self.fail(f"{value!r} must be three non-negative numbers such as 0.8,0.1,0.1", param, ctx)
-        if abs(sum(parts) - 1) > 1e-6:
-            self.fail(f"{value!r} sums to {sum(parts):g}, not 1", param, ctx)
-        if parts[0] == 0:
-            self.fail("the train fraction must be above 0", param, ctx)
-        return parts
+            return options.numbers(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
 
 
 class PositiveFloat(click.FloatRange):
@@ -64,10 +49,6 @@ class PositiveFloat(click.FloatRange):
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number", param, ctx)
         return number
-
-
-def positive_float():
-    return PositiveFloat()
 
 
 def to_json(value, **kwargs) -> str:
@@ -85,8 +66,8 @@ def to_json(value, **kwargs) -> str:
 
 
 class DeclaredType(click.ParamType):
-    """A declared option's value from the command line: parsed by its kind (or its own parser) here; its
-    range, which may differ from model to model, is checked where it is declared (makemore.options)."""
+    """A declared option's value, parsed by its kind (or its own parser); its range, which may differ from
+    model to model, is the library's to check."""
 
     def __init__(self, spec):
         self.spec, self.name = spec, spec.metavar or spec.kind.__name__.upper()
@@ -104,11 +85,47 @@ class DeclaredType(click.ParamType):
                       param, ctx)
 
 
+def _has_size_rule(cls, name: str) -> bool:
+    """Whether the model derives the setting from the data size (asked for some size: any will do)."""
+    if name == "steps":
+        return cls.default_steps(100_000, cls.train_defaults.get("batch_size", 32)) is not None
+    return name == "weight_decay" and cls.default_weight_decay(100_000) is not None
+
+
+def declared_flags(train_fields: tuple = ()) -> list[tuple[str, options.Option, dict]]:
+    """(field name, its Option, its default by model name) for every model option and the given training
+    settings; a flag of several models has one kind, and its help says what it means for each of them."""
+    from makemore.models import trainable_classes
+    from makemore.train import TrainConfig
+
+    classes = trainable_classes()
+    found: dict[str, tuple[options.Option, dict]] = {}
+    helps: dict[str, dict[str, list[str]]] = {}
+    for model, cls in classes.items():
+        for name, (spec, default) in options.declared(cls.Config).items():
+            first, defaults = found.setdefault(name, (spec, {}))
+            if first.kind is not spec.kind:
+                raise TypeError(f"{options.flag(name)} is a {first.kind.__name__} in one model and a "
+                                f"{spec.kind.__name__} in {model}: one flag has one kind")
+            defaults[model] = default
+            helps.setdefault(name, {}).setdefault(spec.help, []).append(model)
+    for name, by_text in helps.items():
+        text = " ".join(f"{', '.join(models)}: {text}" for text, models in by_text.items()) \
+            if len(by_text) > 1 else next(iter(by_text))
+        found[name] = (dataclasses.replace(found[name][0], help=text), found[name][1])
+    train = options.declared(TrainConfig)
+    for name in train_fields:
+        spec, default = train[name]
+        found[name] = (spec, {model: SIZE_RULE if _has_size_rule(cls, name) else cls.train_defaults.get(name, default)
+                              for model, cls in classes.items() if not cls.counts})
+    return [(name, spec, defaults) for name, (spec, defaults) in found.items()]
+
+
 def _declared_option(name: str, spec, defaults: dict):
     """The click option of a declared field; defaults: its default by model name, shown in the help."""
-    by_value: dict = {}
     if spec.kind is bool:
         defaults = {model: "on" if value else "off" for model, value in defaults.items()}
+    by_value: dict = {}
     for model, value in defaults.items():
         by_value.setdefault(value, []).append(model)
     if len(by_value) == 1:
@@ -116,7 +133,7 @@ def _declared_option(name: str, spec, defaults: dict):
     else:
         shown = "; ".join(f"{', '.join(models)} {options.plain(value)}" for value, models in by_value.items())
     help_text = f"{spec.help} [default: {shown}]"
-    flag = "--" + name.replace("_", "-")
+    flag = options.flag(name)
     if spec.kind is bool:
         return click.Option([f"{flag}/--no-{flag[2:]}", name], default=None, help=help_text, show_default=False)
     kind = click.Choice(spec.choices) if spec.choices else DeclaredType(spec)
@@ -124,34 +141,32 @@ def _declared_option(name: str, spec, defaults: dict):
 
 
 class RegistryCommand(click.Command):
-    """A command whose model options and training settings are built from their declarations (the
-    models' configs in the registry, and train.TrainConfig) when click first needs the parameters: so
-    `makemore --help` imports neither the models nor torch, and `makemore train --help` does."""
+    """A command whose model options and training settings are built from the registry's model classes and
+    train.TrainConfig when click first needs them: `makemore --help` imports neither the models nor torch."""
 
     def __init__(self, *args, train_fields: tuple = (), **kwargs):
         super().__init__(*args, **kwargs)
-        self.train_fields, self.built_for, self.declarations = train_fields, None, None
+        self.train_fields, self.built_for = train_fields, None
 
     def get_params(self, ctx):
         if self.built_for != tuple(MODELS.items()):  # built once, and again only if the registry changed
             self.built_for = tuple(MODELS.items())
-            from makemore import declarations
-
-            self.declarations = declarations.from_classes()
             self.params = [p for p in self.params if not getattr(p, "declared", False)]
             model = next(i for i, p in enumerate(self.params) if p.name == "model_name")
             self.params[model].type = click.Choice(tuple(MODELS))
-            declared = [_declared_option(name, spec, defaults) for name, spec, defaults
-                        in self.declarations.flags(self.train_fields)]
+            declared = [_declared_option(*flag) for flag in declared_flags(self.train_fields)]
             for option in declared:
                 option.declared = True
             self.params[model + 1:model + 1] = declared
         return super().get_params(ctx)
 
 
-def _declared():
-    """The makemore.declarations.Declarations that the running RegistryCommand built its flags from."""
-    return click.get_current_context().command.declarations
+def _split_settings(settings: dict) -> tuple[dict, dict]:
+    """The declared flags' values (None where not given) as (model options, training settings)."""
+    from makemore.train import TrainConfig
+
+    train = {field.name for field in dataclasses.fields(TrainConfig)}
+    return ({k: v for k, v in settings.items() if k not in train}, {k: v for k, v in settings.items() if k in train})
 
 
 def handle_errors(command):
@@ -159,15 +174,13 @@ def handle_errors(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        from makemore.errors import MakemoreError, printable
+        from makemore.errors import MakemoreError, OptionError, printable
 
         try:
             return command(*args, **kwargs)
         except MakemoreError as e:
             if os.environ.get("MAKEMORE_DEBUG"):
                 raise
-            from makemore.errors import OptionError
-
             # under torchrun an error may be one process's own (a file missing on one machine): say whose
             message = printable(e) if distributed.is_main() else f"rank {distributed.rank()}: {printable(e)}"
             if isinstance(e, OptionError):
@@ -185,24 +198,8 @@ def device_option(f):
     f = click.option("--threads", "n_threads", type=click.IntRange(1, 1024),
                      help="torch's threads on the CPU. [default: chosen for the model and the machine's load, "
                           "and changed while training if the load changes; OMP_NUM_THREADS if set]")(f)
-    return click.option("--device", default="auto", show_default=True, type=DeviceType(),
+    return click.option("--device", default="auto", show_default=True, metavar="DEVICE",
                         help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")(f)
-
-
-class DeviceType(click.ParamType):
-    """A device name of a form makemore runs on, checked without torch (whether the machine has it is
-    checked when the command runs)."""
-
-    name = "DEVICE"
-
-    def convert(self, value, param, ctx):
-        from makemore.errors import OptionError
-        from makemore.options import check_device
-
-        try:
-            return check_device(value)
-        except OptionError as e:
-            self.fail(str(e).removeprefix("--device: "), param, ctx)
 
 
 def checkpoint_options(f):
@@ -213,19 +210,6 @@ def checkpoint_options(f):
     f = click.option("--model", type=click.Choice(MODEL_NAMES), expose_value=False, callback=_remember_model,
                      help="Refuse a checkpoint that holds another model. [default: any]")(f)
     return f
-
-
-def _plain_name(ctx, param, value):
-    """A checkpoint name is a plain file name in --out, not a path."""
-    if value is not None:
-        from makemore.errors import OptionError
-        from makemore.files import check_name
-
-        try:
-            check_name(value)
-        except OptionError as e:
-            raise click.BadParameter(str(e).removeprefix("--name ")) from None
-    return value
 
 
 def _remember_model(ctx, param, value):
@@ -251,9 +235,9 @@ def cli():
 @click.option("--model", "model_name", type=click.Choice(MODEL_NAMES), default="mlp", help="Which model to train.")
 @click.option("--data", type=click.Path(), help="Text file, one item per line. [default: names.txt]")
 @click.option("--out", default="out", type=click.Path(file_okay=False), help="Folder for the checkpoint.")
-@click.option("--name", callback=_plain_name, help="Checkpoint name in --out. [default: the model's name; with "
+@click.option("--name", help="Checkpoint name in --out. [default: the model's name; with "
               "--resume the resumed checkpoint's, or NAME-2 when that is the resumed file itself]")
-@click.option("--splits", type=SplitsType(), default="0.8,0.1,0.1", help="Train, dev, test fractions.")
+@click.option("--splits", type=NumbersType("TRAIN,DEV,TEST"), default="0.8,0.1,0.1", help="Train, dev, test fractions.")
 @click.option("--split-seed", type=SEED, default=42, help="Seed of the shuffle before splitting.")
 @click.option("--resume", is_flag=True, help="Continue the run in --checkpoint (or the one trained last in --out); the "
               "continuation is saved in --out, never over the checkpoint it continues.")
@@ -270,7 +254,7 @@ def train(model_name, data, out, name, splits, split_seed, resume, checkpoint_pa
     For data-parallel training on several CPU processes or GPUs, launch it with torchrun, e.g.
     torchrun --standalone --nproc-per-node 2 -m makemore train; rank 0 prints and saves.
     """
-    model_options, train_options = _declared().split(settings)
+    model_options, train_options = _split_settings(settings)
     ctx = click.get_current_context()
 
     def typed(param: str):
@@ -330,7 +314,7 @@ class RegexType(click.ParamType):
 @click.option("-n", "--num", "n", type=click.IntRange(min=1), default=10,
               help="How many items: exactly this many, each meeting every constraint.")
 @click.option("--seed", type=SEED, help="Seed for reproducible samples. [default: random]")
-@click.option("--temperature", type=positive_float(), default=1.0, help="Below 1: safer; above 1: wilder.")
+@click.option("--temperature", type=PositiveFloat(), default=1.0, help="Below 1: safer; above 1: wilder.")
 @click.option("--top-k", type=click.IntRange(min=1), help="Draw only from the k likeliest characters.")
 @click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True),
               help="Nucleus sampling: draw only from the likeliest characters that together reach P.")
@@ -348,7 +332,7 @@ class RegexType(click.ParamType):
 @click.option("--unique", is_flag=True, help="No item twice.")
 @click.option("--max-tries", type=click.IntRange(min=1),
               help="Budget of draws. [default: 100 per item asked, at least 200,000]")
-@click.option("--patience", type=positive_float(), default=10.0,
+@click.option("--patience", type=PositiveFloat(), default=10.0,
               help="Give up after this many seconds without finding a new item.")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object per line: item, log_prob, log_prob_per_char and split (train, dev, test, none).")
@@ -508,11 +492,11 @@ def score(items, data, totals, as_json, out, checkpoint_path, device, n_threads)
 @cli.command("lr-find", cls=RegistryCommand, train_fields=("batch_size", "optimizer", "weight_decay", "seed"))
 @click.option("--model", "model_name", type=click.Choice(MODEL_NAMES), default="mlp", help="Which model to sweep.")
 @click.option("--data", type=click.Path(), help="Text file, one item per line. [default: names.txt]")
-@click.option("--min-lr", type=positive_float(), default=1e-3, help="First learning rate.")
-@click.option("--max-lr", type=positive_float(), default=1.0, help="Last learning rate.")
+@click.option("--min-lr", type=PositiveFloat(), default=1e-3, help="First learning rate.")
+@click.option("--max-lr", type=PositiveFloat(), default=1.0, help="Last learning rate.")
 @click.option("--steps", type=click.IntRange(min=20, max=10**7), default=1000,
               help="Steps of the sweep, one rate each, spaced exponentially.")
-@click.option("--splits", type=SplitsType(), default="0.8,0.1,0.1", help="Train, dev, test fractions (sweeps on train).")
+@click.option("--splits", type=NumbersType("TRAIN,DEV,TEST"), default="0.8,0.1,0.1", help="Train, dev, test fractions (sweeps on train).")
 @click.option("--split-seed", type=SEED, default=42, help="Seed of the shuffle before splitting.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
               help="Where to write the plot. [default: OUT/lr-find-MODEL.png]")
@@ -528,7 +512,7 @@ def lr_find(model_name, data, min_lr, max_lr, steps, splits, split_seed, plot_pa
     up, and plots loss against log10(lr) when matplotlib is installed."""
     from pathlib import Path
 
-    model_options, train_options = _declared().split(settings)
+    model_options, train_options = _split_settings(settings)
     from makemore import api
 
     sweep = api.lr_find(model_name, data, model_options, train_options, min_lr, max_lr, steps, splits,
@@ -595,25 +579,13 @@ def plot_counts(output, out, checkpoint_path):
     click.echo(load_trained(checkpoint_path, out, "cpu").plot_counts(output))
 
 
-class WeightsType(NumbersType):
-    """Comma-separated non-negative numbers, one per checkpoint (a linear mixture's normalised to sum 1)."""
-
-    name = "W1,W2,..."
-    example = "0.6,0.4"
-
-    def check(self, value, parts, param, ctx):
-        if not all(0 <= p < math.inf for p in parts) or sum(parts) <= 0:
-            self.fail(f"{value!r} must be numbers >= 0, not all 0", param, ctx)
-        return parts
-
-
 @cli.command()
 @click.argument("checkpoints", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--out", default="out", type=click.Path(file_okay=False), help="Folder for the mixture's checkpoint.")
-@click.option("--name", default="mixture", callback=_plain_name, help="Checkpoint name in --out.")
+@click.option("--name", default="mixture", help="Checkpoint name in --out.")
 @click.option("--kind", type=click.Choice(["log-linear", "linear"]), default="log-linear", show_default=True,
               help="log-linear: p proportional to p_1^w_1 p_2^w_2 ...; linear: p = w_1 p_1 + w_2 p_2 + ...")
-@click.option("--weights", type=WeightsType(),
+@click.option("--weights", type=NumbersType("W1,W2,..."),
               help="One weight per checkpoint. [default: fitted on dev, by Newton's method or (linear) EM]")
 @device_option
 @handle_errors
@@ -625,8 +597,6 @@ def mix(checkpoints, out, name, kind, weights, device, n_threads):
     dev: report its loss on test."""
     from makemore import api
 
-    if len(checkpoints) < 2:
-        raise click.UsageError("give at least two checkpoints to mix")
     result = api.mix(list(checkpoints), out, name, list(weights) if weights else None, device, n_threads, kind,
                      progress=True)
     for path, w, loss in zip(result.components, result.weights, result.component_dev_losses):

@@ -1,9 +1,5 @@
-"""Options declared once, where they belong: each model's config dataclass and the training settings declare
-their fields with option(...), and everything else reads the declaration from there: the CLI's flags, help
-texts and defaults, and the checks of a value given on the command line or read from a checkpoint.
-
-Importing this module does not import torch.
-"""
+"""Options declared once, on the config dataclasses' fields (option(...)): the CLI's flags, help texts and
+defaults, and the checks of a value given or read from a checkpoint, all come from there. Imports no torch."""
 from __future__ import annotations
 
 import dataclasses
@@ -54,7 +50,6 @@ class Option:
             note = f"; {self.note}" if self.note else ""
             raise OptionError(f"{flag(name)}: {_shown(value)} is too large; it must be at most {_num(self.high)}{note}")
         return float(value) if self.kind is float else value
-
 
 
 def plain(value) -> str:
@@ -118,17 +113,9 @@ def flag(name: str) -> str:
 
 
 def make(config_cls, values: dict, *, what: str, complete: bool = False):
-    """config_cls built from values (field name -> value), each checked against its declaration.
-
-    A name the config does not declare is an OptionError naming what (e.g. "--model mlp"); with complete,
-    so is a declared name that is missing (a checkpoint records every field).
-    """
-    return config_cls(**check_all(declared(config_cls), values, what=what, complete=complete))
-
-
-def check_all(options: dict[str, tuple[Option, Any]], values: dict, *, what: str, complete: bool = False) -> dict:
-    """The values checked (and normalised) as make checks them, against declarations (name -> (Option,
-    default), as declared gives): a class's, or TrainConfig's with a model's train_defaults."""
+    """config_cls built from values (field name -> value), each checked against its declaration; a name it does
+    not declare is an OptionError naming what (e.g. "--model mlp"), and with complete so is a missing one."""
+    options = declared(config_cls)
     if not isinstance(values, dict):
         raise OptionError(f"the options of {what} are not a mapping of names to values")
     for name in values:
@@ -141,22 +128,17 @@ def check_all(options: dict[str, tuple[Option, Any]], values: dict, *, what: str
             raise OptionError(f"{what} lacks the option {flag(missing[0])}")
     try:
         checked = {name: options[name][0].check(name, value) for name, value in values.items()}
-        _check_divides(options, checked)
+        for name, (spec, default) in options.items():  # given values where given, else the defaults
+            if spec.divides and spec.divides in options:
+                value = checked.get(name, default)
+                whole = checked.get(spec.divides, options[spec.divides][1])
+                if value and whole % value:
+                    raise OptionError(f"{flag(spec.divides)} {whole} is not a multiple of {flag(name)} {value}")
     except OptionError as e:
         if not what.startswith("--"):  # the message names the flag already
             raise
         raise OptionError(f"{e} ({what})") from None
-    return checked
-
-
-def _check_divides(options: dict[str, tuple[Option, Any]], checked: dict) -> None:
-    """Each option that divides another does, with the given values where given, else the defaults."""
-    for name, (spec, default) in options.items():
-        if spec.divides and spec.divides in options:
-            value = checked.get(name, default)
-            whole = checked.get(spec.divides, options[spec.divides][1])
-            if value and whole % value:
-                raise OptionError(f"{flag(spec.divides)} {whole} is not a multiple of {flag(name)} {value}")
+    return config_cls(**checked)
 
 
 def numbers(text) -> tuple[float, ...]:
@@ -172,4 +154,19 @@ def numbers(text) -> tuple[float, ...]:
         raise ValueError(f"{_shown(text)} is not a list of numbers")
     if not all(math.isfinite(p) for p in parts):
         raise ValueError(f"{_shown(text)} holds a number that is not finite")
+    return parts
+
+
+def check_splits(splits) -> tuple[float, float, float]:
+    """--splits: three fractions >= 0 summing to 1, the train fraction above 0."""
+    try:
+        parts = numbers(splits)
+    except ValueError as e:
+        raise OptionError(f"--splits: {e}") from None
+    if len(parts) != 3 or any(p < 0 for p in parts):
+        raise OptionError(f"--splits: {plain(parts)} must be three non-negative numbers such as 0.8,0.1,0.1")
+    if abs(sum(parts) - 1) > 1e-6:
+        raise OptionError(f"--splits: {plain(parts)} sums to {sum(parts):g}, not 1")
+    if parts[0] == 0:
+        raise OptionError("--splits: the train fraction must be above 0")
     return parts

@@ -229,12 +229,12 @@ def load(path: str | Path | None = None, out: str | Path = "out", device: str = 
          model: str | None = None, n_threads: int | None = None) -> Trained:
     """Load a checkpoint (the one trained last in out when path is None), and set torch's thread count for
     using it: n_threads, or makemore.threads' choice for the model's size and the machine's load."""
+    dev = resolve_device(device)
     path = Path(path) if path is not None else checkpoint.latest(out)
     ckpt = checkpoint.load(path)
     if model is not None and ckpt["model"] != model:
         raise CheckpointError(f"{path}: holds a {ckpt['model']} model, not {model}")
     net = model_from(ckpt, path)
-    dev = resolve_device(device)
     net.to(dev).eval()
     threads.setup(n_threads, dev, threads.work(net, EVAL_ROWS))
     return Trained(path, ckpt, net, Vocab(ckpt["vocab"]))

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from makemore import checkpoint, declarations, models, options
+from makemore import checkpoint, models, options
+from makemore.cli import declared_flags
 from makemore.errors import OptionError
 from makemore.models import MODEL_NAMES, get_model_class
 from makemore.train import TrainConfig
@@ -116,7 +117,7 @@ def test_training_settings_from_any_json_are_checked(name, value):
 
 
 def test_declared_flags_show_each_models_default():
-    found = {name: defaults for name, _, defaults in declarations.from_classes().flags(("lr", "steps"))}
+    found = {name: defaults for name, _, defaults in declared_flags(("lr", "steps"))}
     assert found["block_size"] == {m: get_model_class(m).Config().block_size for m in MODEL_NAMES}
     assert found["block_size"]["mlp"] == 6 and found["block_size"]["ngram"] == 5
     assert found["lr"]["bigram-nn"] == 0.3 and found["lr"]["mlp"] == 0.003 and "ngram" not in found["lr"]

@@ -38,6 +38,25 @@ MAX_COMPONENTS = 64
 MAX_MODELS = 64
 
 
+def check_weights(weights, kind: str, n: int, given: bool = False) -> tuple[float, ...]:
+    """A mixture's n weights by the rules of its kind, as floats. given: the user's --weights, which mix
+    normalises (so not all 0); else a config's, whose linear weights sum to 1 and may all be 0 when log-linear
+    (the uniform distribution, which a fit to components worse than it may choose)."""
+    what = "--weights" if given else "a mixture's weights"
+    if not isinstance(weights, (list, tuple)) or not all(
+            isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights):
+        raise OptionError(f"{what}: not a list of numbers")
+    if len(weights) != n:
+        raise OptionError(f"{what}: {len(weights)} weights for {n} {'checkpoints' if given else 'components'}")
+    if not all(0 <= w < math.inf for w in weights) or (given and sum(weights) <= 0):
+        raise OptionError(f"{what} must be numbers >= 0" + (", not all 0" if given else f", not {list(weights)[:8]}"))
+    if kind == "log-linear" and max(weights) > MAX_LOG_LINEAR_WEIGHT:
+        raise OptionError(f"{what} of a log-linear mixture are at most {MAX_LOG_LINEAR_WEIGHT:g}")
+    if kind == "linear" and not given and not math.isclose(sum(weights), 1, abs_tol=1e-6):
+        raise OptionError(f"{what} of a linear mixture sum to 1, not {list(weights)[:8]}")
+    return tuple(float(w) for w in weights)
+
+
 @dataclass
 class MixtureConfig:
     # each component as {"model": registry name, "config": its config dict}; its tensors are in the state_dict
@@ -80,17 +99,7 @@ class Mixture(Model):
             else:
                 config = part_cls.config_from(part["config"], complete=complete)
             components.append(dict(model=part["model"], config=config_dict(config)))
-        if (not isinstance(weights, (list, tuple)) or len(weights) != len(parts)
-                or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights)):
-            raise OptionError("a mixture needs one weight (a number) per component")
-        if kind == "linear" and (any(not 0 <= w < math.inf for w in weights)
-                                 or not math.isclose(sum(weights), 1, abs_tol=1e-6)):
-            raise OptionError(f"linear mixture weights must be >= 0 and sum to 1, not {list(weights)[:8]}")
-        # all 0 is allowed: the uniform distribution, which a fit to components worse than it may choose
-        if kind == "log-linear" and any(not 0 <= w <= MAX_LOG_LINEAR_WEIGHT for w in weights):
-            raise OptionError(f"log-linear mixture weights must be 0 to {MAX_LOG_LINEAR_WEIGHT:g}, "
-                              f"not {list(weights)[:8]}")
-        return MixtureConfig(tuple(components), tuple(float(w) for w in weights), kind)
+        return MixtureConfig(tuple(components), check_weights(weights, kind, len(parts)), kind)
 
     @classmethod
     def check_size(cls, values) -> None:
