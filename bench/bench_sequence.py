@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -24,41 +23,26 @@ import torch
 from common import data_file, log, main_with_extra_data, table
 
 from makemore import api  # noqa: E402
-from makemore.batches import BatchSampler  # noqa: E402
-from makemore.data import Data, Vocab  # noqa: E402
-from makemore.dataset import build_dataset  # noqa: E402
 from makemore.models import get_model_class  # noqa: E402
-from makemore.train import TrainStep, make_optimizer  # noqa: E402
 
 MODELS = ("mlp", "rnn", "gru", "transformer")
-SPEED_STEPS = 300
+WARMUP, SPEED_STEPS = 30, 300
 
 
-def speed(path: Path, model: str, threads: int) -> tuple[float, float]:
-    """Steps/s and targets/s of the model's default training step on the file's default split."""
-    torch.set_num_threads(threads)
-    data = Data.read(path)
-    parts = data.split((0.8, 0.1, 0.1), 42)
-    vocab = Vocab.from_items(data.items)
-    cls = get_model_class(model)
-    mconfig = cls.config_for_data(api.model_config(model, {}), {}, parts["train"], len(vocab))
-    tconfig = api.train_config(model, {})
-    torch.manual_seed(0)
-    net = cls(mconfig, len(vocab))
-    dataset = build_dataset(parts["train"], vocab, mconfig.block_size, cls.whole_items)
-    step = TrainStep(net, make_optimizer(net, tconfig), tconfig.weight_decay)
-    batches = BatchSampler(dataset, tconfig.batch_size, 0, flat=step.flat)
-    per_row = dataset.n_targets / len(dataset)
-    with step:
-        for _ in range(30):  # warm up
-            step(*batches.next(), tconfig.lr)
-        step.take_loss().item()
-        start = time.perf_counter()
-        for _ in range(SPEED_STEPS):
-            step(*batches.next(), tconfig.lr)
-        step.take_loss().item()
-        seconds = time.perf_counter() - start
-    return SPEED_STEPS / seconds, SPEED_STEPS * tconfig.batch_size * per_row / seconds
+def speed(path: Path, out: Path, model: str, threads: int) -> tuple[float, float]:
+    """Steps/s and targets/s of the model's default training step on the file's default split: the steps
+    after WARMUP of a run by api.train, timed by its log records (its one evaluation comes after them)."""
+    steps, records = WARMUP + SPEED_STEPS + 1, []
+    api.train(model, path, out, f"speed-{model}-{threads}", train_options=dict(steps=steps, eval_interval=steps),
+              progress=False, n_threads=threads, warn=lambda message: None,
+              on_log=lambda record: records.append((record["step"], record["elapsed"])))
+    (first, t0), (last, t1) = (min(r for r in records if r[0] >= WARMUP),
+                               max(r for r in records if r[0] <= WARMUP + SPEED_STEPS))
+    train = api.Data.read(path).split()["train"]
+    # a row is a window and one target (the MLP), or a whole item: its characters and its end
+    per_row = sum(map(len, train)) / len(train) + 1 if get_model_class(model).whole_items else 1
+    batch_size = api.train_config(model, {}).batch_size
+    return (last - first) / (t1 - t0), (last - first) * batch_size * per_row / (t1 - t0)
 
 
 def trained(path: Path, out: Path, model: str, threads: int | None = None, **model_options) -> api.TrainResult:
@@ -81,13 +65,13 @@ def main() -> None:
     p(f"Data: {note}; default split (80/10/10, seed 42). torch {torch.__version__}, "
       f"{torch.get_num_threads()} threads available.\n")
 
-    p(f"### Speed of a training step ({SPEED_STEPS} steps of each model's defaults, after 30 to warm up)\n")
+    p(f"### Speed of a training step ({SPEED_STEPS} steps of each model's defaults, after {WARMUP} to warm up)\n")
     rows, base = [], {}
     for model in MODELS:
         cells = [f"`{model}`"]
         for threads in (2, 1):
             log(f"speed {model}, {threads} thread(s)")
-            steps, chars = speed(path, model, threads)
+            steps, chars = speed(path, out / "speed", model, threads)
             base.setdefault(threads, chars)
             cells += [f"{steps:,.0f}", f"{chars:,.0f} ({chars / base[threads]:.2f}x)"]
         rows.append(cells)
