@@ -7,8 +7,8 @@ Prints a markdown section:
    the lecture's bare loop, written as in the lecture, against makemore's loop (api.train, with its
    dev evaluations, progress and checkpoints), alternated so that both see the same machine load;
 2. wall time until dev loss 2.17, and until the lecture's best dev loss: the lecture's loop against
-   `makemore train --model mlp` with its defaults (the checks of both left off their clocks; makemore's
-   own ten evaluations stay on its clock);
+   `makemore train --model mlp` with its defaults (the lecture's checks off its clock; makemore's losses
+   from a second, identical run that evaluates every 250 steps, its clock from the run that evaluates once);
 3. the default MLP's dev loss, training time and examples per second;
 4. with --extra FOLDER (made by scripts/make_bench_data.py): on each file there, the default MLP against
    makemore's counting bigram and its Kneser-Ney 4-gram and 5-gram.
@@ -18,7 +18,6 @@ steadier figure. Tune nothing on these numbers' test split: only dev losses are 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import platform
 import sys
@@ -33,10 +32,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from makemore import api  # noqa: E402
-from makemore.data import Vocab, read_items, split_items  # noqa: E402
-from makemore.dataset import build_dataset  # noqa: E402
-from makemore.models import get_model_class  # noqa: E402
-from makemore.train import evaluate, train_loop  # noqa: E402
+from makemore.data import read_items, split_items  # noqa: E402
 
 LECTURE = dict(block_size=3, n_embd=10, n_hidden=200, init="randn", direct=False)
 LECTURE_TRAIN = dict(optimizer="sgd", batch_size=32, lr=0.1, schedule="step", weight_decay=0.0)
@@ -107,54 +103,44 @@ def ours(data, out, steps, model_options=None, train_options=None, name="mlp"):
                      dict(train_options or {}, **({"steps": steps} if steps else {})), progress=False)
 
 
-def lecture_config_loop(data):
-    """A function running makemore's train_loop for n steps on the lecture's model and settings, with
-    its dev evaluations, best-on-dev copies and progress bar (on stderr); the data is prepared here,
-    off the clock."""
-    items = read_items(data)
-    parts = split_items(items)
-    vocab = Vocab.from_items(items)
-    train_set, dev_set = (build_dataset(parts[s], vocab, LECTURE["block_size"]) for s in ("train", "dev"))
-    cls = get_model_class("mlp")
-
+def lecture_config_loop(data, out):
+    """A function running api.train for n steps on the lecture's model and settings (its dev evaluations,
+    best-on-dev copies, checkpoints and progress bar on stderr); it returns the steps per second of wall
+    and of CPU time from the run's first log record to its last."""
     def run(steps):
-        torch.manual_seed(42)
-        model = cls(api.model_config("mlp", LECTURE), len(vocab))
-        config = api.train_config("mlp", dict(LECTURE_TRAIN, steps=steps))
-        return train_loop(model, train_set, dev_set, config, progress=True)
+        marks = []
+        api.train("mlp", data, out, "lecture-config", LECTURE, dict(LECTURE_TRAIN, steps=steps),
+                  n_threads=torch.get_num_threads(),
+                  on_log=lambda record: marks.append((record["step"], record["elapsed"], time.process_time())))
+        (s0, w0, c0), (s1, w1, c1) = marks[0], marks[-1]
+        return (s1 - s0) / (w1 - w0), (s1 - s0) / (c1 - c0)
 
     return run
 
 
-def default_run(data, every):
-    """Train the MLP with its defaults as api.train sets them up, checking dev loss every `every` steps
-    off the clock. Returns the history [(seconds, step, dev loss)] of those checks, the dev loss at the
-    end, the training seconds, the steps and the configs."""
-    cls = get_model_class("mlp")
-    items = read_items(data)
-    parts = split_items(items)
-    vocab = Vocab.from_items(items)
-    mconfig, tconfig = api.model_config("mlp", {}), api.train_config("mlp", {})
-    torch.manual_seed(tconfig.seed)
-    model = cls(mconfig, len(vocab))
-    train_set = build_dataset(parts["train"], vocab, mconfig.block_size)
-    dev_set = build_dataset(parts["dev"], vocab, mconfig.block_size)
-    tconfig.steps = cls.default_steps(len(train_set), tconfig.batch_size)
-    tconfig.eval_interval = tconfig.steps  # the loop's own evaluation only at the end
-    off_clock, history, dev, due = [0.0], [], [None], [every]
+def time_at(marks: list, step: int) -> float:
+    """The run's clock at step, interpolated between its log records [(step, elapsed)]."""
+    for (s0, t0), (s1, t1) in zip([(0, 0.0)] + marks, marks):
+        if s0 <= step <= s1:
+            return t0 + (t1 - t0) * (step - s0) / max(1, s1 - s0)
+    return marks[-1][1]
 
-    def on_log(record):  # called at the loop's log points, about 200 a run
-        if record["step"] < due[0] and record["step"] != tconfig.steps:
-            return
-        due[0] = record["step"] + every
-        t = time.perf_counter()
-        dev[0] = evaluate(model, dev_set)
-        history.append((record["elapsed"] - off_clock[0], record["step"], dev[0]))
-        off_clock[0] += time.perf_counter() - t
 
-    state = train_loop(model, train_set, None, tconfig, progress=False, on_log=on_log)
-    return dict(history=history, dev=dev[0], seconds=state.elapsed - off_clock[0], steps=state.step,
-                train=evaluate(model, train_set), mconfig=mconfig, tconfig=tconfig)
+def default_run(data, out, every):
+    """The MLP with its defaults, twice (the same seed trains the same weights): once as `makemore train` runs
+    it, evaluating only at the end, for its clock; once evaluating dev every `every` steps, for the losses.
+    Returns the history [(seconds, step, dev loss)], the dev and train loss at the end, the training seconds,
+    the steps and the configs."""
+    marks, checks = [], []
+    timed = api.train("mlp", data, out, "mlp-timed", train_options=dict(eval_interval=10**9), progress=False,
+                      on_log=lambda record: marks.append((record["step"], record["elapsed"], record.get("dev_loss"))))
+    api.train("mlp", data, out, "mlp-checked", train_options=dict(eval_interval=every), progress=False,
+              on_log=lambda record: checks.append((record["step"], record["dev_loss"])) if "dev_loss" in record else None)
+    clock = [(step, elapsed) for step, elapsed, _ in marks]
+    ckpt = api.load(timed.path).ckpt
+    return dict(history=[(time_at(clock, step), step, dev) for step, dev in checks], dev=marks[-1][2],
+                seconds=timed.seconds, steps=timed.step, train=timed.train_loss, mconfig=ckpt["config"],
+                tconfig=ckpt["train"])
 
 
 def main():
@@ -186,7 +172,7 @@ def main():
     if "speed" in args.parts:
         speed(args, Xtr, Ytr, V, out, log)
     if "time" in args.parts:
-        to_target(args, Xtr, Ytr, V, Xdev, Ydev, log)
+        to_target(args, Xtr, Ytr, V, Xdev, Ydev, out, log)
     if args.extra and "extra" in args.parts:
         extra(args, out, log)
 
@@ -195,20 +181,19 @@ def speed(args, Xtr, Ytr, V, out, log):
     """Steps per second at the lecture's configuration, the two loops alternated."""
     p = print
     lec, our = [], []
-    loop = lecture_config_loop(args.data)
+    loop = lecture_config_loop(args.data, out)
     for r in range(args.rounds):
         log(f"speed round {r + 1}: lecture loop")
         (clock, _, _), wall, cpu = timed(lambda: lecture_loop(Xtr, Ytr, V, args.speed_steps))
         lec.append((args.speed_steps / wall, args.speed_steps / cpu))
         log(f"speed round {r + 1}: makemore loop")
-        _, wall, cpu = timed(lambda: loop(args.speed_steps))
-        our.append((args.speed_steps / wall, args.speed_steps / cpu))
+        our.append(loop(args.speed_steps))
     best = lambda xs, i: max(x[i] for x in xs)  # noqa: E731
     p(f"### Steps per second at the lecture's configuration ({args.speed_steps:,} steps, best of {args.rounds})\n")
     p("| loop | steps/s (wall) | steps/s (CPU time) | µs/step (wall) |")
     p("|---|---:|---:|---:|")
     p(f"| lecture's bare loop | {best(lec, 0):,.0f} | {best(lec, 1):,.0f} | {1e6 / best(lec, 0):.0f} |")
-    p(f"| makemore's train_loop (10 dev evaluations, best-on-dev copies, progress bar) | {best(our, 0):,.0f} | {best(our, 1):,.0f} | "
+    p(f"| makemore's loop (api.train: 10 dev evaluations, best-on-dev copies, checkpoints, progress bar) | {best(our, 0):,.0f} | {best(our, 1):,.0f} | "
       f"{1e6 / best(our, 0):.0f} |")
     p(f"| **ratio** | **{best(our, 0) / best(lec, 0):.2f}x** | **{best(our, 1) / best(lec, 1):.2f}x** | |\n")
     p("All rounds (steps/s wall, CPU): lecture " + ", ".join(f"{a:,.0f}/{b:,.0f}" for a, b in lec)
@@ -220,14 +205,14 @@ def first_at(history, loss):
     return next(((t, step) for t, step, dev in history if dev <= loss), None)
 
 
-def to_target(args, Xtr, Ytr, V, Xdev, Ydev, log):
+def to_target(args, Xtr, Ytr, V, Xdev, Ydev, out, log):
     """Time to dev loss TARGET (and to the lecture's best), lecture loop against the defaults; and the
     defaults' figures."""
     p = print
     log("lecture loop, 200,000 steps with dev checks every 1,000")
     lec_clock, lec_history, lec_dev = lecture_loop(Xtr, Ytr, V, 200000, Xdev, Ydev, 1000)
     log("makemore defaults with dev checks every 250 steps")
-    d = default_run(args.data, 250)
+    d = default_run(args.data, out, 250)
     lec_best = min(dev for _, _, dev in lec_history)
     p("### Wall time to a dev loss (dev checks off the clock in both)\n")
     p("| run | to dev 2.17: step | seconds | to the lecture's best dev "
@@ -254,10 +239,10 @@ def to_target(args, Xtr, Ytr, V, Xdev, Ydev, log):
     # 3. the defaults (the same run: dev checks do not change the training)
     tc = d["tconfig"]
     p("### `makemore train --model mlp` with its defaults\n")
-    p(f"dev loss **{d['dev']:.4f}** (train {d['train']:.4f}) after {d['steps']:,} steps of {tc.batch_size}: "
-      f"**{d['seconds']:.1f} s** of training, {d['steps'] * tc.batch_size / d['seconds']:,.0f} examples/s. "
-      f"Model: {dataclasses.asdict(d['mconfig'])}; training: "
-      + ", ".join(f"{k} {getattr(tc, k)}" for k in ("steps", "batch_size", "lr", "optimizer", "schedule",
+    p(f"dev loss **{d['dev']:.4f}** (train {d['train']:.4f}) after {d['steps']:,} steps of {tc['batch_size']}: "
+      f"**{d['seconds']:.1f} s** of training, {d['steps'] * tc['batch_size'] / d['seconds']:,.0f} examples/s. "
+      f"Model: {d['mconfig']}; training: "
+      + ", ".join(f"{k} {tc[k]}" for k in ("steps", "batch_size", "lr", "optimizer", "schedule",
                                                     "weight_decay")) + ".\n")
 
 
