@@ -77,10 +77,8 @@ class Trained:
         return split_items(items, tuple(self.ckpt["split"]["fractions"]), self.ckpt["split"]["seed"], name)
 
     def read_data(self, data: str | Path | None = None, strict: bool = False, warn=None) -> Data | None:
-        """The data file given, checked against the fingerprint when it is the file the checkpoint was trained
-        on (a warning, or with strict a DataError, when it has changed); None without one: then the items the
-        checkpoint keeps are the data. The file a checkpoint records is never read: a checkpoint received from
-        elsewhere may name any file."""
+        """The data file given (a warning, or with strict a DataError, when it is the training file, changed),
+        or None: the items the checkpoint keeps. The file a checkpoint records is never read."""
         warn = warn or (lambda message: print(message, file=sys.stderr))
         if data is None:
             if not self.ckpt.get("items"):
@@ -117,21 +115,16 @@ class Trained:
 
     @property
     def device(self) -> torch.device:
-        return next(iter(self.model.state_dict().values())).device
+        return device_of(self.model)
 
     def sample(self, n: int = 10, seed: int | None = None, temperature: float = 1.0, top_k: int | None = None,
                prefix: str = "", max_len: int | None = None, *, top_p: float | None = None, suffix: str = "",
                min_len: int = 1, regex: str | None = None, new: bool = False, exclude=(), unique: bool = False,
                max_tries: int | None = None, patience: float | None = PATIENCE, progress: bool = False,
                warn=None) -> Samples:
-        """Draw n items that meet every constraint (the options of `makemore sample`, same names).
-
-        Returns a Samples list, shorter than n only when max_tries draws ran out or no item was found for
-        patience seconds (samples.complete is False and samples.report() says why). Raises OptionError for
-        a request that can never be met, MakemoreError for one beyond this model (a min_len above its
-        length cap) and NothingFound when no draw met the constraints. warn: called with each note (a
-        max_len above the length cap is lowered to it); default: print to stderr.
-        """
+        """Draw n items that meet every constraint (the options of `makemore sample`, same names): a Samples
+        list, shorter only when max_tries or patience ran out (samples.report() says why); NothingFound when
+        no draw met them. warn: called with each note (default: print to stderr)."""
         request = Request(n=n, temperature=temperature, top_k=top_k, top_p=top_p, prefix=prefix, suffix=suffix,
                           min_len=min_len, max_len=max_len, regex=regex, new=new, exclude=frozenset(exclude),
                           unique=unique, max_tries=max_tries, patience=patience)
@@ -227,8 +220,8 @@ EVAL_ROWS = 4096  # the examples of one evaluation chunk (train.evaluate) or a l
 
 def load(path: str | Path | None = None, out: str | Path = "out", device: str = "cpu",
          model: str | None = None, n_threads: int | None = None) -> Trained:
-    """Load a checkpoint (the one trained last in out when path is None), and set torch's thread count for
-    using it: n_threads, or makemore.threads' choice for the model's size and the machine's load."""
+    """Load a checkpoint (the one trained last in out when path is None); torch's threads: n_threads, or
+    makemore.threads' choice for the model's size and the machine's load."""
     dev = resolve_device(device)
     path = Path(path) if path is not None else checkpoint.latest(out)
     ckpt = checkpoint.load(path)
@@ -244,7 +237,7 @@ def predicts_numbers(net) -> bool:
     """Whether a model predicts numbers (no NaN or +inf logits) for a context of boundary tokens: finite weights
     can still predict NaN (a BatchNorm variance below 0, an add-k overflowing float64)."""
     with torch.no_grad():
-        logits = net.eval()(torch.zeros(1, net.block_size, dtype=torch.long, device=_device_of(net)))
+        logits = net.eval()(torch.zeros(1, net.block_size, dtype=torch.long, device=device_of(net)))
     return not (logits.isnan().any() or (logits == math.inf).any())
 
 
@@ -255,15 +248,13 @@ def check_predicts(net, what: str) -> None:
                             "usual range is the likely cause")
 
 
-def _device_of(net) -> torch.device:
+def device_of(net) -> torch.device:
     return next(iter(net.state_dict().values())).device
 
 
 def model_from(ckpt: dict, path) -> torch.nn.Module:
-    """The model of a checkpoint that checkpoint.load has checked, with its weights, built without initialising
-    the weights they replace (the model takes the checkpoint's tensors as its own; the latest weights kept for
-    --resume are loaded first, so that they are checked too). Values that only the model can judge (an
-    n-gram's keys out of range) are a CheckpointError."""
+    """The model of a checkpoint that checkpoint.load has checked, taking its tensors as its own (the weights
+    kept for --resume too, so that they are checked); what only the model can judge is a CheckpointError."""
     try:
         cls = get_model_class(ckpt["model"])
         resume = ckpt.get("resume")
