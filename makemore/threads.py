@@ -225,50 +225,31 @@ class Governor:
             return
         elapsed = now - self._t0
         rate = elapsed / (step - self._step)
-        if self.threads != self._home:
-            if rate > self.SLOWER * self._home_rate:
-                self._end_probe(step, now, keep=False)  # clearly worse already: back at once
-            elif elapsed >= self.WINDOW:
-                self._end_probe(step, now, keep=rate * self.MARGIN < self._home_rate)
-            else:
+        home, most = self._home, self.choice.most
+        if self.threads != home:  # a probe: ended after a window, or at once when clearly worse
+            if elapsed < self.WINDOW and rate <= self.SLOWER * self._home_rate:
                 self._due = now + self.PROBE_CHECK
+                return
+            if rate * self.MARGIN < self._home_rate:
+                self._home, self._best, self._strikes, self._backoff = self.threads, math.inf, 0, self.REPROBE
+            else:
+                self._switch(step, home)
+                self._backoff = min(self.MAX_REPROBE, self._backoff * 2)
+            self._probe_at = now + self._backoff
+            self._start(step, now)
             return
         share = (self._cpu_clock() - self._cpu0) / (elapsed * self.threads)
         self._home_rate = rate
         self._best = min(self._best, rate)
         struggling = rate > self.SLOWER * self._best or (self.threads > 1 and share < self.STARVED)
         self._strikes = self._strikes + 1 if struggling else 0
-        lower, higher = self._neighbours()
-        if now >= self._probe_at and self._strikes >= self.PATIENCE and lower is not None:
-            self._probe(step, now, lower)
-        elif now >= self._probe_at and higher is not None and self._strikes == 0:
-            if self._cores - self._busy(self._cores) >= higher:
-                self._probe(step, now, higher)
+        if now >= self._probe_at and self._strikes >= self.PATIENCE and home > 1:
+            self._switch(step, max(1, home // 2))
+        elif now >= self._probe_at and self._strikes == 0 and home < most:
+            if self._cores - self._busy(self._cores) >= min(most, home * 2):
+                self._switch(step, min(most, home * 2))
             else:  # other processes still hold the cores it would need: look again a little later
                 self._probe_at = now + self.REPROBE
-                self._start(step, now)
-        else:
-            self._start(step, now)
-
-    def _neighbours(self) -> tuple[int | None, int | None]:
-        """The next lower and next higher counts to try: halves and doubles, within 1 and choice.most."""
-        home = self._home
-        lower = max(1, home // 2) if home > 1 else None
-        higher = min(self.choice.most, home * 2) if home < self.choice.most else None
-        return lower, higher
-
-    def _probe(self, step: int, now: float, threads: int) -> None:
-        self._switch(step, threads)
-        self._start(step, now)
-
-    def _end_probe(self, step: int, now: float, keep: bool) -> None:
-        if keep:
-            self._home, self._best, self._strikes = self.threads, math.inf, 0
-            self._backoff = self.REPROBE
-        else:
-            self._switch(step, self._home)
-            self._backoff = min(self.MAX_REPROBE, self._backoff * 2)
-        self._probe_at = now + self._backoff
         self._start(step, now)
 
     def _switch(self, step: int, threads: int) -> None:
