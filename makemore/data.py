@@ -161,8 +161,8 @@ def parse_items(raw: bytes, name: str = "data") -> list[str]:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise DataError(f"{name}: not valid UTF-8 (at byte offset {e.start:,}); convert it first, e.g. iconv -t UTF-8"
-                        ) from None
+        raise DataError(f"{name}: not valid UTF-8 (at byte offset {e.start:,}); "
+                        "convert it first, e.g. iconv -t UTF-8") from None
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     items = [unicodedata.normalize("NFC", line.strip()) for line in lines]
     if max(map(len, items)) > MAX_ITEM_CHARS:
