@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from makemore.errors import DataError, VocabularyError
+from makemore.errors import DataError, VocabularyError, printable
 
 BOUNDARY = "."
 FALLBACK_BOUNDARY = "\n"  # items are lines, so a newline is never part of one: the boundary when the data has '.'
@@ -106,14 +106,12 @@ def check_reading_fits(path: Path, size: int, lines: int | None = None, held: in
 def recordable(path: Path) -> str:
     """The data file's path as a checkpoint records it: absolute, with escapes for control characters and bytes
     that are not UTF-8."""
-    from makemore.errors import printable
-
     return printable(os.path.abspath(path))
 
 
-def recorded_status(path: str, fingerprint: str, limit: int = MAX_DATA_BYTES) -> str:
+def recorded_status(path: str, fingerprint: str) -> str:
     """Whether the data file a checkpoint records is still the one it was trained on: "unchanged", "changed",
-    "missing" or "unreadable". The path is untrusted: only a regular file of at most limit bytes is read,
+    "missing" or "unreadable". The path is untrusted: only a regular file of at most MAX_DATA_BYTES is read,
     and only hashed (a larger one cannot be the data a checkpoint keeps: "changed" unread)."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
@@ -126,12 +124,12 @@ def recorded_status(path: str, fingerprint: str, limit: int = MAX_DATA_BYTES) ->
         found = os.fstat(fd)
         if not stat.S_ISREG(found.st_mode):  # a directory, FIFO or device is never read
             return "unreadable"
-        if found.st_size > limit:
+        if found.st_size > MAX_DATA_BYTES:
             return "changed"
         total = 0
         while chunk := os.read(fd, 1 << 20):
             total += len(chunk)
-            if total > limit:  # it grew while being read
+            if total > MAX_DATA_BYTES:  # it grew while being read
                 return "changed"
             h.update(chunk)
     except OSError:

@@ -6,6 +6,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from makemore.errors import OptionError, printable
+
 # bytes of a checkpoint's name: with the longest suffix (.embeddings.png) and atomic_write's temporary-file
 # decoration, every file a run writes stays within the 255 bytes file systems allow
 MAX_NAME_BYTES = 200
@@ -14,8 +16,6 @@ MAX_NAME_BYTES = 200
 def check_name(name: str, flag: str = "--name") -> None:
     """OptionError unless name can name a checkpoint in its folder: a plain, visible file name of valid
     Unicode without control characters, at most MAX_NAME_BYTES bytes."""
-    from makemore.errors import OptionError, printable
-
     problem = None
     if name in ("", ".", ".."):
         problem = "is empty" if not name else "is not a file name"
@@ -35,8 +35,6 @@ def check_name(name: str, flag: str = "--name") -> None:
 def check_not_inputs(outputs, inputs) -> None:
     """OptionError when a file a command would write is one of the files it reads (the data, a checkpoint):
     writing it would lose the user's file."""
-    from makemore.errors import OptionError, printable
-
     for written in outputs:
         for read in inputs:
             if read is not None and same_file(written, read):

@@ -83,14 +83,8 @@ def _rooms_up(mount: Path, path: str, limit_name: str, usage_name: str) -> list[
     here = mount.joinpath(*parts) if ".." not in parts else mount
     if not here.is_dir():
         here = mount
-    rooms = []
-    while True:
-        room = _room(here, limit_name, usage_name)
-        if room is not None:
-            rooms.append(room)
-        if here == mount or here == here.parent:
-            return rooms
-        here = here.parent
+    rooms = (_room(folder, limit_name, usage_name) for folder in [here, *here.parents] if folder.is_relative_to(mount))
+    return [room for room in rooms if room is not None]
 
 
 def _room(folder: Path, limit_name: str, usage_name: str) -> int | None:
