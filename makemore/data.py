@@ -148,7 +148,7 @@ def fingerprint(path: str | Path) -> str:
     return fingerprint_bytes(read_bytes(path))
 
 
-def parse_items(raw: bytes, name: str = "data") -> list[str]:
+def parse_items(raw: bytes, name: str) -> list[str]:
     """Decode UTF-8 (a byte-order mark is allowed), one item per line (LF, CRLF or CR), stripped, blank lines
     dropped; in NFC form, so that an accented letter is one character however the file spelt it."""
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):

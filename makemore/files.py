@@ -13,7 +13,7 @@ from makemore.errors import OptionError, printable
 MAX_NAME_BYTES = 200
 
 
-def check_name(name: str, flag: str = "--name") -> None:
+def check_name(name: str) -> None:
     """OptionError unless name can name a checkpoint in its folder: a plain, visible file name of valid
     Unicode without control characters, at most MAX_NAME_BYTES bytes."""
     problem = None
@@ -29,7 +29,7 @@ def check_name(name: str, flag: str = "--name") -> None:
         problem = f"is longer than {MAX_NAME_BYTES} bytes"
     if problem:
         shown = printable(name if len(name) <= 60 else name[:57] + "...")
-        raise OptionError(f"{flag} '{shown}' {problem}; give a plain file name")
+        raise OptionError(f"--name '{shown}' {problem}; give a plain file name")
 
 
 def check_not_inputs(outputs, inputs) -> None:
