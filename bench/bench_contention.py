@@ -141,7 +141,7 @@ class Bench:
 
 def tick_cost(n: int = 200_000) -> float:
     """Seconds per Governor.tick() at an idle machine's count (the call the loop makes every step)."""
-    gov = threads.Governor(threads.Choice(2, 2, "auto", "timing"), set_threads=lambda n: None)
+    gov = threads.Governor(threads.Choice(2, 2, "auto"), set_threads=lambda n: None)
     t = time.perf_counter()
     for step in range(1, n + 1):
         gov.tick(step)

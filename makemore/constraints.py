@@ -28,20 +28,12 @@ NUCLEUS_SLACK = 1 - 1e-9
 # ends in seconds whatever the model, while a rare but possible one keeps going as long as items come
 PATIENCE = 10.0
 
-# The longest item a model draws is twice the longest item it was trained on (kept in its checkpoint), plus
-# the prefix, and never more than twice the longest item any data file may hold
-LENGTH_CAP_FACTOR = 2
+LENGTH_CAP_FACTOR = 2  # the longest item drawn, to the longest trained on (length_cap)
 LONGEST_WITHOUT_ITEMS = 32  # a checkpoint that keeps no items: the cap is 64 characters plus the prefix
 
 
 class NothingFound(MakemoreError):
     """The budget of draws or of time ran out before a single item met every constraint."""
-
-
-def default_max_tries(n: int) -> int:
-    """100 draws per item asked, at least 200,000: an acceptance of 1 in 20,000 still finds 10 items. A
-    hopeless request is ended by the patience in seconds, so the budget has no ceiling below n."""
-    return max(100 * n, 200_000)
 
 
 @dataclass
@@ -60,16 +52,18 @@ class Request:
     new: bool = False  # reject items of the training data (any split)
     exclude: frozenset = frozenset()
     unique: bool = False
-    max_tries: int | None = None  # None: default_max_tries(n)
+    max_tries: int | None = None  # None: budget()'s default
     patience: float | None = PATIENCE  # seconds without a new item before giving up; None: no limit
 
     def budget(self) -> int:
-        return self.max_tries if self.max_tries is not None else default_max_tries(self.n)
+        """max_tries, else 100 draws per item and at least 200,000 (an acceptance of 1 in 20,000 finds 10 items);
+        a hopeless request is ended by its patience, so there is no ceiling."""
+        return self.max_tries if self.max_tries is not None else max(100 * self.n, 200_000)
 
 
 def length_cap(items: list[str], prefix: str) -> int:
-    """The longest item a model trained on items draws after prefix: twice the longest item (at most
-    twice MAX_ITEM_CHARS, for checkpoints kept from before that bound), plus the prefix."""
+    """The longest item a model trained on items draws after prefix: twice the longest item (of at most
+    MAX_ITEM_CHARS), plus the prefix."""
     longest = max(map(len, items), default=LONGEST_WITHOUT_ITEMS)
     return LENGTH_CAP_FACTOR * min(longest, MAX_ITEM_CHARS) + len(prefix)
 
@@ -140,45 +134,14 @@ def check(request: Request, vocab, cap: int) -> tuple:
     return (compile_regex(r.regex) if r.regex is not None else None), notes
 
 
-@dataclass
-class Timeout:
-    """Drawing stopped after patience seconds without a new item, cutting short the draws still going (at
-    length characters, the prefix included)."""
-
-    patience: float
-    going: int = 0
-    length: int = 0
-
-
-def report_line(asked: int, found: int, draws: int, rejected: dict, cap: int, timed_out: Timeout | None) -> str:
-    """One line: asked for 100, found 87 in 20,000 draws (acceptance 0.4%; 9,411 were in the data, ...),
-    and when drawing stopped for time, after how long (and, when no draw was judged, how far those cut short
-    had gone)."""
-    acceptance = found / draws if draws else 0.0
-    pct = 100 * acceptance
-    shown = "0" if pct == 0 else f"{pct:.1f}" if pct >= 0.1 else f"{pct:.2g}"
-    parts = [f"{count:,} {REASONS[reason].format(cap=cap)}" for reason, count in rejected.items() if count]
-    stopped = ""
-    if timed_out is not None:
-        stopped = f", stopped after {timed_out.patience:g} s without a new item"
-        if timed_out.going and not draws:  # nothing else says why: a batch of long draws took all the time
-            plural = "s" if timed_out.length != 1 else ""
-            parts.append(f"{timed_out.going:,} cut short at {timed_out.length:,} character{plural}")
-    details = "; " + ", ".join(parts) if parts else ""
-    return f"asked for {asked:,}, found {found:,} in {draws:,} draws{stopped} (acceptance {shown}%{details})"
-
-
 class Samples(list):
     """The items drawn (a list of str), with the figures of how the drawing went."""
 
-    def __init__(self, items=(), asked: int = 0, draws: int = 0, rejected: dict | None = None, cap: int = 0,
-                 timed_out: Timeout | None = None):
+    def __init__(self, items, tally: Tally):
         super().__init__(items)
-        self.asked = asked
-        self.draws = draws
-        self.rejected = dict(rejected or {})  # reason (a key of REASONS) -> count
-        self.cap = cap  # the longest item that could be drawn
-        self.timed_out = timed_out  # when drawing stopped for time, else None
+        self.asked, self.draws, self.cap = tally.request.n, tally.draws, tally.cap  # cap: the longest item possible
+        self.rejected = dict(tally.rejected)  # reason (a key of REASONS) -> count
+        self._report = tally.report()
 
     @property
     def complete(self) -> bool:
@@ -190,26 +153,22 @@ class Samples(list):
 
     def report(self) -> str:
         """One line: asked for 100, found 87 in 20,000 draws (acceptance 0.4%; 9,411 were in the data, ...)."""
-        return report_line(self.asked, len(self), self.draws, self.rejected, self.cap, self.timed_out)
+        return self._report
 
 
 class Tally:
-    """How the drawing of a request goes: the items judged so far, in the order drawn, counted as kept or
-    rejected and why. Holds no kept item (a stream of them may be endless), only --unique's seen set.
-
-    Made before any drawing: it refuses (check) a request that can never be met. cap: the model's length
-    cap for this request (length_cap). data_items: the items of the training data, for request.new.
-    """
+    """How the drawing of a request goes: the items judged so far, counted as kept or rejected and why. Holds
+    no kept item (a stream of them may be endless), only --unique's seen set. Refuses, when made, a request
+    that can never be met. cap: the model's length cap (length_cap); data_items: the data's, for request.new."""
 
     def __init__(self, request: Request, vocab, cap: int, data_items=frozenset()):
         self.pattern, self.notes = check(request, vocab, cap)
         self.request, self.data_items = request, data_items
         self.cap = min(request.max_len, cap) if request.max_len is not None else cap
-        self.found = 0
+        self.found = self.draws = 0
         self.seen: set[str] = set()
         self.rejected = dict.fromkeys(REASONS, 0)
-        self.draws = 0
-        self.timed_out: Timeout | None = None
+        self.timed_out: tuple[int, int] | None = None  # when stopped for time: draws cut short, at what length
 
     def steps(self) -> int:
         """Tokens to draw after the prefix: one more than the characters allowed, for the end."""
@@ -222,7 +181,7 @@ class Tally:
     def add(self, item: str, dead: bool, ended: bool) -> bool:
         """Judge one more draw; whether it is kept."""
         self.draws += 1
-        reason = verdict(item, dead, ended, self, self.data_items, self.seen)
+        reason = self._verdict(item, dead, ended)
         if reason is not None:
             self.rejected[reason] += 1
             return False
@@ -231,16 +190,49 @@ class Tally:
             self.seen.add(item)
         return True
 
+    def _verdict(self, item: str, dead: bool, ended: bool) -> str | None:
+        """None when item meets every constraint, else the first reason it fails (a key of REASONS)."""
+        r = self.request
+        if dead:
+            return "dead_end"
+        if not ended:
+            # a --max-len above the cap: what the cap cut did not end within it, not longer than asked
+            return "too_long" if r.max_len is not None and r.max_len <= self.cap else "no_end"
+        if r.suffix and not item.endswith(r.suffix):
+            return "suffix"
+        if self.pattern is not None and self.pattern.fullmatch(item) is None:
+            return "regex"
+        if r.new and item in self.data_items:
+            return "in_data"
+        if item in r.exclude:
+            return "excluded"
+        if r.unique and item in self.seen:
+            return "repeat"
+        return None
+
     def stop_for_time(self, going: int = 0, length: int = 0) -> None:
         """Stop: no item found for request.patience seconds; going draws cut short at length characters."""
-        self.timed_out = Timeout(self.request.patience, going, length)
+        self.timed_out = (going, length)
 
     @property
     def complete(self) -> bool:
         return self.found >= self.request.n
 
     def report(self) -> str:
-        return report_line(self.request.n, self.found, self.draws, self.rejected, self.cap, self.timed_out)
+        """One line: asked for 100, found 87 in 20,000 draws (acceptance 0.4%; 9,411 were in the data, ...),
+        and when drawing stopped for time, after how long (and how far the draws cut short had gone)."""
+        pct = 100 * self.found / self.draws if self.draws else 0.0
+        shown = "0" if pct == 0 else f"{pct:.1f}" if pct >= 0.1 else f"{pct:.2g}"
+        parts = [f"{n:,} {REASONS[reason].format(cap=self.cap)}" for reason, n in self.rejected.items() if n]
+        stopped = ""
+        if self.timed_out is not None:
+            stopped = f", stopped after {self.request.patience:g} s without a new item"
+            going, length = self.timed_out
+            if going and not self.draws:  # nothing else says why: a batch of long draws took all the time
+                parts.append(f"{going:,} cut short at {length:,} character{'s' * (length != 1)}")
+        details = "; " + ", ".join(parts) if parts else ""
+        return (f"asked for {self.request.n:,}, found {self.found:,} in {self.draws:,} draws{stopped} "
+                f"(acceptance {shown}%{details})")
 
     def check_found(self) -> None:
         """Raise NothingFound when items were asked for and none was found."""
@@ -251,26 +243,4 @@ class Tally:
     def samples(self, items: list[str]) -> Samples:
         """The Samples of the items kept; raises NothingFound when items were asked for and none was found."""
         self.check_found()
-        r = self.request
-        return Samples(items, r.n, self.draws, self.rejected, self.cap, self.timed_out)
-
-
-def verdict(item: str, dead: bool, ended: bool, tally: Tally, data_items, seen) -> str | None:
-    """None when item meets every constraint of tally's request, else the first reason (a key of REASONS)."""
-    r = tally.request
-    if dead:
-        return "dead_end"
-    if not ended:
-        # a --max-len above the cap: what the cap cut did not end within it, not longer than asked
-        return "too_long" if r.max_len is not None and r.max_len <= tally.cap else "no_end"
-    if r.suffix and not item.endswith(r.suffix):
-        return "suffix"
-    if tally.pattern is not None and tally.pattern.fullmatch(item) is None:
-        return "regex"
-    if r.new and item in data_items:
-        return "in_data"
-    if item in r.exclude:
-        return "excluded"
-    if r.unique and item in seen:
-        return "repeat"
-    return None
+        return Samples(items, self)

@@ -1,8 +1,5 @@
-"""Items, vocabulary and the train/dev/test split, and a data file read once (Data). Importing it does not
-import torch (only Vocab.from_items uses it).
-
-The block_size dataset builder, which needs torch, is makemore.dataset.
-"""
+"""Items, vocabulary, the train/dev/test split, and a data file read once (Data), without importing torch (only
+Vocab.from_items and the memory check use it); the tensors built from them are makemore.dataset's."""
 from __future__ import annotations
 
 import hashlib
@@ -15,24 +12,16 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from makemore.errors import DataError, VocabularyError
+from makemore.errors import DataError, VocabularyError, printable
 
 BOUNDARY = "."
-# Items are lines, so a newline can never be part of one: it is the boundary when the data has '.'.
-FALLBACK_BOUNDARY = "\n"
+FALLBACK_BOUNDARY = "\n"  # items are lines, so a newline is never part of one: the boundary when the data has '.'
 MAX_VOCAB = 10_000  # characters, boundary included: sampling allocates 256 x V numbers, a counting model V^2
-# characters of one item: a line longer than this is refused, naming its line; the sequence models read items up
-# to 1,024 tokens whole, and the samplers' length cap is twice the longest item, so one stray megabyte-long line
-# cannot make every step of every model megabytes wide
+# characters of one item: one stray megabyte-long line must not make every step of every model that wide
 MAX_ITEM_CHARS = 1000
-# bytes of a data file: a larger one is refused, naming its size, before it is read. Every checkpoint keeps the
-# items (a 200 MB file ended in a panic while saving), saving holds them three times over, and reading turns a
-# byte into up to 30 bytes of Python strings (short lines: see READ_BYTES_PER_LINE); 64 MB is 280 times
-# names.txt and keeps all of that near 2 GB at worst
+# bytes of a data file: every checkpoint keeps the items, three times over while saving (BENCHMARKS.md)
 MAX_DATA_BYTES = 64 << 20
-# what reading a data file holds at its peak, measured (peak RSS of Data.read, the vocabulary and the split):
-# about 4 bytes per byte of the file (the bytes, the decoded text, the items' characters) and 80-100 per line
-# (a string object and the lists' pointers to it): 2-character lines took 31.5 bytes per byte, names 14.4
+# what reading a data file holds at its peak, measured: bytes per byte of the file, and per line
 READ_BYTES_PER_BYTE = 5
 READ_BYTES_PER_LINE = 100
 SPLIT_NAMES = ("train", "dev", "test")
@@ -61,9 +50,8 @@ def is_regular_file(path: str | Path) -> bool:
 
 
 def read_bytes(path: str | Path) -> bytes:
-    """The bytes of a data file; a path that is not a regular file is refused without being read (a FIFO
-    would block, a device never end), and so is a file of more than MAX_DATA_BYTES (nor is more than that
-    read of a file that grows meanwhile)."""
+    """The bytes of a data file. Refused unread: a path that is not a regular file (a FIFO would block, a device
+    never end) and a file of more than MAX_DATA_BYTES (nor is more read of a file that grows meanwhile)."""
     path = Path(path)
     try:
         info = os.stat(path)
@@ -80,9 +68,7 @@ def read_bytes(path: str | Path) -> bytes:
         _too_large(path, size)
     try:
         with open(path, "rb") as f:
-            # as many bytes as the file has (a buffer of the limit's size would be one more copy at the peak),
-            # and the rest only when it grew meanwhile
-            raw = f.read(size + 1)
+            raw = f.read(size + 1)  # not a buffer of the limit's size: one more copy at the peak
             if len(raw) > size:
                 raw += f.read(MAX_DATA_BYTES + 1 - len(raw))
     except OSError as e:
@@ -103,7 +89,7 @@ def _megabytes(n: int) -> str:
 
 def check_reading_fits(path: Path, size: int, lines: int | None = None, held: int = 0) -> None:
     """A DataError when reading a file of size bytes (and lines lines, once known) would not fit in the memory
-    this process may still allocate (makemore.memory.available), held bytes of it being allocated already."""
+    this process may still allocate, held bytes of it being allocated already."""
     import torch  # with makemore.memory: only when a data file is read
 
     from makemore import memory
@@ -118,18 +104,15 @@ def check_reading_fits(path: Path, size: int, lines: int | None = None, held: in
 
 
 def recordable(path: Path) -> str:
-    """The data file's path as a checkpoint records it, a hint for its reader: absolute, and valid Unicode (a
-    byte of the name that is not UTF-8, or a control character, written as an escape)."""
-    from makemore.errors import printable
-
+    """The data file's path as a checkpoint records it: absolute, with escapes for control characters and bytes
+    that are not UTF-8."""
     return printable(os.path.abspath(path))
 
 
-def recorded_status(path: str, fingerprint: str, limit: int = MAX_DATA_BYTES) -> str:
-    """Whether the data file a checkpoint records is still the file it was trained on: "unchanged", "changed",
-    "missing" or "unreadable" (not a regular file, or an error). The path comes from a checkpoint, so it is
-    only hashed, never parsed or shown, and only when it is a regular file of at most limit bytes (a larger
-    one cannot be the data a checkpoint keeps: it is "changed" unread)."""
+def recorded_status(path: str, fingerprint: str) -> str:
+    """Whether the data file a checkpoint records is still the one it was trained on: "unchanged", "changed",
+    "missing" or "unreadable". The path is untrusted: only a regular file of at most MAX_DATA_BYTES is read,
+    and only hashed (a larger one cannot be the data a checkpoint keeps: "changed" unread)."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except (FileNotFoundError, NotADirectoryError):
@@ -141,12 +124,12 @@ def recorded_status(path: str, fingerprint: str, limit: int = MAX_DATA_BYTES) ->
         found = os.fstat(fd)
         if not stat.S_ISREG(found.st_mode):  # a directory, FIFO or device is never read
             return "unreadable"
-        if found.st_size > limit:
+        if found.st_size > MAX_DATA_BYTES:
             return "changed"
         total = 0
         while chunk := os.read(fd, 1 << 20):
             total += len(chunk)
-            if total > limit:  # it grew while being read
+            if total > MAX_DATA_BYTES:  # it grew while being read
                 return "changed"
             h.update(chunk)
     except OSError:
@@ -165,12 +148,9 @@ def fingerprint(path: str | Path) -> str:
     return fingerprint_bytes(read_bytes(path))
 
 
-def parse_items(raw: bytes, name: str = "data") -> list[str]:
-    """Decode UTF-8 (a byte-order mark is allowed), one item per line, stripped, blank lines dropped.
-
-    Lines end at LF, CRLF or CR, as in Python's text mode. Items are put in Unicode NFC form, so an
-    accented letter is one character whether the file spelt it precomposed or as letter + combining mark.
-    """
+def parse_items(raw: bytes, name: str) -> list[str]:
+    """Decode UTF-8 (a byte-order mark is allowed), one item per line (LF, CRLF or CR), stripped, blank lines
+    dropped; in NFC form, so that an accented letter is one character however the file spelt it."""
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise DataError(f"{name}: UTF-16 text; convert it to UTF-8 first, e.g. iconv -f UTF-16 -t UTF-8")
     nul = raw.find(b"\x00")
@@ -179,10 +159,8 @@ def parse_items(raw: bytes, name: str = "data") -> list[str]:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise DataError(
-            f"{name}: not valid UTF-8 (at byte offset {e.start:,}); "
-            "convert it first, e.g. iconv -t UTF-8"
-        ) from None
+        raise DataError(f"{name}: not valid UTF-8 (at byte offset {e.start:,}); "
+                        "convert it first, e.g. iconv -t UTF-8") from None
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     items = [unicodedata.normalize("NFC", line.strip()) for line in lines]
     if max(map(len, items)) > MAX_ITEM_CHARS:
@@ -266,19 +244,15 @@ class Vocab:
 
 def split_items(items: list[str], splits=DEFAULT_SPLITS, seed: int = DEFAULT_SPLIT_SEED,
                 name: str = "the data") -> dict[str, list[str]]:
-    """Shuffle with the seed, then cut by fractions exactly as the lecture does.
-
-    random.Random(seed).shuffle gives the same order as the lecture's random.seed(seed); random.shuffle.
-    """
+    """Shuffle with the seed, then cut by fractions exactly as the lecture does (random.Random(seed).shuffle
+    gives the order of its random.seed(seed); random.shuffle)."""
     items = list(items)
     random.Random(seed).shuffle(items)
     sizes = split_sizes(len(items), splits)
     for split, frac, size in zip(SPLIT_NAMES, splits, sizes):
         if frac > 0 and size == 0:
-            raise DataError(
-                f"{name}: the {split} split would be empty ({len(items)} items at "
-                f"--splits {','.join(f'{f:g}' for f in splits)}); it needs at least {min_items(splits)} items"
-            )
+            raise DataError(f"{name}: the {split} split would be empty ({len(items)} items at --splits "
+                            f"{','.join(f'{f:g}' for f in splits)}); it needs at least {min_items(splits)} items")
     n1, n2 = sizes[0], sizes[0] + sizes[1]
     return {"train": items[:n1], "dev": items[n1:n2], "test": items[n2:]}
 
@@ -295,9 +269,8 @@ def min_items(splits) -> int:
     def enough(n: int) -> bool:
         return all(size > 0 for frac, size in zip(splits, split_sizes(n, splits)) if frac > 0)
 
-    # From n >= 2/f on, floor arithmetic gives every fraction f at least one item, so the search is short
-    # unless a fraction is tiny; then that bound is the answer. Below it, counts that work can be
-    # followed by ones that do not, so the answer is one past the largest count that does not.
+    # from n >= 2/f on, every fraction f gets an item; below, a count that works may be followed by one that
+    # does not, so the answer is one past the largest that does not (a tiny fraction: the bound itself)
     bound = math.ceil(2 / min(f for f in splits if f > 0)) + 1
     if bound > 10**6:
         return bound

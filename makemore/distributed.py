@@ -1,12 +1,6 @@
-"""Data-parallel training across processes started by torchrun, with torch's DistributedDataParallel.
-
-torchrun starts every process with RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous address in its
-environment. With WORLD_SIZE above 1 each process holds a full copy of the model and trains on its own
-part of every batch; DDP averages the gradients, so the copies stay identical. Rank 0 alone evaluates,
-prints and writes checkpoints. Without torchrun (or with one process) nothing here does anything.
-
-The rank helpers read the environment only, so the CLI can ask them without importing torch.
-"""
+"""Data-parallel training across the processes torchrun starts, with torch's DistributedDataParallel: each
+trains a copy of the model on its part of every batch, and rank 0 alone evaluates, prints and saves. With one
+process nothing here does anything; the rank helpers read only the environment (no torch for the CLI)."""
 from __future__ import annotations
 
 import functools
@@ -48,10 +42,8 @@ class World:
         return self.rank == 0
 
     def wrap(self, model):
-        """The module to run forward/backward through: DDP around model when there are several processes.
-
-        The model itself stays the one to evaluate and save: its state_dict has no 'module.' prefix.
-        """
+        """What to run forward and backward: DDP around model when there are several processes (the model
+        itself is the one to evaluate and save: its state_dict has no 'module.' prefix)."""
         if self.size == 1:
             return model
         from torch.nn.parallel import DistributedDataParallel
@@ -66,11 +58,8 @@ class World:
         return slice(self.rank * batch_size, (self.rank + 1) * batch_size)
 
     def agree(self, loss, signum: int) -> tuple[float, int]:
-        """At a log point: the train loss averaged over processes, and the stop signal if any process got one.
-
-        This is the only exchange besides DDP's gradient all-reduce, and it happens at log points only,
-        so stopping never costs a synchronisation per step.
-        """
+        """At a log point: the train loss averaged over processes, and the stop signal if any got one (the only
+        exchange besides DDP's, at log points only, so that stopping costs no synchronisation per step)."""
         if self.size == 1:
             return loss.item(), signum
         import torch
@@ -92,16 +81,12 @@ class World:
 
 
 def setup(device):
-    """Join the process group torchrun set up the environment for; returns (World, this process's device).
-
-    gloo on the CPU, nccl on CUDA, where each process takes the GPU numbered by its LOCAL_RANK unless
-    --device names one.
-    """
+    """Join torchrun's process group (gloo on the CPU, nccl on CUDA, each process on the GPU of its LOCAL_RANK
+    unless --device names one); returns (World, this process's device)."""
     if not launched():
         return World(), device
     import torch
     import torch.distributed as dist
-
 
     if not dist.is_available():
         raise MakemoreError("this torch build has no torch.distributed; train with one process")
@@ -125,11 +110,8 @@ def setup(device):
 
 
 def teardown(together: bool = False) -> None:
-    """Leave the process group; together: first wait for the others (they all reach this point).
-
-    Leaving together matters: a gloo process that left while another still held its connection was
-    seen to abort ('terminate called without an active exception') about once in 30 runs.
-    """
+    """Leave the process group; together: first wait for the others (they all reach this point), since a gloo
+    process left while another held its connection aborted about once in 30 runs."""
     if launched():
         import torch.distributed as dist
 
@@ -140,11 +122,8 @@ def teardown(together: bool = False) -> None:
 
 
 def leaves_process_group(function):
-    """Decorator: leave the process group (set up inside function by setup) when function ends.
-
-    After a return or an agreed stop every process gets here, so they leave together; after an error
-    of one process's own the others may never come, so it leaves at once.
-    """
+    """Decorator: leave the process group when function ends: together after a return or an agreed stop,
+    at once after an error of this process's own (the others may never come)."""
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):

@@ -6,17 +6,16 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from makemore.errors import OptionError, printable
 
-# bytes of a checkpoint's name: with the longest suffix beside it (.embeddings.png) and atomic_write's
-# temporary-file decoration, every file a run writes stays within the 255 bytes file systems allow
+# bytes of a checkpoint's name: with the longest suffix (.embeddings.png) and atomic_write's temporary-file
+# decoration, every file a run writes stays within the 255 bytes file systems allow
 MAX_NAME_BYTES = 200
 
 
-def check_name(name: str, flag: str = "--name") -> None:
+def check_name(name: str) -> None:
     """OptionError unless name can name a checkpoint in its folder: a plain, visible file name of valid
     Unicode without control characters, at most MAX_NAME_BYTES bytes."""
-    from makemore.errors import OptionError, printable
-
     problem = None
     if name in ("", ".", ".."):
         problem = "is empty" if not name else "is not a file name"
@@ -30,14 +29,12 @@ def check_name(name: str, flag: str = "--name") -> None:
         problem = f"is longer than {MAX_NAME_BYTES} bytes"
     if problem:
         shown = printable(name if len(name) <= 60 else name[:57] + "...")
-        raise OptionError(f"{flag} '{shown}' {problem}; give a plain file name")
+        raise OptionError(f"--name '{shown}' {problem}; give a plain file name")
 
 
 def check_not_inputs(outputs, inputs) -> None:
     """OptionError when a file a command would write is one of the files it reads (the data, a checkpoint):
     writing it would lose the user's file."""
-    from makemore.errors import OptionError, printable
-
     for written in outputs:
         for read in inputs:
             if read is not None and same_file(written, read):
@@ -57,13 +54,9 @@ def same_file(a, b) -> bool:
 
 
 def atomic_write(path: Path, write, by_path: bool = False) -> None:
-    """Call write(file object) on a temporary file beside path, then rename it over path; with by_path,
-    write(a path in a temporary folder beside path), for a writer that makes the file itself (safetensors'
-    save_file writes a temporary of its own there, so that one is never left beside path either).
-
-    The temporary's name holds the writer's process id, so that temporaries left by a writer that was killed
-    (SIGKILL, power loss) are recognised and removed by the next write in the same folder.
-    """
+    """Call write(file object) on a temporary file beside path, then rename it over path; with by_path, write(a
+    path in a temporary folder beside path), for a writer that makes the file itself. The temporary's name holds
+    the process id, so that the next write in the folder removes those of a writer that was killed."""
     path = Path(path)
     remove_stale_temporaries(path)
     prefix = f".{path.name}.{os.getpid()}."
@@ -94,13 +87,15 @@ def _finish(tmp: str, path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())
+    umask = os.umask(0)
+    os.umask(umask)  # the only way to read it is to set it
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
 
 
 def remove_stale_temporaries(path: Path) -> None:
-    """Delete the temporaries in path's folder whose writing process no longer exists: those of path and of
-    its neighbours (a resumed run writes a new name, so a killed run's temporary may never be written again)."""
+    """Delete the temporaries in path's folder whose writer no longer runs, its neighbours' too (a resumed run
+    writes a new name, so a killed run's temporary may never be written again)."""
     path = Path(path)
     for tmp in path.parent.glob(".*.tmp"):
         parts = tmp.name[:-len(".tmp")].rsplit(".", 2)  # .NAME.PID.RANDOM.tmp
@@ -119,9 +114,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True  # it exists, owned by someone else
     return True
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -1,8 +1,8 @@
-"""Will it fit? The memory a command needs, estimated from its settings before anything is allocated, against
-the memory this process may still allocate: a size that cannot fit is a one-line error, not an allocation
-traceback, a panic while saving (or the machine swapping) minutes later."""
+"""Will it fit? The memory a command needs, estimated from its settings, against what this process may still
+allocate: a size that cannot fit is a one-line error before anything is allocated, not a crash minutes later."""
 from __future__ import annotations
 
+import math
 import resource
 from pathlib import Path
 
@@ -15,60 +15,45 @@ CGROUP = Path("/sys/fs/cgroup")
 # a limit at or above this is no limit: cgroup v1 writes "unlimited" as the largest page-aligned int64
 NO_LIMIT = 1 << 62
 MAX_CONTEXT = 1024  # the widest context of a model whose config does not say (a mixture)
+# the bytes one chunk of a forward pass without gradients aims at: more rows buy no speed (a chunk that stays
+# near the cache is faster on the CPU), and a large vocabulary's logits must not take a large share of memory
+CHUNK_BYTES = 128 << 20
 
 
 def available(device: torch.device, proc: Path = PROC, cgroup: Path = CGROUP, rlimit=resource.getrlimit) -> int:
-    """Bytes this process may still allocate for new tensors on device.
-
-    On a GPU: its free memory. On the CPU, the smallest of: the machine's available memory (MemAvailable);
-    the address-space limit (RLIMIT_AS, ulimit -v) less the address space in use (VmSize); the data-segment
-    limit (RLIMIT_DATA) less the data in use (VmData); and the room left under each memory cgroup (v1 or
-    v2) the process is in. proc, cgroup and rlimit stand in for /proc, /sys/fs/cgroup and
-    resource.getrlimit (for tests)."""
+    """Bytes this process may still allocate on device: a GPU's free memory; on the CPU the least of MemAvailable,
+    the room under RLIMIT_AS (less VmSize) and RLIMIT_DATA (less VmData), and under each memory cgroup (v1 or v2)
+    the process is in and their parents. proc, cgroup and rlimit stand in for the system's (for tests)."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
-    status = _status(proc)
-    rooms = [_meminfo(proc), _cgroup_room(proc, cgroup)]
+    status = _kilobyte_fields(proc / "self" / "status", "VmSize", "VmData")
+    rooms = [_kilobyte_fields(proc / "meminfo", "MemAvailable").get("MemAvailable"), _cgroup_room(proc, cgroup)]
     for limit, in_use in ((resource.RLIMIT_AS, "VmSize"), (resource.RLIMIT_DATA, "VmData")):
         soft = rlimit(limit)[0]
         if soft != resource.RLIM_INFINITY and 0 <= soft < NO_LIMIT:
             rooms.append(soft - status.get(in_use, 0))
     known = [room for room in rooms if room is not None]
     if not known:
-        return 1 << 62  # nothing could be read: let the allocator speak
+        return NO_LIMIT  # nothing could be read: let the allocator speak
     return max(0, min(known))
 
 
-def _kilobytes(text: str, field: str) -> int | None:
-    """A 'Field:   123 kB' line's value in bytes, or None."""
-    for line in text.splitlines():
-        if line.startswith(field + ":"):
-            try:
-                return int(line.split()[1]) * 1024
-            except (ValueError, IndexError):
-                return None
-    return None
-
-
-def _meminfo(proc: Path) -> int | None:
+def _kilobyte_fields(path: Path, *fields: str) -> dict[str, int]:
+    """The values of a /proc file's 'Field:   123 kB' lines, in bytes (those that could be read)."""
     try:
-        return _kilobytes((proc / "meminfo").read_text(encoding="ascii"), "MemAvailable")
-    except (OSError, UnicodeDecodeError):
-        return None
-
-
-def _status(proc: Path) -> dict[str, int]:
-    """This process's VmSize and VmData, in bytes (those it could read)."""
-    try:
-        text = (proc / "self" / "status").read_text(encoding="ascii", errors="replace")
+        text = path.read_text(encoding="ascii", errors="replace")
     except OSError:
         return {}
-    found = {field: _kilobytes(text, field) for field in ("VmSize", "VmData")}
-    return {field: value for field, value in found.items() if value is not None}
+    found = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if name in fields and value.split() and value.split()[0].isdecimal():
+            found[name] = int(value.split()[0]) * 1024
+    return found
 
 
 def _cgroup_room(proc: Path, root: Path) -> int | None:
-    """The least room (limit less usage) of the memory cgroups this process is in and their ancestors;
+    """The least room (limit less usage) under the memory cgroups this process is in and their ancestors,
     None without a limit. /proc/self/cgroup names them: '0::/path' (v2) or 'N:memory:/path' (v1)."""
     try:
         lines = (proc / "self" / "cgroup").read_text(encoding="utf-8", errors="replace").splitlines()
@@ -92,21 +77,14 @@ def _cgroup_room(proc: Path, root: Path) -> int | None:
 
 
 def _rooms_up(mount: Path, path: str, limit_name: str, usage_name: str) -> list[int]:
-    """The room under the cgroup at path and under each ancestor up to the mount. Inside a container the
-    mount may show only the process's own cgroup (its path then is not found under it): the mount's root
-    is that cgroup."""
+    """The room under the cgroup at path and each ancestor up to the mount. A container's mount may show only
+    the process's own cgroup, at its root: then path is not found under it."""
     parts = [p for p in path.split("/") if p]
     here = mount.joinpath(*parts) if ".." not in parts else mount
     if not here.is_dir():
         here = mount
-    rooms = []
-    while True:
-        room = _room(here, limit_name, usage_name)
-        if room is not None:
-            rooms.append(room)
-        if here == mount or here == here.parent:
-            return rooms
-        here = here.parent
+    rooms = (_room(folder, limit_name, usage_name) for folder in [here, *here.parents] if folder.is_relative_to(mount))
+    return [room for room in rooms if room is not None]
 
 
 def _room(folder: Path, limit_name: str, usage_name: str) -> int | None:
@@ -124,10 +102,7 @@ def tensor_bytes(expected: dict) -> int:
     total = 0
     for dtype, shape in expected.values():
         dtype = dtype[0] if isinstance(dtype, tuple) else dtype
-        numel = 1
-        for size in shape:
-            numel *= size if size is not None else 1
-        total += numel * dtype.itemsize
+        total += math.prod(1 if size is None else size for size in shape) * dtype.itemsize
     return total
 
 
@@ -174,20 +149,14 @@ def row_bytes(cls, config, vocab_size: int) -> int:
     return 2 * cls.example_numbers(config, vocab_size) + 16 * positions * vocab_size + 16 * block_size
 
 
-# the bytes one chunk of a forward pass without gradients aims at: more rows buy no speed (a chunk that stays
-# near the cache is faster on the CPU), and a large vocabulary's logits must not take a large share of memory
-CHUNK_BYTES = 128 << 20
-
-
-def rows_that_fit(cls, config, vocab_size: int, device: torch.device, wanted: int, share: float = 0.5) -> int:
-    """The most rows (examples) of one forward pass without gradients, at most wanted and at most CHUNK_BYTES
-    of them (but one at least), whose activations fit in share of the memory this process may still allocate
-    on device; MakemoreError when not one row fits."""
-    per_row = row_bytes(cls, config, vocab_size)
+def rows_that_fit(cls, config, vocab_size: int, device: torch.device, wanted: int) -> int:
+    """The most rows (examples) of one forward pass without gradients, at most wanted and about CHUNK_BYTES (one
+    at least), that fit in half the memory this process may still allocate; MakemoreError if not one does."""
+    per_row = max(1, row_bytes(cls, config, vocab_size))
     free = available(device)
-    rows = min(wanted, max(1, CHUNK_BYTES // max(1, per_row)), int(share * free) // max(1, per_row))
+    rows = min(wanted, max(1, CHUNK_BYTES // per_row), free // 2 // per_row)
     if rows < 1:
         raise MakemoreError(f"one example of this {cls.name} model needs about {gb(per_row)} of memory, more than "
-                            f"the {gb(int(share * free))} a forward pass may take ({share:.0%} of the {gb(free)} "
+                            f"the {gb(free // 2)} a forward pass may take (50% of the {gb(free)} "
                             f"{where(device)} has available); use a machine with more memory or a smaller model")
     return rows

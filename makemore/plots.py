@@ -1,9 +1,5 @@
-"""Every picture makemore draws, as PNG files. All matplotlib code lives here.
-
-matplotlib is an optional extra (pip install "makemore[plot]"): it is imported only inside these functions,
-through its object-oriented API on the Agg canvas, so nothing here touches pyplot's global state or needs a
-display. Without matplotlib the plot commands fail with PlotUnavailable; training just skips its curve.
-"""
+"""Every picture makemore draws, as PNG files: all its matplotlib code, an optional extra imported only here, on
+the Agg canvas (no pyplot state, no display). Without it the plot commands fail with PlotUnavailable."""
 from __future__ import annotations
 
 import math
@@ -19,7 +15,8 @@ class PlotUnavailable(MakemoreError):
     """matplotlib is not installed."""
 
 
-def _figure(width: float, height: float):
+def _axes(width: float, height: float):
+    """The axes of a new figure of width x height inches."""
     try:
         import matplotlib  # noqa: F401  (fails first, and clearly, when the extra is missing)
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -28,31 +25,31 @@ def _figure(width: float, height: float):
         raise PlotUnavailable(INSTALL_HINT) from None
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
-    return fig
+    return fig.add_subplot()
+
+
+def require() -> None:
+    """Fail early, before any slow work, when a plot cannot be drawn."""
+    _axes(1, 1)
 
 
 def available() -> bool:
     try:
-        _figure(1, 1)
+        require()
     except PlotUnavailable:
         return False
     return True
 
 
-def require() -> None:
-    """Fail early, before any slow work, when a plot cannot be drawn."""
-    _figure(1, 1)
-
-
-def _save(fig, path: Path, dpi: int) -> Path:
-    """Write fig as a PNG of at most 128 colours: a quarter of the bytes, no visible change on these plots."""
+def _save(ax, path: Path, dpi: int) -> Path:
+    """Write ax's figure as a PNG of at most 128 colours: a quarter of the bytes, no visible change on these plots."""
     import io
 
     from PIL import Image  # matplotlib's own dependency
 
     path = Path(path)
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
+    ax.figure.savefig(buffer, format="png", dpi=dpi)
     image = Image.open(buffer).convert("RGB").quantize(colors=128)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,8 +70,7 @@ def curve_title(model: str, data_path) -> str:
 
 def training_curve(metrics: list[dict], path: Path, title: str) -> Path:
     """Train loss at every log point (the mean since the previous one) and dev loss at every evaluation."""
-    fig = _figure(7, 4.2)
-    ax = fig.add_subplot()
+    ax = _axes(7, 4.2)
     steps = [m["step"] for m in metrics]
     ax.plot(steps, [m["train_loss"] for m in metrics], lw=1, color="tab:blue", label="train (minibatches)")
     dev = [m for m in metrics if "dev_loss" in m]
@@ -86,7 +82,7 @@ def training_curve(metrics: list[dict], path: Path, title: str) -> Path:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, path, 90)
+    return _save(ax, path, 90)
 
 
 def write_curve_if_possible(metrics: list[dict] | None, path: Path, title: str) -> Path | None:
@@ -98,8 +94,7 @@ def write_curve_if_possible(metrics: list[dict] | None, path: Path, title: str) 
 
 def embeddings(points, labels: list[str], path: Path, title: str, axis_names=("dim 0", "dim 1")) -> Path:
     """The lecture's scatter: each character a big dot at its 2-D position, labelled in white."""
-    fig = _figure(6.5, 6.5)
-    ax = fig.add_subplot()
+    ax = _axes(6.5, 6.5)
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     ax.scatter(xs, ys, s=260, color="tab:blue")
     for x, y, label in zip(xs, ys, labels):
@@ -108,27 +103,24 @@ def embeddings(points, labels: list[str], path: Path, title: str, axis_names=("d
     ax.set_ylabel(axis_names[1])
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    return _save(fig, path, 80)
+    return _save(ax, path, 80)
 
 
-# the most characters whose bigram table is drawn: the figure is at most 14 inches at 72 dpi, 1,008 pixels, so
-# beyond this a cell is less than a pixel (and a 10,000-character table alone is 800 MB of float64)
+# the most characters whose bigram table is drawn: beyond it a cell of the 14-inch figure is less than a pixel
 MAX_TABLE_VOCAB = 1000
 MAX_CELL_TEXT = 40  # characters up to which each cell is labelled with its bigram and value
 MAX_TICK_LABELS = 100  # characters up to which the rows and columns are labelled
 
 
 def bigram_table(table, labels: list[str], path: Path, title: str, counts: bool) -> Path:
-    """The lecture's table as a heatmap: row = previous character, column = next; each cell names its
-    bigram and its count (or probability). Cell text, then the characters on the axes, are left out when the
-    vocabulary is too big to read; a table of more than MAX_TABLE_VOCAB characters is refused."""
+    """The lecture's table as a heatmap: row = previous character, column = next, each cell labelled with its
+    bigram and count (or probability) while they are readable; more than MAX_TABLE_VOCAB characters are refused."""
     V = len(labels)
     if V > MAX_TABLE_VOCAB:
         raise MakemoreError(f"the bigram table of {V:,} characters is too large to draw (at most "
                             f"{MAX_TABLE_VOCAB:,}: a cell would be less than a pixel)")
     size = min(14.0, 2 + 0.42 * V)
-    fig = _figure(size, size)
-    ax = fig.add_subplot()
+    ax = _axes(size, size)
     ax.imshow(table.numpy(), cmap="Blues")
     if V <= MAX_CELL_TEXT:
         rows = table.tolist()
@@ -148,13 +140,12 @@ def bigram_table(table, labels: list[str], path: Path, title: str, counts: bool)
     ax.xaxis.set_label_position("top")
     ax.set_ylabel("previous character")
     ax.set_title(title, fontsize=11)
-    return _save(fig, path, 72)
+    return _save(ax, path, 72)
 
 
 def lr_sweep(sweep, path: Path) -> Path:
     """Loss against the exponent of the learning rate, raw and smoothed, with the suggested rate marked."""
-    fig = _figure(7, 4.2)
-    ax = fig.add_subplot()
+    ax = _axes(7, 4.2)
     exps = [math.log10(lr) for lr in sweep.lrs]
     ax.plot(exps, sweep.losses, lw=0.6, alpha=0.5, color="tab:blue", label="minibatch loss")
     ax.plot(exps, sweep.smoothed, lw=1.8, color="tab:blue", label="smoothed")
@@ -174,4 +165,4 @@ def lr_sweep(sweep, path: Path) -> Path:
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, path, 90)
+    return _save(ax, path, 90)

@@ -1,10 +1,6 @@
-"""The random numbers of sampling: one uniform number for each (item, step) of a seeded request.
-
-Item k of a request draws its t-th token with uniforms(item_keys(key, k), t), whatever the batch it is
-drawn in, so -n 5 prints the first 5 items of -n 8 and a rejected item never shifts the others' draws. The
-numbers are SplitMix64's output function (Steele, Lea and Flood, "Fast splittable pseudorandom number
-generators", 2014) applied to counters: a hash of (seed, item, step) on int64 tensors.
-"""
+"""The random numbers of sampling: SplitMix64's output function (Steele, Lea and Flood, 2014) on counters, a
+hash of (seed, item, step). Item k draws its t-th token with uniforms(item_keys(key, k), t) whatever its batch,
+so -n 5 prints the first 5 items of -n 8 and a rejected item never shifts the others' draws."""
 from __future__ import annotations
 
 import secrets

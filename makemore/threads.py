@@ -1,19 +1,9 @@
 """How many threads torch computes with: chosen for the machine at the start, kept right as its load changes.
 
-torch splits each operation over one thread per core, and the threads wait for each other at its end. A
-step of makemore's small models is hundreds of such operations of microseconds each, so a thread that
-loses its core to another process holds up the others at every one: beside one busy process on 2 cores the
-default MLP ran from 2.5 to 127 times slower with torch's 2 threads than with 1 (bench/results/contention.md).
-
-- choose() picks the count to start with: the user's (a count given, or OMP_NUM_THREADS) exactly; else
-  one thread for each WORK_PER_THREAD multiply-adds of the work, at most one per core that no other
-  process keeps busy; a GPU run needs few on the CPU side, and keeps them.
-- A Governor, told of every training step, watches their speed. When the steps become much slower than
-  they were, or the process gets much less CPU than its threads ask for, it tries fewer threads for a
-  moment and keeps whichever is faster; now and then it tries more again, to go back when the load goes.
-
-The count changes only how the sums inside an operation are split, so whatever it is (and whenever it
-changes) a run gives the same results up to float rounding.
+A step of makemore's small models is hundreds of operations of microseconds, each split over torch's threads,
+which wait for each other at its end: one thread that loses its core to another process holds up all of them
+(the default MLP ran 2.5 to 127 times slower beside one busy process; bench/results/contention.md). The count
+only changes how sums are split, so results are the same up to float rounding whatever it is.
 """
 from __future__ import annotations
 
@@ -29,16 +19,11 @@ import torch
 from makemore import memory
 from makemore.errors import MakemoreError, OptionError
 
-# Multiply-adds of one forward pass (see work()) worth another thread. Measured on 16 cores (seconds for
-# the same steps at 1 / 2 / 4 / 8 / 16 threads): the lecture's MLP at batch 32 (0.4M) 0.32 / 0.31 / 0.38;
-# the default MLP at batch 128 (15M) 1.18 / 1.11 / 0.94 / 0.77 / 0.68; at batch 512 (61M) 1.30 / 0.82 /
-# 0.55 / 0.48 / 0.47; its eval chunks of 4,096 (490M) 79 / 40 / 23 / 15 / 12 ms.
+# multiply-adds of one forward pass worth another thread (BENCHMARKS.md, "Tuning notes")
 WORK_PER_THREAD = 1_000_000
-# On a GPU run the CPU only gathers batches and launches kernels: the default MLP on an H200 took the
-# same time with 1, 2, 4 or 16 threads (0.58 s for 2,000 steps).
+# a GPU run's CPU only gathers batches and launches kernels: more threads did not help
 ACCELERATOR_THREADS = 2
-# the most threads a user's count may give per usable core: beyond a few per core they only wait for each other
-# (and 1,024 threads reserve 8 GB of address space for their stacks, which ended in a MemoryError)
+# more threads per core only wait for each other (and 1,024 stacks took 8 GB of address space)
 MAX_THREADS_PER_CORE = 4
 
 
@@ -77,8 +62,7 @@ def _running() -> int | None:
 
 
 def _own_running() -> int:
-    """This process's threads that are runnable now: the one asking, and torch's, which spin for some
-    milliseconds after each parallel operation (up to 50 ms measured) before they sleep."""
+    """This process's runnable threads: the one asking, and torch's, which spin a while after each operation."""
     count = 0
     try:
         tasks = os.listdir("/proc/self/task")
@@ -93,20 +77,13 @@ def _own_running() -> int:
     return max(1, count)
 
 
-def busy_cores(cores: int, readings: int = 3, gap: float = 0.0005, running=_running, own=_own_running,
-               sleep=time.sleep) -> int:
-    """Cores that other processes keep busy now: the runnable threads less this process's, the fewest of a
-    few readings half a millisecond apart (a process that only wakes for a moment is not counted), at most
-    cores.
-
-    /proc/loadavg counts the whole machine (or, in a container, the host): where this process may use only
-    some of its cores, work on the others is counted too, so the count errs towards fewer threads, which
-    the Governor corrects once a run is under way. 0 where the count cannot be read.
-    """
+def busy_cores(cores: int, running=_running, own=_own_running, sleep=time.sleep) -> int:
+    """Cores other processes keep busy (at most cores; 0 when unknown): the fewest runnable threads not this
+    process's in three readings 0.5 ms apart, so that a process waking for a moment is not counted."""
     counts = []
-    for i in range(readings):
+    for i in range(3):
         if i:
-            sleep(gap)
+            sleep(0.0005)
         n = running()
         if n is None:
             return 0
@@ -115,8 +92,7 @@ def busy_cores(cores: int, readings: int = 3, gap: float = 0.0005, running=_runn
 
 
 def work(model, rows: int) -> int:
-    """Multiply-adds of one forward pass of rows examples, roughly: every weight is used once per example,
-    or once per position of a row of a model that reads whole items."""
+    """Multiply-adds of one forward pass of rows examples, roughly: every weight once per position."""
     positions = rows * (model.block_size if model.whole_items else 1)
     return positions * sum(p.numel() for p in model.parameters())
 
@@ -127,37 +103,19 @@ class Choice:
 
     threads: int
     most: int  # the count for this work on an idle machine: the Governor tries no more than this
-    # "--threads" or "OMP_NUM_THREADS" (the user's count), "device" (a GPU run's), or "auto"
-    source: str
-    reason: str  # why, in words, for a log line
+    source: str  # "--threads", "OMP_NUM_THREADS", "device" (a GPU run), "caller" or "auto"
 
     @property
     def fixed(self) -> bool:
         """The Governor never changes it: the user's count, or a GPU run's (its speed is the GPU's)."""
         return self.source != "auto"
 
-    def describe(self) -> str:
-        return f"{self.threads} thread{'s' * (self.threads != 1)} ({self.reason})"
-
-
-def _env_threads(value: str) -> int | None:
-    """OMP_NUM_THREADS's count for the outer level ("4", or "4,2" for nested levels); None if not a count."""
-    try:
-        n = int(value.split(",")[0])
-    except ValueError:
-        return None
-    return n if n >= 1 else None
-
 
 def choose(threads: int | None = None, device="cpu", work: int | None = None, *, env=None,
            cores: int | None = None, busy: int | None = None) -> Choice:
-    """The thread count to start with.
-
-    threads: the user's count (--threads), None when not given; it wins over OMP_NUM_THREADS. device: where
-    the model runs (a torch.device or its name, "auto" already resolved). work: the multiply-adds of one
-    forward pass of the operations' usual size (work(model, batch)); None counts as plenty. env, cores and
-    busy stand in for os.environ, usable_cores() and busy_cores() (for tests).
-    """
+    """The thread count to start with: the user's (threads, else OMP_NUM_THREADS) exactly; else one per
+    WORK_PER_THREAD of work (None: plenty), at most one per core no other process keeps busy.
+    env, cores and busy stand in for os.environ, usable_cores() and busy_cores() (for tests)."""
     if threads is not None:
         if threads < 1:
             raise OptionError(f"--threads must be at least 1, not {threads}")
@@ -166,25 +124,20 @@ def choose(threads: int | None = None, device="cpu", work: int | None = None, *,
             raise MakemoreError(f"--threads {threads}: this machine lets the process use {cores} "
                                 f"core{'s' * (cores != 1)}; give at most {MAX_THREADS_PER_CORE * cores} "
                                 f"({MAX_THREADS_PER_CORE} per core), or leave --threads out to let makemore choose")
-        return Choice(threads, threads, "--threads", "--threads")
-    env = os.environ if env is None else env
-    given = env.get("OMP_NUM_THREADS", "").strip()
-    if given:  # torch has already read it; a value that is no count is left to torch's reading of it
-        n = _env_threads(given) or torch.get_num_threads()
-        return Choice(n, n, "OMP_NUM_THREADS", f"OMP_NUM_THREADS={given}")
+        return Choice(threads, threads, "--threads")
+    given = (os.environ if env is None else env).get("OMP_NUM_THREADS", "")
+    if given.strip():
+        # torch has already read it; "4,2" sets nested levels (torch's is the first), and no count is torch's
+        outer = given.split(",")[0].strip()
+        n = int(outer) if outer.isdecimal() and int(outer) >= 1 else torch.get_num_threads()
+        return Choice(n, n, "OMP_NUM_THREADS")
     cores = usable_cores() if cores is None else cores
     if torch.device(device).type != "cpu":
         n = min(cores, ACCELERATOR_THREADS)
-        return Choice(n, n, "device", f"{torch.device(device).type} run: the CPU only feeds it")
+        return Choice(n, n, "device")
     most = cores if work is None else max(1, min(cores, work // WORK_PER_THREAD))
     busy = busy_cores(cores) if busy is None else busy
-    n = max(1, min(most, cores - busy))
-    reason = f"{cores} core{'s' * (cores != 1)}"
-    if most < cores:
-        reason += f", work for {most}"
-    if n < most:
-        reason += f", {busy} kept busy by other processes"
-    return Choice(n, most, "auto", reason)
+    return Choice(max(1, min(most, cores - busy)), most, "auto")
 
 
 def apply(choice: Choice) -> None:
@@ -194,8 +147,7 @@ def apply(choice: Choice) -> None:
 
 
 def setup(threads: int | None = None, device="cpu", work: int | None = None) -> Choice:
-    """choose() and apply(): for a command's start (train, eval, lr-find, sample); first a check that the
-    threads' stacks fit in the address space the process may still use."""
+    """choose() and apply(), for a command's start; first a check that the threads' stacks fit in memory."""
     choice = choose(threads, device, work)
     if choice.threads > torch.get_num_threads():
         memory.check_fits({"thread stacks": memory.thread_stacks(choice.threads - torch.get_num_threads())},
@@ -207,27 +159,20 @@ def setup(threads: int | None = None, device="cpu", work: int | None = None) -> 
 class Governor:
     """Keeps the thread count fast while other processes come and go: call tick(step) after every step.
 
-    It measures the steps' speed over windows of WINDOW seconds. At its count it remembers the fastest
-    window since it settled there; when PATIENCE windows in a row run SLOWER times slower than that, or the
-    process gets less than STARVED of the CPU time its threads ask for, it probes the next lower count (a
-    window there) and keeps it if it is MARGIN faster than the last window at its own. While below the most
-    threads worth using it probes the next higher count every so often: every REPROBE seconds it looks
-    whether other processes have left enough cores free for it (busy_cores()), and if so probes, waiting
-    twice as long after each probe that loses (up to MAX_REPROBE). A probe that runs SLOWER times slower
-    than home ends at its next tick after PROBE_CHECK seconds, so a losing probe costs about one step.
-
-    On an idle machine at its starting count nothing triggers a probe, and tick() costs one clock read and
-    a comparison. With a fixed count (the user's) tick() does nothing.
+    It times the steps over windows. When they run much slower than its best window at this count, or the
+    process gets much less CPU than its threads ask for, it probes half the threads for a window and keeps
+    them if faster. Below choice.most it probes twice as many now and then, when enough cores look free,
+    waiting twice as long after each probe that loses. Idle, tick() is one clock read; a fixed count, nothing.
     """
 
-    WINDOW = 0.2
-    PROBE_CHECK = 0.04
-    SLOWER = 1.5
-    STARVED = 0.75
-    PATIENCE = 2
-    MARGIN = 1.1
-    REPROBE = 1.0
-    MAX_REPROBE = 60.0
+    WINDOW = 0.2  # seconds of steps measured at once
+    PROBE_CHECK = 0.04  # how soon a probe is looked at, so that one clearly worse costs about a step
+    SLOWER = 1.5  # this much slower than the best (or than home, for a probe) is struggling
+    STARVED = 0.75  # less than this share of the CPU its threads ask for is struggling
+    PATIENCE = 2  # windows struggling in a row before it probes fewer threads
+    MARGIN = 1.1  # how much faster a probe must be to be kept
+    REPROBE = 1.0  # seconds before it looks again for free cores, doubled after each losing probe...
+    MAX_REPROBE = 60.0  # ...up to this
 
     def __init__(self, choice: Choice, clock=time.perf_counter, cpu_clock=time.process_time,
                  set_threads=torch.set_num_threads, busy=busy_cores, cores: int | None = None):
@@ -248,7 +193,7 @@ class Governor:
     @classmethod
     def keeping(cls, threads: int) -> "Governor":
         """A governor that never changes the count (for a caller that chose it)."""
-        return cls(Choice(threads, threads, "caller", "chosen by the caller"))
+        return cls(Choice(threads, threads, "caller"))
 
     def tick(self, step: int) -> None:
         """Tell the governor that step steps are done (call it after each step, or every few)."""
@@ -280,50 +225,31 @@ class Governor:
             return
         elapsed = now - self._t0
         rate = elapsed / (step - self._step)
-        if self.threads != self._home:
-            if rate > self.SLOWER * self._home_rate:
-                self._end_probe(step, now, keep=False)  # clearly worse already: back at once
-            elif elapsed >= self.WINDOW:
-                self._end_probe(step, now, keep=rate * self.MARGIN < self._home_rate)
-            else:
+        home, most = self._home, self.choice.most
+        if self.threads != home:  # a probe: ended after a window, or at once when clearly worse
+            if elapsed < self.WINDOW and rate <= self.SLOWER * self._home_rate:
                 self._due = now + self.PROBE_CHECK
+                return
+            if rate * self.MARGIN < self._home_rate:
+                self._home, self._best, self._strikes, self._backoff = self.threads, math.inf, 0, self.REPROBE
+            else:
+                self._switch(step, home)
+                self._backoff = min(self.MAX_REPROBE, self._backoff * 2)
+            self._probe_at = now + self._backoff
+            self._start(step, now)
             return
         share = (self._cpu_clock() - self._cpu0) / (elapsed * self.threads)
         self._home_rate = rate
         self._best = min(self._best, rate)
         struggling = rate > self.SLOWER * self._best or (self.threads > 1 and share < self.STARVED)
         self._strikes = self._strikes + 1 if struggling else 0
-        lower, higher = self._neighbours()
-        if now >= self._probe_at and self._strikes >= self.PATIENCE and lower is not None:
-            self._probe(step, now, lower)
-        elif now >= self._probe_at and higher is not None and self._strikes == 0:
-            if self._cores - self._busy(self._cores) >= higher:
-                self._probe(step, now, higher)
+        if now >= self._probe_at and self._strikes >= self.PATIENCE and home > 1:
+            self._switch(step, max(1, home // 2))
+        elif now >= self._probe_at and self._strikes == 0 and home < most:
+            if self._cores - self._busy(self._cores) >= min(most, home * 2):
+                self._switch(step, min(most, home * 2))
             else:  # other processes still hold the cores it would need: look again a little later
                 self._probe_at = now + self.REPROBE
-                self._start(step, now)
-        else:
-            self._start(step, now)
-
-    def _neighbours(self) -> tuple[int | None, int | None]:
-        """The next lower and next higher counts to try: halves and doubles, within 1 and choice.most."""
-        home = self._home
-        lower = max(1, home // 2) if home > 1 else None
-        higher = min(self.choice.most, home * 2) if home < self.choice.most else None
-        return lower, higher
-
-    def _probe(self, step: int, now: float, threads: int) -> None:
-        self._switch(step, threads)
-        self._start(step, now)
-
-    def _end_probe(self, step: int, now: float, keep: bool) -> None:
-        if keep:
-            self._home, self._best, self._strikes = self.threads, math.inf, 0
-            self._backoff = self.REPROBE
-        else:
-            self._switch(step, self._home)
-            self._backoff = min(self.MAX_REPROBE, self._backoff * 2)
-        self._probe_at = now + self._backoff
         self._start(step, now)
 
     def _switch(self, step: int, threads: int) -> None:

@@ -20,7 +20,7 @@ from makemore.models import get_model_class
 from makemore.threads import Choice, Governor
 from makemore.train import TrainConfig, train_loop
 
-AUTO2 = Choice(2, 2, "auto", "test")
+AUTO2 = Choice(2, 2, "auto")
 
 
 # ---- choose(): the starting count ----
@@ -39,8 +39,9 @@ def test_omp_num_threads_is_respected_exactly(value, expected):
     assert choice.fixed
 
 
-def test_omp_num_threads_that_is_no_count_leaves_torchs_reading():
-    choice = threads.choose(env={"OMP_NUM_THREADS": "lots"}, cores=64, busy=0)
+@pytest.mark.parametrize("value", ["lots", "0", "-2", ",4"])
+def test_omp_num_threads_that_is_no_count_leaves_torchs_reading(value):
+    choice = threads.choose(env={"OMP_NUM_THREADS": value}, cores=64, busy=0)
     assert choice.fixed and choice.threads == torch.get_num_threads()
 
 
@@ -71,7 +72,6 @@ def test_the_default_mlp_gets_both_cores_of_two_but_not_sixty_four():
 def test_cores_kept_busy_by_others_are_left_to_them():
     choice = threads.choose(env={}, cores=2, busy=1, work=10**12)
     assert (choice.threads, choice.most, choice.fixed) == (1, 2, False)
-    assert "1 kept busy" in choice.reason
     assert threads.choose(env={}, cores=2, busy=5, work=10**12).threads == 1  # never fewer than one
     assert threads.choose(env={}, cores=16, busy=1, work=10**12).threads == 15
 
@@ -123,9 +123,9 @@ def test_apply_sets_torchs_count_except_under_omp_num_threads(monkeypatch):
     calls = []
     monkeypatch.setattr(torch, "get_num_threads", lambda: 7)
     monkeypatch.setattr(torch, "set_num_threads", calls.append)
-    threads.apply(Choice(3, 3, "auto", "test"))
-    threads.apply(Choice(3, 3, "--threads", "--threads"))
-    threads.apply(Choice(3, 3, "OMP_NUM_THREADS", "OMP_NUM_THREADS=3"))
+    threads.apply(Choice(3, 3, "auto"))
+    threads.apply(Choice(3, 3, "--threads"))
+    threads.apply(Choice(3, 3, "OMP_NUM_THREADS"))
     assert calls == [3, 3]
 
 
@@ -191,7 +191,7 @@ def test_on_an_idle_machine_it_never_changes_anything():
 
 
 def test_a_fixed_count_is_never_changed_whatever_the_load():
-    for choice in (Choice(2, 2, "--threads", "--threads"), Choice(2, 2, "OMP_NUM_THREADS", "OMP_NUM_THREADS=2")):
+    for choice in (Choice(2, 2, "--threads"), Choice(2, 2, "OMP_NUM_THREADS")):
         machine = FakeMachine(two_cores, load=lambda now: 1 if now > 5 else 0)
         gov = machine.governor(choice)
         machine.run(gov, 30.0)
@@ -219,7 +219,7 @@ def test_a_busy_process_arriving_mid_run_sends_it_to_one_thread_within_a_second(
 @pytest.mark.parametrize("sees_load", [True, False])
 def test_when_the_load_goes_away_it_goes_back_to_two_threads(sees_load):
     machine = FakeMachine(two_cores, load=lambda now: 1 if now < 20 else 0, threads=1)
-    gov = machine.governor(Choice(1, 2, "auto", "1 kept busy at the start"), sees_load=sees_load)
+    gov = machine.governor(Choice(1, 2, "auto"), sees_load=sees_load)
     machine.run(gov, 20.0)
     assert machine.threads == 1
     if sees_load:
@@ -270,7 +270,7 @@ def test_many_cores_settle_on_the_count_that_is_fastest_under_load():
         return {8: 3.0e-3, 4: 0.8e-3, 2: 1.2e-3, 1: 2.0e-3}[threads], {8: 0.5}.get(threads, 1.0)
 
     machine = FakeMachine(sixteen, load=lambda now: 1 if 5 <= now < 35 else 0, threads=8)
-    gov = machine.governor(Choice(8, 8, "auto", "test"))
+    gov = machine.governor(Choice(8, 8, "auto"))
     machine.run(gov, 30.0)
     assert machine.threads == 4 and gov.switches[0][1:] == (8, 4)  # down a step at a time
     machine.run(gov, 30.0)
@@ -283,7 +283,7 @@ def test_it_climbs_back_a_doubling_at_a_time():
         return (quiet if threads <= 8 - busy else 4 * quiet), 1.0
 
     machine = FakeMachine(eight, load=lambda now: 6 if now < 10 else 0, threads=2)
-    gov = machine.governor(Choice(2, 8, "auto", "6 kept busy at the start"))
+    gov = machine.governor(Choice(2, 8, "auto"))
     machine.run(gov, 10.0)
     assert gov.switches == []
     machine.run(gov, 5.0)
@@ -366,7 +366,7 @@ class _Recording(threads.Governor):
     """A governor that records what the loop tells it."""
 
     def __init__(self):
-        super().__init__(threads.Choice(1, 1, "caller", "test"))
+        super().__init__(threads.Choice(1, 1, "caller"))
         self.ticks, self.paused_at = [], []
 
     def tick(self, step):
