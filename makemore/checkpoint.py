@@ -1,14 +1,8 @@
-"""One self-describing checkpoint file per trained model, in the safetensors format, with no pickle in it.
+"""The checkpoint format: one safetensors file per trained model (no pickle: loading it cannot run code), its
+tensors beside one JSON document in the header's __metadata__ that holds everything else, and a SHA-256 of
+both. The README's "Checkpoints" section documents the layout key by key.
 
-The file is a safetensors file (https://huggingface.co/docs/safetensors): an 8-byte little-endian header
-length, a JSON header naming every tensor with its dtype, shape and byte range, then the tensors' bytes.
-Loading it cannot run code, any language can read it, and the tensors can be memory-mapped. Everything
-that is not a tensor (the model's name and config, the vocabulary, the split, the data file, the training
-settings and history) is one JSON document kept as a string in the header's __metadata__, beside a SHA-256
-of that document and of every tensor. The README's "Checkpoints" section documents the layout key by key.
-
-save() writes atomically; load() reads only what makemore.checkpoint_checks has let through, in the order
-bounds, header, document, tensors' dtypes and shapes, then their bytes and the checksum.
+save() writes atomically and checks nothing; load() reads only what makemore.checkpoint_checks lets through.
 """
 from __future__ import annotations
 
@@ -48,13 +42,9 @@ _NAMES = {dtype: name for name, dtype in _DTYPES.items()}
 
 def build(*, model: str, config, vocab: str, train, split: dict, data: dict, items, state_dict: dict, step: int,
           best_dev_loss: float, metrics: list, resume: dict | None = None, mix: dict | None = None) -> dict:
-    """The checkpoint as a dict, as load() returns it: the one place where its contents are put together.
-
-    config and train may be dataclasses or plain dicts; items a list of items or the items joined by
-    newlines; tensors may be on any device (save copies them to the CPU). resume, for `train --resume`:
-    state_dict (the latest weights), optimizer (torch.optim's state_dict()), rng (the batch generator's
-    state), elapsed and world_size.
-    """
+    """The checkpoint as a dict, as load() returns it. config and train may be dataclasses; items a list or
+    the items joined by newlines; tensors on any device. resume, for `train --resume`: state_dict (the latest
+    weights), optimizer (torch.optim's state_dict()), rng (the batch generator's state), elapsed, world_size."""
     ckpt = dict(
         format_version=FORMAT_VERSION, makemore_version=__version__, model=model, config=_plain(config),
         vocab=vocab, train=_plain(train), split=dict(fractions=[float(f) for f in split["fractions"]],

@@ -400,9 +400,8 @@ def tensors(entries: dict, wanted: dict) -> None:
         fits = len(found_shape) == len(shape) and all(w is None or w == got for w, got in zip(shape, found_shape))
         if found not in dtypes or not fits:
             shown = "(" + ", ".join("any" if s is None else str(s) for s in shape) + ")"
-            raise Refused(f"does not fit its model: tensor {_shown(name)} is "
-                          f"{_dtype(found)} {tuple(found_shape)}, its config gives "
-                          f"{'/'.join(map(_dtype, dtypes))} {shown}")
+            raise Refused(f"does not fit its model: tensor {_shown(name)} is {_dtype(found)} {tuple(found_shape)}, "
+                          f"its config gives {'/'.join(map(_dtype, dtypes))} {shown}")
     extra = [name for name in entries if name not in wanted]
     if extra:
         raise Refused(f"does not fit its model: it holds an unexpected tensor {_shown(extra[0])}")
@@ -415,8 +414,8 @@ def _dtype(dtype: torch.dtype) -> str:
 def items_size(n_bytes: int) -> None:
     """Refuse an items tensor larger than any data file makemore reads, before it is read."""
     if n_bytes > MAX_ITEMS_BYTES:
-        raise Refused(f"keeps {n_bytes:,} bytes of training items; a checkpoint keeps at most "
-                      f"{MAX_ITEMS_BYTES:,} (the size of the largest data file makemore reads)")
+        raise Refused(f"keeps {n_bytes:,} bytes of training items; a checkpoint keeps at most {MAX_ITEMS_BYTES:,} "
+                      "(the size of the largest data file makemore reads)")
 
 
 def items(raw: bytearray, ckpt: dict) -> str:
@@ -468,8 +467,7 @@ def values(ckpt: dict) -> None:
         try:
             torch.Generator().set_state(resume["rng"])
         except RuntimeError:
-            raise Refused("its training state's random state (resume.rng) is not a generator "
-                          "state") from None
+            raise Refused("its training state's random state (resume.rng) is not a generator state") from None
         state = resume["optimizer"]["state"]
         if any(not 0 <= float(entry["step"]) < math.inf for entry in state.values() if "step" in entry):
             raise Refused("its optimizer state's step is not a finite number >= 0")
@@ -497,8 +495,11 @@ def check_resumable(ckpt: dict, path, optimizer) -> None:
                               "be resumed")
     for key, ref in reference.items():
         value = group[key]
-        fits = (value is None or isinstance(value, bool)) if (ref is None or isinstance(ref, bool)) else (
-            isinstance(value, tuple) == isinstance(ref, tuple) and (not isinstance(ref, tuple) or len(value) == len(ref)))
+        if ref is None or isinstance(ref, bool):
+            fits = value is None or isinstance(value, bool)
+        else:
+            fits = isinstance(value, tuple) == isinstance(ref, tuple) and (not isinstance(ref, tuple)
+                                                                            or len(value) == len(ref))
         fixed = isinstance(ref, bool) and key not in _OPTIONAL_FLAGS
         if not fits or (fixed and value != ref):
             raise CheckpointError(f"{path}: the optimizer's {key} is {_shown(value)}; makemore trains with "
