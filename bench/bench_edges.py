@@ -188,7 +188,8 @@ def train_fixtures(user: Path, files: dict, env: dict, jobs: int) -> dict:
 
 def craft(base: dict, path: Path, *, model=None, config=None, state=None, data=None, items=None,
           resume="keep", mix=None, train=None) -> Path:
-    """A checkpoint saved through makemore.checkpoint.build/save from base with some values replaced.
+    """A checkpoint saved through makemore.checkpoint.build/save from base with some values replaced, once
+    makemore.checkpoint.load takes it (save writes anything; load refuses what is beyond its limits).
     resume: "keep" (base's), None (none), or "fresh" (an optimizer state of the new shapes)."""
     model = model or base["model"]
     state = state if state is not None else base["state_dict"]
@@ -237,7 +238,7 @@ def mixture_of(parts: list) -> tuple[dict, dict]:
 
 
 def make_crafted(user: Path, root: Path, files: dict, ck: dict) -> tuple[dict, list]:
-    """Crafted checkpoints: name -> path; and lines saying what save refused to write."""
+    """Crafted checkpoints: name -> path; and lines saying which of them load refused."""
     out = user / "crafted"
     out.mkdir()
     secret = root / "secret" / "secret.txt"
@@ -251,7 +252,7 @@ def make_crafted(user: Path, root: Path, files: dict, ck: dict) -> tuple[dict, l
     def attempt(name, fn):
         try:
             made[name] = fn(out / f"{name}.safetensors")
-        except Exception as e:  # noqa: BLE001  (a value save refuses is a finding, not a failure)
+        except Exception as e:  # noqa: BLE001  (a value load refuses is a finding, not a failure)
             refused.append(f"{name}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
 
     secret_data = dict(bigram["data"], path=str(secret))
@@ -785,7 +786,7 @@ def measure(seed: int = 29, fuzz: int = 60, jobs: int = 2, keep: bool = False, o
         files = make_data(user, rng)
         ck = train_fixtures(user, files, env, jobs)
         crafted, refused = make_crafted(user, root, files, ck)
-        log(f"crafted {len(crafted)} checkpoints; save refused {len(refused)}")
+        log(f"crafted {len(crafted)} checkpoints; load refused {len(refused)}")
         table_ = [entry for entry in cases(root, files, ck, crafted, runs, rng, fuzz) if only in entry[0].group]
         log(f"{len(table_)} runs")
         watched = [user, root / "secret"]
@@ -828,7 +829,7 @@ def report(table_, results, root, refused, seed, fuzz) -> tuple[str, int]:
              f"RLIMIT_AS {ADDRESS_SPACE >> 30} GB, stdin closed, a {WALL:.0f} s limit; $T is the temporary folder. "
              f"**{len(bad)} runs violate**, {len(noted)} more have notes.", ""]
     if refused:
-        lines += ["Checkpoints that `checkpoint.save` refused to write (so no command can be given them):", ""]
+        lines += ["Crafted checkpoints that `checkpoint.load` refused (so every command refuses them):", ""]
         lines += [f"- {line}" for line in refused] + [""]
     groups = {}
     for (c, _), r in zip(table_, results):

@@ -15,6 +15,7 @@ import torch
 
 from makemore import checkpoint, distributed, instruments, memory, mixing, options, plots, threads
 from makemore.batches import BATCH_CHUNK, GATHER
+from makemore.checkpoint_checks import check_resumable
 from makemore.constraints import NothingFound, Samples
 from makemore.data import (DEFAULT_SPLIT_SEED, DEFAULT_SPLITS, Data, Vocab, read_items, read_items_file, recordable,
                            recorded_status)
@@ -208,7 +209,7 @@ def _resumed_run(path: Path, model: str | None, data, model_options: dict | None
     tconfig.steps = wanted.steps
     resumed = model_from(prior, path)  # a checkpoint whose weights do not fit is refused before any work
     if not cls.counts and prior["step"] > 0:
-        checkpoint.check_resumable(prior, path, make_optimizer(resumed, tconfig))
+        check_resumable(prior, path, make_optimizer(resumed, tconfig))
     dataset = _resumed_data(prior, path, data, strict, warn)
     vocab = Vocab(prior["vocab"])
     vocab.check_items(dataset.items, printable(dataset.path))

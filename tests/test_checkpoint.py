@@ -24,7 +24,10 @@ from hypothesis import strategies as st
 
 from conftest import invoke, ok
 from makemore import api, checkpoint
+from makemore import checkpoint_checks as checks
+from makemore.data import MAX_VOCAB
 from makemore.errors import CheckpointError
+from makemore.models import MODELS, get_model_class
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MLP = ["--model", "mlp", "--n-embd", "4", "--n-hidden", "16", "--batch-size", "16", "--block-size", "3",
@@ -90,10 +93,10 @@ def seal(header: dict, data: bytes, doc=KEEP) -> bytes:
         for name, entry in header.items():
             if name not in ("__metadata__", checkpoint.DIGEST):
                 begin, end = entry["data_offsets"]
-                tensors[name] = (entry["dtype"], tuple(entry["shape"]), end - begin, [data[begin:end]])
+                tensors[name] = (entry["dtype"], entry["shape"], data[begin:end])
         begin, end = header[checkpoint.DIGEST]["data_offsets"]
         assert end - begin == 32
-        digest = bytes.fromhex(checkpoint._digest(meta["makemore"], tensors))
+        digest = bytes.fromhex(checkpoint.digest(meta["makemore"], tensors))
         data = data[:begin] + digest + data[end:]
     except (KeyError, TypeError, ValueError, AttributeError, AssertionError, OverflowError):
         pass  # a header too broken to take a checksum of: the loader refuses it before it gets that far
@@ -167,8 +170,8 @@ def test_the_file_is_safetensors_with_one_json_document_and_no_pickle(trained):
     assert set(header["__metadata__"]) == {"makemore"}
     # standard JSON: no NaN or Infinity, readable by any JSON parser
     doc = json.loads(header["__metadata__"]["makemore"], parse_constant=lambda c: pytest.fail(c))
-    assert set(doc) == set(checkpoint.REQUIRED) | {"resume"}
-    assert doc["format_version"] == checkpoint.FORMAT_VERSION == 2
+    assert set(doc) == set(checks.REQUIRED) | {"resume"}
+    assert doc["format_version"] == checkpoint.FORMAT_VERSION == 3
     names = set(header) - {"__metadata__", checkpoint.DIGEST}
     assert {n for n in names if n.startswith("state_dict.")} == {f"state_dict.{k}" for k in
                                                                  ("C", "W1", "b1", "W2", "b2", "Wd")}
@@ -193,41 +196,48 @@ def test_no_pickle_anywhere_in_makemore():
     assert not re.search(r"torch\._|torch\.ops", text)
 
 
-@pytest.mark.parametrize("model", ["mlp", "bigram-nn", "bigram", "ngram", "mixture", "gru", "transformer"])
-def test_save_then_load_gives_back_the_same_checkpoint(trained, tmp_path, model):
-    ckpt = checkpoint.load(trained[model])
+@pytest.fixture(scope="module")
+def every_model(tmp_path_factory) -> dict[str, Path]:
+    """A checkpoint of every registered model at its defaults, as its run saved it (with its training state
+    where it has one), and a mixture of two: {name: path}."""
+    root = tmp_path_factory.mktemp("every")
+    data = root / "names.txt"
+    data.write_text("\n".join((ROOT / "names.txt").read_text(encoding="utf-8").splitlines()[::50]) + "\n",
+                    encoding="utf-8")
+    paths = {model: api.train(model, data, root / "out", train_options={} if get_model_class(model).counts
+                              else dict(steps=2), device="cpu", progress=False, n_threads=1).path for model in MODELS}
+    paths["mixture"] = api.mix([paths["bigram"], paths["mlp"]], out=root / "mixed").path
+    return paths
+
+
+@pytest.mark.parametrize("model", [*MODELS, "mixture"])
+def test_what_save_writes_loads_and_saves_again_to_the_same_bytes(every_model, tmp_path, model):
+    """save() checks nothing, load() does: what a run or a mix saved loads, with its training state when the
+    model trains step by step, and saving it again writes the same bytes (the format is deterministic)."""
+    ckpt = checkpoint.load(every_model[model])
+    assert ("resume" in ckpt) == (model != "mixture" and not get_model_class(model).counts)
     again = tmp_path / f"again{checkpoint.SUFFIX}"
     checkpoint.save(ckpt, again)
-    assert again.read_bytes() == trained[model].read_bytes()  # byte for byte: the format is deterministic
+    assert again.read_bytes() == every_model[model].read_bytes()
     same_checkpoint(ckpt, checkpoint.load(again))
 
 
-def test_optimizer_state_round_trips_exactly(tmp_path):
+def test_optimizer_state_round_trips_exactly(trained, tmp_path):
     """int keys, tuples, ints and floats, the step tensors' dtype: all as torch.optim made them."""
-    net = torch.nn.Linear(3, 2)
-    for optimizer in (torch.optim.AdamW(net.parameters(), lr=0.01, fused=True),
-                      torch.optim.SGD(net.parameters(), lr=0.1, foreach=True)):
+    ckpt = checkpoint.load(trained["mlp"])
+    net = api.load(trained["mlp"]).model
+    for name, optimizer in (("adamw", torch.optim.AdamW(net.parameters(), lr=0.01, fused=True)),
+                            ("sgd", torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, foreach=True)),
+                            ("sgd", torch.optim.SGD(net.parameters(), lr=0.1))):  # momentum_buffer None
         for _ in range(2):
-            net(torch.randn(4, 3)).sum().backward()
+            net(torch.zeros(4, net.block_size, dtype=torch.long)).sum().backward()
             optimizer.step()
         made = optimizer.state_dict()
         resume = dict(state_dict=net.state_dict(), optimizer=made, rng=torch.Generator().get_state(),
                       elapsed=1.5, world_size=2)
-        document, tensors = checkpoint._to_file(checkpoint.build(
-            model="mlp", config={}, vocab=".ab", train={}, split=dict(fractions=[1, 0, 0], seed=1),
-            data=dict(path="/x", fingerprint="ab", n_items=1), items="a", state_dict={}, step=1,
-            best_dev_loss=float("inf"), metrics=[], resume=resume))
-        assert document["best_dev_loss"] == "inf"
-        restored = {"state": {int(i): dict(v) for i, v in document["resume"]["optimizer"]["state"].items()}}
-        for name, t in tensors.items():
-            if name.startswith("resume.optimizer.state."):
-                index, key = name.split(".")[3:]
-                restored["state"][int(index)][key] = t
-        assert restored["state"].keys() == made["state"].keys()
-        for k, entry in made["state"].items():
-            assert entry.keys() == restored["state"][k].keys()
-            assert all(torch.equal(v, restored["state"][k][n]) and v.dtype == restored["state"][k][n].dtype
-                       for n, v in entry.items())
+        path = tmp_path / f"{name}{checkpoint.SUFFIX}"
+        checkpoint.save(dict(ckpt, train=dict(ckpt["train"], optimizer=name), resume=resume), path)
+        same_training_state(checkpoint.load(path)["resume"], resume)
 
 
 def test_resume_state_survives_the_file(trained):
@@ -254,7 +264,7 @@ def test_latest_finds_the_new_files_and_the_pointer(tmp_path, trained):
     assert checkpoint.latest(out).name == f"a{checkpoint.SUFFIX}"
     checkpoint.write_latest(out, out / "old.pt")
     assert checkpoint.latest(out).name == "old.pt"  # named by the pointer: refused on load, with a reason
-    refused(out / "old.pt", "older makemore", "makemore train")
+    refused(out / "old.pt", "older makemore", "format 1", "makemore train")
 
 
 def test_a_torch_save_archive_is_refused_without_running_or_reading_it(tmp_path, trained):
@@ -269,7 +279,7 @@ def test_a_torch_save_archive_is_refused_without_running_or_reading_it(tmp_path,
     torch.save(dict(model="mlp", config=Payload(), zeros=torch.zeros(10**7)), path)
     with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("archive/data/huge", b"\x00" * 40_000_000)
-    message = refused(path, "older makemore", "train the model again")
+    message = refused(path, "older makemore", "format 1", "train the model again")
     assert "\n" not in message and not marker.exists()
 
 
@@ -487,8 +497,12 @@ CRAFTED = {
     "negative-smoothing": ("bigram", _doc_change(("config", "smoothing"), -1), None, ["smoothing"]),
     "ngram-block-size-100000": ("ngram", _doc_change(("config", "block_size"), 100_000), None, ["block-size"]),
     "unknown-model": ("mlp", _doc_change(("model",), "gpt9"), None, ["gpt9", "upgrade"]),
-    "newer-format": ("mlp", _doc_change(("format_version",), 3), None, ["newer makemore", "format 3", "upgrade"]),
-    "format-1-in-safetensors": ("mlp", _doc_change(("format_version",), 1), None, ["older makemore"]),
+    "newer-format": ("mlp", _doc_change(("format_version",), 4), None, ["newer makemore", "format 4", "upgrade"]),
+    "format-1-in-safetensors": ("mlp", _doc_change(("format_version",), 1), None, ["older makemore", "format 1"]),
+    "format-2": ("transformer", _doc_change(("format_version",), 2), None,
+                 ["older makemore (checkpoint format 2)", "train the model again"]),
+    "config-lacks-an-option": ("mlp", _del("config", "n_hidden"), None, ["lacks", "n-hidden"]),
+    "train-lacks-a-setting": ("mlp", _del("train", "weight_decay"), None, ["lacks", "weight-decay"]),
     "extra-json-key": ("mlp", _doc_change(("evil",), 1), None, ["unexpected entry", "evil"]),
     "items-in-json": ("mlp", _doc_change(("items",), {"a": 1}), None, ["unexpected entry", "items"]),
     "data-without-path": ("mlp", _del("data", "path"), None, ["incomplete", "path"]),
@@ -769,7 +783,7 @@ def largest(trained: dict, where: Path) -> list[Path]:
     from makemore.models import get_model_class
 
     src = checkpoint.load(trained["bigram"])
-    vocab = "." + "".join(chr(0x4E00 + i) for i in range(checkpoint.MAX_VOCAB - 1))
+    vocab = "." + "".join(chr(0x4E00 + i) for i in range(MAX_VOCAB - 1))
     rng = random.Random(0)
     items = ["".join(rng.choices(vocab[1:], k=rng.randint(2, 6))) for _ in range(200)]
     cls = get_model_class("bigram")
@@ -857,40 +871,3 @@ def test_finite_weights_that_predict_nothing_are_refused_by_every_command(tmp_pa
     checkpoint.save(ckpt, bad)
     found = verdicts(bad)
     assert len(set(found)) == 1 and "predictions are not numbers" in found[0], found
-
-
-# the options each generation of transformer checkpoints lacks, and the values it was trained with
-BEFORE_ALIBI = dict(alibi=False, tie_embeddings=False, alibi_scale=1.0, learned_positions=True)
-BEFORE_ALIBI_ALONE = dict(alibi_scale=1.0, learned_positions=True)
-
-
-@pytest.mark.parametrize("lacks", [BEFORE_ALIBI, BEFORE_ALIBI_ALONE], ids=["before-alibi", "before-alibi-alone"])
-def test_a_transformer_from_before_later_options_loads_as_it_was_trained(trained, tmp_path, lacks):
-    """A checkpoint written before some of the transformer's options records none of them: it loads with
-    the values it was trained with, scores as it did, samples, and resumes."""
-    data = trained["data"]
-    flags = []
-    for name, value in lacks.items():
-        flag = name.replace("_", "-")
-        flags += [(f"--{flag}" if value else f"--no-{flag}")] if isinstance(value, bool) else [f"--{flag}", value]
-    ok("train", "--model", "transformer", "--n-embd", 8, "--n-head", 2, "--n-layer", 1, "--steps", 5, *flags,
-       "--data", data, "--out", tmp_path, "--name", "new", "-q")
-    header, body = unpack((tmp_path / f"new{checkpoint.SUFFIX}").read_bytes())
-    doc = document(header)
-    assert {name: doc["config"].pop(name) for name in lacks} == lacks
-    old = tmp_path / f"old{checkpoint.SUFFIX}"
-    old.write_bytes(seal(header, body, doc))
-    loaded = api.load(old)
-    assert {name: getattr(loaded.model.config, name) for name in lacks} == lacks
-    losses = [json.loads(ok("eval", "--checkpoint", p, "--json").stdout)["loss"]
-              for p in (tmp_path / f"new{checkpoint.SUFFIX}", old)]
-    assert losses[0] == losses[1]
-    assert len(ok("sample", "--checkpoint", old, "-n", 3).stdout.split()) == 3
-    ok("train", "--resume", "--checkpoint", old, "--steps", 8, "--out", tmp_path / "resumed", "-q")
-    resumed = checkpoint.load(tmp_path / "resumed" / f"old{checkpoint.SUFFIX}")
-    assert resumed["step"] == 8 and {name: resumed["config"][name] for name in lacks} == lacks
-    # the same file claiming the new defaults does not fit its tensors: refused in one line
-    doc["config"].update(tie_embeddings=True, learned_positions=False)
-    wrong = tmp_path / f"wrong{checkpoint.SUFFIX}"
-    wrong.write_bytes(seal(header, body, doc))
-    assert isinstance(attempt(wrong), str)

@@ -318,11 +318,11 @@ def test_inspect(run, bigram):
     assert "model         bigram: block_size 1, smoothing 1.0" in text
     assert f"fingerprint {fp}; unchanged" in text
     assert "vocabulary    27 tokens: the boundary '.' and 'abcdefghijklmnopqrstuvwxyz'" in text
-    assert "split         0.8/0.1/0.1 with seed 42" in text and "format 2" in text
+    assert "split         0.8/0.1/0.1 with seed 42" in text and "format 3" in text
     info = json.loads(run("inspect", bigram.path, "--json").stdout)
     assert info["model"] == "bigram" and info["config"] == bigram.ckpt["config"]
     assert info["vocab_size"] == 27 and info["n_buffers"] == sum(v.numel() for v in bigram.ckpt["state_dict"].values()) > 0 and info["n_params"] == 0
-    assert info["file_size"] == bigram.path.stat().st_size and info["format_version"] == 2
+    assert info["file_size"] == bigram.path.stat().st_size and info["format_version"] == 3
     assert sum(info["split"]["sizes"].values()) == info["data"]["n_items"] == len(bigram.items())
     assert info["steps"] == 0 and info["best_dev_loss"] is None
     missing = run("inspect", "nope.safetensors", ok=False)
