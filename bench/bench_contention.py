@@ -4,19 +4,23 @@
 
 Conditions: quiet; beside 1 and beside 2 busy processes (`python -c "while True: pass"`, started here
 before the runs and always stopped here); and a busy process that starts a third of the way into each run
-(a browser starting a video halfway). In each, three thread settings alternate, `--rounds` times each:
+(a browser starting a video halfway). In each, three thread settings alternate, `--rounds` times each,
+all through makemore's public API (what `makemore train --threads` and `makemore eval --threads` call):
 
-- torch's default (one thread per core, as makemore used until now),
-- 1 thread,
-- makemore's own: makemore.threads.choose() and apply() at the start, then the Governor that train_loop
-  tells of every step and pauses around evaluations and checkpoints, as `makemore train` runs it.
+- torch's default count (one thread per core, as makemore used before issue 22): api.train(n_threads=k),
+- 1 thread: api.train(n_threads=1),
+- makemore's own: api.train(n_threads=None), its choice at the start and its Governor during the run.
 
-Training: `--steps` steps of the default MLP with its default settings (batch 128, AdamW, 10 dev
-evaluations), timed from just before the thread choice to the end of train_loop. A run still going after
-CAP seconds is stopped and its time extrapolated from the steps it made. Eval: the dev split of the
-trained model, as `makemore eval --split dev` computes it, best of 5 (makemore's setting includes its
-thread choice). Then, on the quiet machine, runs with and without the Governor at the same starting
-count, alternated, and the time of one tick().
+Training: `--steps` steps of the default MLP with its default settings (batch 128, AdamW, 10 dev evaluations,
+a checkpoint at each), timed by the run's own log records (`elapsed` at the last step, the thread choice
+before the loop left out). A run still going after CAP seconds is stopped from on_log and its time
+extrapolated from the steps it made. What the Governor did is seen from outside: torch.get_num_threads() at
+each log point. Eval: api.load(checkpoint, n_threads=...).evaluate("dev"), as `makemore eval --split dev`
+computes it (the split and its dataset built in the call), best of 5; the thread choice is made by load,
+untimed. Then, on the quiet machine, makemore's choice against a fixed count equal to the one it started
+with (the Governor's cost), alternated. Dropped with the move off internals (issue 30): forcing the count of
+busy cores the choice sees, the Governor's exact switch steps (log points give them to within a few steps)
+and the timing of one tick().
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import ExitStack, contextmanager
 
@@ -31,17 +36,13 @@ from common import REPO, data_file, fmt_time, log, table
 
 import torch  # noqa: E402  (after common, which puts this checkout first on sys.path)
 
-from makemore import threads  # noqa: E402
-from makemore.api import Data  # noqa: E402
-from makemore.data import Vocab  # noqa: E402
-from makemore.dataset import build_dataset  # noqa: E402
-from makemore.models import get_model_class  # noqa: E402
-from makemore.train import TrainConfig, evaluate, train_loop  # noqa: E402
+from makemore import api  # noqa: E402
 
 TORCH_DEFAULT = torch.get_num_threads()  # before anything here changes it
 SETTINGS = ("default", "one", "auto")
+THREADS = {"default": TORCH_DEFAULT, "one": 1, "auto": None}  # api's n_threads for each setting
 LABELS = {"default": f"torch's default ({TORCH_DEFAULT} threads)", "one": "1 thread",
-          "auto": "makemore's choice (choose + Governor)"}
+          "auto": "makemore's choice (its count + Governor)"}
 # (busy processes from the start, busy processes from a third of the way in)
 CONDITIONS = ((0, 0), (1, 0), (2, 0), (0, 1))
 # A collapsed run (torch's default threads beside a busy process ran 175x slower than quiet on one
@@ -73,132 +74,109 @@ def beside(n: int, settle: float = 0.5):
             p.wait()
 
 
+def runnable_others() -> int | None:
+    """Other runnable threads on the machine now (Linux's /proc/loadavg; None elsewhere)."""
+    try:
+        with open("/proc/loadavg") as f:
+            return int(f.read().split()[3].split("/")[0]) - 1  # less this process's reading thread
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 class Stopped(Exception):
     """Raised from on_log to stop a collapsed run."""
 
 
 class Bench:
-    def __init__(self, path, steps: int):
-        data = Data.read(path)
-        parts, self.vocab = data.split(), Vocab.from_items(data.items)
-        self.cls = get_model_class("mlp")
-        self.mconfig = self.cls.Config()
-        self.config = TrainConfig(**dict(self.cls.train_defaults, steps=steps))
-        self.train_set, self.dev_set = (build_dataset(parts[split], self.vocab, self.mconfig.block_size)
-                                        for split in ("train", "dev"))
+    def __init__(self, data, out, steps: int):
+        self.data, self.out, self.steps, self.runs = data, out, steps, 0
 
-    def fresh(self):
-        """The model as `makemore train` starts it (seeded from the training seed)."""
-        torch.manual_seed(self.config.seed)
-        return self.cls(self.mconfig, len(self.vocab))
-
-    def train(self, setting: str, governor: bool = True, busy: int | None = None, later: int = 0) -> dict:
-        """One timed training run with the given thread setting; its time, thread history and model.
-
-        busy: for makemore's setting, the cores taken to be busy at the start (None: look, as setup()
-        does). later: busy processes to start a third of the way in (stopped at the end of the run).
-        """
-        net = self.fresh()
-        gov, done = None, [0]
+    def train(self, n_threads: int | None, later: int = 0, steps: int | None = None) -> dict:
+        """One timed training run: its seconds, torch's thread count at the log points where it changed, and
+        (when it finished) its checkpoint and dev loss. later: busy processes to start a third of the way in."""
+        steps = steps or self.steps
+        self.runs += 1
+        records, counts = [], []
         with ExitStack() as neighbours:
-            t = time.perf_counter()
-            if setting == "auto":
-                choice = threads.choose(work=threads.work(net, self.config.batch_size), busy=busy)
-                threads.apply(choice)
-                gov = threads.Governor(choice) if governor else None
-                start = choice.threads
-            else:
-                start = TORCH_DEFAULT if setting == "default" else 1
-                torch.set_num_threads(start)
-
             def on_log(record):
-                if later and done[0] < self.config.steps // 3 <= record["step"]:  # the first log point past a third
+                if later and (records[-1]["step"] if records else 0) < steps // 3 <= record["step"]:
                     neighbours.enter_context(beside(later, settle=0.0))
-                done[0] = record["step"]
-                if time.perf_counter() - t > CAP:
+                records.append(record)
+                if not counts or counts[-1][1] != torch.get_num_threads():
+                    counts.append((record["step"], torch.get_num_threads()))
+                if record["elapsed"] > CAP:
                     raise Stopped
 
             try:
-                state = train_loop(net, self.train_set, self.dev_set, self.config, progress=False, on_log=on_log,
-                                   governor=gov)
-                seconds, stopped = time.perf_counter() - t, False
-                net.load_state_dict(state.best_state)
+                result = api.train("mlp", self.data, self.out, f"run-{self.runs}", train_options=dict(steps=steps),
+                                   progress=False, n_threads=n_threads, on_log=on_log)
             except Stopped:
-                seconds, stopped = (time.perf_counter() - t) * self.config.steps / done[0], True
-        return dict(seconds=seconds, stopped=stopped, steps=done[0], start=start, end=torch.get_num_threads(),
-                    net=net, switches=gov.switches if gov else [])
+                result = None
+        last = records[-1]
+        return dict(seconds=last["elapsed"] * steps / last["step"], stopped=result is None, steps=last["step"],
+                    counts=counts, path=result and result.path, dev_loss=result and result.dev_loss)
 
-    def evaluate(self, setting: str, net) -> float:
-        """Seconds for the dev split's loss, as `makemore eval` would compute it (its thread choice included)."""
+    @staticmethod
+    def evaluate(path, n_threads: int | None) -> float:
+        """Seconds for the dev split's loss, as `makemore eval --split dev` computes it."""
+        trained = api.load(path, n_threads=n_threads)
         t = time.perf_counter()
-        if setting == "auto":
-            threads.setup(work=threads.work(net, 4096))
-        else:
-            torch.set_num_threads(TORCH_DEFAULT if setting == "default" else 1)
-        evaluate(net, self.dev_set)
+        trained.evaluate("dev")
         return time.perf_counter() - t
 
 
-def tick_cost(n: int = 200_000) -> float:
-    """Seconds per Governor.tick() at an idle machine's count (the call the loop makes every step)."""
-    gov = threads.Governor(threads.Choice(2, 2, "auto"), set_threads=lambda n: None)
-    t = time.perf_counter()
-    for step in range(1, n + 1):
-        gov.tick(step)
-    return (time.perf_counter() - t) / n
-
-
-def describe_switches(run: dict) -> str:
-    moves = ", ".join(f"{a}->{b} at step {s:,}" for s, a, b in run["switches"])
-    return f"started at {run['start']}" + (f"; {moves}" if moves else "; no change") + f"; ended at {run['end']}"
+def describe_counts(run: dict) -> str:
+    (step, first), changes = run["counts"][0], run["counts"][1:]
+    moves = ", ".join(f"{n} by step {s:,}" for s, n in changes)
+    return f"{first} at step {step:,}" + (f", {moves}" if moves else ", no change")
 
 
 def run(data=None, steps: int = 3000, rounds: int = 2) -> str:
     path, note = data_file() if data is None else (data, f"`{os.path.basename(data)}`")
-    bench = Bench(path, steps)
-    load_start, cores = os.getloadavg(), threads.usable_cores()
-    others = threads.busy_cores(os.cpu_count() or 1)
+    load_start, others = os.getloadavg(), runnable_others()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     runs = {(c, s): [] for c in CONDITIONS for s in SETTINGS}
     eval_times = {(c, s): [] for c in CONDITIONS for s in SETTINGS if not c[1]}
-    overhead = {True: [], False: []}
-    try:
-        torch.set_num_threads(TORCH_DEFAULT)
-        Bench(path, 300).train("default")  # warm-up: first-use costs (allocator, MKL) out of the first timing
-        for condition in CONDITIONS:
-            start, later = condition
-            with beside(start):
-                for r in range(rounds):
-                    for setting in SETTINGS:
-                        result = bench.train(setting, later=later)
-                        runs[condition, setting].append(result)
-                        log(f"{heading(condition)}: {setting:7s} {result['seconds']:6.2f} s"
-                            + (f" (extrapolated from {result['steps']:,} steps)" if result["stopped"] else "")
-                            + f"  {describe_switches(result)}")
-                if later:
-                    continue
-                trained = next(r for r in runs[(0, 0), "default"] if not r["stopped"])["net"]
-                for r in range(5):
-                    for setting in SETTINGS:
-                        if sum(eval_times[condition, setting]) < CAP / 3:  # a collapsed setting: fewer times
-                            eval_times[condition, setting].append(bench.evaluate(setting, trained))
-                log(f"{heading(condition)}: eval "
-                    + ", ".join(f"{s} {fmt_time(min(eval_times[condition, s]))}" for s in SETTINGS))
-        for r in range(3):
-            for with_governor in (True, False):
-                result = bench.train("auto", governor=with_governor, busy=0)
-                overhead[with_governor].append(result["seconds"])
-                overhead_start = result["start"]
-        log("governor on/off: " + ", ".join(f"{k}: {min(v):.2f} s" for k, v in overhead.items()))
-    finally:
-        torch.set_num_threads(TORCH_DEFAULT)
-    tick = tick_cost()
+    overhead = {"auto": [], "fixed": []}
+    with tempfile.TemporaryDirectory(prefix="bench-contention-") as out:
+        bench = Bench(path, out, steps)
+        try:
+            bench.train(TORCH_DEFAULT, steps=min(300, steps))  # warm-up: first-use costs out of the first timing
+            for condition in CONDITIONS:
+                start, later = condition
+                with beside(start):
+                    for r in range(rounds):
+                        for setting in SETTINGS:
+                            result = bench.train(THREADS[setting], later=later)
+                            runs[condition, setting].append(result)
+                            log(f"{heading(condition)}: {setting:7s} {result['seconds']:6.2f} s"
+                                + (f" (extrapolated from {result['steps']:,} steps)" if result["stopped"] else "")
+                                + f"  threads {describe_counts(result)}")
+                    if later:
+                        continue
+                    # the weights are the same whatever the threads: any quiet run that finished will do
+                    trained = next((r["path"] for s in SETTINGS for r in runs[(0, 0), s] if not r["stopped"]), None)
+                    if trained is None:
+                        raise RuntimeError(f"no quiet run finished within {CAP:.0f} s: the machine is too busy")
+                    for r in range(5):
+                        for setting in SETTINGS:
+                            if sum(eval_times[condition, setting]) < CAP / 3:  # a collapsed setting: fewer times
+                                eval_times[condition, setting].append(bench.evaluate(trained, THREADS[setting]))
+                    log(f"{heading(condition)}: eval "
+                        + ", ".join(f"{s} {fmt_time(min(eval_times[condition, s]))}" for s in SETTINGS))
+            for r in range(3):  # makemore's choice, then the count it started with, fixed
+                chosen = bench.train(None)
+                fixed = bench.train(chosen["counts"][0][1])
+                overhead["auto"].append(chosen)
+                overhead["fixed"].append(fixed)
+            log("Governor on/off: " + ", ".join(f"{k}: {min(r['seconds'] for r in v):.2f} s"
+                                                for k, v in overhead.items()))
+        finally:
+            torch.set_num_threads(TORCH_DEFAULT)
     load_end = os.getloadavg()
 
     # the same seed gives the same weights whatever the threads did: the dev losses of every finished run
-    finished = [r for rs in runs.values() for r in rs if not r["stopped"]]
-    torch.set_num_threads(1)
-    dev = [evaluate(r["net"], bench.dev_set) for r in finished]
-    torch.set_num_threads(TORCH_DEFAULT)
+    dev = [r["dev_loss"] for rs in (*runs.values(), *overhead.values()) for r in rs if not r["stopped"]]
     spread = max(dev) - min(dev)
 
     best = {key: min(rs, key=lambda r: r["seconds"]) for key, rs in runs.items()}
@@ -226,38 +204,40 @@ def run(data=None, steps: int = 3000, rounds: int = 2) -> str:
         f"a busy process arriving mid-run: {auto[0, 1]:.2f}x against "
         f"{best[(0, 1), 'default']['seconds'] / quiet:.2f}x with torch's default",
     ]
-    gov_on, gov_off = min(overhead[True]), min(overhead[False])
+    gov_on, gov_off = (min(r["seconds"] for r in overhead[k]) for k in ("auto", "fixed"))
+    starts = sorted({r["counts"][0][1] for r in overhead["auto"]})
     lines = [
         "## Contention: training and eval beside busy processes (bench_contention)",
         "",
         f"Data: {note}. The default MLP (block 6, embedding 32, hidden 512, direct connections), {steps:,} steps "
-        f"of its default training (batch 128, AdamW, cosine, 10 dev evaluations), best of {rounds} runs per "
-        f"cell (a run still going after {CAP:.0f} s is stopped and its time extrapolated); the settings "
-        "alternate within each condition. Busy processes: `python -c \"while True: pass\"`, started and "
-        f"stopped by the bench. {cores} usable cores ({os.cpu_count()} logical), torch {torch.__version__}; "
-        f"load average {load_start[0]:.1f} at the start, {load_end[0]:.1f} at the end; {others} other "
-        "runnable thread(s) at the start (0 on a quiet machine: otherwise the quiet column is not quiet). "
-        "Ratios are to torch's default on the quiet machine.",
+        f"of its default training (batch 128, AdamW, cosine, 10 dev evaluations and checkpoints) through "
+        f"api.train, timed by its log records; best of {rounds} runs per cell (a run still going after "
+        f"{CAP:.0f} s is stopped and its time extrapolated); the settings alternate within each condition. "
+        "Busy processes: `python -c \"while True: pass\"`, started and stopped by the bench. "
+        f"{cores} usable cores ({os.cpu_count()} logical), torch {torch.__version__}; load average "
+        f"{load_start[0]:.1f} at the start, {load_end[0]:.1f} at the end; {others} other runnable thread(s) at "
+        "the start (0 on a quiet machine: otherwise the quiet column is not quiet). Ratios are to torch's "
+        "default on the quiet machine.",
         "",
         "Training:",
         "",
         table(["threads"] + [heading(c) for c in CONDITIONS], rows),
         "",
-        "Eval of the dev split (`evaluate`, chunks of 4,096; makemore's choice includes its thread choice), "
+        "Eval of the dev split (`api.load(...).evaluate(\"dev\")`, chunks of 4,096; the thread count is load's), "
         "best of 5 (fewer for a collapsed setting):",
         "",
         table(["threads"] + [heading(c) for c in eval_conditions], eval_rows),
         "",
         "Targets (issue 22): " + "; ".join(targets) + ".",
         "",
-        "What the Governor did in makemore's runs: "
-        + "; ".join(f"{heading(c)}: " + " / ".join(describe_switches(r) for r in runs[c, "auto"]) for c in CONDITIONS)
-        + f". Every run that finished ({len(finished)}, all settings and conditions) ends at the same dev "
+        "torch's thread count at the log points of makemore's runs: "
+        + "; ".join(f"{heading(c)}: " + " / ".join(describe_counts(r) for r in runs[c, "auto"]) for c in CONDITIONS)
+        + f". Every run that finished ({len(dev)}, all settings and conditions) ends at the same dev "
         f"loss to {spread:.1e}: the count changes only float rounding.",
         "",
-        f"The Governor's cost on the quiet machine: {gov_on:.2f} s with it, {gov_off:.2f} s without it (both "
-        f"starting at {overhead_start} threads; best of 3 each, alternated): {gov_on / gov_off:.3f}x. One tick() "
-        f"takes {tick * 1e9:.0f} ns, against {quiet / steps * 1e6:.0f} µs for a step.",
+        f"The Governor's cost on the quiet machine: {gov_on:.2f} s with makemore's choice, {gov_off:.2f} s with "
+        f"the count it started with ({', '.join(map(str, starts))}) given as n_threads (best of 3 each, "
+        f"alternated): {gov_on / gov_off:.3f}x.",
     ]
     return "\n".join(lines) + "\n"
 
