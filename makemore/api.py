@@ -20,15 +20,13 @@ from makemore.constraints import NothingFound, Samples
 from makemore.data import (DEFAULT_SPLIT_SEED, DEFAULT_SPLITS, Data, Vocab, read_items, read_items_file, recordable,
                            recorded_status)
 from makemore.dataset import build_dataset
-from makemore.errors import CheckpointError, DataError, Interrupted, MakemoreError, OptionError, printable
+from makemore.errors import (CheckpointError, DataError, Interrupted, MakemoreError, OptionError, TrainingError,
+                             printable)
 from makemore.files import atomic_write, check_name, check_not_inputs, same_file
 from makemore.models import MODELS, get_model_class, trainable_classes
 from makemore.models.mixture import MAX_MODELS, Mixture, MixtureConfig, check_weights
 from makemore.train import LoopState, TrainConfig, evaluate, make_optimizer, stop_on_signals, train_loop
-from makemore.trained import Trained, check_predicts, load, model_from, note_changed_data, resolve_device
-
-PLOT_HINT = plots.INSTALL_HINT
-latest = checkpoint.latest  # the checkpoint trained last in a folder
+from makemore.trained import Trained, load, model_from, note_changed_data, predicts_numbers, resolve_device
 
 __all__ = ["load", "train", "inspect", "mix", "lr_find", "read_items", "read_items_file", "Data", "Trained", "Samples",
            "resolve_device", "MakemoreError", "OptionError", "NothingFound"]
@@ -98,9 +96,8 @@ def check_fits(cls, mconfig, tconfig: TrainConfig, vocab_size: int, items: list[
     kept = 3 * (4 if vocab_size >= 128 else 1) * (n_chars + len(items))
     steps = 0
     if not cls.counts:
-        # a chunk of BATCH_CHUNK steps of indices (int64); the contexts and targets gathered for several steps
-        # at once (up to GATHER examples, int64, with the indices that gather them); a step's activations
-        # and gradients
+        # a chunk of BATCH_CHUNK steps of indices (int64); the contexts and targets of up to GATHER examples
+        # gathered at once (int64, with the indices that gather them); a step's activations and gradients
         gathered = max(B, min(GATHER, B * BATCH_CHUNK))
         positions = T if cls.whole_items else 1
         steps = (B * BATCH_CHUNK * 8 + gathered * (16 * T + 8 * positions)
@@ -108,8 +105,7 @@ def check_fits(cls, mconfig, tconfig: TrainConfig, vocab_size: int, items: list[
     copies = 2 if cls.counts else memory.training_copies(tconfig.optimizer)
     weights = copies * memory.tensor_bytes(cls.expected_tensors(mconfig, vocab_size))
     memory.check_fits({"weights and their copies": weights, "batches": steps, "datasets": data,
-                       "items kept in the checkpoint": kept}, dev,
-                      _smaller(cls))
+                       "items kept in the checkpoint": kept}, dev, _smaller(cls))
 
 
 def _smaller(cls) -> str:
@@ -331,11 +327,13 @@ def train(model: str | None = None, data: str | Path | None = None, out: str | P
     replaced = path.exists()
     write = _checkpoint_writer(run, path, out, world.size) if world.is_main else None
     if cls.counts:
+        state = LoopState(step=0, metrics=[])
         if world.is_main:  # counting is one quick pass: the other processes have nothing to do
             net.fit(train_set)
-            check_predicts(net, f"the {cls.name} model counted from {printable(run.dataset.path)}")
-        state = LoopState(step=0, metrics=[], best_state=net.state_dict())
-        if world.is_main:
+            if not predicts_numbers(net):  # no command could load it
+                raise TrainingError(f"the {cls.name} model counted from {printable(run.dataset.path)} predicts no "
+                                    "numbers (NaN), so it was not saved; an option value far out of the usual range "
+                                    "is the likely cause")
             write(state, net)
     else:
         state = _loop_state(run.prior, net, dev, world, tconfig, warn)

@@ -251,10 +251,10 @@ def train(model_name, data, out, name, splits, split_seed, resume, checkpoint_pa
     """
     if not resume and checkpoint_path:
         raise click.UsageError("--checkpoint goes with --resume; to name the new checkpoint use --name")
-    from makemore import api
+    from makemore import api, checkpoint
     from makemore.errors import Interrupted
 
-    resume_path = (checkpoint_path or api.latest(out)) if resume else None
+    resume_path = (checkpoint_path or checkpoint.latest(out)) if resume else None
     try:
         result = api.train(model_name, data, out, name, *_split_settings(settings), splits, split_seed,
                            resume=resume_path, device=device, progress=not quiet, strict=strict, n_threads=n_threads)
@@ -384,10 +384,9 @@ def inspect_(checkpoint_file, out, as_json):
 
 
 def _size(n: int) -> str:
-    for unit in ("bytes", "KB", "MB"):
-        if n < 1024 or unit == "MB":
-            return f"{n:,} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024
+    if n < 1024:
+        return f"{n:,} bytes"
+    return f"{n / 1024:.1f} KB" if n < 1024**2 else f"{n / 1024**2:.1f} MB"
 
 
 @cli.command("eval")
@@ -473,13 +472,13 @@ def lr_find(model_name, data, min_lr, max_lr, steps, splits, split_seed, plot_pa
     up, and plots loss against log10(lr) when matplotlib is installed."""
     from pathlib import Path
 
-    from makemore import api
+    from makemore import api, plots
 
     sweep = api.lr_find(model_name, data, *_split_settings(settings), min_lr, max_lr, steps, splits, split_seed,
                         device, progress=not quiet, plot_path=plot_path or Path(out) / f"lr-find-{model_name}.png",
                         n_threads=n_threads)
     if sweep.plot is None:
-        click.echo(f"no plot: {api.PLOT_HINT}", err=True)
+        click.echo(f"no plot: {plots.INSTALL_HINT}", err=True)
     floor_lr = sweep.lrs[sweep.floor_step]
     blowup = sweep.lrs[sweep.blowup_step] if sweep.blowup_step is not None else None
     if as_json:

@@ -13,7 +13,7 @@ from makemore import checkpoint, instruments, options, plots, stream, threads
 from makemore.constraints import Request, Samples, length_cap
 from makemore.data import SPLIT_NAMES, Data, Vocab, split_items
 from makemore.dataset import build_dataset
-from makemore.errors import CheckpointError, DataError, MakemoreError, TrainingError, printable
+from makemore.errors import CheckpointError, DataError, MakemoreError, printable
 from makemore.files import check_not_inputs, same_file
 from makemore.models import get_model_class
 from makemore.nearest import nearest as closest
@@ -22,17 +22,13 @@ from makemore.train import evaluate
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}
     if options.check_device(name) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+        return torch.device(next((kind for kind, there in available.items() if there()), "cpu"))
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise MakemoreError("--device: CUDA is not available on this machine; use --device cpu (or auto)")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise MakemoreError("--device: MPS is not available on this machine; use --device cpu (or auto)")
+    if device.type in available and not available[device.type]():
+        raise MakemoreError(f"--device: {device.type.upper()} is not available on this machine; use --device cpu "
+                            "(or auto)")
     return device
 
 
@@ -233,13 +229,6 @@ def predicts_numbers(net) -> bool:
     with torch.no_grad():
         logits = net.eval()(torch.zeros(1, net.block_size, dtype=torch.long, device=device_of(net)))
     return not (logits.isnan().any() or (logits == math.inf).any())
-
-
-def check_predicts(net, what: str) -> None:
-    """A TrainingError for a model that predicts no numbers: it is never written, since no command could load it."""
-    if not predicts_numbers(net):
-        raise TrainingError(f"{what} predicts no numbers (NaN), so it was not saved; an option value far out of the "
-                            "usual range is the likely cause")
 
 
 def device_of(net) -> torch.device:
