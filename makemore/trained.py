@@ -39,8 +39,8 @@ def note_changed_data(ckpt: dict, data: Data, strict: bool, warn) -> None:
         message = (f"{printable(data.path)} has changed since training (fingerprint {data.fingerprint} now, "
                    f"{printable(trained_on)} when the checkpoint was trained)")
     else:
-        message = (f"{printable(data.path)} (fingerprint {data.fingerprint}) is not the data the checkpoint was trained "
-                   f"on ({printable(recorded)}, fingerprint {printable(trained_on)})")
+        message = (f"{printable(data.path)} (fingerprint {data.fingerprint}) is not the data the checkpoint was "
+                   f"trained on ({printable(recorded)}, fingerprint {printable(trained_on)})")
     if strict:
         raise DataError(message)
     warn("warning: " + message)
