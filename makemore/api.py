@@ -20,15 +20,13 @@ from makemore.constraints import NothingFound, Samples
 from makemore.data import (DEFAULT_SPLIT_SEED, DEFAULT_SPLITS, Data, Vocab, read_items, read_items_file, recordable,
                            recorded_status)
 from makemore.dataset import build_dataset
-from makemore.errors import CheckpointError, DataError, Interrupted, MakemoreError, OptionError, printable
+from makemore.errors import (CheckpointError, DataError, Interrupted, MakemoreError, OptionError, TrainingError,
+                             printable)
 from makemore.files import atomic_write, check_name, check_not_inputs, same_file
 from makemore.models import MODELS, get_model_class, trainable_classes
 from makemore.models.mixture import MAX_MODELS, Mixture, MixtureConfig, check_weights
 from makemore.train import LoopState, TrainConfig, evaluate, make_optimizer, stop_on_signals, train_loop
-from makemore.trained import Trained, check_predicts, load, model_from, note_changed_data, resolve_device
-
-PLOT_HINT = plots.INSTALL_HINT
-latest = checkpoint.latest  # the checkpoint trained last in a folder
+from makemore.trained import Trained, load, model_from, note_changed_data, predicts_numbers, resolve_device
 
 __all__ = ["load", "train", "inspect", "mix", "lr_find", "read_items", "read_items_file", "Data", "Trained", "Samples",
            "resolve_device", "MakemoreError", "OptionError", "NothingFound"]
@@ -60,23 +58,21 @@ def train_config(model_name: str, given: dict) -> TrainConfig:
 
 
 def apply_size_rules(cls, tconfig: TrainConfig, given: dict | None, n_examples: int) -> None:
-    """Set the loop settings that the model's rules derive from the number of training examples
-    (its default_steps and default_weight_decay hooks), wherever the user gave no value of their own."""
+    """Set the steps and weight decay that the model derives from the number of training examples, where not given."""
     given = given or {}
-    if given.get("steps") is None:
-        steps = cls.default_steps(n_examples, tconfig.batch_size)
-        tconfig.steps = steps if steps is not None else tconfig.steps
-    if given.get("weight_decay") is None:
-        decay = cls.default_weight_decay(n_examples)
-        tconfig.weight_decay = decay if decay is not None else tconfig.weight_decay
+    if given.get("steps") is None and (steps := cls.default_steps(n_examples, tconfig.batch_size)) is not None:
+        tconfig.steps = steps
+    if given.get("weight_decay") is None and (decay := cls.default_weight_decay(n_examples)) is not None:
+        tconfig.weight_decay = decay
 
 
 def build_run(cls, mconfig, tconfig: TrainConfig, vocab: Vocab, parts: dict, dev: torch.device,
               with_dev: bool = True):
-    """A fresh model initialised from tconfig.seed, and the train and dev datasets (dev None when empty, or
-    when not with_dev: only the main process of a distributed run evaluates) on dev; first a check that
-    they and the training steps fit in memory."""
-    check_batch(cls, tconfig)
+    """A fresh model initialised from tconfig.seed, and the train and dev datasets on dev (dev None when empty,
+    or when not with_dev: only the main process evaluates); first a check that the run fits in memory."""
+    if not cls.counts and tconfig.batch_size < cls.min_batch_size:
+        raise OptionError(f"--batch-size {tconfig.batch_size}: a {cls.name} batch holds at least "
+                          f"{cls.min_batch_size} examples (its BatchNorm normalises over the batch)")
     check_fits(cls, mconfig, tconfig, len(vocab), parts["train"] + (parts["dev"] if with_dev else []), dev)
     torch.manual_seed(tconfig.seed)
     net = cls(mconfig, len(vocab)).to(dev)
@@ -85,13 +81,6 @@ def build_run(cls, mconfig, tconfig: TrainConfig, vocab: Vocab, parts: dict, dev
     if parts["dev"] and with_dev:
         dev_set = build_dataset(parts["dev"], vocab, mconfig.block_size, cls.whole_items).to(dev)
     return net, train_set, dev_set
-
-
-def check_batch(cls, tconfig: TrainConfig) -> None:
-    """OptionError for a batch too small for the model to train on (a check across the model and the loop)."""
-    if not cls.counts and tconfig.batch_size < cls.min_batch_size:
-        raise OptionError(f"--batch-size {tconfig.batch_size}: a {cls.name} batch holds at least "
-                          f"{cls.min_batch_size} examples (its BatchNorm normalises over the batch)")
 
 
 def check_fits(cls, mconfig, tconfig: TrainConfig, vocab_size: int, items: list[str], dev: torch.device) -> None:
@@ -107,9 +96,8 @@ def check_fits(cls, mconfig, tconfig: TrainConfig, vocab_size: int, items: list[
     kept = 3 * (4 if vocab_size >= 128 else 1) * (n_chars + len(items))
     steps = 0
     if not cls.counts:
-        # a chunk of BATCH_CHUNK steps of indices (int64); the contexts and targets gathered for several steps
-        # at once (up to GATHER examples, int64, with the indices that gather them); a step's activations
-        # and gradients
+        # a chunk of BATCH_CHUNK steps of indices (int64); the contexts and targets of up to GATHER examples
+        # gathered at once (int64, with the indices that gather them); a step's activations and gradients
         gathered = max(B, min(GATHER, B * BATCH_CHUNK))
         positions = T if cls.whole_items else 1
         steps = (B * BATCH_CHUNK * 8 + gathered * (16 * T + 8 * positions)
@@ -117,8 +105,7 @@ def check_fits(cls, mconfig, tconfig: TrainConfig, vocab_size: int, items: list[
     copies = 2 if cls.counts else memory.training_copies(tconfig.optimizer)
     weights = copies * memory.tensor_bytes(cls.expected_tensors(mconfig, vocab_size))
     memory.check_fits({"weights and their copies": weights, "batches": steps, "datasets": data,
-                       "items kept in the checkpoint": kept}, dev,
-                      _smaller(cls))
+                       "items kept in the checkpoint": kept}, dev, _smaller(cls))
 
 
 def _smaller(cls) -> str:
@@ -311,14 +298,9 @@ def train(model: str | None = None, data: str | Path | None = None, out: str | P
           splits=None, split_seed: int | None = None, resume: str | Path | None = None,
           device: str = "auto", progress: bool = True, strict: bool = False, warn=None,
           n_threads: int | None = None, on_log=None) -> TrainResult:
-    """Train a model (or continue the checkpoint resume names) and write its checkpoint in out.
-
-    model, splits and split_seed default to mlp, 0.8,0.1,0.1 and 42, with resume to the checkpoint's, which
-    every option given must agree with (OptionError) except steps. The resumed file is never written over, and
-    nothing is written until the run has a model that loads. n_threads: None lets makemore.threads choose and
-    adapt. on_log(record) at each log point: {step, train_loss, lr, elapsed} (+ dev_loss at evaluations).
-    Under torchrun every process calls this; rank 0 alone warns, evaluates and writes.
-    """
+    """Train a model (default mlp, split 0.8,0.1,0.1 with seed 42), or continue the checkpoint resume names (every
+    option given must match it, except steps), and write its checkpoint in out. on_log(record) at each log point:
+    {step, train_loss, lr, elapsed} (+ dev_loss at evaluations). Under torchrun rank 0 alone writes."""
     warn = warn or (lambda message: print(printable(message), file=sys.stderr))
     if not distributed.is_main():
         warn, progress = (lambda message: None), False
@@ -345,11 +327,13 @@ def train(model: str | None = None, data: str | Path | None = None, out: str | P
     replaced = path.exists()
     write = _checkpoint_writer(run, path, out, world.size) if world.is_main else None
     if cls.counts:
+        state = LoopState(step=0, metrics=[])
         if world.is_main:  # counting is one quick pass: the other processes have nothing to do
             net.fit(train_set)
-            check_predicts(net, f"the {cls.name} model counted from {printable(run.dataset.path)}")
-        state = LoopState(step=0, metrics=[], best_state=net.state_dict())
-        if world.is_main:
+            if not predicts_numbers(net):  # no command could load it
+                raise TrainingError(f"the {cls.name} model counted from {printable(run.dataset.path)} predicts no "
+                                    "numbers (NaN), so it was not saved; an option value far out of the usual range "
+                                    "is the likely cause")
             write(state, net)
     else:
         state = _loop_state(run.prior, net, dev, world, tconfig, warn)
@@ -419,9 +403,7 @@ def _check_same_data(trained: list) -> None:
     first = trained[0]
     for other in trained[1:]:
         for what, key in (("data file", "data"), ("split", "split"), ("vocabulary", "vocab")):
-            a, b = first.ckpt[key], other.ckpt[key]
-            if key == "data":
-                a, b = a["fingerprint"], b["fingerprint"]
+            a, b = (t.ckpt[key]["fingerprint"] if key == "data" else t.ckpt[key] for t in (first, other))
             if a != b:
                 raise CheckpointError(f"{first.path} and {other.path} were trained on a different {what}; "
                                       "mix only checkpoints of the same data file, split and vocabulary")
@@ -443,7 +425,8 @@ def mix(paths: list, out: str | Path = "out", name: str = "mixture", weights: li
     if len(paths) > MAX_MODELS:  # refused before a single checkpoint is read
         raise OptionError(f"{len(paths)} checkpoints: a mixture holds at most {MAX_MODELS} trained models")
     trained = [load(p, device=device, n_threads=n_threads) for p in paths]
-    Mixture.check_size({"components": [dict(model=t.ckpt["model"], config=t.ckpt["config"]) for t in trained]})
+    components = tuple(dict(model=t.ckpt["model"], config=t.ckpt["config"]) for t in trained)
+    Mixture.check_size({"components": components})
     _check_same_data(trained)
     first = trained[0]
     dev_items = first.splits()["dev"]  # the items the checkpoint keeps: a recorded path is never read
@@ -469,11 +452,7 @@ def mix(paths: list, out: str | Path = "out", name: str = "mixture", weights: li
     if kind == "linear":  # scaled by the largest first: weights near the float limit must not sum to infinity
         scaled = [w / max(weights) for w in weights]
         weights = [w / sum(scaled) for w in scaled]
-    config = MixtureConfig(
-        components=tuple(dict(model=t.ckpt["model"], config=t.ckpt["config"]) for t in trained),
-        weights=tuple(weights),
-        kind=kind,
-    )
+    config = MixtureConfig(components=components, weights=tuple(weights), kind=kind)
     net = Mixture(config, len(first.vocab))
     net.components.load_state_dict(torch.nn.ModuleList(models).state_dict())
     net.to(resolve_device(device))
@@ -483,14 +462,11 @@ def mix(paths: list, out: str | Path = "out", name: str = "mixture", weights: li
     path = out / f"{name}{checkpoint.SUFFIX}"
     check_not_inputs([path], paths)
     check_writable(out)
-    ckpt = checkpoint.build(
+    checkpoint.save(checkpoint.build(
         model="mixture", config=config, vocab=first.vocab.chars, train={}, split=first.ckpt["split"],
         data=first.ckpt["data"], items=first.ckpt.get("items", ""), state_dict=net.state_dict(), step=0,
-        best_dev_loss=dev_loss, metrics=[],
-        mix=dict(components=[str(p) for p in paths], component_dev_losses=losses, dev_loss=dev_loss,
-                 em_iterations=iterations),
-    )
-    checkpoint.save(ckpt, path)
+        best_dev_loss=dev_loss, metrics=[], mix=dict(components=[str(p) for p in paths], component_dev_losses=losses,
+                                                     dev_loss=dev_loss, em_iterations=iterations)), path)
     checkpoint.write_latest(out, path)
     return MixResult(path, [str(p) for p in paths], weights, losses, dev_loss, iterations, time.perf_counter() - t0,
                      kind)

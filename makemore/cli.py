@@ -5,21 +5,19 @@ torch is imported only inside the commands, so that `makemore --help` starts at 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import os
 import sys
 
 import click
-from click.core import ParameterSource
 
 from makemore import __version__, distributed, options
 from makemore.models import MODEL_NAMES, MODELS
 
 SPLITS = ("train", "dev", "test", "all")
 SEED = click.IntRange(0, 2**63 - 1)  # what torch.manual_seed accepts
-# the training settings (train.TrainConfig's fields) that `makemore train` takes as flags
+# train.TrainConfig's fields: the training settings that `makemore train` takes as flags
 TRAIN_FIELDS = ("steps", "batch_size", "lr", "optimizer", "schedule", "decay_at", "warmup", "weight_decay",
                 "eval_interval", "seed")
 SIZE_RULE = "by data size"  # a setting's default in the help, where the model derives it from the data
@@ -28,8 +26,7 @@ SIZE_RULE = "by data size"  # a setting's default in the help, where the model d
 class NumbersType(click.ParamType):
     """Comma-separated numbers, e.g. 0.8,0.1,0.1; the library checks what they must be."""
 
-    def __init__(self, name: str):
-        self.name = name
+    name = "numbers"
 
     def convert(self, value, param, ctx):
         try:
@@ -71,9 +68,6 @@ class DeclaredType(click.ParamType):
 
     def __init__(self, spec):
         self.spec, self.name = spec, spec.metavar or spec.kind.__name__.upper()
-
-    def get_metavar(self, param, ctx=None):
-        return self.name
 
     def convert(self, value, param, ctx):
         if not isinstance(value, str):
@@ -140,58 +134,55 @@ def _declared_option(name: str, spec, defaults: dict):
     return click.Option([flag, name], type=kind, default=None, help=help_text, show_default=False)
 
 
-class RegistryCommand(click.Command):
-    """A command whose model options and training settings are built from the registry's model classes and
-    train.TrainConfig when click first needs them: `makemore --help` imports neither the models nor torch."""
+class Command(click.Command):
+    """A command that turns the library's errors into one-line messages and exit codes (1, or 2 for usage)."""
 
-    def __init__(self, *args, train_fields: tuple = (), **kwargs):
-        super().__init__(*args, **kwargs)
-        self.train_fields, self.built_for = train_fields, None
-
-    def get_params(self, ctx):
-        if self.built_for != tuple(MODELS.items()):  # built once, and again only if the registry changed
-            self.built_for = tuple(MODELS.items())
-            self.params = [p for p in self.params if not getattr(p, "declared", False)]
-            model = next(i for i, p in enumerate(self.params) if p.name == "model_name")
-            self.params[model].type = click.Choice(tuple(MODELS))
-            declared = [_declared_option(*flag) for flag in declared_flags(self.train_fields)]
-            for option in declared:
-                option.declared = True
-            self.params[model + 1:model + 1] = declared
-        return super().get_params(ctx)
-
-
-def _split_settings(settings: dict) -> tuple[dict, dict]:
-    """The declared flags' values (None where not given) as (model options, training settings)."""
-    from makemore.train import TrainConfig
-
-    train = {field.name for field in dataclasses.fields(TrainConfig)}
-    return ({k: v for k, v in settings.items() if k not in train}, {k: v for k, v in settings.items() if k in train})
-
-
-def handle_errors(command):
-    """Turn the library's errors into one-line messages and exit codes (1, or 2 for usage errors)."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
+    def invoke(self, ctx):
         from makemore.errors import MakemoreError, OptionError, printable
 
         try:
-            return command(*args, **kwargs)
+            return super().invoke(ctx)
         except MakemoreError as e:
             if os.environ.get("MAKEMORE_DEBUG"):
                 raise
             # under torchrun an error may be one process's own (a file missing on one machine): say whose
             message = printable(e) if distributed.is_main() else f"rank {distributed.rank()}: {printable(e)}"
             if isinstance(e, OptionError):
-                raise click.UsageError(message) from None
+                raise click.UsageError(message, ctx) from None
             raise click.ClickException(message) from None
         except KeyboardInterrupt:
             if distributed.is_main():
                 click.echo("interrupted", err=True)
             sys.exit(130)
 
-    return wrapper
+
+class Group(click.Group):
+    command_class = Command
+    group_class = type  # its subgroups are Groups too
+
+
+class RegistryCommand(Command):
+    """A command whose model options and training settings are built from the registry's model classes and
+    train.TrainConfig when click first needs them: `makemore --help` imports neither the models nor torch."""
+
+    def __init__(self, *args, train_fields: tuple = (), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.train_fields, self.own_params, self.built_for = train_fields, self.params, None
+
+    def get_params(self, ctx):
+        if self.built_for != tuple(MODELS.items()):  # built once, and again only if the registry changed
+            self.built_for = tuple(MODELS.items())
+            model = next(i for i, p in enumerate(self.own_params) if p.name == "model_name")
+            self.own_params[model].type = click.Choice(tuple(MODELS))
+            declared = [_declared_option(*flag) for flag in declared_flags(self.train_fields)]
+            self.params = self.own_params[:model + 1] + declared + self.own_params[model + 1:]
+        return super().get_params(ctx)
+
+
+def _split_settings(settings: dict) -> tuple[dict, dict]:
+    """The declared flags' values (None where not given) as (model options, training settings)."""
+    return ({k: v for k, v in settings.items() if k not in TRAIN_FIELDS},
+            {k: v for k, v in settings.items() if k in TRAIN_FIELDS})
 
 
 def device_option(f):
@@ -224,7 +215,7 @@ def load_trained(checkpoint_path, out, device, n_threads=None):
                     n_threads=n_threads)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(__version__, prog_name="makemore")
 def cli():
     """Make more of anything: train a character-level model on a file of items (one per line),
@@ -232,21 +223,25 @@ def cli():
 
 
 @cli.command(cls=RegistryCommand, train_fields=TRAIN_FIELDS)
-@click.option("--model", "model_name", type=click.Choice(MODEL_NAMES), default="mlp", help="Which model to train.")
+# no click defaults for the model and the split: with --resume, a default must not contradict the checkpoint
+@click.option("--model", "model_name", type=click.Choice(MODEL_NAMES),
+              help="Which model to train. [default: mlp; with --resume the checkpoint's]")
 @click.option("--data", type=click.Path(), help="Text file, one item per line. [default: names.txt]")
 @click.option("--out", default="out", type=click.Path(file_okay=False), help="Folder for the checkpoint.")
 @click.option("--name", help="Checkpoint name in --out. [default: the model's name; with "
               "--resume the resumed checkpoint's, or NAME-2 when that is the resumed file itself]")
-@click.option("--splits", type=NumbersType("TRAIN,DEV,TEST"), default="0.8,0.1,0.1", help="Train, dev, test fractions.")
-@click.option("--split-seed", type=SEED, default=42, help="Seed of the shuffle before splitting.")
+@click.option("--splits", type=NumbersType(), metavar="TRAIN,DEV,TEST",
+              help="Train, dev, test fractions. [default: 0.8,0.1,0.1; with --resume the checkpoint's]")
+@click.option("--split-seed", type=SEED,
+              help="Seed of the shuffle before splitting. [default: 42; with --resume the checkpoint's]")
 @click.option("--resume", is_flag=True, help="Continue the run in --checkpoint (or the one trained last in --out); the "
               "continuation is saved in --out, never over the checkpoint it continues.")
-@click.option("--checkpoint", "checkpoint_path", type=click.Path(dir_okay=False), help="With --resume: the run to continue.")
+@click.option("--checkpoint", "checkpoint_path", type=click.Path(dir_okay=False),
+              help="With --resume: the run to continue.")
 @click.option("--strict", is_flag=True, help="With --resume --data: a file other than the one trained on is an error, "
               "not a warning.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @device_option
-@handle_errors
 def train(model_name, data, out, name, splits, split_seed, resume, checkpoint_path, strict, quiet, device,
           n_threads, **settings):
     """Train a model on a file of items and save its checkpoint in --out.
@@ -254,24 +249,15 @@ def train(model_name, data, out, name, splits, split_seed, resume, checkpoint_pa
     For data-parallel training on several CPU processes or GPUs, launch it with torchrun, e.g.
     torchrun --standalone --nproc-per-node 2 -m makemore train; rank 0 prints and saves.
     """
-    model_options, train_options = _split_settings(settings)
-    ctx = click.get_current_context()
-
-    def typed(param: str):
-        """The value the user gave, or None: with --resume a default must not contradict the checkpoint."""
-        given = ctx.get_parameter_source(param) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
-        return ctx.params[param] if given or not resume else None
-
     if not resume and checkpoint_path:
         raise click.UsageError("--checkpoint goes with --resume; to name the new checkpoint use --name")
-    from makemore import api
+    from makemore import api, checkpoint
     from makemore.errors import Interrupted
 
-    resume_path = (checkpoint_path or api.latest(out)) if resume else None
+    resume_path = (checkpoint_path or checkpoint.latest(out)) if resume else None
     try:
-        result = api.train(typed("model_name"), data, out, name, model_options, train_options, typed("splits"),
-                           typed("split_seed"), resume=resume_path, device=device, progress=not quiet,
-                           strict=strict, n_threads=n_threads)
+        result = api.train(model_name, data, out, name, *_split_settings(settings), splits, split_seed,
+                           resume=resume_path, device=device, progress=not quiet, strict=strict, n_threads=n_threads)
     except Interrupted as e:
         if not distributed.is_main():
             # the others exit quietly: a failed one would make torchrun kill rank 0 before it reports
@@ -294,22 +280,6 @@ def train(model_name, data, out, name, splits, split_seed, resume, checkpoint_pa
         click.echo(f"loss curve: {result.curve}", err=True)
 
 
-class RegexType(click.ParamType):
-    """A regular expression in RE2's syntax (linear-time matching), checked when the options are parsed."""
-
-    name = "PATTERN"
-
-    def convert(self, value, param, ctx):
-        from makemore.constraints import compile_regex
-        from makemore.errors import OptionError
-
-        try:
-            compile_regex(value)
-        except OptionError as e:
-            self.fail(str(e).removeprefix("--regex "), param, ctx)
-        return value
-
-
 @cli.command()
 @click.option("-n", "--num", "n", type=click.IntRange(min=1), default=10,
               help="How many items: exactly this many, each meeting every constraint.")
@@ -318,13 +288,14 @@ class RegexType(click.ParamType):
 @click.option("--top-k", type=click.IntRange(min=1), help="Draw only from the k likeliest characters.")
 @click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True),
               help="Nucleus sampling: draw only from the likeliest characters that together reach P.")
-@click.option("--prefix", default="", show_default=False, help="Items that start with these characters (the model is conditioned on them).")
+@click.option("--prefix", default="", show_default=False,
+              help="Items that start with these characters (the model is conditioned on them).")
 @click.option("--suffix", default="", show_default=False, help="Items that end with these characters.")
 @click.option("--min-len", type=click.IntRange(min=0), default=1,
               help="Shortest item: the end is not drawn before this length.")
 @click.option("--max-len", type=click.IntRange(min=1),
               help="Longest item; longer draws are rejected. [default and most: twice the longest in the data]")
-@click.option("--regex", type=RegexType(),
+@click.option("--regex", metavar="PATTERN",
               help="Items that the regular expression matches whole (RE2 syntax: no backreferences or lookaround).")
 @click.option("--new", is_flag=True, help="Only items that are nowhere in the training data (any split).")
 @click.option("--exclude", type=click.Path(),
@@ -340,20 +311,15 @@ class RegexType(click.ParamType):
 @click.option("--mark", is_flag=True, help="Add a tab and where each item occurs: train, dev, test or new.")
 @checkpoint_options
 @device_option
-@handle_errors
-def sample(n, seed, temperature, top_k, top_p, prefix, suffix, min_len, max_len, regex, new, exclude, unique,
-           max_tries, patience, as_json, nearest, mark, out, checkpoint_path, device, n_threads):
+def sample(seed, exclude, as_json, nearest, mark, out, checkpoint_path, device, n_threads, **constraints):
     """Print items drawn from a trained model, one per line as they are found: exactly -n of them, each
     meeting every constraint, or as many as --max-tries draws or --patience found (then a line on stderr
     says why; exit 1 if none)."""
     from makemore import api
     from makemore.constraints import Request
 
-    excluded = api.read_items_file(exclude) if exclude else ()
+    request = Request(exclude=frozenset(api.read_items_file(exclude) if exclude else ()), **constraints)
     trained = load_trained(checkpoint_path, out, device, n_threads)
-    request = Request(n=n, temperature=temperature, top_k=top_k, top_p=top_p, prefix=prefix, suffix=suffix,
-                      min_len=min_len, max_len=max_len, regex=regex, new=new, exclude=frozenset(excluded),
-                      unique=unique, max_tries=max_tries, patience=patience)
     # a progress bar would break into the items when both go to the terminal
     drawing = trained.draw(request, seed, progress=sys.stderr.isatty() and not sys.stdout.isatty())
     for note in drawing.notes:
@@ -385,7 +351,6 @@ def _sample_lines(trained, items: list[str], as_json: bool, nearest: bool, mark:
 @click.option("--out", default="out", show_default=True, type=click.Path(file_okay=False),
               help="Without CHECKPOINT: the model trained last in this folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@handle_errors
 def inspect_(checkpoint_file, out, as_json):
     """What a checkpoint holds: model, hyperparameters, vocabulary, data, split and training."""
     from makemore import api
@@ -419,10 +384,9 @@ def inspect_(checkpoint_file, out, as_json):
 
 
 def _size(n: int) -> str:
-    for unit in ("bytes", "KB", "MB"):
-        if n < 1024 or unit == "MB":
-            return f"{n:,} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024
+    if n < 1024:
+        return f"{n:,} bytes"
+    return f"{n / 1024:.1f} KB" if n < 1024**2 else f"{n / 1024**2:.1f} MB"
 
 
 @cli.command("eval")
@@ -434,7 +398,6 @@ def _size(n: int) -> str:
               "not a warning.")
 @checkpoint_options
 @device_option
-@handle_errors
 def eval_(split, data, as_json, strict, out, checkpoint_path, device, n_threads):
     """Mean negative log-likelihood per character (nats) and perplexity of a split."""
     trained = load_trained(checkpoint_path, out, device, n_threads)
@@ -455,7 +418,6 @@ def eval_(split, data, as_json, strict, out, checkpoint_path, device, n_threads)
               help="Print one JSON object; an infinite loss (probability 0) is null.")
 @checkpoint_options
 @device_option
-@handle_errors
 def score(items, data, totals, as_json, out, checkpoint_path, device, n_threads):
     """How likely the model finds each ITEM: every transition's probability and log-probability (the
     lecture's `.e: 0.0478 -3.0408`), then the item's total and mean negative log-likelihood (nats)."""
@@ -469,11 +431,9 @@ def score(items, data, totals, as_json, out, checkpoint_path, device, n_threads)
     nll = sum(r["nll"] for r in results)
     n = sum(r["n"] for r in results)
     if as_json:
-        for r in results:
-            if totals:
-                del r["transitions"]
-        click.echo(to_json(dict(model=trained.name, checkpoint=str(trained.path), items=results,
-                                   nll=nll, mean_nll=nll / n, n=n)))
+        kept = [{k: v for k, v in r.items() if k != "transitions" or not totals} for r in results]
+        click.echo(to_json(dict(model=trained.name, checkpoint=str(trained.path), items=kept, nll=nll,
+                                mean_nll=nll / n, n=n)))
         return
     for i, r in enumerate(results):
         if not totals:
@@ -496,7 +456,8 @@ def score(items, data, totals, as_json, out, checkpoint_path, device, n_threads)
 @click.option("--max-lr", type=PositiveFloat(), default=1.0, help="Last learning rate.")
 @click.option("--steps", type=click.IntRange(min=20, max=10**7), default=1000,
               help="Steps of the sweep, one rate each, spaced exponentially.")
-@click.option("--splits", type=NumbersType("TRAIN,DEV,TEST"), default="0.8,0.1,0.1", help="Train, dev, test fractions (sweeps on train).")
+@click.option("--splits", type=NumbersType(), metavar="TRAIN,DEV,TEST", default="0.8,0.1,0.1",
+               help="Train, dev, test fractions (sweeps on train).")
 @click.option("--split-seed", type=SEED, default=42, help="Seed of the shuffle before splitting.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
               help="Where to write the plot. [default: OUT/lr-find-MODEL.png]")
@@ -504,7 +465,6 @@ def score(items, data, totals, as_json, out, checkpoint_path, device, n_threads)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with every rate and loss.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @device_option
-@handle_errors
 def lr_find(model_name, data, min_lr, max_lr, steps, splits, split_seed, plot_path, out, as_json, quiet, device,
             n_threads, **settings):
     """The lecture's learning-rate sweep: from a fresh model, one step at each of --steps rates spaced
@@ -512,32 +472,31 @@ def lr_find(model_name, data, min_lr, max_lr, steps, splits, split_seed, plot_pa
     up, and plots loss against log10(lr) when matplotlib is installed."""
     from pathlib import Path
 
-    model_options, train_options = _split_settings(settings)
-    from makemore import api
+    from makemore import api, plots
 
-    sweep = api.lr_find(model_name, data, model_options, train_options, min_lr, max_lr, steps, splits,
-                        split_seed, device, progress=not quiet,
-                        plot_path=plot_path or Path(out) / f"lr-find-{model_name}.png", n_threads=n_threads)
-    written = sweep.plot
-    if written is None:
-        click.echo(f"no plot: {api.PLOT_HINT}", err=True)
+    sweep = api.lr_find(model_name, data, *_split_settings(settings), min_lr, max_lr, steps, splits, split_seed,
+                        device, progress=not quiet, plot_path=plot_path or Path(out) / f"lr-find-{model_name}.png",
+                        n_threads=n_threads)
+    if sweep.plot is None:
+        click.echo(f"no plot: {plots.INSTALL_HINT}", err=True)
+    floor_lr = sweep.lrs[sweep.floor_step]
     blowup = sweep.lrs[sweep.blowup_step] if sweep.blowup_step is not None else None
     if as_json:
         click.echo(to_json(dict(suggested_lr=sweep.suggested_lr, suggested_step=sweep.suggested_step,
-                                   floor_lr=sweep.lrs[sweep.floor_step], blowup_lr=blowup, lrs=sweep.lrs, losses=sweep.losses,
-                                   settings=sweep.settings, plot=str(written) if written else None)))
+                                floor_lr=floor_lr, blowup_lr=blowup, lrs=sweep.lrs, losses=sweep.losses,
+                                settings=sweep.settings, plot=str(sweep.plot) if sweep.plot else None)))
         return
-    floor_lr = sweep.lrs[sweep.floor_step]
-    click.echo(f"suggested lr {sweep.suggested_lr:.3g} (10^{math.log10(sweep.suggested_lr):.2f}): the near edge "
-               f"of the valley, smoothed loss {sweep.smoothed[sweep.suggested_step]:.4f}")
-    click.echo(f"the valley's floor: lr {floor_lr:.3g} (10^{math.log10(floor_lr):.2f}), smoothed loss "
-               f"{sweep.smoothed[sweep.floor_step]:.4f}")
-    if blowup is not None:
-        click.echo(f"the loss blows up from lr {blowup:.3g} (10^{math.log10(blowup):.2f})")
-    else:
-        click.echo(f"the loss did not blow up up to lr {sweep.lrs[-1]:.3g}; a wider --max-lr shows where it does")
-    if written is not None:
-        click.echo(f"plot: {written}")
+
+    def rate(lr: float) -> str:
+        return f"{lr:.3g} (10^{math.log10(lr):.2f})"
+
+    click.echo(f"suggested lr {rate(sweep.suggested_lr)}: the near edge of the valley, smoothed loss "
+               f"{sweep.smoothed[sweep.suggested_step]:.4f}")
+    click.echo(f"the valley's floor: lr {rate(floor_lr)}, smoothed loss {sweep.smoothed[sweep.floor_step]:.4f}")
+    click.echo(f"the loss blows up from lr {rate(blowup)}" if blowup is not None else
+               f"the loss did not blow up up to lr {sweep.lrs[-1]:.3g}; a wider --max-lr shows where it does")
+    if sweep.plot is not None:
+        click.echo(f"plot: {sweep.plot}")
 
 
 @cli.group()
@@ -545,38 +504,21 @@ def plot():
     """Draw a trained model as a PNG picture (needs matplotlib: pip install "makemore[plot]")."""
 
 
-def output_option(f):
-    return click.option("--output", "-o", type=click.Path(dir_okay=False),
-                        help="PNG file to write. [default: beside the checkpoint]")(f)
+def _plot_command(what: str, help_text: str) -> None:
+    @plot.command(what, help=help_text)
+    @click.option("--output", "-o", type=click.Path(dir_okay=False),
+                  help="PNG file to write. [default: beside the checkpoint]")
+    @checkpoint_options
+    def command(output, out, checkpoint_path):
+        click.echo(getattr(load_trained(checkpoint_path, out, "cpu"), f"plot_{what}")(output))
 
 
-@plot.command("loss")
-@output_option
-@checkpoint_options
-@handle_errors
-def plot_loss(output, out, checkpoint_path):
-    """The training curve: train loss at each log point, dev loss at each evaluation (training also
-    writes it, as OUT/NAME.loss.png)."""
-    click.echo(load_trained(checkpoint_path, out, "cpu").plot_loss(output))
-
-
-@plot.command("embeddings")
-@output_option
-@checkpoint_options
-@handle_errors
-def plot_embeddings(output, out, checkpoint_path):
-    """The lecture's scatter of the characters in the embedding table C (its first two principal
-    components when C has more than two dimensions)."""
-    click.echo(load_trained(checkpoint_path, out, "cpu").plot_embeddings(output))
-
-
-@plot.command("counts")
-@output_option
-@checkpoint_options
-@handle_errors
-def plot_counts(output, out, checkpoint_path):
-    """The lecture's table of bigram counts as a labelled heatmap (for bigram-nn: its probabilities)."""
-    click.echo(load_trained(checkpoint_path, out, "cpu").plot_counts(output))
+_plot_command("loss", "The training curve: train loss at each log point, dev loss at each evaluation (training "
+                      "also writes it, as OUT/NAME.loss.png).")
+_plot_command("embeddings", "The lecture's scatter of the characters in the embedding table C (its first two "
+                            "principal components when C has more than two dimensions).")
+_plot_command("counts", "The lecture's table of bigram counts as a labelled heatmap (for bigram-nn: its "
+                        "probabilities).")
 
 
 @cli.command()
@@ -585,10 +527,9 @@ def plot_counts(output, out, checkpoint_path):
 @click.option("--name", default="mixture", help="Checkpoint name in --out.")
 @click.option("--kind", type=click.Choice(["log-linear", "linear"]), default="log-linear", show_default=True,
               help="log-linear: p proportional to p_1^w_1 p_2^w_2 ...; linear: p = w_1 p_1 + w_2 p_2 + ...")
-@click.option("--weights", type=NumbersType("W1,W2,..."),
+@click.option("--weights", type=NumbersType(), metavar="W1,W2,...",
               help="One weight per checkpoint. [default: fitted on dev, by Newton's method or (linear) EM]")
 @device_option
-@handle_errors
 def mix(checkpoints, out, name, kind, weights, device, n_threads):
     """Mix two or more trained models into one, weighted to fit the dev split.
 

@@ -1,7 +1,7 @@
 """A trained model loaded from its checkpoint: evaluate it, score items, sample, describe and plot."""
 from __future__ import annotations
 
-import dataclasses
+import functools
 import math
 import sys
 from dataclasses import dataclass
@@ -10,10 +10,10 @@ from pathlib import Path
 import torch
 
 from makemore import checkpoint, instruments, options, plots, stream, threads
-from makemore.constraints import PATIENCE, Request, Samples, length_cap
+from makemore.constraints import Request, Samples, length_cap
 from makemore.data import SPLIT_NAMES, Data, Vocab, split_items
 from makemore.dataset import build_dataset
-from makemore.errors import CheckpointError, DataError, MakemoreError, TrainingError, printable
+from makemore.errors import CheckpointError, DataError, MakemoreError, printable
 from makemore.files import check_not_inputs, same_file
 from makemore.models import get_model_class
 from makemore.nearest import nearest as closest
@@ -22,17 +22,13 @@ from makemore.train import evaluate
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}
     if options.check_device(name) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+        return torch.device(next((kind for kind, there in available.items() if there()), "cpu"))
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise MakemoreError("--device: CUDA is not available on this machine; use --device cpu (or auto)")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise MakemoreError("--device: MPS is not available on this machine; use --device cpu (or auto)")
+    if device.type in available and not available[device.type]():
+        raise MakemoreError(f"--device: {device.type.upper()} is not available on this machine; use --device cpu "
+                            "(or auto)")
     return device
 
 
@@ -43,8 +39,8 @@ def note_changed_data(ckpt: dict, data: Data, strict: bool, warn) -> None:
         message = (f"{printable(data.path)} has changed since training (fingerprint {data.fingerprint} now, "
                    f"{printable(trained_on)} when the checkpoint was trained)")
     else:
-        message = (f"{printable(data.path)} (fingerprint {data.fingerprint}) is not the data the checkpoint was trained "
-                   f"on ({printable(recorded)}, fingerprint {printable(trained_on)})")
+        message = (f"{printable(data.path)} (fingerprint {data.fingerprint}) is not the data the checkpoint was "
+                   f"trained on ({printable(recorded)}, fingerprint {printable(trained_on)})")
     if strict:
         raise DataError(message)
     warn("warning: " + message)
@@ -58,7 +54,6 @@ class Trained:
     ckpt: dict
     model: torch.nn.Module
     vocab: Vocab
-    _cache: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def name(self) -> str:
@@ -118,16 +113,13 @@ class Trained:
         return device_of(self.model)
 
     def sample(self, n: int = 10, seed: int | None = None, temperature: float = 1.0, top_k: int | None = None,
-               prefix: str = "", max_len: int | None = None, *, top_p: float | None = None, suffix: str = "",
-               min_len: int = 1, regex: str | None = None, new: bool = False, exclude=(), unique: bool = False,
-               max_tries: int | None = None, patience: float | None = PATIENCE, progress: bool = False,
-               warn=None) -> Samples:
-        """Draw n items that meet every constraint (the options of `makemore sample`, same names): a Samples
-        list, shorter only when max_tries or patience ran out (samples.report() says why); NothingFound when
-        no draw met them. warn: called with each note (default: print to stderr)."""
-        request = Request(n=n, temperature=temperature, top_k=top_k, top_p=top_p, prefix=prefix, suffix=suffix,
-                          min_len=min_len, max_len=max_len, regex=regex, new=new, exclude=frozenset(exclude),
-                          unique=unique, max_tries=max_tries, patience=patience)
+               prefix: str = "", max_len: int | None = None, *, exclude=(), progress: bool = False, warn=None,
+               **constraints) -> Samples:
+        """Draw n items that meet every constraint (constraints: the other fields of constraints.Request, named as
+        the options of `makemore sample`): a Samples list, shorter only when max_tries or patience ran out
+        (samples.report() says why); NothingFound when no draw met them. warn: called with each note."""
+        request = Request(n=n, temperature=temperature, top_k=top_k, prefix=prefix, max_len=max_len,
+                          exclude=frozenset(exclude), **constraints)
         drawing = self.draw(request, seed, progress)
         for note in drawing.notes:
             (warn or (lambda message: print(message, file=sys.stderr)))(note)
@@ -139,7 +131,7 @@ class Trained:
         if request.new and not self.ckpt.get("items"):
             raise CheckpointError(f"{self.path}: keeps no training items, so --new cannot tell new items apart")
         return Sampler(self.model, self.vocab, request, stream.key_of(seed), length_cap(self.items(), request.prefix),
-                       self._item_set() if request.new else frozenset(), progress)
+                       self.item_set if request.new else frozenset(), progress)
 
     def plot_loss(self, output: str | Path | None = None) -> Path:
         """The training curve as a PNG (default: beside the checkpoint); needs matplotlib."""
@@ -177,10 +169,9 @@ class Trained:
         check_not_inputs([path], [self.path])
         return path
 
-    def _item_set(self) -> frozenset:
-        if "items" not in self._cache:
-            self._cache["items"] = frozenset(self.items())
-        return self._cache["items"]
+    @functools.cached_property
+    def item_set(self) -> frozenset:
+        return frozenset(self.items())
 
     def log_prob(self, items: list[str]) -> list[float]:
         """Log-probability (nats) of each item under the model, its end included."""
@@ -206,13 +197,12 @@ class Trained:
 
     def where(self, items: list[str]) -> list[str]:
         """For each item: the split of the training data holding it ('train', 'dev', 'test') or 'new'."""
-        if "where" not in self._cache:
-            found = {}
-            parts = self.splits()
-            for split in reversed(SPLIT_NAMES):  # an item in several splits is reported by the first
-                found.update(dict.fromkeys(parts[split], split))
-            self._cache["where"] = found
-        return [self._cache["where"].get(item, "new") for item in items]
+        return [self.split_of.get(item, "new") for item in items]
+
+    @functools.cached_property
+    def split_of(self) -> dict[str, str]:
+        parts = self.splits()  # an item in several splits is reported by the first
+        return {item: split for split in reversed(SPLIT_NAMES) for item in parts[split]}
 
 
 EVAL_ROWS = 4096  # the examples of one evaluation chunk (train.evaluate) or a large sampling batch
@@ -239,13 +229,6 @@ def predicts_numbers(net) -> bool:
     with torch.no_grad():
         logits = net.eval()(torch.zeros(1, net.block_size, dtype=torch.long, device=device_of(net)))
     return not (logits.isnan().any() or (logits == math.inf).any())
-
-
-def check_predicts(net, what: str) -> None:
-    """A TrainingError for a model that predicts no numbers: it is never written, since no command could load it."""
-    if not predicts_numbers(net):
-        raise TrainingError(f"{what} predicts no numbers (NaN), so it was not saved; an option value far out of the "
-                            "usual range is the likely cause")
 
 
 def device_of(net) -> torch.device:
