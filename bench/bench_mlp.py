@@ -139,7 +139,7 @@ def default_run(data, every):
     model = cls(mconfig, len(vocab))
     train_set = build_dataset(parts["train"], vocab, mconfig.block_size)
     dev_set = build_dataset(parts["dev"], vocab, mconfig.block_size)
-    tconfig.steps = cls.default_steps(len(train_set), tconfig.batch_size)
+    tconfig.steps = cls.train_defaults_for(len(train_set), tconfig.batch_size)["steps"]
     tconfig.eval_interval = tconfig.steps  # the loop's own evaluation only at the end
     off_clock, history, dev, due = [0.0], [], [None], [every]
 

@@ -46,18 +46,17 @@ def speed(path: Path, model: str, threads: int) -> tuple[float, float]:
     torch.manual_seed(0)
     net = cls(mconfig, len(vocab))
     dataset = build_dataset(parts["train"], vocab, mconfig.block_size, cls.whole_items)
-    step = TrainStep(net, make_optimizer(net, tconfig), tconfig.weight_decay)
-    batches = BatchSampler(dataset, tconfig.batch_size, 0, flat=step.flat)
+    step = TrainStep(net, make_optimizer(net, tconfig), tconfig.penalty)
+    batches = BatchSampler(dataset, tconfig.batch_size, 0)
     per_row = dataset.n_targets / len(dataset)
-    with step:
-        for _ in range(30):  # warm up
-            step(*batches.next(), tconfig.lr)
-        step.take_loss().item()
-        start = time.perf_counter()
-        for _ in range(SPEED_STEPS):
-            step(*batches.next(), tconfig.lr)
-        step.take_loss().item()
-        seconds = time.perf_counter() - start
+    for _ in range(30):  # warm up
+        step(*batches.next(), tconfig.lr)
+    step.take_loss().item()
+    start = time.perf_counter()
+    for _ in range(SPEED_STEPS):
+        step(*batches.next(), tconfig.lr)
+    step.take_loss().item()
+    seconds = time.perf_counter() - start
     return SPEED_STEPS / seconds, SPEED_STEPS * tconfig.batch_size * per_row / seconds
 
 

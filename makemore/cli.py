@@ -20,7 +20,7 @@ SPLITS = ("train", "dev", "test", "all")
 SEED = click.IntRange(0, 2**63 - 1)  # what torch.manual_seed accepts
 # the training settings (train.TrainConfig's fields) that `makemore train` takes as flags
 TRAIN_FIELDS = ("steps", "batch_size", "lr", "optimizer", "schedule", "decay_at", "warmup", "weight_decay",
-                "eval_interval", "seed")
+                "decay", "eval_interval", "seed")
 
 
 class NumbersType(click.ParamType):
@@ -505,7 +505,7 @@ def score(items, data, totals, as_json, out, checkpoint_path, device, n_threads)
         click.echo(f"all {len(results)} items: total nll {nll:.4f}, mean nll {nll / n:.4f} ({n} transitions)")
 
 
-@cli.command("lr-find", cls=RegistryCommand, train_fields=("batch_size", "optimizer", "weight_decay", "seed"))
+@cli.command("lr-find", cls=RegistryCommand, train_fields=("batch_size", "optimizer", "weight_decay", "decay", "seed"))
 @click.option("--model", "model_name", type=click.Choice(MODEL_NAMES), default="mlp", help="Which model to sweep.")
 @click.option("--data", type=click.Path(), help="Text file, one item per line. [default: names.txt]")
 @click.option("--min-lr", type=positive_float(), default=1e-3, help="First learning rate.")

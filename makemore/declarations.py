@@ -114,11 +114,7 @@ PROBE_EXAMPLES = 100_000  # any data size: the help only asks whether a model ha
 
 def _size_rule(cls, name: str):
     """What the model's rule for a setting gives for some data size, or None without a rule."""
-    if name == "steps":
-        return cls.default_steps(PROBE_EXAMPLES, cls.train_defaults.get("batch_size", 32))
-    if name == "weight_decay":
-        return cls.default_weight_decay(PROBE_EXAMPLES)
-    return None
+    return cls.train_defaults_for(PROBE_EXAMPLES, cls.train_defaults.get("batch_size", 32)).get(name)
 
 
 def _per_model(texts: list[tuple[str, str]]) -> str:
