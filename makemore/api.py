@@ -58,12 +58,12 @@ def train_config(model_name: str, given: dict) -> TrainConfig:
 
 
 def apply_size_rules(cls, tconfig: TrainConfig, given: dict | None, n_examples: int) -> None:
-    """Set the steps and weight decay that the model derives from the number of training examples, where not given."""
+    """Set the loop settings that the model's rules derive from the number of training examples
+    (its train_defaults_for hook), wherever the user gave no value of their own."""
     given = given or {}
-    if given.get("steps") is None and (steps := cls.default_steps(n_examples, tconfig.batch_size)) is not None:
-        tconfig.steps = steps
-    if given.get("weight_decay") is None and (decay := cls.default_weight_decay(n_examples)) is not None:
-        tconfig.weight_decay = decay
+    for name, value in cls.train_defaults_for(n_examples, tconfig.batch_size).items():
+        if given.get(name) is None:
+            setattr(tconfig, name, value)
 
 
 def build_run(cls, mconfig, tconfig: TrainConfig, vocab: Vocab, parts: dict, dev: torch.device,
@@ -378,7 +378,7 @@ def lr_find(model: str = "mlp", data=None, model_options: dict | None = None, tr
     lrs = instruments.exponential_lrs(min_lr, max_lr, steps)
     governor = threads.Governor(threads.setup(n_threads, dev, threads.work(net, tconfig.batch_size)))
     sweep = instruments.lr_sweep(net, train_set, make_optimizer(net, tconfig), lrs, tconfig.batch_size, tconfig.seed,
-                                 tconfig.weight_decay, progress, governor)
+                                 tconfig.penalty, progress, governor)
     sweep.settings = dict(model=model, data=str(run.dataset.path), optimizer=tconfig.optimizer,
                           batch_size=tconfig.batch_size, weight_decay=tconfig.weight_decay, seed=tconfig.seed,
                           min_lr=min_lr, max_lr=max_lr, steps=steps, config=dataclasses.asdict(mconfig))

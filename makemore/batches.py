@@ -19,14 +19,12 @@ class BatchSampler:
     and keeps its own columns: the processes see different examples and share one generator state.
     Contexts are gathered for about GATHER examples at once, then handed out as views.
 
-    next() gives contexts (B, block_size) and targets (B,) (a dataset of whole items: (B, block_size) each),
-    or with flat=True the shapes a model's step by
-    hand takes: contexts flattened, (B * block_size,), and targets as a column, (B, 1).
+    next() gives contexts (B, block_size) and targets (B,) (a dataset of whole items: (B, block_size) each).
     """
 
     def __init__(self, dataset, batch_size: int, seed: int, rng: torch.Tensor | None = None, step: int = 0,
-                 world: World = World(), flat: bool = False):
-        self.dataset, self.flat = dataset, flat
+                 world: World = World()):
+        self.dataset = dataset
         self.width, self.mine = batch_size * world.size, world.columns(batch_size)
         self.device = dataset.positions.device
         self.group = max(1, min(BATCH_CHUNK, GATHER // batch_size))
@@ -68,9 +66,6 @@ class BatchSampler:
             rows = self.indices[row:min(row + self.group, BATCH_CHUNK)]
             n, B = rows.shape
             x, y = self.dataset.batch(rows.reshape(-1))
-            if self.flat:
-                self.xs, self.ys = x.view(n, -1).unbind(0), y.view(n, B, 1).unbind(0)
-            else:
-                self.xs, self.ys = x.view(n, B, -1).unbind(0), y.view(n, B, *y.shape[1:]).unbind(0)
+            self.xs, self.ys = x.view(n, B, -1).unbind(0), y.view(n, B, *y.shape[1:]).unbind(0)
         self.step += 1
         return self.xs[i], self.ys[i]

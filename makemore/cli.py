@@ -19,7 +19,7 @@ SPLITS = ("train", "dev", "test", "all")
 SEED = click.IntRange(0, 2**63 - 1)  # what torch.manual_seed accepts
 # train.TrainConfig's fields: the training settings that `makemore train` takes as flags
 TRAIN_FIELDS = ("steps", "batch_size", "lr", "optimizer", "schedule", "decay_at", "warmup", "weight_decay",
-                "eval_interval", "seed")
+                "decay", "eval_interval", "seed")
 SIZE_RULE = "by data size"  # a setting's default in the help, where the model derives it from the data
 
 
@@ -81,9 +81,7 @@ class DeclaredType(click.ParamType):
 
 def _has_size_rule(cls, name: str) -> bool:
     """Whether the model derives the setting from the data size (asked for some size: any will do)."""
-    if name == "steps":
-        return cls.default_steps(100_000, cls.train_defaults.get("batch_size", 32)) is not None
-    return name == "weight_decay" and cls.default_weight_decay(100_000) is not None
+    return name in cls.train_defaults_for(100_000, cls.train_defaults.get("batch_size", 32))
 
 
 def declared_flags(train_fields: tuple = ()) -> list[tuple[str, options.Option, dict]]:
@@ -449,7 +447,7 @@ def score(items, data, totals, as_json, out, checkpoint_path, device, n_threads)
         click.echo(f"all {len(results)} items: total nll {nll:.4f}, mean nll {nll / n:.4f} ({n} transitions)")
 
 
-@cli.command("lr-find", cls=RegistryCommand, train_fields=("batch_size", "optimizer", "weight_decay", "seed"))
+@cli.command("lr-find", cls=RegistryCommand, train_fields=("batch_size", "optimizer", "weight_decay", "decay", "seed"))
 @click.option("--model", "model_name", type=click.Choice(MODEL_NAMES), default="mlp", help="Which model to sweep.")
 @click.option("--data", type=click.Path(), help="Text file, one item per line. [default: names.txt]")
 @click.option("--min-lr", type=PositiveFloat(), default=1e-3, help="First learning rate.")

@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from makemore.batches import BatchSampler
 from makemore.dataset import build_dataset
 from makemore.errors import CheckpointError, DataError, TrainingError
+from makemore.models.base import next_log_probs
 from makemore.threads import Governor
 from makemore.train import TrainStep, chunk_rows
 
@@ -40,7 +40,7 @@ def score(model, vocab, items: list[str]) -> list[dict]:
     # a chunk at a time, sized to fit (a wide context makes each row large), its contexts spelt out as it goes
     transitions = []
     for x, y in ds.chunks(chunk_rows(model, 16384, device)):
-        logp = F.log_softmax(model(x).double(), dim=-1).gather(1, y[:, None]).squeeze(1).cpu().tolist()
+        logp = next_log_probs(model, x).gather(1, y[:, None]).squeeze(1).cpu().tolist()
         for row, target, lp in zip(x.cpu().tolist(), y.cpu().tolist(), logp):
             transitions.append(dict(context="".join(shown[t] for t in row), next=shown[target],
                                     prob=math.exp(lp), logprob=lp))
@@ -117,9 +117,10 @@ def suggest(losses: list[float]) -> tuple[int, int, int | None, list[float]]:
 
 
 def lr_sweep(net, train_set, optimizer, lrs: torch.Tensor, batch_size: int, seed: int,
-             weight_decay: float = 0.0, progress: bool = True, governor: Governor | None = None) -> Sweep:
+             penalty: float = 0.0, progress: bool = True, governor: Governor | None = None) -> Sweep:
     """Train net from its current (fresh) state for len(lrs) steps, step i at rate lrs[i], recording the
     minibatch loss; stops early once the loss is no longer finite or has blown up far above its minimum.
+    penalty: the weight decay's term in the loss (TrainConfig.penalty).
 
     The steps and their batches are the training loop's own (makemore.train.TrainStep, BatchSampler), and
     so is the governor of the thread count (makemore.threads)."""
@@ -127,20 +128,20 @@ def lr_sweep(net, train_set, optimizer, lrs: torch.Tensor, batch_size: int, seed
     losses: list[float] = []
     best = ema = math.inf
     net.train()
-    with TrainStep(net, optimizer, weight_decay) as step:
-        batches = BatchSampler(train_set, batch_size, seed, flat=step.flat)
-        for i in tqdm(range(len(lrs)), disable=not progress, leave=False, desc="lr-find", mininterval=0.5):
-            step(*batches.next(), lrs[i].item())
-            governor.tick(i + 1)
-            value = step.take_loss().item()
-            losses.append(value if math.isfinite(value) else math.nan)
-            if not math.isfinite(value):
-                break
-            # an exponential average (online, unlike the centred one) decides when to stop early
-            ema = value if ema == math.inf else 0.9 * ema + 0.1 * value
-            best = min(best, ema)
-            if i > 10 and ema > 2 * BLOWUP_FACTOR * best:
-                break
+    step = TrainStep(net, optimizer, penalty)
+    batches = BatchSampler(train_set, batch_size, seed)
+    for i in tqdm(range(len(lrs)), disable=not progress, leave=False, desc="lr-find", mininterval=0.5):
+        step(*batches.next(), lrs[i].item())
+        governor.tick(i + 1)
+        value = step.take_loss().item()
+        losses.append(value if math.isfinite(value) else math.nan)
+        if not math.isfinite(value):
+            break
+        # an exponential average (online, unlike the centred one) decides when to stop early
+        ema = value if ema == math.inf else 0.9 * ema + 0.1 * value
+        best = min(best, ema)
+        if i > 10 and ema > 2 * BLOWUP_FACTOR * best:
+            break
     ran = [lr.item() for lr in lrs[:len(losses)]]
     at, floor_step, blowup, smoothed = suggest(losses)
     return Sweep(ran, losses, smoothed, ran[at], at, floor_step, blowup, len(lrs))
@@ -182,4 +183,4 @@ def bigram_table(model) -> tuple[torch.Tensor, bool]:
     device = next(iter(model.state_dict().values())).device
     model.eval()
     contexts = torch.arange(V, device=device)[:, None]
-    return torch.softmax(model(contexts).double(), dim=-1).cpu(), False
+    return torch.softmax(model.next_logits(contexts).double(), dim=-1).cpu(), False

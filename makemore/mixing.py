@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from makemore import memory
+from makemore.models.base import next_log_probs
 from makemore.train import long_work
 
 KINDS = ("log-linear", "linear")
@@ -73,8 +74,7 @@ def target_probs(models: list, dataset, limit: int = FIT_NUMBERS, seed: int = 0,
     rows = forward_rows(models, dataset.positions.device)
     with torch.no_grad(), long_work(-(-len(dataset) // rows), progress, "scoring dev") as bar:
         for x, y in dataset.chunks(rows):
-            logp = torch.stack([torch.log_softmax(m(x[:, x.shape[1] - m.block_size:]).double(), -1)
-                                .gather(1, y[:, None]).squeeze(1).cpu() for m in models], 1)
+            logp = torch.stack([next_log_probs(m, x).gather(1, y[:, None]).squeeze(1).cpu() for m in models], 1)
             parts.append(logp[keep[start:start + len(logp)]].exp())
             start += len(logp)
             bar.update()
@@ -141,8 +141,7 @@ def log_probs(models: list, dataset, vocab_size: int, limit: int = FIT_NUMBERS,
     with torch.no_grad(), long_work(-(-n // rows), progress, "scoring dev") as bar:
         for start in range(0, n, rows):
             x, y = dataset.batch(ix[start:start + rows])
-            parts.append(torch.stack([torch.log_softmax(m(x[:, x.shape[1] - m.block_size:]).double(), -1)
-                                      for m in models], 1).clamp_min_(LOG_FLOOR).cpu())
+            parts.append(torch.stack([next_log_probs(m, x) for m in models], 1).clamp_min_(LOG_FLOOR).cpu())
             targets.append(y.cpu())
             bar.update()
     return torch.cat(parts), torch.cat(targets)

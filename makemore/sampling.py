@@ -19,12 +19,12 @@ import time
 from typing import Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 
 from makemore import memory, stream
 from makemore.constraints import NUCLEUS_SLACK, NothingFound, Request, Samples, Tally  # noqa: F401 (re-exported)
 from makemore.dataset import build_dataset
 from makemore.errors import OptionError
+from makemore.models.base import next_log_probs
 
 FIRST_BATCH, MAX_BATCH = 256, 8192  # batch sizes: 256, 512, ... up to 8,192, then 8,192 each
 # ... and at most this many numbers in a batch's (rows, vocabulary) probabilities: 8,192 rows of a 10,000
@@ -99,7 +99,7 @@ def draw_batch(model, prefix_ids: list[int], keys: torch.Tensor, steps: int, min
         banned = None
         if len(prefix_ids) + t < min_len:
             banned = torch.ones(rows.numel(), dtype=torch.bool, device=device)
-        probs = next_token_probs(model(ctx), temperature, top_k, top_p, banned).cpu()
+        probs = next_token_probs(model.next_logits(ctx), temperature, top_k, top_p, banned).cpu()
         nxt, stuck = _draw(probs, stream.uniforms(keys[rows], t))
         nxt = nxt.masked_fill(stuck, 0)  # a stuck row stops here
         tokens[rows, t] = nxt.int()
@@ -236,8 +236,7 @@ def log_probs(model, vocab, items: list[str], chunk: int = 65536) -> torch.Tenso
     ds = build_dataset(items, vocab, model.block_size).to(next(iter(model.state_dict().values())).device)
     per_token = []
     for x, y in ds.chunks(chunk):
-        logp = F.log_softmax(model(x).double(), dim=-1)
-        per_token.append(logp.gather(1, y[:, None]).squeeze(1).cpu())
+        per_token.append(next_log_probs(model, x).gather(1, y[:, None]).squeeze(1).cpu())
     lengths = torch.tensor([len(item) + 1 for item in items])
     owner = torch.repeat_interleave(torch.arange(len(items)), lengths)
     return torch.zeros(len(items), dtype=torch.float64).index_add_(0, owner, torch.cat(per_token))

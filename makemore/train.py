@@ -1,11 +1,11 @@
-"""The one training loop. It knows no model: it needs only logits = model(contexts), and the hooks that
-makemore.models.base.Model declares (step_by_hand, decay_in_loss with penalty).
+"""The one training loop. It knows no model: it needs only logits = model(contexts), shaped like the targets
+plus a vocabulary dimension, and computes every model's loss in one place (loss_of).
 
 The loop is a few parts with one job each:
 
 - BatchSampler (makemore.batches): the batch of every step, resumable exactly;
-- TrainStep: one optimizer step on a batch, by hand where the model writes its step out, else through
-  autograd; lr-find (makemore.instruments.lr_sweep) takes the same step;
+- TrainStep: one optimizer step on a batch, through autograd; lr-find (makemore.instruments.lr_sweep) takes
+  the same step;
 - Cadence: after which steps the loop logs and evaluates;
 - Divergence: stops a run whose train loss blows up;
 - BestKeeper: evaluates on dev and keeps the best-on-dev weights;
@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import signal
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +37,7 @@ from makemore.threads import Governor
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "step", "cosine")
+DECAYS = ("decoupled", "penalty")
 
 
 @dataclass
@@ -55,8 +56,11 @@ class TrainConfig:
     decay_at: float = option(0.5, "With --schedule step: the fraction of the steps after which the rate drops "
                              "tenfold.", low=0.0, high=1.0)
     warmup: int = option(0, "Linear warmup steps (cosine).", low=0, high=10**9)
-    weight_decay: float = option(0.0, "The optimizer's decoupled decay (bigram-nn: the lecture's penalty "
-                                 "wd*(W**2).mean()).", low=0.0, high=1e6)
+    weight_decay: float = option(0.0, "Weight decay, acting as --decay says.", low=0.0, high=1e6)
+    # bigram-nn's default is the lecture's penalty: for its one weight W, weight_decay * (W**2).mean()
+    decay: str = option("decoupled", "Where --weight-decay acts: decoupled, the optimizer's decay of every weight; "
+                        "penalty, the term weight_decay * mean(w**2) over all trained weights added to the loss.",
+                        choices=DECAYS)
     eval_interval: int = option(0, "Steps between dev evaluations; 0: ten evaluations per run.", low=0,
                                 high=10**9)
     seed: int = option(42, "Seed of initialisation and batches.", low=0, high=2**63 - 1)
@@ -73,6 +77,11 @@ class TrainConfig:
 
     def eval_every(self) -> int:
         return self.eval_interval or max(1, self.steps // 10)
+
+    @property
+    def penalty(self) -> float:
+        """The weight of the decay's term in the loss (0 where the optimizer decays)."""
+        return self.weight_decay if self.decay == "penalty" else 0.0
 
 
 class _StopFlag:
@@ -125,8 +134,7 @@ def evaluate(model, dataset, batch_size: int | None = None, progress: bool = Fal
     total = torch.zeros((), dtype=torch.float64)
     with long_work(-(-len(dataset) // batch_size), progress, "evaluating") as bar:
         for x, y in dataset.chunks(batch_size):
-            total += F.cross_entropy(logits_of(model, x, dataset.whole_items).flatten(0, -2).double(), y.flatten(),
-                                     ignore_index=IGNORE, reduction="sum").cpu()
+            total += loss_of(model(x).double(), y, reduction="sum").cpu()
             bar.update()
     model.train(was_training)
     return total.item() / dataset.n_targets
@@ -138,10 +146,10 @@ def chunk_rows(model, wanted: int, device: torch.device) -> int:
     return memory.rows_that_fit(type(model), model.config, model.vocab_size, device, wanted)
 
 
-def logits_of(model, x: torch.Tensor, whole_items: bool) -> torch.Tensor:
-    """The model's logits for a batch: (B, vocab_size) from windows, (B, block_size, vocab_size) from rows
-    of whole items (a model that reads items left to right: Model.whole_items)."""
-    return model(x, every_position=True) if whole_items else model(x)
+def loss_of(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Every model's loss: cross-entropy of logits shaped like the targets plus a vocabulary dimension,
+    positions whose target is IGNORE left out."""
+    return F.cross_entropy(logits.flatten(0, -2), targets.flatten(), ignore_index=IGNORE, reduction=reduction)
 
 
 def seed_step(seed: int, step: int, rank: int, device: torch.device) -> None:
@@ -157,9 +165,7 @@ def seed_step(seed: int, step: int, rank: int, device: torch.device) -> None:
 
 def make_optimizer(model, config: TrainConfig):
     params = [p for p in model.parameters() if p.requires_grad]
-    # a model with decay_in_loss (bigram-nn: the lecture's penalty) has its decay in the loss; the others
-    # decay in the optimizer
-    wd = 0.0 if model.decay_in_loss else config.weight_decay
+    wd = config.weight_decay if config.decay == "decoupled" else 0.0
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, weight_decay=wd, foreach=True)
     if config.optimizer == "adamw":
@@ -174,66 +180,41 @@ class TrainStep:
     """One optimizer step on a batch: step(contexts, targets, lr). take_loss() is the mean train loss of the
     steps since its last call, a tensor on the device (reading it back is the step's only synchronisation).
 
-    A model whose step_by_hand hook gives a step does its steps without autograd (contexts and targets
-    then come in the shapes that step takes: BatchSampler(flat=step.flat)); with plain SGD that step also
-    applies the update, otherwise the optimizer applies the gradients it wrote. Every other model, and
-    every model under DDP (which needs autograd's hooks) or with decay_in_loss, goes through autograd.
-    Either way the optimizer's lr is set, so its state_dict records the lr of the last step.
-
-    Step inside `with step:`. Steps by hand run there under inference mode: they need no graph, and it
-    also skips autograd's bookkeeping on every op (about a tenth of a step at the lecture's sizes); the
-    optimizer state made in it is saved by value, never used by autograd. Leaving drops the gradient
-    buffers a step by hand reused, so that no later backward() accumulates into them.
+    With a penalty (TrainConfig.penalty) the objective is the loss plus penalty * mean(w**2) over all the
+    trained weights; the loss recorded is the model's alone. The optimizer's lr is set at every step, so its
+    state_dict records the lr of the last step.
     """
 
-    def __init__(self, model, optimizer, weight_decay: float, world: World = World()):
+    def __init__(self, model, optimizer, penalty: float = 0.0, world: World = World()):
         self.optimizer, self.groups = optimizer, optimizer.param_groups
         self.params = [p for group in self.groups for p in group["params"]]
-        self.weight_decay = weight_decay
-        self.penalty = model.penalty if model.decay_in_loss and weight_decay else None
+        self.penalty = penalty
         self.forward = world.wrap(model)
         self.whole_items = model.whole_items
-        g = self.groups[0]
-        sgd = (type(optimizer) is torch.optim.SGD and len(self.groups) == 1 and g["momentum"] == 0
-               and not g["maximize"])
-        self.by_hand = model.step_by_hand(sgd=sgd) if world.size == 1 and not model.decay_in_loss else None
-        self.flat = self.by_hand is not None
-        self.applies_update = self.flat and sgd
         # the sum of the steps' losses since take_loss and its count of terms: a running sum, not a list of
         # each step's tensors, which grew by about a step's activations per step kept (measured: bigram-nn at
         # batch 8192, 800 KB a step, so a million steps, 5,000 between log points, grew by 150 MB/s)
         self.loss_sum, self.terms, self.loss_dtype = None, 0, torch.float32
-        self.mode = torch.inference_mode() if self.flat else nullcontext()
 
     def __call__(self, contexts: torch.Tensor, targets: torch.Tensor, lr: float) -> None:
         for group in self.groups:
             group["lr"] = lr
-        if self.by_hand is not None:
-            # the probabilities of the targets; their mean -log is the loss, where a target probability that underflowed to 0 (a loss beyond 87 nats: a diverging run, or the
-            # lecture's randn init in its first steps) counts as 87 nats (in float32), not as infinity
-            probs = self.by_hand(contexts, targets, lr, self.weight_decay)
-            self._add(probs.clamp_min(torch.finfo(probs.dtype).tiny).log().sum().neg_(), probs.numel(), probs)
-            if not self.applies_update:
-                self.optimizer.step()
-            return
         if self.whole_items:  # rows are as wide as the longest item: read only as far as this batch's longest
             width = int((targets != IGNORE).any(0).nonzero()[-1]) + 1
             contexts, targets = contexts[:, :width], targets[:, :width]
-        logits = logits_of(self.forward, contexts, self.whole_items)
-        loss = F.cross_entropy(logits.flatten(0, -2), targets.flatten(), ignore_index=IGNORE)
-        objective = loss + self.penalty(self.weight_decay) if self.penalty is not None else loss
+        loss = loss_of(self.forward(contexts), targets)
+        objective = loss
+        if self.penalty:
+            objective = loss + self.penalty * torch.cat([p.flatten() for p in self.params]).square().mean()
         for p in self.params:
             p.grad = None
         objective.backward()
         self.optimizer.step()
-        self._add(loss.detach(), 1, loss)
-
-    def _add(self, total: torch.Tensor, terms: int, like: torch.Tensor) -> None:
         if self.loss_sum is None:  # float64 where the device has it: thousands of steps add up without drift
-            wide = torch.float32 if like.device.type == "mps" else torch.float64
-            self.loss_sum, self.loss_dtype = torch.zeros((), dtype=wide, device=like.device), like.dtype
-        self.loss_sum.add_(total)
-        self.terms += terms
+            wide = torch.float32 if loss.device.type == "mps" else torch.float64
+            self.loss_sum, self.loss_dtype = torch.zeros((), dtype=wide, device=loss.device), loss.dtype
+        self.loss_sum.add_(loss.detach())
+        self.terms += 1
 
     def take_loss(self) -> torch.Tensor:
         """The mean train loss of the steps since the last call (nan when none)."""
@@ -243,17 +224,6 @@ class TrainStep:
         self.loss_sum.zero_()
         self.terms = 0
         return loss
-
-    def __enter__(self) -> TrainStep:
-        self.mode.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.mode.__exit__(*exc)
-        self.loss_sum, self.terms = None, 0
-        if self.by_hand is not None:
-            for p in self.params:
-                p.grad = None
 
 
 class Cadence:
@@ -290,8 +260,8 @@ class Divergence:
     def __init__(self, model, x: torch.Tensor, y: torch.Tensor, config: TrainConfig):
         was_training = model.training
         model.eval()
-        logits = logits_of(model, x, y.dim() == 2)
-        start = F.cross_entropy(logits.flatten(0, -2).double(), y.flatten(), ignore_index=IGNORE).item()
+        logits = model(x)
+        start = loss_of(logits.double(), y).item()
         model.train(was_training)
         self.limit = 10 * max(start, math.log(logits.shape[-1])) if math.isfinite(start) else math.inf
         self.config = config
@@ -380,8 +350,7 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
     point with {step, train_loss, lr, elapsed} (+ dev_loss at evaluations).
 
     The step is kept lean, because for small models the per-step overhead, not the maths, sets the speed:
-    batches are gathered for many steps at once (BatchSampler), the loss is read back only at log points,
-    and a model with a step by hand does its steps without autograd (TrainStep).
+    batches are gathered for many steps at once (BatchSampler) and the loss is read back only at log points.
 
     With several processes (world, from makemore.distributed) each trains on its share of every batch
     through DDP; the caller gives dev_set, save and progress to rank 0 only. A governor (makemore.threads)
@@ -408,10 +377,9 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
         state.optimizer = optimizer.state_dict()
         return state
 
-    with (TrainStep(model, optimizer, config.weight_decay, world) as train_step,
-          Progress(state.metrics, config.steps, state.step, on_log, progress, f"training {model.name}") as shown):
-        batches = BatchSampler(train_set, config.batch_size, config.seed, state.rng, state.step, world,
-                               flat=train_step.flat)
+    train_step = TrainStep(model, optimizer, config.penalty, world)
+    with Progress(state.metrics, config.steps, state.step, on_log, progress, f"training {model.name}") as shown:
+        batches = BatchSampler(train_set, config.batch_size, config.seed, state.rng, state.step, world)
         divergence = Divergence(model, *batches.peek(), config)
         step = state.step
         event = cadence.next_log(step)

@@ -1,4 +1,5 @@
 """The maths of the core, each checked against an independent computation written here the lecture's way."""
+import copy
 import math
 import random
 from collections import Counter
@@ -12,7 +13,7 @@ from makemore.dataset import build_dataset
 from makemore.errors import OptionError
 from makemore.models import MODEL_NAMES, get_model_class
 from makemore.models.bigram import Bigram, BigramConfig
-from makemore.train import TrainConfig, evaluate, train_loop
+from makemore.train import TrainConfig, TrainStep, evaluate, make_optimizer, train_loop
 
 
 def lecture_examples(words, block_size, stoi):
@@ -123,7 +124,7 @@ def test_every_model_gives_distributions(model_name):
     cls = get_model_class(model_name)
     model = cls(cls.config_for_data(cls.Config(), {}, ["abcdefg"], 11), 11)
     x = torch.randint(11, (5, model.block_size))
-    probs = torch.softmax(model(x).double(), dim=-1)
+    probs = torch.softmax(model.next_logits(x).double(), dim=-1)
     assert probs.shape == (5, 11)
     assert torch.allclose(probs.sum(1), torch.ones(5, dtype=torch.float64))
 
@@ -143,6 +144,37 @@ def test_bigram_nn_with_its_defaults_approaches_the_counting_model(small_names):
     gap = evaluate(net, ds) - evaluate(counted, ds)
     # a few hundred names leave many rare transitions, so a looser bound than on the full file
     assert -1e-9 <= gap < 0.01 < start - evaluate(counted, ds)
+
+
+@pytest.mark.parametrize("decay", ["decoupled", "penalty"])
+def test_the_weight_decay_acts_where_decay_says(decay):
+    """penalty: one step descends the loss plus weight_decay * mean(w**2) over all the trained weights, the
+    optimizer decaying nothing; decoupled: the optimizer's own decay. The loss recorded is the model's alone."""
+    cls = get_model_class("mlp")
+    torch.manual_seed(0)
+    net = cls(cls.Config(block_size=3, n_embd=4, n_hidden=8), 7)
+    reference = copy.deepcopy(net)
+    params = list(reference.parameters())
+    x, y = torch.randint(7, (16, 3)), torch.randint(7, (16,))
+    loss = torch.nn.functional.cross_entropy(reference(x), y)
+    objective = loss + 0.3 * torch.cat([p.flatten() for p in params]).pow(2).mean() if decay == "penalty" else loss
+    grads = torch.autograd.grad(objective, params)
+    config = TrainConfig(optimizer="sgd", lr=0.1, weight_decay=0.3, decay=decay)
+    step = TrainStep(net, make_optimizer(net, config), config.penalty)
+    step(x, y, 0.1)
+    assert step.take_loss().item() == pytest.approx(loss.item(), rel=1e-6)
+    for before, grad, after in zip(params, grads, net.parameters()):
+        decayed = 0.3 * before if decay == "decoupled" else 0  # torch's SGD adds weight_decay * p to the gradient
+        torch.testing.assert_close(after, (before - 0.1 * (grad + decayed)).detach())
+
+
+def test_bigram_nn_decays_by_the_lectures_penalty_unless_told_otherwise(run, small_names):
+    run("train", "--model", "bigram-nn", "--data", small_names, "--steps", 3, "--weight-decay", 0.01, "-q")
+    assert api.load("out/bigram-nn.safetensors").ckpt["train"]["decay"] == "penalty"
+    run("train", "--model", "bigram-nn", "--data", small_names, "--steps", 3, "--decay", "decoupled", "-q")
+    assert api.load("out/bigram-nn.safetensors").ckpt["train"]["decay"] == "decoupled"
+    refused = run("train", "--model", "bigram-nn", "--data", small_names, "--decay", "l1", ok=False)
+    assert refused.exit_code == 2 and "--decay" in refused.output
 
 
 QUICK = {"bigram": {}, "ngram": {}, "bigram-nn": dict(steps=30), "mlp": dict(steps=30, batch_size=32)}

@@ -197,15 +197,15 @@ def test_the_loss_of_several_steps_is_their_mean(dev_set):
     net = cls(cls.Config(), len(vocab))
     x, y = build_dataset(items, vocab, 1).tensors()
     optimizer = make_optimizer(net, TrainConfig(optimizer="sgd", lr=0.0))
-    with TrainStep(net, optimizer, 0.0) as step:
-        losses = []
-        for batch in (slice(0, 10), slice(10, 30), slice(30, 35)):
-            losses.append(torch.nn.functional.cross_entropy(net(x[batch]), y[batch]).item())
-            step(x[batch], y[batch], 0.0)
-        assert step.take_loss().item() == pytest.approx(sum(losses) / 3, rel=1e-6)
-        step(x[:4], y[:4], 0.0)
-        assert step.take_loss().item() == pytest.approx(
-            torch.nn.functional.cross_entropy(net(x[:4]), y[:4]).item(), rel=1e-6)
+    step = TrainStep(net, optimizer)
+    losses = []
+    for batch in (slice(0, 10), slice(10, 30), slice(30, 35)):
+        losses.append(torch.nn.functional.cross_entropy(net(x[batch]), y[batch]).item())
+        step(x[batch], y[batch], 0.0)
+    assert step.take_loss().item() == pytest.approx(sum(losses) / 3, rel=1e-6)
+    step(x[:4], y[:4], 0.0)
+    assert step.take_loss().item() == pytest.approx(
+        torch.nn.functional.cross_entropy(net(x[:4]), y[:4]).item(), rel=1e-6)
 
 
 def test_mixture_probabilities_keep_a_subset_within_the_limit(dev_set):

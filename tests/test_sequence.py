@@ -13,6 +13,7 @@ from makemore import checkpoint
 from makemore.data import Vocab
 from makemore.dataset import IGNORE, build_dataset
 from makemore.models import get_model_class
+from makemore.models.base import next_log_probs
 from makemore.train import evaluate
 
 SEQUENCE = ("rnn", "gru", "transformer")
@@ -28,6 +29,12 @@ def model(name: str, block_size: int, vocab_size: int, seed: int = 0):
         for p in net.parameters():
             p.add_(torch.randn_like(p) * 0.3)
     return net
+
+
+def window_loss(net, ds) -> float:
+    """The mean loss of a dataset of windows, each read on its own (next_logits)."""
+    x, y = ds.tensors()
+    return -next_log_probs(net, x).gather(1, y[:, None]).mean().item()
 
 
 def rows_targets(ds) -> list[int]:
@@ -65,10 +72,10 @@ def test_rows_and_windows_give_the_same_loss(name, block_size):
     items = ["emma", "olivia", "ava", "x", "abcdefghijklmn", "bob"]
     vocab = Vocab.from_items(items)
     net = model(name, block_size, len(vocab))
-    windows = evaluate(net, build_dataset(items, vocab, block_size))
+    windows = build_dataset(items, vocab, block_size)
     rows = evaluate(net, build_dataset(items, vocab, block_size, whole_items=True))
-    assert rows == pytest.approx(windows, rel=1e-6)
-    assert abs(rows - evaluate(model(name, block_size, len(vocab), seed=1), build_dataset(items, vocab, block_size))) > 1e-3
+    assert rows == pytest.approx(window_loss(net, windows), rel=1e-6)
+    assert abs(rows - window_loss(model(name, block_size, len(vocab), seed=1), windows)) > 1e-3
 
 
 @pytest.mark.parametrize("name", SEQUENCE)
@@ -77,13 +84,13 @@ def test_a_window_is_read_from_its_items_start(name):
     what lies after it does."""
     net = model(name, 8, 6)
     item = torch.tensor([[0, 3, 1, 4]])
-    alone = net(item)
-    padded = net(torch.tensor([[0, 0, 0, 0, 0, 3, 1, 4]]))
-    after_other = net(torch.tensor([[2, 5, 2, 0, 0, 3, 1, 4]]))
+    alone = net.next_logits(item)
+    padded = net.next_logits(torch.tensor([[0, 0, 0, 0, 0, 3, 1, 4]]))
+    after_other = net.next_logits(torch.tensor([[2, 5, 2, 0, 0, 3, 1, 4]]))
     torch.testing.assert_close(padded, alone)
     torch.testing.assert_close(after_other, alone)
-    assert not torch.allclose(net(torch.tensor([[0, 0, 0, 0, 0, 3, 2, 4]])), alone)
-    torch.testing.assert_close(net(item, every_position=True)[:, -1], alone)
+    assert not torch.allclose(net.next_logits(torch.tensor([[0, 0, 0, 0, 0, 3, 2, 4]])), alone)
+    torch.testing.assert_close(net(item)[:, -1], alone)
 
 
 @pytest.mark.parametrize("name", SEQUENCE)
@@ -93,7 +100,7 @@ def test_one_pass_over_a_row_is_causal(name):
     row = torch.tensor([[0, 1, 2, 3, 4, 5, 6, 1, 2, 3]])
     changed = row.clone()
     changed[0, 6:] = torch.tensor([2, 2, 2, 2])
-    a, b = net(row, every_position=True), net(changed, every_position=True)
+    a, b = net(row), net(changed)
     torch.testing.assert_close(a[:, :6], b[:, :6])
     assert not torch.allclose(a[:, 6:], b[:, 6:])
 
@@ -127,7 +134,7 @@ def test_alibi_changes_what_attention_reads():
     off = cls(cls.config_from(dict(SMALL["transformer"], block_size=8, alibi=False)), 7).eval()
     off.load_state_dict(on.state_dict())
     row = torch.tensor([[0, 3, 1, 4, 1, 5]])
-    a, b = on(row, every_position=True), off(row, every_position=True)
+    a, b = on(row), off(row)
     torch.testing.assert_close(a[:, 0], b[:, 0])
     assert not torch.allclose(a[:, 1:], b[:, 1:])
 
@@ -146,11 +153,11 @@ def test_positions_come_only_from_alibi_unless_learned(learned_positions):
             p.add_(torch.randn_like(p) * 0.3)
     assert ("wpe.weight" in plain.state_dict()) == learned_positions
     row, swapped = torch.tensor([[0, 3, 1, 4, 2]]), torch.tensor([[0, 1, 4, 3, 2]])
-    last = [plain(r, every_position=True)[0, -1] for r in (row, swapped)]
+    last = [plain(r)[0, -1] for r in (row, swapped)]
     assert torch.allclose(last[0], last[1], atol=1e-5) != learned_positions
     alibi = cls(cls.config_from(values), 7).eval()
     alibi.load_state_dict(plain.state_dict())
-    last = [alibi(r, every_position=True)[0, -1] for r in (row, swapped)]
+    last = [alibi(r)[0, -1] for r in (row, swapped)]
     assert not torch.allclose(last[0], last[1], atol=1e-5)
 
 
@@ -161,10 +168,10 @@ def test_tied_embeddings_give_the_logits_through_the_token_embeddings():
     tied = model("transformer", 6, 7)
     assert "lm_head.weight" not in tied.state_dict() and "lm_bias" in tied.state_dict()
     row = torch.tensor([[0, 2, 4]])
-    before = tied(row, every_position=True)
+    before = tied(row)
     with torch.no_grad():
         tied.wte.weight[5] += 1.0  # token 5 never read here: only its logit can change
-    after = tied(row, every_position=True)
+    after = tied(row)
     assert not torch.allclose(before[..., 5], after[..., 5])
     torch.testing.assert_close(before[..., :5], after[..., :5])
     untied = cls(cls.config_from(dict(SMALL["transformer"], block_size=6, tie_embeddings=False)), 7)

@@ -1,9 +1,10 @@
 """The model registry: one line per model, its name and the module that defines it.
 
-Every model takes a batch of contexts, a (B, block_size) tensor of token ids, and returns (B, vocab_size)
-logits; the loss is cross-entropy on them everywhere. To add a model, write makemore/models/<name>.py with a
-class decorated @register("<name>") (see base.Model for its config and hooks) and add its line below. The
-names are plain strings, so that the CLI lists them without importing torch.
+Every model takes the batch its dataset gives, (B, block_size) token ids (or rows of whole items), and
+returns logits shaped like the targets plus a vocabulary dimension; the loss is the loop's. To add a model,
+write makemore/models/<name>.py with a class decorated @register("<name>") (see base.Model for its config
+and hooks) and add its line below. The names are plain strings, so that the CLI lists them without
+importing torch.
 """
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
-"""What every model shares: a config dataclass, the contexts -> logits contract, and the hooks a model may
-provide. The loop and the commands call these hooks; each has a default here, so a model overrides only
-what it needs."""
+"""What every model shares: a config dataclass, forward (a training batch -> logits), next_logits (the next
+token after each window, for sampling, scoring and mixtures), and the hooks a model may provide. Each hook
+has a default here, so a model overrides only what it needs."""
 from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -17,7 +17,8 @@ from makemore.errors import OptionError
 
 class Model(nn.Module):
     """Base class. Subclasses set name (by @register), Config (a dataclass whose fields are declared with
-    makemore.options.option, so that they become the CLI's flags) and forward.
+    makemore.options.option, so that they become the CLI's flags) and forward: the batch of contexts the
+    dataset gives, (B, block_size), to logits (B, vocab_size). The loss is the shared loop's.
 
     Trainable models are fitted by the shared loop in makemore.train; counting models (counts = True)
     are fitted in one pass by fit(dataset) and return log-probabilities as logits.
@@ -30,15 +31,10 @@ class Model(nn.Module):
     # settings of the training loop that suit this model (makemore.train.TrainConfig's fields); the
     # user's flags override them
     train_defaults: ClassVar[dict] = {}
-    # the weight decay is a term of the loss (penalty) instead of the optimizer's decoupled decay
-    decay_in_loss: ClassVar[bool] = False
     # the fewest examples a training batch may hold (BatchNorm needs two values per channel to normalise)
     min_batch_size: ClassVar[int] = 1
     # trained and evaluated on rows of whole items, every position at once (SequenceModel)
     whole_items: ClassVar[bool] = False
-    # options added after checkpoints of the model were written: name -> the value such a checkpoint, which
-    # lacks the name, was trained with
-    options_added_later: ClassVar[dict] = {}
 
     def __init__(self, config, vocab_size: int):
         super().__init__()
@@ -54,15 +50,17 @@ class Model(nn.Module):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:  # (B, block_size) -> (B, vocab_size)
         raise NotImplementedError
 
+    def next_logits(self, windows: torch.Tensor) -> torch.Tensor:
+        """The logits of the token after each window, (B, T) -> (B, vocab_size), reading its last block_size
+        tokens (T >= block_size): what sampling, scoring and mixtures read. A window model's forward is this."""
+        return self(windows[:, windows.shape[1] - self.block_size:])
+
     # ---- hooks with defaults ----
 
     @classmethod
     def config_from(cls, values: dict, complete: bool = False):
         """The Config from option values (names as the fields), each checked where it is declared;
-        OptionError for a value or a name the model does not take. A complete config (a checkpoint's) that
-        lacks an option added later gets the value it was trained with."""
-        if complete and isinstance(values, dict):
-            values = {**cls.options_added_later, **values}
+        OptionError for a value or a name the model does not take, or (complete) one it lacks."""
         return options.make(cls.Config, values, what=f"--model {cls.name}", complete=complete)
 
     @classmethod
@@ -128,22 +126,14 @@ class Model(nn.Module):
         return 4 * (config.block_size + vocab_size)
 
     @classmethod
-    def default_steps(cls, n_examples: int, batch_size: int) -> int | None:
-        """Steps to train when the user gives no --steps; None: train_defaults' steps."""
-        return None
-
-    @classmethod
-    def default_weight_decay(cls, n_examples: int) -> float | None:
-        """Weight decay when the user gives no --weight-decay; None: train_defaults' weight_decay."""
-        return None
+    def train_defaults_for(cls, n_examples: int, batch_size: int) -> dict:
+        """Training settings that follow the data size (TrainConfig field -> value), for n_examples training
+        examples in batches of batch_size: each replaces train_defaults' value where the user gave none."""
+        return {}
 
     def fit(self, dataset) -> None:
         """Counting models: fit the counts in one pass over the dataset."""
         raise NotImplementedError(f"{self.name} is trained by gradient descent, not counted")
-
-    def penalty(self, weight_decay: float) -> torch.Tensor:
-        """With decay_in_loss: the regularisation term added to the loss."""
-        raise NotImplementedError(f"{self.name} decays its weights in the optimizer")
 
     def embeddings(self) -> torch.Tensor | None:
         """The (vocab_size, n_embd) table of character embeddings that `plot embeddings` draws, or None."""
@@ -154,13 +144,10 @@ class Model(nn.Module):
         one character of context then has its probabilities drawn instead)."""
         return None
 
-    def step_by_hand(self, sgd: bool) -> Callable | None:
-        """A training step written out without autograd, or None to use autograd (the default).
 
-        The step is called as step(contexts (B*T,), targets (B, 1), lr, weight_decay) under inference mode
-        and returns the probability of each target, (B, 1); with sgd it also applies plain SGD itself,
-        otherwise it writes each parameter's .grad for the optimizer."""
-        return None
+def next_log_probs(model: Model, windows: torch.Tensor) -> torch.Tensor:
+    """(B, vocab_size) float64: the model's log-probabilities of the token after each window (next_logits)."""
+    return torch.log_softmax(model.next_logits(windows).double(), dim=-1)
 
 
 def on_meta_device() -> bool:
@@ -202,16 +189,13 @@ def item_context(high: int = 1024):
 
 
 class SequenceModel(Model):
-    """A model that reads an item left to right from its boundary token: subclasses define
-    read(idx (B, T)) -> logits (B, T, vocab_size), position t predicting the token after idx[:, t] from
-    idx[:, :t+1] alone (causal), for any T up to block_size.
+    """A model that reads an item left to right from its boundary token, trained and evaluated on rows of whole
+    items: forward(idx (B, T)) -> logits (B, T, vocab_size), position t predicting the token after idx[:, t]
+    from idx[:, :t+1] alone (causal), for any T up to block_size.
 
-    forward(idx) is the contract every model keeps, the next token after each window of block_size
-    tokens, so that sampling, scoring and mixtures treat it like any model: each window is read from its
-    last boundary token, the start of the item so far; a window with no boundary (an item longer than
-    block_size - 1 characters) is read from its first token, so that such an item is continued from its
-    last block_size characters. Training and evaluation read rows of whole items instead
-    (forward(rows, every_position=True)): one pass predicts every position.
+    next_logits reads each window from its last boundary token, the start of the item so far; a window with
+    no boundary (an item longer than block_size - 1 characters) is read from its first token, so that such
+    an item is continued from its last block_size characters.
 
     block_size 0 in the config stands for the longest training item plus its boundary token.
     """
@@ -225,8 +209,8 @@ class SequenceModel(Model):
     MAX_STEPS: ClassVar[int] = 50000
 
     @classmethod
-    def default_steps(cls, n_examples: int, batch_size: int) -> int:
-        return int(min(cls.MAX_STEPS, max(cls.MIN_STEPS, round(cls.EPOCHS * n_examples / batch_size))))
+    def train_defaults_for(cls, n_examples: int, batch_size: int) -> dict:
+        return dict(steps=steps_for_epochs(cls, n_examples, batch_size))
 
     @classmethod
     def config_for_data(cls, config, given: dict, items: list[str], vocab_size: int):
@@ -240,20 +224,21 @@ class SequenceModel(Model):
         if config.block_size < 1:  # 0 is replaced by config_for_data before a model is built
             raise OptionError(f"--block-size {config.block_size}: a built {cls.name} reads at least 1 token")
 
-    def read(self, idx: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def forward(self, idx: torch.Tensor, every_position: bool = False) -> torch.Tensor:
-        if every_position:
-            return self.read(idx)
-        B, T = idx.shape
-        column = torch.arange(T, device=idx.device)
-        start = torch.where(idx == 0, column, 0).amax(1)  # (B,) each window's last boundary token
+    def next_logits(self, windows: torch.Tensor) -> torch.Tensor:
+        windows = windows[:, windows.shape[1] - self.block_size:]
+        B, T = windows.shape
+        column = torch.arange(T, device=windows.device)
+        start = torch.where(windows == 0, column, 0).amax(1)  # (B,) each window's last boundary token
         # each row moved left so that its item starts at column 0; what lands after its end is never read
         # by the positions before it, and only as many columns are read as the longest item so far needs
         width = T - int(start.min())
-        rows = idx.gather(1, (column[:width] + start[:, None]).clamp_(max=T - 1))
-        return self.read(rows)[torch.arange(B, device=idx.device), T - 1 - start]
+        rows = windows.gather(1, (column[:width] + start[:, None]).clamp_(max=T - 1))
+        return self(rows)[torch.arange(B, device=windows.device), T - 1 - start]
+
+
+def steps_for_epochs(cls, n_examples: int, batch_size: int) -> int:
+    """cls.EPOCHS passes over n_examples in batches of batch_size, but from cls.MIN_STEPS to cls.MAX_STEPS steps."""
+    return int(min(cls.MAX_STEPS, max(cls.MIN_STEPS, round(cls.EPOCHS * n_examples / batch_size))))
 
 
 def config_dict(config) -> dict:

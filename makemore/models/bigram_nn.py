@@ -28,9 +28,8 @@ class BigramNN(Model):
     # Adam on batches of 8192 with a cosine decay, measured on names-2018 (--splits 1,0,0): within 0.01 nats
     # of the counting model after ~50 steps (the lecture's full-batch descent at lr 50 needs 171 steps of
     # all 228k examples) and within 0.001 after 300; batches of 2048 or 4096 at lr 0.3 end 0.001-0.002 away.
-    train_defaults = dict(steps=300, batch_size=8192, lr=0.3, optimizer="adamw", schedule="cosine")
-
-    decay_in_loss = True  # --weight-decay is the lecture's penalty on W, not the optimizer's decay
+    # --weight-decay is the lecture's penalty in the loss, weight_decay * (W**2).mean(), not the optimizer's decay
+    train_defaults = dict(steps=300, batch_size=8192, lr=0.3, optimizer="adamw", schedule="cosine", decay="penalty")
 
     def __init__(self, config: BigramNNConfig, vocab_size: int):
         super().__init__(config, vocab_size)
@@ -38,7 +37,3 @@ class BigramNN(Model):
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.W[idx[:, -1]]
-
-    def penalty(self, weight_decay: float) -> torch.Tensor:
-        """The lecture's regulariser, weight_decay * (W**2).mean(), added to the loss."""
-        return weight_decay * (self.W**2).mean()

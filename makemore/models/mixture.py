@@ -23,7 +23,7 @@ from torch import nn
 from makemore.errors import OptionError
 from makemore.mixing import KINDS, LOG_FLOOR, MAX_LOG_LINEAR_WEIGHT
 from makemore.models import get_model_class, register
-from makemore.models.base import Model, config_dict, on_meta_device
+from makemore.models.base import Model, config_dict, next_log_probs, on_meta_device
 
 
 # A mixture of mixtures nests at most MAX_DEPTH deep, each mixture has at most MAX_COMPONENTS components,
@@ -161,8 +161,7 @@ class Mixture(Model):
 
     def component_log_probs(self, idx: torch.Tensor) -> torch.Tensor:
         """(M, B, V) float64: each component's log-probabilities, reading its own block_size of the context."""
-        return torch.stack([torch.log_softmax(m(idx[:, idx.shape[1] - m.block_size:]).double(), dim=-1)
-                            for m in self.components])
+        return torch.stack([next_log_probs(m, idx) for m in self.components])
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Linear: log sum_i w_i p_i(. | idx), in log space so that no probability underflows. Log-linear:

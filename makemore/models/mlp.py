@@ -8,8 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from makemore.models import register
-from makemore.models.base import Model
-from makemore.models.mlp_step import make_step, tanh
+from makemore.models.base import Model, steps_for_epochs
 from makemore.options import option
 
 
@@ -39,7 +38,8 @@ class MLP(Model):
     # weight decay is what keeps this wide model from overfitting (BENCHMARKS.md, tuning notes)
     train_defaults = dict(steps=25000, batch_size=128, lr=3e-3, optimizer="adamw", schedule="cosine",
                           weight_decay=0.05)
-    # without --steps, EPOCHS passes over the training examples, within these bounds
+    # without --steps, EPOCHS passes over the training examples, within these bounds: a small file still
+    # trains long enough to learn (the best-on-dev weights guard against overfitting), a large one not for hours
     EPOCHS = 18
     MIN_STEPS = 2000
     MAX_STEPS = 60000
@@ -55,29 +55,12 @@ class MLP(Model):
         return 2 * (config.block_size * config.n_embd + 2 * config.n_hidden + 2 * vocab_size)
 
     @classmethod
-    def default_weight_decay(cls, n_examples: int) -> float:
-        """The weight decay to train with when the user gives no --weight-decay: it follows the data size.
-
-        The default decay (train_defaults) was tuned on the lecture's names. A smaller file has fewer
-        examples to pin each weight down and trains for fewer steps (so the decay acts fewer times);
-        there a stronger decay keeps the dev loss lower. Measured (at block_size 12) on two files not used
-        for tuning (bench/bench_mlp.py): 3,951 names of the 1880s, dev 1.9529 at 0.05, 1.9464 at 0.1, 1.9376 at 0.2,
-        2.0022 at 0.4; 12,000 Russian words, 1.7604 at 0.05, 1.7583 at 0.1, 1.8590 at 0.2. The square
-        root keeps the growth gentle: 0.15 for the names, 0.08 for the words.
-        """
+    def train_defaults_for(cls, n_examples: int, batch_size: int) -> dict:
+        """EPOCHS passes over the n_examples training examples (one per character, the end included), and a
+        stronger decay where the data is smaller than the tuning data (BENCHMARKS.md, tuning notes)."""
         factor = (cls.REFERENCE_EXAMPLES / max(1, n_examples)) ** 0.5
-        return cls.train_defaults["weight_decay"] * min(cls.MAX_DECAY_FACTOR, max(1.0, factor))
-
-    @classmethod
-    def default_steps(cls, n_examples: int, batch_size: int) -> int:
-        """How many steps to train when the user gives no --steps: it follows the size of the data.
-
-        EPOCHS passes over the n_examples training examples (one example per character, boundary
-        included), but at least MIN_STEPS, so that a small file still trains long enough to learn, and
-        at most MAX_STEPS, so that a large one does not train for hours. On a small file the
-        best-on-dev weights kept by the loop then guard against overfitting.
-        """
-        return int(min(cls.MAX_STEPS, max(cls.MIN_STEPS, round(cls.EPOCHS * n_examples / batch_size))))
+        return dict(steps=steps_for_epochs(cls, n_examples, batch_size),
+                    weight_decay=cls.train_defaults["weight_decay"] * min(cls.MAX_DECAY_FACTOR, max(1.0, factor)))
 
     def __init__(self, config: MLPConfig, vocab_size: int):
         super().__init__(config, vocab_size)
@@ -101,12 +84,8 @@ class MLP(Model):
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         x = F.embedding(idx, self.C).view(idx.shape[0], -1)  # (B, T*E): the embeddings side by side
-        h = tanh(torch.addmm(self.b1, x, self.W1))  # (B, H); addmm: x @ W1 + b1 in one op; tanh: see mlp_step
+        h = torch.tanh(torch.addmm(self.b1, x, self.W1))  # (B, H); addmm: x @ W1 + b1 in one op
         logits = torch.addmm(self.b2, h, self.W2)  # (B, V)
         if self.config.direct:
             logits = torch.addmm(logits, x, self.Wd)
         return logits
-
-    def step_by_hand(self, sgd: bool):
-        """The training step written out without autograd: see makemore.models.mlp_step.make_step."""
-        return make_step(self, sgd)

@@ -53,7 +53,7 @@ class RNN(SequenceModel):
         self.start = nn.Parameter(torch.zeros(config.n_layer, 1, config.n_hidden))  # the state before an item
         self.lm_head = nn.Linear(config.n_hidden, vocab_size)
 
-    def read(self, idx: torch.Tensor) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
         states, _ = self.layers(self.wte(idx), self.start.expand(-1, idx.shape[0], -1).contiguous())
         return self.lm_head(nn.functional.dropout(states, self.config.dropout, self.training))
 

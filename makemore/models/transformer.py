@@ -27,7 +27,6 @@ class TransformerConfig:
     # regularises a small file; it also costs a third of a step on the CPU (drawing the masks)
     dropout: float = option(0.1, "Dropout after the embeddings, attention and feed-forward layers while training.",
                             low=0.0, high=0.9)
-    # a checkpoint written before these options loads as it was trained (options_added_later)
     alibi: bool = option(True, "ALiBi: attention scores lowered in proportion to distance, at a slope per head "
                          "(Press et al. 2021).")
     alibi_scale: float = option(1.0, "ALiBi's slopes as a multiple of Press et al.'s (2^(-8h/n_head) for head h).",
@@ -81,7 +80,6 @@ class Transformer(SequenceModel):
                           weight_decay=0.1)
     # 50 passes over the items: 20,000 steps, about 8 minutes on 2 CPU cores, on the lecture's names
     EPOCHS = 50
-    options_added_later = dict(alibi=False, tie_embeddings=False, alibi_scale=1.0, learned_positions=True)
 
     @classmethod
     def example_numbers(cls, config: TransformerConfig, vocab_size: int) -> int:
@@ -127,7 +125,7 @@ class Transformer(SequenceModel):
         distance = (position[:, None] - position[None, :]).to(self.slopes.dtype)
         return (-self.slopes * distance).masked_fill(distance < 0, float("-inf"))
 
-    def read(self, idx: torch.Tensor) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
         T = idx.shape[1]
         x = self.wte(idx)
         if self.config.learned_positions:
