@@ -4,7 +4,6 @@ has a default here, so a model overrides only what it needs."""
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from typing import ClassVar
 
 import torch
@@ -98,26 +97,16 @@ class Model(nn.Module):
 
     @classmethod
     def from_state(cls, config, vocab_size: int, *states: dict) -> Model:
-        """The model with the weights of states (state_dicts, loaded in turn: the last one stays), built
-        without initialising the weights they replace: on the meta device, then the states' tensors taken
-        as the model's own (load_state_dict(assign=True)), then the buffers that are not saved derived by
-        every model inside (derive). RuntimeError (from load_state_dict) for a state that does not fit."""
-        model = cls.on_meta(config, vocab_size)
+        """The model with the weights of states (state_dicts, loaded in turn: the last one stays): built on
+        their device without drawing the initial weights they replace (WithoutRandomFills), then their tensors
+        taken as its own. RuntimeError (from load_state_dict) for a state that does not fit."""
+        device = next(iter(states[-1].values())).device if states and states[-1] else torch.device("cpu")
+        cls.check_config(config, vocab_size)
+        with torch.device(device), WithoutRandomFills():
+            model = cls(config, vocab_size)
         for state in states:
             model.load_state_dict(state, assign=True)
-        device = next(iter(states[-1].values())).device if states and states[-1] else torch.device("cpu")
-        for module in model.modules():
-            if isinstance(module, Model):
-                module.derive(device)
-        for name, t in itertools.chain(model.named_parameters(), model.named_buffers()):
-            if t.is_meta:  # a bug of the model: a buffer that derive() does not compute
-                raise RuntimeError(f"{name} of a {cls.name} is neither saved nor derived")
         return model
-
-    def derive(self, device: torch.device | None) -> None:
-        """Compute the buffers that are not saved (persistent=False) from the config and the loaded weights,
-        on device (None: torch's default device): a model with such buffers computes them here, and calls
-        this from __init__ unless on_meta_device(); from_state calls it once the weights are loaded."""
 
     @classmethod
     def example_numbers(cls, config, vocab_size: int) -> int:
@@ -151,17 +140,17 @@ def next_log_probs(model: Model, windows: torch.Tensor) -> torch.Tensor:
 
 
 def on_meta_device() -> bool:
-    """Whether the model being built is on the meta device (Model.on_meta): its __init__ then leaves the
-    buffers that are not saved to derive(), which from_state calls once the weights are loaded (computing
-    them on the meta device would import torch's compiler, dynamo, as WithoutRandomFills explains)."""
+    """Whether the model being built is on the meta device (Model.on_meta, which only asks for the shapes of
+    what is saved): a model may skip computing the buffers it does not save there, which would import torch's
+    compiler (dynamo) for some operations, as WithoutRandomFills explains."""
     return torch.get_default_device().type == "meta"
 
 
 class WithoutRandomFills(TorchFunctionMode):
-    """Used with torch.device("meta"): filling a meta tensor with initial values does nothing (torch.nn.init's
-    functions and the random fills) and torch.randn makes an empty tensor. A meta tensor holds no numbers to
-    fill, but torch's normal_ there runs a Python reference whose first call imports its compiler (dynamo): about a
-    second of every command that loads a checkpoint."""
+    """While a model is built only to have its weights replaced (or on the meta device, for their shapes):
+    filling a tensor with initial values does nothing (torch.nn.init's functions and the random fills) and
+    torch.randn makes an empty tensor. On the meta device torch's normal_ would run a Python reference whose
+    first call imports its compiler (dynamo): about a second of every command that loads a checkpoint."""
 
     INITS = frozenset(getattr(nn.init, name) for name in dir(nn.init) if name.endswith("_") and name[0] != "_")
     FILLS = frozenset({torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.exponential_,
@@ -173,12 +162,10 @@ class WithoutRandomFills(TorchFunctionMode):
         kwargs = kwargs or {}
         if func in self.INITS or func in self.FILLS:
             filled = kwargs.get("tensor", args[0] if args else None)
-            if isinstance(filled, torch.Tensor) and filled.is_meta:
+            if isinstance(filled, torch.Tensor):
                 return filled
         elif func in self.FACTORIES:
-            made = torch.empty(*args, **{k: v for k, v in kwargs.items() if k != "generator"})
-            if made.is_meta:
-                return made
+            return torch.empty(*args, **{k: v for k, v in kwargs.items() if k != "generator"})
         return func(*args, **kwargs)
 
 

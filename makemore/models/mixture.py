@@ -148,12 +148,8 @@ class Mixture(Model):
     def __init__(self, config: MixtureConfig, vocab_size: int):
         super().__init__(config, vocab_size)
         self.components = nn.ModuleList(part_cls(part_config, vocab_size) for part_cls, part_config in self._parts(config))
-        if not on_meta_device():
-            self.derive(None)
-
-    def derive(self, device) -> None:
-        self.register_buffer("weights", torch.tensor(self.config.weights, dtype=torch.float64, device=device),
-                             persistent=False)
+        if not on_meta_device():  # derived from the config, so not saved
+            self.register_buffer("weights", torch.tensor(config.weights, dtype=torch.float64), persistent=False)
 
     @property
     def block_size(self) -> int:

@@ -101,7 +101,11 @@ class Transformer(SequenceModel):
         else:
             self.lm_head = nn.Linear(C, vocab_size)
         if not on_meta_device():
-            self.derive(None)
+            # Press et al.'s slopes, a geometric sequence from 2^(-8/n_head) down to 2^-8, times alibi_scale: each
+            # head looks back over a distance of its own. Derived from the config, so not saved.
+            n_head = config.n_head
+            slopes = config.alibi_scale * 2.0 ** (-8.0 / n_head * torch.arange(1, n_head + 1))
+            self.register_buffer("slopes", slopes[:, None, None], persistent=False)
         with torch.no_grad():  # GPT-2's initialisation: small normal weights, the residual outputs smaller still
             for name, p in self.named_parameters():
                 if name.endswith("bias"):
@@ -109,13 +113,6 @@ class Transformer(SequenceModel):
                 elif p.dim() == 2:
                     deep = name.endswith("attn.proj.weight") or name.endswith("mlp.2.weight")
                     nn.init.normal_(p, std=0.02 / math.sqrt(2 * config.n_layer) if deep else 0.02)
-
-    def derive(self, device) -> None:
-        # Press et al.'s slopes, a geometric sequence from 2^(-8/n_head) down to 2^-8, times alibi_scale: each
-        # head looks back over a distance of its own. Derived from the config, so not saved.
-        n_head = self.config.n_head
-        slopes = self.config.alibi_scale * 2.0 ** (-8.0 / n_head * torch.arange(1, n_head + 1, device=device))
-        self.register_buffer("slopes", slopes[:, None, None], persistent=False)
 
     def attention_bias(self, T: int, device) -> torch.Tensor | None:
         """(n_head, T, T): ALiBi's -slope * distance to each earlier position, -inf to every later one."""
