@@ -207,7 +207,7 @@ def _resumed_run(path: Path, model: str | None, data, model_options: dict | None
                             f"{prior['step']:,} to train it further")
     tconfig.steps = wanted.steps
     resumed = model_from(prior, path)  # a checkpoint whose weights do not fit is refused before any work
-    if not cls.counts and prior["step"] > 0:
+    if not cls.counts and (prior["step"] > 0 or "resume" in prior):  # the state the loop would load
         _check_resumable(prior, path, make_optimizer(resumed, tconfig))
     dataset = _resumed_data(prior, path, data, strict, warn)
     vocab = Vocab(prior["vocab"])

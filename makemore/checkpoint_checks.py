@@ -224,7 +224,7 @@ def _resume(optimizer: dict, params: list, kind: str) -> dict:
     keys = _OPTIMIZER_STATE[kind]
     wanted = {"resume.rng": (torch.uint8, tuple(torch.Generator().get_state().shape))}
     for index, entry in state.items():
-        if not index.isdecimal() or index != str(int(index)) or int(index) >= len(params):
+        if index not in [str(i) for i in range(len(params))]:
             raise Refused(f"the optimizer state names a parameter {_shown(index)} the model does not have")
         # a tensor is in the file; only SGD without momentum keeps a value in the document: None
         if any(key != "momentum_buffer" or key not in keys or value is not None
