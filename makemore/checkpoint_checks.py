@@ -49,7 +49,7 @@ LAYOUT = {
 }
 REQUIRED = tuple(key for key in LAYOUT if not key.endswith("?"))
 RESUME = {"elapsed": (float, 0, 1e12), "world_size": (int, 1, 1 << 16),
-          "optimizer": {"state": ANY, "param_groups": [ANY]}}
+          "optimizer": {"state": {"*": {"momentum_buffer?": ANY}}, "param_groups": [ANY]}}
 # optimizer state per parameter, by optimizer (makemore.train.OPTIMIZERS): the keys torch.optim keeps
 _OPTIMIZER_STATE = {"adamw": ("step", "exp_avg", "exp_avg_sq"), "sgd": ("momentum_buffer",)}
 # a JSON string: its quotes and what lies between them, escapes included (written not to backtrack)
@@ -209,33 +209,28 @@ def _resume(optimizer: dict, params: list, kind: str) -> dict:
         raise Refused("the optimizer state does not hold exactly one parameter group")
     if groups[0].get("params") != list(range(len(params))):
         raise Refused(f"the optimizer state is not one of the model's {len(params)} parameters")
-    # which settings a group holds depends on torch's version (check_resumable compares them with the loop's):
-    # each is a flag, a number or a few numbers; an int stays an int, so that the state round-trips exactly
+    # which settings a group holds depends on torch's version (api._check_resumable compares them with the
+    # loop's): each is a flag, a number or a list of numbers (betas), which torch.optim keeps as a tuple
     for key, value in groups[0].items():
-        where = f"the optimizer's {_shown(key)}"
+        where = f"optimizer's {_shown(key)}"
         if isinstance(value, list) and key != "params":
-            if not 1 <= len(value) <= 4:
-                raise Refused(f"{where} is {_shown(value)}, not a few numbers")
-            groups[0][key] = tuple(_check(v, (float, 0, 0.999999999), where) for v in value)
+            groups[0][key] = tuple(_check(value, [(float, 0, 0.999999999)], where))
         elif key != "params" and value is not None and not isinstance(value, bool):
             _check(value, (float, 0, 1e12), where)
 
-    state = _want(optimizer["state"], dict, "the optimizer's state", "a JSON object")
     keys = _OPTIMIZER_STATE[kind]
     wanted = {"resume.rng": (torch.uint8, tuple(torch.Generator().get_state().shape))}
-    for index, entry in state.items():
+    for index, entry in optimizer["state"].items():
         if index not in [str(i) for i in range(len(params))]:
             raise Refused(f"the optimizer state names a parameter {_shown(index)} the model does not have")
-        # a tensor is in the file; only SGD without momentum keeps a value in the document: None
-        if any(key != "momentum_buffer" or key not in keys or value is not None
-               for key, value in _want(entry, dict, "an optimizer state entry", "a JSON object").items()):
+        if entry and (kind != "sgd" or entry["momentum_buffer"] is not None):  # SGD without momentum keeps None
             raise Refused(f"the optimizer state holds an unexpected entry in {_shown(entry)}")
         dtype, shape = params[int(index)]
         for key in keys:
             if key not in entry:
                 spec = ((torch.float32, torch.float64), ()) if key == "step" else (dtype, shape)
                 wanted[f"resume.optimizer.state.{index}.{key}"] = spec
-    optimizer["state"] = {int(index): dict(entry) for index, entry in state.items()}
+    optimizer["state"] = {int(index): entry for index, entry in optimizer["state"].items()}
     return wanted
 
 
@@ -264,7 +259,7 @@ def _walk(document) -> None:
 
 
 def _check(value, kind, where: str):
-    """value, of the kind LAYOUT describes, as load() gives it: a float kind's numbers as floats."""
+    """value, of the kind LAYOUT describes, as load() gives it."""
     named = f"its {where}" if where else "the checkpoint"
     if isinstance(kind, dict):
         _want(value, dict, named, "a JSON object")
@@ -297,7 +292,7 @@ def _check(value, kind, where: str):
             or not low <= value <= high:
         shown = f"{low:,} to {high:,}" if whole else f"{low:g} to {high:g}"
         raise Refused(f"{named} is {_shown(value)}, not a {'whole ' * whole}number from {shown}")
-    return value if whole else float(value)
+    return value  # an int stays an int: a setting of the optimizer's round-trips exactly
 
 
 def _is_int(value) -> bool:

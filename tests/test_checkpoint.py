@@ -591,6 +591,7 @@ def test_what_broke_before_is_one_line_now(trained, tmp_path, name):
     (dict(fused=True, foreach=True), None, "asks for both fused and foreach steps"),
     (dict(fused=True, foreach=True), 0, "asks for both fused and foreach steps"),  # a state the loop would load
     (dict(lr=None), None, "lr is None; makemore trains with"),
+    (dict(betas=[0.9]), None, "betas is (0.9,); makemore trains with (0.9, 0.999)"),
 ])
 def test_an_optimizer_setting_the_loop_does_not_use_is_refused_by_resume_only(trained, tmp_path, settings, step,
                                                                                words):
