@@ -288,8 +288,7 @@ def _check(value, kind, where: str):
             raise Refused(f"{named} is longer than {kind[1]:,} characters")
         return value
     whole, low, high = kind[0] is int, kind[1], kind[2]
-    if not (_is_int(value) if whole else isinstance(value, (int, float)) and not isinstance(value, bool)) \
-            or not low <= value <= high:
+    if not (_is_int(value) or not whole and isinstance(value, float)) or not low <= value <= high:
         shown = f"{low:,} to {high:,}" if whole else f"{low:g} to {high:g}"
         raise Refused(f"{named} is {_shown(value)}, not a {'whole ' * whole}number from {shown}")
     return value  # an int stays an int: a setting of the optimizer's round-trips exactly
@@ -308,7 +307,7 @@ def _shown(value) -> str:
 
 
 def _want(value, kind, where: str, what: str):
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+    if not isinstance(value, kind):
         raise Refused(f"{where} is {_shown(value)}, not {what}")
     return value
 
