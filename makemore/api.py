@@ -15,7 +15,6 @@ import torch
 
 from makemore import checkpoint, distributed, instruments, memory, mixing, options, plots, threads
 from makemore.batches import BATCH_CHUNK, GATHER
-from makemore.checkpoint_checks import check_resumable
 from makemore.constraints import NothingFound, Samples
 from makemore.data import (DEFAULT_SPLIT_SEED, DEFAULT_SPLITS, Data, Vocab, read_items, read_items_file, recordable,
                            recorded_status)
@@ -195,8 +194,8 @@ def _resumed_run(path: Path, model: str | None, data, model_options: dict | None
                             f"{prior['step']:,} to train it further")
     tconfig.steps = wanted.steps
     resumed = model_from(prior, path)  # a checkpoint whose weights do not fit is refused before any work
-    if not cls.counts and prior["step"] > 0:
-        check_resumable(prior, path, make_optimizer(resumed, tconfig))
+    if not cls.counts and (prior["step"] > 0 or "resume" in prior):  # the state the loop would load
+        _check_resumable(prior, path, make_optimizer(resumed, tconfig))
     dataset = _resumed_data(prior, path, data, strict, warn)
     vocab = Vocab(prior["vocab"])
     vocab.check_items(dataset.items, printable(dataset.path))
@@ -213,6 +212,31 @@ def _refuse_changes(recorded, wanted) -> None:
             raise OptionError(f"{options.flag(name)} {options.plain(now[name])} contradicts the run being resumed, "
                               f"which has {options.plain(value)}; leave it out to continue that run, or train a new "
                               "one without --resume")
+
+
+def _check_resumable(prior: dict, path: Path, optimizer) -> None:
+    """CheckpointError unless prior holds a training state for the optimizer the loop makes: the loader checks
+    its settings' types, which depend on torch's version; here they must match this torch's."""
+    if not isinstance(prior.get("resume"), dict):
+        raise CheckpointError(f"{path}: holds no training state to resume from")
+    reference = optimizer.state_dict()["param_groups"][0]
+    group = prior["resume"]["optimizer"]["param_groups"][0]
+    if set(group) != set(reference):
+        raise CheckpointError(f"{path}: its optimizer state is not one of a {prior['train']['optimizer']} optimizer "
+                              f"of this torch (its settings: {', '.join(sorted(map(str, group)))[:120]}); it cannot "
+                              "be resumed")
+    if group.get("fused") and group.get("foreach"):
+        raise CheckpointError(f"{path}: the optimizer state asks for both fused and foreach steps")
+
+    def kind(setting):  # a flag, so many numbers or a number
+        return "flag" if setting is None or isinstance(setting, bool) else (
+            len(setting) if isinstance(setting, tuple) else "number")
+
+    for key, ref in reference.items():
+        fixed = isinstance(ref, bool) and key not in ("foreach", "fused")  # those two may be None or a bool
+        if kind(group[key]) != kind(ref) or (fixed and group[key] != ref):
+            raise CheckpointError(f"{path}: the optimizer's {key} is {group[key]!r:.60}; makemore trains with "
+                                  f"{ref!r:.60}; it cannot be resumed")
 
 
 def _resumed_data(prior: dict, path: Path, data, strict: bool, warn) -> Data:

@@ -64,14 +64,15 @@ def build(*, model: str, config, vocab: str, train, split: dict, data: dict, ite
 
 
 def _plain(value):
-    """Dataclasses as dicts and tuples as lists, all the way down: the values JSON holds."""
+    """Dataclasses as dicts, tuples as lists and floats that are not finite as "nan", "inf" or "-inf", all the way
+    down: the values JSON holds."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         value = dataclasses.asdict(value)
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
-    return value
+    return str(value) if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def save(ckpt: dict, path: Path) -> None:
@@ -86,31 +87,22 @@ def save(ckpt: dict, path: Path) -> None:
 
 def _to_file(ckpt: dict) -> tuple[dict, dict]:
     """The JSON document and the named tensors that hold ckpt."""
-    document = {key: ckpt[key] for key in checks.REQUIRED}
+    document = _plain({key: ckpt[key] for key in checks.REQUIRED})
     document["format_version"] = FORMAT_VERSION
-    document["best_dev_loss"] = _encode_number(ckpt["best_dev_loss"])
-    document["metrics"] = [{k: _encode_number(v) for k, v in record.items()} for record in ckpt["metrics"]]
     tensors = {f"state_dict.{name}": t for name, t in ckpt["state_dict"].items()}
     if ckpt.get("items"):
         tensors["items"] = torch.frombuffer(bytearray(ckpt["items"].encode("utf-8")), dtype=torch.uint8)
     if "mix" in ckpt:
-        mix = dict(ckpt["mix"])
-        mix["dev_loss"] = _encode_number(mix["dev_loss"])
-        mix["component_dev_losses"] = [_encode_number(v) for v in mix["component_dev_losses"]]
-        document["mix"] = mix
+        document["mix"] = _plain(ckpt["mix"])
     if ckpt.get("resume") is not None:
-        r = ckpt["resume"]
-        plain_state = {}
-        for index, entry in r["optimizer"]["state"].items():
-            plain_state[str(index)] = {}
-            for key, value in entry.items():
-                if isinstance(value, torch.Tensor):
-                    tensors[f"resume.optimizer.state.{index}.{key}"] = value
-                else:
-                    plain_state[str(index)][key] = value
-        groups = _plain(r["optimizer"]["param_groups"])
-        document["resume"] = dict(elapsed=r["elapsed"], world_size=r.get("world_size", 1),
-                                  optimizer=dict(state=plain_state, param_groups=groups))
+        r, state = ckpt["resume"], ckpt["resume"]["optimizer"]["state"]
+        # the optimizer state's tensors as tensors of the file, the rest (SGD's None) in the document
+        tensors.update({f"resume.optimizer.state.{index}.{key}": value for index, entry in state.items()
+                        for key, value in entry.items() if isinstance(value, torch.Tensor)})
+        plain = {str(index): {key: value for key, value in entry.items() if not isinstance(value, torch.Tensor)}
+                 for index, entry in state.items()}
+        document["resume"] = dict(elapsed=r["elapsed"], world_size=r.get("world_size", 1), optimizer=dict(
+            state=plain, param_groups=_plain(r["optimizer"]["param_groups"])))
         tensors.update({f"resume.state_dict.{name}": t for name, t in r["state_dict"].items()})
         tensors["resume.rng"] = r["rng"]
     # safetensors wants contiguous tensors that share no memory (the best weights may be the latest ones)
@@ -123,13 +115,6 @@ def _to_file(ckpt: dict) -> tuple[dict, dict]:
         seen.add(where)
         out[name] = t
     return document, out
-
-
-def _encode_number(value):
-    """A float as JSON holds it: finite numbers as they are, inf and nan as the strings "inf", "-inf", "nan"."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    return value
 
 
 def _bytes_of(t):

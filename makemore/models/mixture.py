@@ -62,7 +62,7 @@ class MixtureConfig:
     # each component as {"model": registry name, "config": its config dict}; its tensors are in the state_dict
     components: tuple = ()
     weights: tuple = ()  # one per component: summing to 1 (linear), or >= 0 of any sum (log-linear)
-    kind: str = "linear"  # a checkpoint from before log-linear mixtures has no kind: it is linear
+    kind: str = "linear"  # or "log-linear": see KINDS
 
 
 @register("mixture")
@@ -76,8 +76,8 @@ class Mixture(Model):
         """Built by makemore mix, not by flags: the components' configs are checked by their own models."""
         if depth == 0:
             cls.check_size(values)
-        if not isinstance(values, dict) or not {"components", "weights"} <= set(values) <= {"components", "weights",
-                                                                                             "kind"}:
+        required = {"components", "weights", "kind"} if complete else {"components", "weights"}
+        if not isinstance(values, dict) or not required <= set(values) <= {"components", "weights", "kind"}:
             raise OptionError("a mixture's config holds exactly 'components', 'weights' and 'kind'")
         parts, weights, kind = values["components"], values["weights"], values.get("kind", "linear")
         if kind not in KINDS:
