@@ -49,8 +49,8 @@ def _declared_everywhere():
 @pytest.mark.parametrize("model", MODEL_NAMES)
 @pytest.mark.parametrize("name", sorted(_declared_everywhere()))
 def test_every_model_option_on_every_model(run, small_names, model, name):
-    """Each option on each model: refused as a usage error by a model that does not take it, or beyond its
-    range; its default always trains."""
+    """Each option on each model: refused as a usage error by a model that does not take it, beyond its
+    range or when it is not a value of its kind; its default always trains."""
     cls = get_model_class(model)
     takes = options.declared(cls.Config)
     fast = [] if cls.counts else ["--steps", 2]
@@ -76,6 +76,9 @@ def test_every_model_option_on_every_model(run, small_names, model, name):
     if spec.low is not None:
         too_small = run(*base, options.flag(name), spec.low - 1, ok=False)
         assert too_small.exit_code == 2 and "too small" in too_small.output
+    # every option, whether or not it has a default or a range, refuses what is not one of its values
+    nonsense = run(*base, options.flag(name), "nonsense", ok=False)
+    assert nonsense.exit_code == 2 and options.flag(name) in nonsense.output
 
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
