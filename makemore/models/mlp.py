@@ -40,7 +40,7 @@ class MLP(Model):
     MIN_STEPS = 2000
     MAX_STEPS = 60000
 
-    # without --weight-decay, x sqrt(REFERENCE_EXAMPLES / n_examples) on smaller data, at most MAX_DECAY_FACTOR
+    # without --weight-decay, the decay times sqrt(REFERENCE_EXAMPLES / n_examples) on smaller data, at most 4x
     REFERENCE_EXAMPLES = 182625  # training examples of the lecture's names under the default split
     MAX_DECAY_FACTOR = 4.0
 
