@@ -129,11 +129,8 @@ def leaves_process_group(function):
     def wrapper(*args, **kwargs):
         try:
             result = function(*args, **kwargs)
-        except Interrupted:
-            teardown(together=True)
-            raise
-        except BaseException:
-            teardown()
+        except BaseException as error:
+            teardown(together=isinstance(error, Interrupted))
             raise
         teardown(together=True)
         return result

@@ -1,16 +1,15 @@
 """How many threads torch computes with: chosen for the machine at the start, kept right as its load changes.
 
-A step of makemore's small models is hundreds of operations of microseconds, each split over torch's threads,
-which wait for each other at its end: one thread that loses its core to another process holds up all of them
-(the default MLP ran 2.5 to 127 times slower beside one busy process; bench/results/contention.md). The count
-only changes how sums are split, so results are the same up to float rounding whatever it is.
+A step of makemore's small models is hundreds of microsecond operations, each split over torch's threads, which
+wait for each other at its end: one thread that loses its core holds up all of them (the default MLP ran 2.5 to
+127 times slower beside one busy process; bench/results/contention.md). Results differ only by float rounding.
 """
 from __future__ import annotations
 
 import math
 import os
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,16 +38,13 @@ def usable_cores() -> int:
 
 def _cgroup_quota(root: Path = Path("/sys/fs/cgroup")) -> int | None:
     """CPUs a cgroup quota allows (v2 cpu.max, else v1 cfs_quota_us), rounded up; None without one."""
-    for name, period_name in (("cpu.max", None), ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us")):
+    for names in (("cpu.max",), ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us")):
         try:
-            fields = (root / name).read_text().split()
-            if period_name is not None:
-                fields.append((root / period_name).read_text().strip())
-            quota, period = fields[0], fields[1]
+            quota, period = " ".join((root / name).read_text() for name in names).split()[:2]
             if quota == "max" or int(quota) <= 0:
                 return None
             return max(1, math.ceil(int(quota) / int(period)))
-        except (OSError, ValueError, IndexError):
+        except (OSError, ValueError, ZeroDivisionError):
             continue
     return None
 
@@ -64,16 +60,11 @@ def _running() -> int | None:
 def _own_running() -> int:
     """This process's runnable threads: the one asking, and torch's, which spin a while after each operation."""
     count = 0
-    try:
-        tasks = os.listdir("/proc/self/task")
-    except OSError:
-        return 1
-    for task in tasks:
-        try:
-            stat = Path(f"/proc/self/task/{task}/stat").read_text()
-        except OSError:  # the thread ended
-            continue
-        count += stat[stat.rindex(")") + 2] == "R"  # the state follows the command name in parentheses
+    with suppress(OSError):  # no /proc: the one asking
+        for task in os.listdir("/proc/self/task"):
+            with suppress(OSError):  # the thread ended
+                stat = Path(f"/proc/self/task/{task}/stat").read_text()
+                count += stat[stat.rindex(")") + 2] == "R"  # the state follows the command name in parentheses
     return max(1, count)
 
 
@@ -116,10 +107,10 @@ def choose(threads: int | None = None, device="cpu", work: int | None = None, *,
     """The thread count to start with: the user's (threads, else OMP_NUM_THREADS) exactly; else one per
     WORK_PER_THREAD of work (None: plenty), at most one per core no other process keeps busy.
     env, cores and busy stand in for os.environ, usable_cores() and busy_cores() (for tests)."""
+    cores = usable_cores() if cores is None else cores
     if threads is not None:
         if threads < 1:
             raise OptionError(f"--threads must be at least 1, not {threads}")
-        cores = usable_cores() if cores is None else cores
         if threads > MAX_THREADS_PER_CORE * cores:
             raise MakemoreError(f"--threads {threads}: this machine lets the process use {cores} "
                                 f"core{'s' * (cores != 1)}; give at most {MAX_THREADS_PER_CORE * cores} "
@@ -131,7 +122,6 @@ def choose(threads: int | None = None, device="cpu", work: int | None = None, *,
         outer = given.split(",")[0].strip()
         n = int(outer) if outer.isdecimal() and int(outer) >= 1 else torch.get_num_threads()
         return Choice(n, n, "OMP_NUM_THREADS")
-    cores = usable_cores() if cores is None else cores
     if torch.device(device).type != "cpu":
         n = min(cores, ACCELERATOR_THREADS)
         return Choice(n, n, "device")
@@ -162,7 +152,7 @@ class Governor:
     It times the steps over windows. When they run much slower than its best window at this count, or the
     process gets much less CPU than its threads ask for, it probes half the threads for a window and keeps
     them if faster. Below choice.most it probes twice as many now and then, when enough cores look free,
-    waiting twice as long after each probe that loses. Idle, tick() is one clock read; a fixed count, nothing.
+    waiting twice as long after each probe that loses. Between windows tick() is one clock read.
     """
 
     WINDOW = 0.2  # seconds of steps measured at once
@@ -204,9 +194,6 @@ class Governor:
     @contextmanager
     def paused(self):
         """Leave the time spent in the block (an evaluation, a checkpoint) out of the steps' speed."""
-        if self._due == math.inf:
-            yield
-            return
         t, cpu = self._clock(), self._cpu_clock()
         try:
             yield

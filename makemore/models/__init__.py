@@ -1,11 +1,6 @@
-"""The model registry: one line per model, its name and the module that defines it.
-
-Every model takes the batch its dataset gives, (B, block_size) token ids (or rows of whole items), and
-returns logits shaped like the targets plus a vocabulary dimension; the loss is the loop's. To add a model,
-write makemore/models/<name>.py with a class decorated @register("<name>") (see base.Model for its config
-and hooks) and add its line below. The names are plain strings, so that the CLI lists them without
-importing torch.
-"""
+"""The model registry: one line per model, its name and the module that defines it (plain strings, so that
+the CLI lists them without importing torch). To add a model, write makemore/models/<name>.py with a class
+decorated @register("<name>") (see base.Model) and add its line below."""
 from __future__ import annotations
 
 import importlib
@@ -24,7 +19,6 @@ MODELS = {
 # models built from other checkpoints (makemore mix), not trained by makemore train
 BUILT = {"mixture": "makemore.models.mixture"}
 MODEL_NAMES = tuple(MODELS)
-BUILT_NAMES = tuple(BUILT)
 
 _CLASSES: dict[str, type] = {}
 

@@ -1,6 +1,5 @@
-"""What every model shares: a config dataclass, forward (a training batch -> logits), next_logits (the next
-token after each window, for sampling, scoring and mixtures), and the hooks a model may provide. Each hook
-has a default here, so a model overrides only what it needs."""
+"""What every model shares: a config dataclass, forward (a training batch -> logits), next_logits (for sampling,
+scoring and mixtures), and the hooks a model may provide, each with its default here."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,20 +14,15 @@ from makemore.errors import OptionError
 
 
 class Model(nn.Module):
-    """Base class. Subclasses set name (by @register), Config (a dataclass whose fields are declared with
-    makemore.options.option, so that they become the CLI's flags) and forward: the batch of contexts the
-    dataset gives, (B, block_size), to logits (B, vocab_size). The loss is the shared loop's.
-
-    Trainable models are fitted by the shared loop in makemore.train; counting models (counts = True)
-    are fitted in one pass by fit(dataset) and return log-probabilities as logits.
-    """
+    """Subclasses set Config (a dataclass of makemore.options.option fields: the CLI's flags) and forward:
+    (B, block_size) contexts -> (B, vocab_size) logits. The shared loop trains them; a counting model
+    (counts = True) is fitted in one pass by fit(dataset) and returns log-probabilities as logits."""
 
     name: ClassVar[str]
     Config: ClassVar[type]
     # fitted in one pass by fit() instead of by the optimizer
     counts: ClassVar[bool] = False
-    # settings of the training loop that suit this model (makemore.train.TrainConfig's fields); the
-    # user's flags override them
+    # the loop's settings that suit this model (makemore.train.TrainConfig's fields); the user's flags win
     train_defaults: ClassVar[dict] = {}
     # the fewest examples a training batch may hold (BatchNorm needs two values per channel to normalise)
     min_batch_size: ClassVar[int] = 1
@@ -64,9 +58,8 @@ class Model(nn.Module):
 
     @classmethod
     def config_for_data(cls, config, given: dict, items: list[str], vocab_size: int):
-        """The config to train on these (training) items of a vocabulary of vocab_size tokens, given the options
-        the user gave (names as the fields): where a default depends on the data, it is set here. The default:
-        config unchanged."""
+        """The config to train on these training items, given the options the user gave (names as the fields):
+        where a default depends on the data, it is set here."""
         return config
 
     @classmethod
@@ -76,32 +69,26 @@ class Model(nn.Module):
 
     @classmethod
     def on_meta(cls, config, vocab_size: int) -> Model:
-        """The model on the meta device: every tensor's dtype and shape, without memory or numbers, built
-        without drawing its random initial weights (see WithoutRandomFills)."""
-        cls.check_config(config, vocab_size)
+        """The model on the meta device: every tensor's dtype and shape, without memory or numbers."""
         with torch.device("meta"), WithoutRandomFills():
             return cls(config, vocab_size)
 
     @classmethod
     def expected_tensors(cls, config, vocab_size: int) -> dict[str, tuple[torch.dtype, tuple]]:
-        """The state_dict this config gives: name -> (dtype, shape), where dtype may be a tuple of the
-        dtypes allowed and None in a shape is a size that depends on the data. Found without allocating
-        anything: the model is built on the meta device."""
+        """The state_dict this config gives: name -> (dtype, shape), where dtype may be a tuple of the dtypes
+        allowed and None in a shape is a size that depends on the data."""
         return {name: (t.dtype, tuple(t.shape)) for name, t in cls.on_meta(config, vocab_size).state_dict().items()}
 
     @classmethod
     def expected_parameters(cls, config, vocab_size: int) -> list[tuple[torch.dtype, tuple]]:
-        """The trainable parameters as (dtype, shape), in the order of model.parameters() (the optimizer's),
-        found on the meta device as expected_tensors is."""
+        """The trainable parameters as (dtype, shape), in the order of model.parameters() (the optimizer's)."""
         return [(p.dtype, tuple(p.shape)) for p in cls.on_meta(config, vocab_size).parameters() if p.requires_grad]
 
     @classmethod
     def from_state(cls, config, vocab_size: int, *states: dict) -> Model:
-        """The model with the weights of states (state_dicts, loaded in turn: the last one stays): built on
-        their device without drawing the initial weights they replace (WithoutRandomFills), then their tensors
-        taken as its own. RuntimeError (from load_state_dict) for a state that does not fit."""
+        """The model with the tensors of states (state_dicts, loaded in turn: the last one stays), built on their
+        device without drawing the weights they replace; RuntimeError for a state that does not fit."""
         device = next(iter(states[-1].values())).device if states and states[-1] else torch.device("cpu")
-        cls.check_config(config, vocab_size)
         with torch.device(device), WithoutRandomFills():
             model = cls(config, vocab_size)
         for state in states:
@@ -110,14 +97,12 @@ class Model(nn.Module):
 
     @classmethod
     def example_numbers(cls, config, vocab_size: int) -> int:
-        """Roughly how many numbers one training example occupies during a step (its activations and
-        their gradients): with the weights, what the loop's memory check adds up."""
+        """Roughly the numbers one training example occupies in a step (activations, gradients): the memory check's."""
         return 4 * (config.block_size + vocab_size)
 
     @classmethod
     def train_defaults_for(cls, n_examples: int, batch_size: int) -> dict:
-        """Training settings that follow the data size (TrainConfig field -> value), for n_examples training
-        examples in batches of batch_size: each replaces train_defaults' value where the user gave none."""
+        """Training settings that follow the data size (TrainConfig field -> value), used where the user gave none."""
         return {}
 
     def fit(self, dataset) -> None:
@@ -140,17 +125,15 @@ def next_log_probs(model: Model, windows: torch.Tensor) -> torch.Tensor:
 
 
 def on_meta_device() -> bool:
-    """Whether the model being built is on the meta device (Model.on_meta, which only asks for the shapes of
-    what is saved): a model may skip computing the buffers it does not save there, which would import torch's
-    compiler (dynamo) for some operations, as WithoutRandomFills explains."""
+    """Whether the model is being built on the meta device (Model.on_meta): a buffer it does not save may be
+    skipped there, since some operations on meta tensors import torch's compiler (see WithoutRandomFills)."""
     return torch.get_default_device().type == "meta"
 
 
 class WithoutRandomFills(TorchFunctionMode):
     """While a model is built only to have its weights replaced (or on the meta device, for their shapes):
-    filling a tensor with initial values does nothing (torch.nn.init's functions and the random fills) and
-    torch.randn makes an empty tensor. On the meta device torch's normal_ would run a Python reference whose
-    first call imports its compiler (dynamo): about a second of every command that loads a checkpoint."""
+    nn.init's functions and the random fills do nothing, torch.randn makes an empty tensor. On the meta device
+    normal_ would import torch's compiler (dynamo): about a second of every command that loads a checkpoint."""
 
     INITS = frozenset(getattr(nn.init, name) for name in dir(nn.init) if name.endswith("_") and name[0] != "_")
     FILLS = frozenset({torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.exponential_,
@@ -169,28 +152,20 @@ class WithoutRandomFills(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def item_context(high: int = 1024):
+def item_context():
     """The block_size option of a SequenceModel: 0, its default, stands for the longest training item."""
     return options.option(0, "Longest context read: the item so far up to this many tokens (0: the longest "
-                          "training item and its boundary token).", low=0, high=high)
+                          "training item and its boundary token).", low=0, high=1024)
 
 
 class SequenceModel(Model):
     """A model that reads an item left to right from its boundary token, trained and evaluated on rows of whole
-    items: forward(idx (B, T)) -> logits (B, T, vocab_size), position t predicting the token after idx[:, t]
-    from idx[:, :t+1] alone (causal), for any T up to block_size.
-
-    next_logits reads each window from its last boundary token, the start of the item so far; a window with
-    no boundary (an item longer than block_size - 1 characters) is read from its first token, so that such
-    an item is continued from its last block_size characters.
-
-    block_size 0 in the config stands for the longest training item plus its boundary token.
-    """
+    items: forward (B, T) -> (B, T, vocab_size), causal, for any T up to block_size. next_logits reads each
+    window from its item's start (its last boundary token; a window without one, from its first token)."""
 
     whole_items = True
-    # without --steps: EPOCHS passes over the training rows (about one per item), within these bounds, so
-    # that a small file still trains long enough to learn and a large one not for hours; on a small file
-    # the best-on-dev weights that the loop keeps guard against overfitting
+    # without --steps: EPOCHS passes over the training rows (one per item) within these bounds, so that a small file
+    # trains long enough to learn (the best-on-dev weights guard against overfitting) and a large one not for hours
     EPOCHS: ClassVar[float] = 30
     MIN_STEPS: ClassVar[int] = 2000
     MAX_STEPS: ClassVar[int] = 50000

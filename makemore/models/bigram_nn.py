@@ -18,16 +18,12 @@ class BigramNNConfig:
 
 @register("bigram-nn")
 class BigramNN(Model):
-    """logits = one_hot(prev) @ W, computed as the row lookup W[prev], which is the same product.
-
-    Trained to convergence without penalty its loss equals the counting bigram's with smoothing 0: the
-    softmax of row W[i] is free to become any distribution, and the best one is the counts' row.
-    """
+    """logits = one_hot(prev) @ W, computed as the row lookup W[prev]. Trained to convergence without penalty
+    its loss is the counting bigram's with smoothing 0: the best softmax of row W[i] is the counts' row."""
 
     Config = BigramNNConfig
-    # Adam on batches of 8192 with a cosine decay, measured on names-2018 (--splits 1,0,0): within 0.01 nats
-    # of the counting model after ~50 steps (the lecture's full-batch descent at lr 50 needs 171 steps of
-    # all 228k examples) and within 0.001 after 300; batches of 2048 or 4096 at lr 0.3 end 0.001-0.002 away.
+    # Adam on batches of 8192: within 0.01 nats of the counts in ~50 steps, 0.001 in 300 (batches of 2048 or 4096
+    # end 0.001-0.002 away); the lecture's full-batch descent needs 171 steps of all 228k (BENCHMARKS.md, core).
     # --weight-decay is the lecture's penalty in the loss, weight_decay * (W**2).mean(), not the optimizer's decay
     train_defaults = dict(steps=300, batch_size=8192, lr=0.3, optimizer="adamw", schedule="cosine", decay="penalty")
 

@@ -1,6 +1,5 @@
 """A gated recurrent network (Cho et al. 2014, "Learning Phrase Representations using RNN Encoder-Decoder"):
-the recurrent network of makemore.models.rnn with a GRU cell, whose update and reset gates decide how much of
-the state each character keeps, so that it carries information further than a plain tanh cell."""
+makemore.models.rnn with a GRU cell, whose update and reset gates let the state carry information further."""
 from __future__ import annotations
 
 from dataclasses import dataclass

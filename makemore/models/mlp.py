@@ -28,24 +28,19 @@ class MLPConfig:
 
 @register("mlp")
 class MLP(Model):
-    """Embedding table C, block_size embeddings concatenated, a tanh hidden layer, linear to logits.
-
-    With direct=True the concatenated embeddings also feed the logits through Wd (Bengio et al.'s
-    "direct connections"): logits = tanh(x W1 + b1) W2 + b2 + x Wd.
-    """
+    """Embedding table C, block_size embeddings concatenated into x, a tanh hidden layer, linear to logits;
+    with direct, Bengio et al.'s direct connections: logits = tanh(x W1 + b1) W2 + b2 + x Wd."""
 
     Config = MLPConfig
     # weight decay is what keeps this wide model from overfitting (BENCHMARKS.md, tuning notes)
     train_defaults = dict(steps=25000, batch_size=128, lr=3e-3, optimizer="adamw", schedule="cosine",
                           weight_decay=0.05)
-    # without --steps, EPOCHS passes over the training examples, within these bounds: a small file still
-    # trains long enough to learn (the best-on-dev weights guard against overfitting), a large one not for hours
+    # without --steps, EPOCHS passes over the training examples within these bounds (as SequenceModel's)
     EPOCHS = 18
     MIN_STEPS = 2000
     MAX_STEPS = 60000
 
-    # Without --weight-decay, the decay grows as the data shrinks below the tuning data's size, as
-    # sqrt(REFERENCE_EXAMPLES / n_examples), up to MAX_DECAY_FACTOR times the default
+    # without --weight-decay, the decay times sqrt(REFERENCE_EXAMPLES / n_examples) on smaller data, at most 4x
     REFERENCE_EXAMPLES = 182625  # training examples of the lecture's names under the default split
     MAX_DECAY_FACTOR = 4.0
 
@@ -56,8 +51,8 @@ class MLP(Model):
 
     @classmethod
     def train_defaults_for(cls, n_examples: int, batch_size: int) -> dict:
-        """EPOCHS passes over the n_examples training examples (one per character, the end included), and a
-        stronger decay where the data is smaller than the tuning data (BENCHMARKS.md, tuning notes)."""
+        """EPOCHS passes over the training examples, and a stronger decay on data smaller than the tuning data
+        (BENCHMARKS.md, tuning notes)."""
         factor = (cls.REFERENCE_EXAMPLES / max(1, n_examples)) ** 0.5
         return dict(steps=steps_for_epochs(cls, n_examples, batch_size),
                     weight_decay=cls.train_defaults["weight_decay"] * min(cls.MAX_DECAY_FACTOR, max(1.0, factor)))

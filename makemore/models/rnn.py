@@ -1,9 +1,7 @@
 """A recurrent network (Mikolov et al. 2010, "Recurrent neural network based language model"): a hidden state
 carried from character to character, h_t = tanh(W_x x_t + W_h h_{t-1} + b), from a learned starting state
-at the item's boundary token; each state predicts the next character.
-
-It reads whole items: one pass predicts every character of a row and the item's end (see SequenceModel).
-makemore.models.gru swaps the cell for a gated one.
+at the item's boundary token; each state predicts the next character. It reads whole items, every position
+at once (see SequenceModel); makemore.models.gru swaps the cell for a gated one.
 """
 from __future__ import annotations
 
@@ -36,12 +34,10 @@ class RNN(SequenceModel):
     # chosen on the lecture's names for the RNN and the GRU alike (BENCHMARKS.md, tuning notes)
     train_defaults = dict(steps=10000, batch_size=64, lr=3e-3, optimizer="adamw", schedule="cosine", warmup=100,
                           weight_decay=0.01)
-    EPOCHS = 30  # 12,000 steps on the lecture's names
 
     @classmethod
     def example_numbers(cls, config: RNNConfig, vocab_size: int) -> int:
-        """Per row: the embeddings, each layer's states and gates (a GRU has three), and the logits, with
-        their gradients."""
+        """Per row: the embeddings, each layer's states and gates (a GRU has three), the logits, and gradients."""
         T = config.block_size or 1024
         return T * 2 * (config.n_embd + 4 * config.n_layer * config.n_hidden + vocab_size)
 

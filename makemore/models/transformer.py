@@ -1,9 +1,6 @@
 """A decoder-only transformer (Vaswani et al. 2017, "Attention Is All You Need"; as in GPT, Radford et al.
-2018/2019): each position attends to the item so far, through n_layer blocks of causal self-attention and a
-feed-forward layer, each with a residual connection and a LayerNorm before it.
-
-It reads whole items: one pass predicts every character of a row and the item's end (see SequenceModel).
-"""
+2018/2019): n_layer blocks of causal self-attention and a feed-forward layer, each with a residual connection
+and a LayerNorm before it. It reads whole items, every position at once (see SequenceModel)."""
 from __future__ import annotations
 
 import math
@@ -50,10 +47,8 @@ class SelfAttention(nn.Module):
         B, T, C = x.shape
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
                    for t in self.qkv(x).split(C, dim=2))  # each (B, n_head, T, head size)
-        if bias is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:  # the bias holds -inf above the diagonal: causal as well
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        # ALiBi's bias holds -inf above the diagonal: causal as well
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=bias is None)
         return F.dropout(self.proj(y.transpose(1, 2).reshape(B, T, C)), self.dropout, self.training)
 
 
@@ -78,13 +73,11 @@ class Transformer(SequenceModel):
     # tuned on the dev split of the lecture's names (BENCHMARKS.md, tuning notes)
     train_defaults = dict(steps=20000, batch_size=64, lr=2e-3, optimizer="adamw", schedule="cosine", warmup=200,
                           weight_decay=0.1)
-    # 50 passes over the items: 20,000 steps, about 8 minutes on 2 CPU cores, on the lecture's names
-    EPOCHS = 50
+    EPOCHS = 50  # 20,000 steps on the lecture's names (BENCHMARKS.md, tuning notes)
 
     @classmethod
     def example_numbers(cls, config: TransformerConfig, vocab_size: int) -> int:
-        """Per row: every block's activations at each position (about 20 numbers per unit of width, with
-        their gradients), the attention weights, and the logits."""
+        """Per row and position: each block's activations (~20 per unit of width), attention weights, logits."""
         T, C = config.block_size or 1024, config.n_embd
         return T * (config.n_layer * (20 * C + 4 * config.n_head * T) + 4 * vocab_size)
 
@@ -101,8 +94,7 @@ class Transformer(SequenceModel):
         else:
             self.lm_head = nn.Linear(C, vocab_size)
         if not on_meta_device():
-            # Press et al.'s slopes, a geometric sequence from 2^(-8/n_head) down to 2^-8, times alibi_scale: each
-            # head looks back over a distance of its own. Derived from the config, so not saved.
+            # Press et al.'s slopes, 2^(-8/n_head) down to 2^-8: each head looks back over a distance of its own
             n_head = config.n_head
             slopes = config.alibi_scale * 2.0 ** (-8.0 / n_head * torch.arange(1, n_head + 1))
             self.register_buffer("slopes", slopes[:, None, None], persistent=False)

@@ -6,9 +6,8 @@ does, it fuses them two at a time, level by level, so that each layer sees a lit
                               -> pairs (B, 2, 2 n_hidden) -> linear, BatchNorm, tanh -> (B, 2, n_hidden)
                               -> pairs (B, 1, 2 n_hidden) -> linear, BatchNorm, tanh -> (B, n_hidden) -> logits
 
-The lecture trains it with SGD at lr 0.1, then 0.01 for the last quarter, batch 32, 200,000 steps: val 1.993
-(the README's command reproduces it). BatchNorm normalises with the batch's statistics while training and
-with its running averages in eval mode (evaluation, sampling); they are buffers, so checkpoints keep them.
+BatchNorm normalises with the batch's statistics while training and with its running averages (buffers, so
+checkpoints keep them) in eval mode.
 """
 from __future__ import annotations
 
@@ -52,14 +51,13 @@ class WaveNet(Model):
     """Embedding table C, log2(block_size) levels of pairwise fusion, a linear layer to the logits."""
 
     Config = WaveNetConfig
-    # the lecture's part 5 training (SGD lr 0.1, then 0.01 for the last quarter, batch 32, 200,000 steps)
+    # the lecture's part 5 training (SGD lr 0.1, then 0.01 for the last quarter, batch 32): val 1.993
     train_defaults = dict(steps=200000, batch_size=32, lr=0.1, optimizer="sgd", schedule="step", decay_at=0.75)
     min_batch_size = 2  # the last level's BatchNorm sees one position per example
 
     @classmethod
     def example_numbers(cls, config: WaveNetConfig, vocab_size: int) -> int:
-        """The embeddings and every level's activations (about 4 numbers per unit: linear, norm, tanh,
-        gradient), and the logits."""
+        """The embeddings, every level's activations (linear, norm, tanh, gradient) and the logits."""
         return 2 * config.block_size * config.n_embd + 4 * config.block_size * config.n_hidden + 2 * vocab_size
 
     def __init__(self, config: WaveNetConfig, vocab_size: int):
