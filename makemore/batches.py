@@ -11,23 +11,17 @@ GATHER = 65536  # examples whose contexts are gathered at once, then handed out 
 
 
 class BatchSampler:
-    """The batch of every step from step onwards, drawn from a generator seeded with seed or set to rng.
+    """The batch of every step from step onwards, from a generator seeded with seed or set to rng.
 
-    Batch indices are drawn for BATCH_CHUNK steps at once (one randint call per chunk, not per step); the
-    generator state at a chunk's start is what resume_state() gives a checkpoint, so resuming redraws the
-    same chunk. Every process draws the global batch, as one process with world.size x batch_size would,
-    and keeps its own columns: the processes see different examples and share one generator state.
-    Contexts are gathered for about GATHER examples at once, then handed out as views.
-
-    next() gives contexts (B, block_size) and targets (B,) (a dataset of whole items: (B, block_size) each).
+    Indices are drawn a chunk of BATCH_CHUNK steps at a time; the generator's state at a chunk's start is what
+    resume_state() gives a checkpoint. Every process draws the global batch and keeps its own columns.
     """
 
     def __init__(self, dataset, batch_size: int, seed: int, rng: torch.Tensor | None = None, step: int = 0,
                  world: World = World()):
         self.dataset = dataset
         self.width, self.mine = batch_size * world.size, world.columns(batch_size)
-        self.device = dataset.positions.device
-        self.group = max(1, min(BATCH_CHUNK, GATHER // batch_size))
+        self.group = max(1, min(BATCH_CHUNK, GATHER // batch_size))  # steps gathered at once
         self.gen = torch.Generator(device="cpu")
         if rng is not None:
             self.gen.set_state(rng)
@@ -41,7 +35,7 @@ class BatchSampler:
     def _draw(self) -> None:
         self.chunk_rng = self.gen.get_state()
         self.indices = torch.randint(len(self.dataset), (BATCH_CHUNK, self.width),
-                                     generator=self.gen)[:, self.mine].to(self.device)
+                                     generator=self.gen)[:, self.mine].to(self.dataset.positions.device)
 
     def resume_state(self) -> torch.Tensor:
         """The generator state from which a resumed run draws the batch of the next step."""
@@ -55,11 +49,11 @@ class BatchSampler:
         return self.step - self.chunk_start
 
     def peek(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The current step's batch as contexts (B, block_size) and targets (B,), without moving on."""
+        """The current step's batch, without moving on."""
         return self.dataset.batch(self.indices[self._row()])
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The current step's batch; then the sampler is at the next step."""
+        """The current step's batch (as Dataset.batch gives it); then the sampler is at the next step."""
         row, i = self._row(), self.step - self.group_start
         if i >= len(self.xs):
             self.group_start, i = self.step, 0

@@ -4,7 +4,7 @@ models that read an item left to right), both from one token stream with the sam
 of an item and the boundary token that ends it."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -24,16 +24,10 @@ IGNORE = -1  # the target of a row position that predicts nothing (after the ite
 
 @dataclass
 class Dataset:
-    """Every item as examples of block_size tokens, kept compact: one flat token stream in the smallest
-    integer type, each item preceded by boundary tokens, and where each example sits in it. Contexts are
-    gathered per batch, so memory grows with the data, not with data x block_size.
-
-    Windows (rows None): len(item)+1 examples per item, the block_size previous tokens (boundary-padded)
-    -> the next token. Rows: an item of up to block_size-1 characters is one example, its boundary token
-    and characters (B, width) -> every next token (B, width), IGNORE after its end; a longer item
-    adds one tail row per further target, the block_size characters before it -> that target, so that each
-    target is predicted from exactly what its window holds. Both count every target once.
-    """
+    """Every item as examples: one token stream in the smallest integer type and where each example sits in
+    it, the contexts gathered per batch. Windows (rows None): the block_size previous tokens -> the next token.
+    Rows: an item's boundary token and characters -> every next token (IGNORE after its end), and a tail row
+    for each target block_size or more characters into it, read from the block_size characters before it."""
 
     tokens: torch.Tensor  # (T,) token ids, small integer type
     positions: torch.Tensor  # (N,) windows: where each target sits in tokens; rows: where each row starts
@@ -73,7 +67,7 @@ class Dataset:
         before_first = torch.arange(self.width, device=p.device) < self.rows[ix].long()[:, None]
         return x, y.masked_fill(after_end | before_first, IGNORE)
 
-    def chunks(self, size: int = 65536):
+    def chunks(self, size: int):
         """All examples in order, a chunk at a time."""
         for start in range(0, len(self), size):
             ix = torch.arange(start, min(start + size, len(self)), device=self.positions.device)
@@ -83,10 +77,9 @@ class Dataset:
         """Every context and target at once (for small data and tests)."""
         return self.batch(torch.arange(len(self), device=self.positions.device))
 
-    def to(self, device) -> "Dataset":
+    def to(self, device) -> Dataset:
         rows = None if self.rows is None else self.rows.to(device)
-        return Dataset(self.tokens.to(device), self.positions.to(device), self.block_size, self.n_items, rows,
-                       self.n_targets, self.width)
+        return replace(self, tokens=self.tokens.to(device), positions=self.positions.to(device), rows=rows)
 
 
 BUILD_CHUNK = 1 << 16  # items encoded at a time: the working tensors stay in cache, the peak near the result
@@ -153,11 +146,8 @@ def _encode_items(items: list[str], vocab: Vocab, lead: int) -> tuple[torch.Tens
 
 
 def _encode_ascii(text: str, vocab: Vocab) -> torch.Tensor | None:
-    """Token ids (uint8) of an ASCII text, or None if it has a character outside vocab.
-
-    str.translate maps ASCII to ASCII in C at about a byte per nanosecond; every ASCII character outside
-    the vocabulary maps to 127, an id no token has (the vocabulary has fewer than 128 entries).
-    """
+    """Token ids (uint8) of an ASCII text, or None if it has a character outside vocab; str.translate maps
+    in C at about a byte per nanosecond, and a character outside vocab to 127, an id no token has."""
     unknown = 127
     table = [unknown] * 128
     for i, c in enumerate(vocab.chars):

@@ -1,19 +1,5 @@
 """The one training loop. It knows no model: it needs only logits = model(contexts), shaped like the targets
-plus a vocabulary dimension, and computes every model's loss in one place (loss_of).
-
-The loop is a few parts with one job each:
-
-- BatchSampler (makemore.batches): the batch of every step, resumable exactly;
-- TrainStep: one optimizer step on a batch, through autograd; lr-find (makemore.instruments.lr_sweep) takes
-  the same step;
-- Cadence: after which steps the loop logs and evaluates;
-- Divergence: stops a run whose train loss blows up;
-- BestKeeper: evaluates on dev and keeps the best-on-dev weights;
-- Progress: the log records (the state's metrics, on_log) and a tqdm bar on stderr;
-- the caller's save(state, model), which writes checkpoints;
-- stop_on_signals and World.agree: stopping on SIGINT or SIGTERM, all processes together under torchrun.
-
-Nothing here prints to stdout.
+plus a vocabulary dimension, and computes every model's loss in one place (loss_of). Nothing here prints to stdout.
 """
 from __future__ import annotations
 
@@ -22,6 +8,7 @@ import signal
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +36,6 @@ class TrainConfig:
                              low=1, high=1 << 24)
     lr: float = option(0.1, "Learning rate (the peak of the schedule).", low=0.0, low_open=True, high=1e6)
     optimizer: str = option("sgd", "The optimizer.", choices=OPTIMIZERS)
-    # "step": the lecture's decay, lr x0.1 for the second half; "cosine": down to 0 after a warmup
     schedule: str = option("constant", "constant; step (the lecture's: lr/10 after --decay-at of the steps); cosine.",
                            choices=SCHEDULES)
     # the lecture's MLP drops its rate half way (0.5), its WaveNet for the last quarter (0.75)
@@ -57,7 +43,6 @@ class TrainConfig:
                              "tenfold.", low=0.0, high=1.0)
     warmup: int = option(0, "Linear warmup steps (cosine).", low=0, high=10**9)
     weight_decay: float = option(0.0, "Weight decay, acting as --decay says.", low=0.0, high=1e6)
-    # bigram-nn's default is the lecture's penalty: for its one weight W, weight_decay * (W**2).mean()
     decay: str = option("decoupled", "Where --weight-decay acts: decoupled, the optimizer's decay of every weight; "
                         "penalty, the term weight_decay * mean(w**2) over all trained weights added to the loss.",
                         choices=DECAYS)
@@ -75,23 +60,16 @@ class TrainConfig:
             return self.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
         return self.lr
 
-    def eval_every(self) -> int:
-        return self.eval_interval or max(1, self.steps // 10)
-
     @property
     def penalty(self) -> float:
         """The weight of the decay's term in the loss (0 where the optimizer decays)."""
         return self.weight_decay if self.decay == "penalty" else 0.0
 
 
-class _StopFlag:
-    signum = 0
-
-
 @contextmanager
 def stop_on_signals():
     """Turn SIGINT and SIGTERM into a flag that the loop checks between steps."""
-    flag = _StopFlag()
+    flag = SimpleNamespace(signum=0)
 
     def handler(signum, frame):
         flag.signum = signum
@@ -110,21 +88,19 @@ def stop_on_signals():
 
 
 def long_work(total: int, progress: bool, desc: str) -> tqdm:
-    """A progress bar on stderr for work of total chunks that may take a while: it shows itself only after a
-    second, so that quick work stays silent and long work is never a silence."""
+    """A progress bar on stderr that shows itself only after a second: quick work stays silent, long work is
+    never a silence."""
     return tqdm(total=total, disable=not progress, delay=1.0, leave=False, mininterval=1.0, desc=desc)
 
 
 @torch.no_grad()
-def evaluate(model, dataset, batch_size: int | None = None, progress: bool = False) -> float:
-    """Mean negative log-likelihood per predicted token (nats), summed in float64; with progress, a bar on
-    stderr when it takes more than a second."""
+def evaluate(model, dataset, progress: bool = False) -> float:
+    """Mean negative log-likelihood per predicted token (nats), summed in float64, in chunks that fit memory."""
     if len(dataset) == 0:
         return float("nan")
-    if batch_size is None:
-        # on the CPU a chunk whose activations stay in cache is faster than a large one (the lecture's
-        # MLP on its dev set: 26 ms in chunks of 4,096 against 42 ms in chunks of 16,384)
-        batch_size = 4096 if dataset.positions.device.type == "cpu" else 65536
+    # on the CPU a chunk whose activations stay in cache is faster (the lecture's MLP on its dev set: 26 ms in
+    # chunks of 4,096, 42 ms in chunks of 16,384)
+    batch_size = 4096 if dataset.positions.device.type == "cpu" else 65536
     if dataset.whole_items:  # a row is up to width predictions
         batch_size = max(1, batch_size // dataset.width)
     # smaller chunks where a row is large (a wide context, many heads): the loss is the same sum
@@ -141,8 +117,8 @@ def evaluate(model, dataset, batch_size: int | None = None, progress: bool = Fal
 
 
 def chunk_rows(model, wanted: int, device: torch.device) -> int:
-    """The rows of a forward pass without gradients, at most wanted, that fit in half the memory this process
-    may still allocate (makemore.memory.rows_that_fit); MakemoreError when not one does."""
+    """The rows of a forward pass without gradients, at most wanted, that fit in memory
+    (makemore.memory.rows_that_fit); MakemoreError when not one does."""
     return memory.rows_that_fit(type(model), model.config, model.vocab_size, device, wanted)
 
 
@@ -153,9 +129,8 @@ def loss_of(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
 
 
 def seed_step(seed: int, step: int, rank: int, device: torch.device) -> None:
-    """Seed the generator that draws what is random within a step (dropout's masks) from the run's seed,
-    the step and the process, so that a resumed run draws what the run never stopped would have drawn.
-    Only the device's own generator: seeding every device's costs 75 µs a step, this about 1 µs."""
+    """Seed what is random within a step (dropout's masks) from the run's seed, the step and the process, so
+    that a resumed run draws what an uninterrupted one would. Only the device's own generator: 1 µs, not 75."""
     value = (seed * 1_000_003 + step * 64 + rank) % (1 << 63)
     if device.type == "cuda":
         torch.cuda.manual_seed(value)
@@ -177,13 +152,9 @@ def make_optimizer(model, config: TrainConfig):
 
 
 class TrainStep:
-    """One optimizer step on a batch: step(contexts, targets, lr). take_loss() is the mean train loss of the
-    steps since its last call, a tensor on the device (reading it back is the step's only synchronisation).
-
-    With a penalty (TrainConfig.penalty) the objective is the loss plus penalty * mean(w**2) over all the
-    trained weights; the loss recorded is the model's alone. The optimizer's lr is set at every step, so its
-    state_dict records the lr of the last step.
-    """
+    """One optimizer step on a batch: step(contexts, targets, lr), through autograd, the lr set at every step.
+    With a penalty (TrainConfig.penalty) it descends the loss plus penalty * mean(w**2) over the trained weights;
+    take_loss() gives the mean loss alone of the steps since its last call."""
 
     def __init__(self, model, optimizer, penalty: float = 0.0, world: World = World()):
         self.optimizer, self.groups = optimizer, optimizer.param_groups
@@ -191,10 +162,9 @@ class TrainStep:
         self.penalty = penalty
         self.forward = world.wrap(model)
         self.whole_items = model.whole_items
-        # the sum of the steps' losses since take_loss and its count of terms: a running sum, not a list of
-        # each step's tensors, which grew by about a step's activations per step kept (measured: bigram-nn at
-        # batch 8192, 800 KB a step, so a million steps, 5,000 between log points, grew by 150 MB/s)
-        self.loss_sum, self.terms, self.loss_dtype = None, 0, torch.float32
+        # a running sum of the losses on the device, not a list of each step's tensors, which kept about a
+        # step's activations per step (bigram-nn at batch 8192: 150 MB/s)
+        self.loss_sum, self.terms = None, 0
 
     def __call__(self, contexts: torch.Tensor, targets: torch.Tensor, lr: float) -> None:
         for group in self.groups:
@@ -210,68 +180,44 @@ class TrainStep:
             p.grad = None
         objective.backward()
         self.optimizer.step()
-        if self.loss_sum is None:  # float64 where the device has it: thousands of steps add up without drift
+        if not self.terms:  # float64 where the device has it: thousands of steps add up without drift
             wide = torch.float32 if loss.device.type == "mps" else torch.float64
             self.loss_sum, self.loss_dtype = torch.zeros((), dtype=wide, device=loss.device), loss.dtype
         self.loss_sum.add_(loss.detach())
         self.terms += 1
 
     def take_loss(self) -> torch.Tensor:
-        """The mean train loss of the steps since the last call (nan when none)."""
-        if self.loss_sum is None:
-            return torch.tensor(math.nan, dtype=self.loss_dtype)
-        loss = (self.loss_sum / max(1, self.terms)).to(self.loss_dtype)
-        self.loss_sum.zero_()
+        """The mean train loss of the steps since the last call (nan when none), a tensor on the device:
+        reading it back is the only synchronisation of the steps."""
+        if not self.terms:
+            return torch.tensor(math.nan)
+        loss = (self.loss_sum / self.terms).to(self.loss_dtype)
         self.terms = 0
         return loss
 
 
-class Cadence:
-    """After which steps the loop logs (reads the train loss back, checks it, and under torchrun agrees with
-    the other processes on stopping) and after which it evaluates."""
-
-    def __init__(self, config: TrainConfig, device: torch.device, world: World = World()):
-        self.steps, self.eval_every = config.steps, config.eval_every()
-        # Log (and check the loss is finite) about 200 times a run; on the CPU reading a loss is free, so
-        # a diverging run is caught at the very step it diverges.
-        if world.size > 1:
-            # processes exchange the loss and stop flags at log points: not every step, but often enough
-            # that a signal stops them well within torchrun's 30 s grace before it kills them
-            self.log_every = min(self.eval_every, 100, max(10, config.steps // 200))
-        elif device.type == "cpu" and config.steps <= 200:
-            self.log_every = 1
-        else:
-            self.log_every = max(1, min(self.eval_every, config.steps // 200))
-
-    def next_log(self, step: int) -> int:
-        """The first step after step at which the loop logs (every evaluation is also a log point)."""
-        return min(self.steps, (step // self.log_every + 1) * self.log_every,
-                   (step // self.eval_every + 1) * self.eval_every)
-
-    def evaluates(self, step: int) -> bool:
-        return step % self.eval_every == 0 or step == self.steps
+def log_interval(config: TrainConfig, eval_every: int, device: torch.device, world: World) -> int:
+    """Steps between log points, where the loop reads the train loss back and checks it: about 200 a run, and
+    every step of a short run on the CPU, where reading a loss is free."""
+    if world.size > 1:
+        # the processes agree on stopping at log points: often enough that a signal stops them well within
+        # torchrun's 30 s grace before it kills them
+        return min(eval_every, 100, max(10, config.steps // 200))
+    if device.type == "cpu" and config.steps <= 200:
+        return 1
+    return max(1, min(eval_every, config.steps // 200))
 
 
-class Divergence:
-    """A train loss above limit means the run diverged: ten times the loss at the start, or ten times a
+@torch.no_grad()
+def divergence_limit(model, x: torch.Tensor, y: torch.Tensor) -> float:
+    """A train loss above it means the run diverged: ten times the loss on the batch (x, y), or ten times a
     uniform guess's log(vocab_size) when that is larger (a resumed run starts low)."""
-
-    @torch.no_grad()
-    def __init__(self, model, x: torch.Tensor, y: torch.Tensor, config: TrainConfig):
-        was_training = model.training
-        model.eval()
-        logits = model(x)
-        start = loss_of(logits.double(), y).item()
-        model.train(was_training)
-        self.limit = 10 * max(start, math.log(logits.shape[-1])) if math.isfinite(start) else math.inf
-        self.config = config
-
-    def check(self, train_loss: float, step: int, lr: float) -> None:
-        if not math.isfinite(train_loss) or train_loss > self.limit:
-            raise TrainingError(
-                f"training diverged: the loss became {train_loss:.4g} at step {step} (lr {lr:g}); "
-                f"try a lower --lr such as {self.config.lr / 10:g}; the best checkpoint so far is kept"
-            )
+    was_training = model.training
+    model.eval()
+    logits = model(x)
+    start = loss_of(logits.double(), y).item()
+    model.train(was_training)
+    return 10 * max(start, math.log(logits.shape[-1])) if math.isfinite(start) else math.inf
 
 
 def _clone_state(module) -> dict:
@@ -291,71 +237,17 @@ class LoopState:
     elapsed: float = 0.0
 
 
-class BestKeeper:
-    """Evaluates the model on dev and keeps the best-on-dev weights and loss in state; without a dev split
-    the latest weights are the ones kept."""
-
-    def __init__(self, model, dev_set, state: LoopState):
-        self.model, self.state = model, state
-        self.dev_set = dev_set if dev_set is not None and len(dev_set) else None
-
-    def evaluate(self) -> float | None:
-        """The dev loss now (None without a dev split), keeping the weights if they are the best so far."""
-        if self.dev_set is None:
-            self.state.best_state = _clone_state(self.model)
-            return None
-        dev_loss = evaluate(self.model, self.dev_set)
-        if dev_loss < self.state.best_dev_loss:
-            self.state.best_dev_loss = dev_loss
-            self.state.best_state = _clone_state(self.model)
-        return dev_loss
-
-    def keep_some(self) -> None:
-        """Before a checkpoint of a run stopped early: the current weights, if none are kept yet."""
-        if self.state.best_state is None:
-            self.state.best_state = _clone_state(self.model)
-
-
-class Progress:
-    """The log records ({step, train_loss, lr, dev_loss at evaluations, elapsed}): appended to the metrics,
-    handed to on_log, and shown on a tqdm bar on stderr (when show)."""
-
-    def __init__(self, metrics: list, total: int, initial: int, on_log=None, show: bool = True, desc: str = ""):
-        self.metrics, self.on_log = metrics, on_log
-        self.bar = tqdm(total=total, initial=initial, disable=not show, leave=False, dynamic_ncols=True,
-                        mininterval=0.5, desc=desc)
-
-    def log(self, record: dict) -> None:
-        self.metrics.append(record)
-        if self.on_log is not None:
-            self.on_log(record)
-        dev = {"dev": f"{record['dev_loss']:.4f}"} if "dev_loss" in record else {}
-        # refresh=False: update() redraws, at most twice a second
-        self.bar.set_postfix(loss=f"{record['train_loss']:.4f}", refresh=False, **dev)
-        self.bar.update(record["step"] - self.bar.n)
-
-    def __enter__(self) -> Progress:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.bar.close()
-
-
 def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState | None = None,
                save=None, on_log=None, progress: bool = True, stop=None, world: World = World(),
                governor: Governor | None = None) -> LoopState:
-    """Train model in place for config.steps steps (resuming from state) and return the final state.
+    """Train model in place for config.steps steps (resuming from state), keeping the best-on-dev weights in
+    state.best_state (without a dev split, the latest), and return the final state.
 
-    save(state, model) is called at every evaluation and on interruption; on_log(record) at every log
-    point with {step, train_loss, lr, elapsed} (+ dev_loss at evaluations).
-
-    The step is kept lean, because for small models the per-step overhead, not the maths, sets the speed:
-    batches are gathered for many steps at once (BatchSampler) and the loss is read back only at log points.
-
-    With several processes (world, from makemore.distributed) each trains on its share of every batch
-    through DDP; the caller gives dev_set, save and progress to rank 0 only. A governor (makemore.threads)
-    hears of every step and may change torch's thread count as the machine's load changes; without one the
-    count stays as the caller set it.
+    save(state, model) is called at every evaluation and on a stop (stop.signum set, by stop_on_signals);
+    on_log(record) at every log point with {step, train_loss, lr, elapsed} (+ dev_loss at evaluations); with
+    progress, a bar on stderr. Under torchrun (world) each process trains on its share of every batch through
+    DDP; the caller gives dev_set, save and progress to rank 0 only. A governor (makemore.threads) hears of
+    every step and may change torch's thread count; without one the count stays as the caller set it.
     """
     governor = governor or Governor.keeping(torch.get_num_threads())
     state = state or LoopState()
@@ -364,11 +256,27 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
     if state.optimizer is not None:
         optimizer.load_state_dict(state.optimizer)
     device = next(model.parameters()).device
-    cadence = Cadence(config, device, world)
-    keeper = BestKeeper(model, dev_set, state)
+    eval_every = config.eval_interval or max(1, config.steps // 10)
+    log_every = log_interval(config, eval_every, device, world)
+    dev_set = dev_set if dev_set is not None and len(dev_set) else None
     solo_stop = stop if world.size == 1 else None  # one process stops at once; several at a log point
     model.train()
     t0 = time.perf_counter() - state.elapsed
+    train_step = TrainStep(model, optimizer, config.penalty, world)
+    # the batches are gathered for many steps at once, and the loss read back only at log points: for small
+    # models the per-step overhead, not the maths, sets the speed
+    batches = BatchSampler(train_set, config.batch_size, config.seed, state.rng, state.step, world)
+    limit = divergence_limit(model, *batches.peek())
+
+    def keep_best() -> float | None:
+        """The dev loss now (None without a dev split), keeping the weights if they are the best so far."""
+        if dev_set is None:
+            state.best_state = _clone_state(model)
+            return None
+        dev_loss = evaluate(model, dev_set)
+        if dev_loss < state.best_dev_loss:
+            state.best_dev_loss, state.best_state = dev_loss, _clone_state(model)
+        return dev_loss
 
     def snapshot() -> LoopState:
         """The state as a checkpoint keeps it: where the batches resume, the time, the optimizer."""
@@ -377,40 +285,44 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
         state.optimizer = optimizer.state_dict()
         return state
 
-    train_step = TrainStep(model, optimizer, config.penalty, world)
-    with Progress(state.metrics, config.steps, state.step, on_log, progress, f"training {model.name}") as shown:
-        batches = BatchSampler(train_set, config.batch_size, config.seed, state.rng, state.step, world)
-        divergence = Divergence(model, *batches.peek(), config)
-        step = state.step
-        event = cadence.next_log(step)
-        if solo_stop is not None and solo_stop.signum:  # before the first step: nothing worth a checkpoint
-            raise Interrupted(solo_stop.signum, saved=False)
-        while step < config.steps:
+    if solo_stop is not None and solo_stop.signum:  # before the first step: nothing worth a checkpoint
+        raise Interrupted(solo_stop.signum, saved=False)
+    with tqdm(total=config.steps, initial=state.step, disable=not progress, leave=False, dynamic_ncols=True,
+              mininterval=0.5, desc=f"training {model.name}") as bar:
+        for step in range(state.step, config.steps):
             lr = config.lr_at(step)
             seed_step(config.seed, step, world.rank, device)
             train_step(*batches.next(), lr)
-            step += 1
-            state.step = step
-            governor.tick(step)
+            state.step = step + 1
+            governor.tick(state.step)
             halt = solo_stop.signum if solo_stop is not None else 0
-            if step == event:  # a log point
-                event = cadence.next_log(step)
+            evaluates = state.step % eval_every == 0 or state.step == config.steps
+            if evaluates or state.step % log_every == 0:
                 train_loss, halt = world.agree(train_step.take_loss(), stop.signum if stop is not None else 0)
-                divergence.check(train_loss, step, lr)
-                record = dict(step=step, train_loss=round(train_loss, 6), lr=lr)
-                evaluated = cadence.evaluates(step)
-                if evaluated:
+                if not math.isfinite(train_loss) or train_loss > limit:
+                    raise TrainingError(
+                        f"training diverged: the loss became {train_loss:.4g} at step {state.step} (lr {lr:g}); "
+                        f"try a lower --lr such as {config.lr / 10:g}; the best checkpoint so far is kept")
+                record = dict(step=state.step, train_loss=round(train_loss, 6), lr=lr)
+                postfix = dict(loss=f"{record['train_loss']:.4f}")
+                if evaluates:
                     with governor.paused():  # an evaluation is not a step: its time is left out
-                        dev_loss = keeper.evaluate()
+                        dev_loss = keep_best()
                     if dev_loss is not None:
                         record["dev_loss"] = round(dev_loss, 6)
+                        postfix["dev"] = f"{record['dev_loss']:.4f}"
                 record["elapsed"] = round(time.perf_counter() - t0, 3)
-                shown.log(record)
-                if evaluated and save is not None:
+                state.metrics.append(record)
+                if on_log is not None:
+                    on_log(record)
+                bar.set_postfix(postfix, refresh=False)  # update() redraws, at most twice a second
+                bar.update(state.step - bar.n)
+                if evaluates and save is not None:
                     with governor.paused():
                         save(snapshot(), model)
             if halt:
-                keeper.keep_some()
+                if state.best_state is None:  # a run stopped before its first evaluation
+                    state.best_state = _clone_state(model)
                 if save is not None:
                     save(snapshot(), model)
                 world.barrier()  # the others wait for rank 0's checkpoint before torchrun sees them exit
