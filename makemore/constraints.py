@@ -1,4 +1,4 @@
-"""What a sampling request asks, and how each drawn item is judged (no torch: the CLI checks --regex with it)."""
+"""What a sampling request asks, the checks that refuse one that can never be met, and the items it returns."""
 from __future__ import annotations
 
 import math
@@ -18,11 +18,6 @@ REASONS = {
     "excluded": "were in --exclude",
     "repeat": "repeats",
 }
-
-# --top-p: the likelier tokens "reach" top_p when their sum is within a billionth of it. A counting model's
-# probabilities are fractions whose sums often equal top_p exactly (3 tokens of 93/155 = 0.6); there the
-# last bit of rounding, which differs between torch and plain Python, must not decide.
-NUCLEUS_SLACK = 1 - 1e-9
 
 # Seconds of drawing without a new item after which a request gives up (--patience): a hopeless request
 # ends in seconds whatever the model, while a rare but possible one keeps going as long as items come
@@ -135,13 +130,13 @@ def check(request: Request, vocab, cap: int) -> tuple:
 
 
 class Samples(list):
-    """The items drawn (a list of str), with the figures of how the drawing went."""
+    """The items drawn (a list of str), with the figures of how the drawing (a sampling.Sampler) went."""
 
-    def __init__(self, items, tally: Tally):
+    def __init__(self, items, drawing):
         super().__init__(items)
-        self.asked, self.draws, self.cap = tally.request.n, tally.draws, tally.cap  # cap: the longest item possible
-        self.rejected = dict(tally.rejected)  # reason (a key of REASONS) -> count
-        self._report = tally.report()
+        self.asked, self.draws, self.cap = drawing.request.n, drawing.draws, drawing.cap  # cap: the longest possible
+        self.rejected = dict(drawing.rejected)  # reason (a key of REASONS) -> count
+        self._report = drawing.report()
 
     @property
     def complete(self) -> bool:
@@ -154,93 +149,3 @@ class Samples(list):
     def report(self) -> str:
         """One line: asked for 100, found 87 in 20,000 draws (acceptance 0.4%; 9,411 were in the data, ...)."""
         return self._report
-
-
-class Tally:
-    """How the drawing of a request goes: the items judged so far, counted as kept or rejected and why. Holds
-    no kept item (a stream of them may be endless), only --unique's seen set. Refuses, when made, a request
-    that can never be met. cap: the model's length cap (length_cap); data_items: the data's, for request.new."""
-
-    def __init__(self, request: Request, vocab, cap: int, data_items=frozenset()):
-        self.pattern, self.notes = check(request, vocab, cap)
-        self.request, self.data_items = request, data_items
-        self.cap = min(request.max_len, cap) if request.max_len is not None else cap
-        self.found = self.draws = 0
-        self.seen: set[str] = set()
-        self.rejected = dict.fromkeys(REASONS, 0)
-        self.timed_out: tuple[int, int] | None = None  # when stopped for time: draws cut short, at what length
-
-    def steps(self) -> int:
-        """Tokens to draw after the prefix: one more than the characters allowed, for the end."""
-        return self.cap - len(self.request.prefix) + 1
-
-    def going(self) -> bool:
-        """Whether to draw again: fewer than n found, draws left in the budget and time left."""
-        return self.found < self.request.n and self.draws < self.request.budget() and self.timed_out is None
-
-    def add(self, item: str, dead: bool, ended: bool) -> bool:
-        """Judge one more draw; whether it is kept."""
-        self.draws += 1
-        reason = self._verdict(item, dead, ended)
-        if reason is not None:
-            self.rejected[reason] += 1
-            return False
-        self.found += 1
-        if self.request.unique:
-            self.seen.add(item)
-        return True
-
-    def _verdict(self, item: str, dead: bool, ended: bool) -> str | None:
-        """None when item meets every constraint, else the first reason it fails (a key of REASONS)."""
-        r = self.request
-        if dead:
-            return "dead_end"
-        if not ended:
-            # a --max-len above the cap: what the cap cut did not end within it, not longer than asked
-            return "too_long" if r.max_len is not None and r.max_len <= self.cap else "no_end"
-        if r.suffix and not item.endswith(r.suffix):
-            return "suffix"
-        if self.pattern is not None and self.pattern.fullmatch(item) is None:
-            return "regex"
-        if r.new and item in self.data_items:
-            return "in_data"
-        if item in r.exclude:
-            return "excluded"
-        if r.unique and item in self.seen:
-            return "repeat"
-        return None
-
-    def stop_for_time(self, going: int = 0, length: int = 0) -> None:
-        """Stop: no item found for request.patience seconds; going draws cut short at length characters."""
-        self.timed_out = (going, length)
-
-    @property
-    def complete(self) -> bool:
-        return self.found >= self.request.n
-
-    def report(self) -> str:
-        """One line: asked for 100, found 87 in 20,000 draws (acceptance 0.4%; 9,411 were in the data, ...),
-        and when drawing stopped for time, after how long (and how far the draws cut short had gone)."""
-        pct = 100 * self.found / self.draws if self.draws else 0.0
-        shown = "0" if pct == 0 else f"{pct:.1f}" if pct >= 0.1 else f"{pct:.2g}"
-        parts = [f"{n:,} {REASONS[reason].format(cap=self.cap)}" for reason, n in self.rejected.items() if n]
-        stopped = ""
-        if self.timed_out is not None:
-            stopped = f", stopped after {self.request.patience:g} s without a new item"
-            going, length = self.timed_out
-            if going and not self.draws:  # nothing else says why: a batch of long draws took all the time
-                parts.append(f"{going:,} cut short at {length:,} character{'s' * (length != 1)}")
-        details = "; " + ", ".join(parts) if parts else ""
-        return (f"asked for {self.request.n:,}, found {self.found:,} in {self.draws:,} draws{stopped} "
-                f"(acceptance {shown}%{details})")
-
-    def check_found(self) -> None:
-        """Raise NothingFound when items were asked for and none was found."""
-        if self.request.n and not self.found:
-            more = "--patience" if self.timed_out is not None else "--max-tries"
-            raise NothingFound(f"{self.report()}; loosen the constraints or raise {more}")
-
-    def samples(self, items: list[str]) -> Samples:
-        """The Samples of the items kept; raises NothingFound when items were asked for and none was found."""
-        self.check_found()
-        return Samples(items, self)

@@ -1,15 +1,10 @@
-"""The closest item of a list to each query, by Levenshtein edit distance, in batched tensor operations.
+"""The closest item of a list to each query by Levenshtein edit distance, in batched tensor operations.
 
-Comparing 1,000 queries with 32,000 items is 32 million pairs: too many for an exact distance each.
-A cheap lower bound rules most of them out first. An edit changes at most one character of the
-multiset of characters, so for strings a and b
-
-    distance(a, b) >= max(len(a), len(b)) - common(a, b)
-
-where common counts the characters the two share as multisets (sum over c of min(count_a(c), count_b(c))).
-common is a matrix product of "count of c is at least t" indicator features, so the bound for every
-pair costs one matmul. Pairs are then scored exactly in rising order of their bound, and a query is
-settled as soon as its best exact distance is no more than the bound of every pair not yet scored.
+An edit changes at most one character of the multiset of characters, so distance(a, b) >= max(len(a), len(b)) -
+common(a, b), where common counts the characters a and b share as multisets: one matmul of "count of c is at least t"
+indicator features bounds every pair. Pairs are then scored exactly in rising order of their bound (1,000 queries
+against 32,000 items are 32 million pairs, too many to score each), and a query is settled as soon as its best
+distance is no more than the bound of every pair not yet scored.
 """
 from __future__ import annotations
 
@@ -19,29 +14,19 @@ QUERY_CHUNK = 256  # queries whose bounds against all items are held at once: 25
 PAIR_CHUNK = 1 << 18  # pairs scored exactly at once
 
 
-def _encode(strings: list[str], codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Character ids (len(strings), longest) padded with -1, and the lengths; codes are the sorted
-    code points of all characters, and a character's id is its place among them."""
+def _encode(strings: list[str], index: dict[str, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Character ids (len(strings), longest) padded with -1, and the lengths; index: each character's id."""
     lengths = torch.tensor([len(s) for s in strings], dtype=torch.long)
-    width = max(1, int(lengths.max())) if strings else 1
-    ids = torch.full((len(strings), width), -1, dtype=torch.long)
-    text = "".join(strings)
-    if text:
-        flat = torch.searchsorted(codes, _code_points(text))
-        row = torch.repeat_interleave(torch.arange(len(strings)), lengths)
-        starts = torch.cumsum(lengths, 0) - lengths
-        ids[row, torch.arange(len(text)) - starts[row]] = flat
+    ids = torch.full((len(strings), max(1, max(map(len, strings), default=0))), -1, dtype=torch.long)
+    flat = torch.tensor([index[c] for s in strings for c in s], dtype=torch.long)
+    ids[torch.arange(ids.shape[1]) < lengths[:, None]] = flat  # a mask fills row by row, as the list runs
     return ids, lengths
-
-
-def _code_points(text: str) -> torch.Tensor:
-    return torch.frombuffer(bytearray(text.encode("utf-32-le")), dtype=torch.int32).long()
 
 
 def _counts(ids: torch.Tensor, n_chars: int) -> torch.Tensor:
     """(S, n_chars) how often each character occurs in each string."""
     counts = torch.zeros(ids.shape[0], n_chars + 1, dtype=torch.long)
-    counts.scatter_add_(1, ids.clamp(min=-1) + 1, torch.ones_like(ids))
+    counts.scatter_add_(1, ids + 1, torch.ones_like(ids))
     return counts[:, 1:]  # column 0 gathered the padding
 
 
@@ -76,16 +61,16 @@ def nearest(queries: list[str], items: list[str]) -> tuple[list[int], list[int]]
     """For each query: the index in items of its closest item (the first one on a tie) and the distance."""
     if not items:
         raise ValueError("nearest needs at least one item to compare with")
-    codes = _code_points("".join(sorted(set("".join(items)) | set("".join(queries)))))
-    item_ids, item_len = _encode(items, codes)
-    query_ids, query_len = _encode(queries, codes)
-    item_counts = _counts(item_ids, len(codes))
+    index = {c: i for i, c in enumerate(dict.fromkeys("".join(items) + "".join(queries)))}
+    item_ids, item_len = _encode(items, index)
+    query_ids, query_len = _encode(queries, index)
+    item_counts = _counts(item_ids, len(index))
     levels = item_counts.max(0).values
     item_feat = _features(item_counts, levels)
-    query_feat = _features(_counts(query_ids, len(codes)), levels)  # counts above an item's max are moot
+    query_feat = _features(_counts(query_ids, len(index)), levels)  # counts above an item's max are moot
     query_len_f, item_len_f = query_len.float(), item_len.float()
-    best = torch.full((len(queries),), torch.iinfo(torch.int32).max, dtype=torch.int32)
-    best_ix = torch.zeros(len(queries), dtype=torch.long)
+    # each query's best pair as distance * len(items) + item index: the least is the closest, then the first
+    best = torch.full((len(queries),), torch.iinfo(torch.int64).max)
     for start in range(0, len(queries), QUERY_CHUNK):
         # the bound of every pair of this chunk, in float32: small integers, so exact
         bound = torch.maximum(query_len_f[start : start + QUERY_CHUNK, None], item_len_f[None, :])
@@ -97,22 +82,10 @@ def nearest(queries: list[str], items: list[str]) -> tuple[list[int], list[int]]
             for p in range(0, r.numel(), PAIR_CHUNK):
                 qi, ci = rows[r[p : p + PAIR_CHUNK]], c[p : p + PAIR_CHUNK]
                 d = pair_distances(query_ids[qi], query_len[qi], item_ids[ci], item_len[ci])
-                _keep_best(best, best_ix, qi, ci, d, len(items))
+                best.scatter_reduce_(0, qi, d.long() * len(items) + ci, reduce="amin")
             # every pair left has distance >= its bound > level, so a best of <= level is final
-            still = best[rows] > level
+            still = best[rows] // len(items) > level
             rows, bound = rows[still], bound[still]
             level += 1
-    return best_ix.tolist(), best.tolist()
+    return (best % len(items)).tolist(), (best // len(items)).tolist()
 
-
-def _keep_best(best: torch.Tensor, best_ix: torch.Tensor, qi: torch.Tensor, c: torch.Tensor, d: torch.Tensor,
-               n_items: int) -> None:
-    """Lower best[qi] to d where d is smaller, or equal with an earlier item (ties go to the first item)."""
-    # one key per pair orders by distance, then by item index; scatter_reduce keeps each query's least key
-    key = d.long() * n_items + c
-    old = best.long() * n_items + best_ix
-    old = torch.where(best == torch.iinfo(torch.int32).max, torch.iinfo(torch.int64).max, old)
-    least = old.scatter_reduce(0, qi, key, reduce="amin")
-    changed = least != old
-    best[changed] = (least[changed] // n_items).to(torch.int32)
-    best_ix[changed] = least[changed] % n_items

@@ -1,16 +1,11 @@
-"""Sampling that delivers: batched generation under constraints, items streamed as they are found, and a
-report of what was rejected and why.
+"""Sampling under constraints, streamed: the prefix is met by conditioning (slid into the context as if drawn), the
+minimum length by masking the end until the item is long enough, everything else by rejection. Items are drawn in
+batches and kept in the order drawn until n are found, the budget of draws is spent or none has been found for
+request.patience seconds; a report line says what was rejected and why.
 
-How each constraint is met, as exactly as the model allows:
-- the prefix by conditioning: it is slid into the context as if the model had drawn it;
-- the minimum length by masking the boundary token until the item is long enough, then renormalising;
-- everything else (maximum length, suffix, regex, new, exclude, unique) by rejection: items are drawn in
-  batches and kept in the order drawn, until n are found, the budget of draws is spent or no item has been
-  found for request.patience seconds.
-
-Item k draws with its own random numbers (makemore.stream), so the items of a seed are the same whatever
--n, the batch sizes or the rejection constraints: -n 5 prints the first 5 of -n 8, --new prints the items
-of the same seed without --new that are not in the data. Stopping for time only ends that list earlier.
+Item k draws with its own random numbers (makemore.stream), so a seed's items do not depend on -n, the batch sizes
+or the rejection constraints: --new prints the items the seed draws without it that are not in the data, and
+stopping for time only ends that list earlier.
 """
 from __future__ import annotations
 
@@ -19,37 +14,36 @@ import time
 from typing import Callable, Iterator
 
 import torch
+from tqdm import tqdm
 
 from makemore import memory, stream
-from makemore.constraints import NUCLEUS_SLACK, NothingFound, Request, Samples, Tally  # noqa: F401 (re-exported)
+from makemore.constraints import REASONS, NothingFound, Request, Samples, check
 from makemore.dataset import build_dataset
 from makemore.errors import OptionError
 from makemore.models.base import next_log_probs
 
 FIRST_BATCH, MAX_BATCH = 256, 8192  # batch sizes: 256, 512, ... up to 8,192, then 8,192 each
-# ... and at most this many numbers in a batch's (rows, vocabulary) probabilities: 8,192 rows of a 10,000
-# character vocabulary would be 655 MB in float64, for every copy the draw makes
+# at most this many (rows, vocabulary) probabilities in a batch: 8,192 rows of a 10,000 character vocabulary
+# would be 655 MB in float64, for every copy the draw makes
 BATCH_NUMBERS = 1 << 20
-# ... and at most this many tokens in a batch's rows x steps (16 MB of int32): a long length cap draws
-# fewer rows at a time
-BATCH_TOKENS = 1 << 22
-FIRST_STEPS = 16  # the token buffer's first width; it doubles as the steps go
+BATCH_TOKENS = 1 << 22  # at most this many rows x steps (16 MB of int32): a long length cap draws fewer rows
+
+# --top-p: the likelier tokens "reach" top_p when their sum is within a billionth of it. A counting model's
+# probabilities are fractions whose sums often equal top_p exactly (3 tokens of 93/155 = 0.6); there the
+# last bit of rounding, which differs between torch and plain Python, must not decide.
+NUCLEUS_SLACK = 1 - 1e-9
 
 
 def next_token_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
                      top_p: float | None = None, end_banned: torch.Tensor | None = None) -> torch.Tensor:
-    """Turn logits (B, V) into sampling probabilities; a row in which every allowed token is impossible
-    (a dead end) comes out as NaN.
-
-    The order: the boundary token masked in the rows end_banned (B,); temperature; top_k; then top_p,
-    the nucleus: the likeliest tokens whose probabilities reach top_p together. Each row's largest allowed
-    logit is subtracted before dividing by the temperature, so that no positive temperature overflows:
-    a tiny one leaves 0 for the likeliest tokens and -inf for the rest, which is drawing the argmax.
-    """
+    """Sampling probabilities from logits (B, V): the end masked in the rows end_banned (B,), then temperature,
+    top_k and top_p (the nucleus); a row in which no allowed token is possible (a dead end) comes out as NaN."""
     logits = logits.double()
     if end_banned is not None:
         logits[:, 0] = logits[:, 0].masked_fill(end_banned, float("-inf"))
-    logits = (logits - logits.amax(-1, keepdim=True)) / temperature  # a dead end's row: -inf - -inf = NaN
+    # minus the largest logit, no positive temperature overflows: a tiny one leaves 0 for the likeliest tokens and
+    # -inf for the rest, which is drawing the argmax (a dead end's row: -inf - -inf = NaN)
+    logits = (logits - logits.amax(-1, keepdim=True)) / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -62,30 +56,19 @@ def next_token_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int 
     return probs
 
 
-# One row's draw: its token ids after the prefix (without the end), whether it drew the end, and whether it
-# met a context in which no allowed token has any probability
-Draw = tuple[list[int], bool, bool]
-
-
 @torch.no_grad()
 def draw_batch(model, prefix_ids: list[int], keys: torch.Tensor, steps: int, min_len: int = 0,
                temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-               give_up: Callable[[], bool] | None = None) -> Iterator[list[Draw]]:
-    """Draw len(keys) items side by side, each with the random numbers of its item key (an int64 tensor
-    from stream.item_keys): up to steps tokens after the prefix, the last of which must be the boundary
-    for the item to have ended. Only rows still going are passed through the model.
-
-    After each step, yields the rows decided by then (often none), in row order: a row is yielded once it
-    and every row before it have ended, hit a dead end or drawn steps tokens. Stops between steps, leaving
-    the rest undecided, when give_up() is true. The token buffer grows with the steps taken, not the steps
-    allowed.
-    """
+               give_up: Callable[[], bool] | None = None) -> Iterator[list[tuple[list[int], bool, bool]]]:
+    """Draw len(keys) items side by side, row k with the random numbers of keys[k] (stream.item_keys): up to steps
+    tokens after the prefix, the last of which must be the end. After each step, yields the rows decided by then, in
+    order, as (ids after the prefix, ended, dead end); stops between steps when give_up() is true."""
     device = next(iter(model.state_dict().values())).device
     T, size = model.block_size, len(keys)
     ctx = torch.zeros(size, T, dtype=torch.long, device=device)
-    for i in prefix_ids[-T:]:  # slide the prefix into the context, as if the model had drawn it
+    for i in prefix_ids[-T:]:
         ctx = torch.cat([ctx[:, 1:], torch.full((size, 1), i, device=device)], dim=1)
-    tokens = torch.zeros(size, min(steps, FIRST_STEPS), dtype=torch.int32)
+    tokens = torch.zeros(size, steps, dtype=torch.int32)
     length = torch.zeros(size, dtype=torch.long)  # characters drawn, once a row is decided
     ended = torch.zeros(size, dtype=torch.bool)
     dead = torch.zeros(size, dtype=torch.bool)
@@ -94,8 +77,6 @@ def draw_batch(model, prefix_ids: list[int], keys: torch.Tensor, steps: int, min
     for t in range(steps):
         if give_up is not None and give_up():
             return
-        if t == tokens.shape[1]:
-            tokens = torch.cat([tokens, torch.zeros(size, min(t, steps - t), dtype=tokens.dtype)], dim=1)
         banned = None
         if len(prefix_ids) + t < min_len:
             banned = torch.ones(rows.numel(), dtype=torch.bool, device=device)
@@ -123,13 +104,9 @@ def draw_batch(model, prefix_ids: list[int], keys: torch.Tensor, steps: int, min
 
 
 def _draw(probs: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One token per row of probs (B, V) given a uniform number per row u (B,), and which rows had no
-    token to draw (all zero or NaN).
-
-    By inverting the cumulative distribution: the first token whose cumulative probability exceeds u
-    times the total, so a token of probability 0 is never drawn. Far quicker than torch.multinomial for
-    many short rows.
-    """
+    """One token per row of probs (B, V) for a uniform number per row u (B,), and which rows had no token to draw
+    (all zero or NaN). Inverting the cumulative distribution never draws a token of probability 0 and is far
+    quicker than torch.multinomial for many short rows."""
     cdf = probs.cumsum(-1)
     total = cdf[:, -1:]
     stuck = ~(total[:, 0] > 0)
@@ -139,32 +116,82 @@ def _draw(probs: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 
 
 class Sampler:
-    """One request's drawing, streamed: iterate it (or its groups()) for the items as they are found, then
-    read complete and report(); collect() gathers them into a Samples list instead.
-
-    key: the random stream (stream.key_of(seed)). cap: the model's length cap for the request
-    (constraints.length_cap): longer items are never drawn. data_items: the items of the training data, for
-    request.new. Refuses, when made, a request that can never be met; notes holds what to tell the user
-    before drawing (a --max-len above the cap). The batches' rows fit the memory this process may use
-    (memory.rows_that_fit), or a MakemoreError says that not one row fits.
-    """
+    """One request's drawing: iterate it (or its groups()) for the items as they are found, then read complete and
+    report(); collect() gathers them into Samples. Counts every draw as kept or rejected and why, but holds no kept
+    item (a stream of them may be endless), only --unique's seen set."""
 
     def __init__(self, model, vocab, request: Request, key: int, cap: int, data_items=frozenset(),
                  progress: bool = False):
-        self.tally = Tally(request, vocab, cap, data_items)
-        self.notes = self.tally.notes
+        """Refuses a request that can never be met; notes: what to tell the user before drawing. key: the random
+        stream (stream.key_of); cap: the model's length cap (constraints.length_cap); data_items: for request.new."""
+        self.pattern, self.notes = check(request, vocab, cap)
         self.model, self.vocab, self.request, self.key, self.progress = model, vocab, request, key, progress
+        self.data_items = data_items
+        self.cap = min(request.max_len, cap) if request.max_len is not None else cap
+        self.steps = self.cap - len(request.prefix) + 1  # tokens after the prefix: the characters allowed, the end
+        self.found = self.draws = 0
+        self.seen: set[str] = set()
+        self.rejected = dict.fromkeys(REASONS, 0)
+        self.timed_out: tuple[int, int] | None = None  # when stopped for time: draws cut short, at what length
         device = next(iter(model.state_dict().values())).device
         self.rows = min(memory.rows_that_fit(type(model), model.config, len(vocab), device, MAX_BATCH),
-                        max(1, BATCH_NUMBERS // len(vocab)), max(1, BATCH_TOKENS // self.tally.steps()))
+                        max(1, BATCH_NUMBERS // len(vocab)), max(1, BATCH_TOKENS // self.steps))
 
     @property
     def complete(self) -> bool:
-        return self.tally.complete
+        return self.found >= self.request.n
+
+    def going(self) -> bool:
+        """Whether to draw again: fewer than n found, draws left in the budget and time left."""
+        return self.found < self.request.n and self.draws < self.request.budget() and self.timed_out is None
+
+    def add(self, item: str, dead: bool, ended: bool) -> bool:
+        """Judge one more draw; whether it is kept."""
+        self.draws += 1
+        reason = self._verdict(item, dead, ended)
+        if reason is not None:
+            self.rejected[reason] += 1
+            return False
+        self.found += 1
+        if self.request.unique:
+            self.seen.add(item)
+        return True
+
+    def _verdict(self, item: str, dead: bool, ended: bool) -> str | None:
+        """None when item meets every constraint, else the first reason it fails (a key of REASONS)."""
+        r = self.request
+        if dead:
+            return "dead_end"
+        if not ended:
+            # a --max-len above the cap: what the cap cut did not end within it, not longer than asked
+            return "too_long" if r.max_len is not None and r.max_len <= self.cap else "no_end"
+        if r.suffix and not item.endswith(r.suffix):
+            return "suffix"
+        if self.pattern is not None and self.pattern.fullmatch(item) is None:
+            return "regex"
+        if r.new and item in self.data_items:
+            return "in_data"
+        if item in r.exclude:
+            return "excluded"
+        if r.unique and item in self.seen:
+            return "repeat"
+        return None
 
     def report(self) -> str:
-        """One line: how the drawing went (constraints.report_line)."""
-        return self.tally.report()
+        """One line: asked for 100, found 87 in 20,000 draws (acceptance 0.4%; 9,411 were in the data, ...),
+        and when drawing stopped for time, after how long (and how far the draws cut short had gone)."""
+        pct = 100 * self.found / self.draws if self.draws else 0.0
+        shown = "0" if pct == 0 else f"{pct:.1f}" if pct >= 0.1 else f"{pct:.2g}"
+        parts = [f"{n:,} {REASONS[reason].format(cap=self.cap)}" for reason, n in self.rejected.items() if n]
+        stopped = ""
+        if self.timed_out is not None:
+            stopped = f", stopped after {self.request.patience:g} s without a new item"
+            going, length = self.timed_out
+            if going and not self.draws:  # nothing else says why: a batch of long draws took all the time
+                parts.append(f"{going:,} cut short at {length:,} character{'s' * (length != 1)}")
+        details = "; " + ", ".join(parts) if parts else ""
+        return (f"asked for {self.request.n:,}, found {self.found:,} in {self.draws:,} draws{stopped} "
+                f"(acceptance {shown}%{details})")
 
     def __iter__(self) -> Iterator[str]:
         for group in self.groups():
@@ -172,57 +199,48 @@ class Sampler:
 
     def collect(self) -> Samples:
         """Every item, as a Samples list; NothingFound when none was found."""
-        items = list(self)
-        return self.tally.samples(items)
+        return Samples(list(self), self)
 
     def groups(self) -> Iterator[list[str]]:
-        """The items kept, in the order drawn, a list at a time as soon as each step of drawing finds them.
-        Ends when request.n are found, the budget of draws is spent or no item has been found for
-        request.patience seconds; then raises NothingFound if items were asked for and none was found."""
-        r, tally = self.request, self.tally
-        prefix_ids = self.vocab.encode(r.prefix)
-        chars, steps = self.vocab.chars, tally.steps()
+        """The items kept, in the order drawn, a list at a time as soon as each step of drawing finds them; then
+        NothingFound if items were asked for and none was found."""
+        r = self.request
+        prefix_ids, chars = self.vocab.encode(r.prefix), self.vocab.chars
         last_found = time.monotonic()
 
         def out_of_patience() -> bool:
             return r.patience is not None and time.monotonic() - last_found > r.patience
 
         batches = first = 0
-        bar = None
-        if self.progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=r.n, delay=1.0, leave=False, file=sys.stderr, unit="item", desc="sampling")
-        try:
-            while tally.going():
-                size = min(self.rows, FIRST_BATCH << min(batches, 10), r.budget() - tally.draws)
+        with tqdm(total=r.n, delay=1.0, leave=False, file=sys.stderr, unit="item", desc="sampling",
+                  disable=not self.progress) as bar:
+            while self.going():
+                size = min(self.rows, FIRST_BATCH << min(batches, 10), r.budget() - self.draws)
                 batches += 1
                 keys = stream.item_keys(self.key, torch.arange(first, first + size))
                 first += size
                 taken = told = 0  # steps of the batch, rows of it judged
-                for drawn in draw_batch(self.model, prefix_ids, keys, steps, r.min_len, r.temperature, r.top_k,
+                for drawn in draw_batch(self.model, prefix_ids, keys, self.steps, r.min_len, r.temperature, r.top_k,
                                         r.top_p, give_up=out_of_patience):
                     taken, told = taken + 1, told + len(drawn)
                     kept = []
                     for ids, ended, dead in drawn:
                         item = r.prefix + "".join(chars[i] for i in ids)
-                        if tally.add(item, dead, ended):
+                        if self.add(item, dead, ended):
                             kept.append(item)
-                            if not tally.going():
+                            if not self.going():
                                 break
                     if kept:
-                        if bar is not None:
-                            bar.update(len(kept))
+                        bar.update(len(kept))
                         yield kept
                         last_found = time.monotonic()  # the time the caller spent on them is not drawing
-                    if not tally.going():
+                    if not self.going():
                         break
-                if tally.going() and out_of_patience():
-                    tally.stop_for_time(size - told, len(r.prefix) + taken)
-        finally:
-            if bar is not None:
-                bar.close()
-        tally.check_found()
+                if self.going() and out_of_patience():
+                    self.timed_out = (size - told, len(r.prefix) + taken)
+        if r.n and not self.found:
+            more = "--patience" if self.timed_out is not None else "--max-tries"
+            raise NothingFound(f"{self.report()}; loosen the constraints or raise {more}")
 
 
 @torch.no_grad()
