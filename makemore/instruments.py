@@ -1,7 +1,5 @@
-"""The lecture's instruments: the probability of every transition of an item, and the learning-rate sweep.
-
-Neither draws anything; the pictures are in makemore.plots, which needs matplotlib.
-"""
+"""The lecture's instruments: the probability of every transition of an item, the learning-rate sweep, and the
+numbers behind the plots (drawn by makemore.plots)."""
 from __future__ import annotations
 
 import math
@@ -22,11 +20,8 @@ from makemore.train import TrainStep, chunk_rows
 @torch.no_grad()
 def score(model, vocab, items: list[str]) -> list[dict]:
     """For each item, every transition (context -> next character) with its probability and log-probability,
-    then the item's total and mean negative log-likelihood (nats).
-
-    A transition the model gives probability 0 (an unsmoothed counting model) has log-probability -inf and
-    makes the item's loss inf, as the lecture's 'andrejq' does; nothing here divides by it.
-    """
+    then the item's total and mean negative log-likelihood (nats): inf where a transition has probability 0
+    (an unsmoothed counting model), as the lecture's 'andrejq' does."""
     if not items:
         return []
     if "" in items:
@@ -116,15 +111,11 @@ def suggest(losses: list[float]) -> tuple[int, int, int | None, list[float]]:
     return next(i for i, s in enumerate(valley) if s <= near), floor_step, blowup, smoothed
 
 
-def lr_sweep(net, train_set, optimizer, lrs: torch.Tensor, batch_size: int, seed: int,
-             penalty: float = 0.0, progress: bool = True, governor: Governor | None = None) -> Sweep:
-    """Train net from its current (fresh) state for len(lrs) steps, step i at rate lrs[i], recording the
-    minibatch loss; stops early once the loss is no longer finite or has blown up far above its minimum.
-    penalty: the weight decay's term in the loss (TrainConfig.penalty).
-
-    The steps and their batches are the training loop's own (makemore.train.TrainStep, BatchSampler), and
-    so is the governor of the thread count (makemore.threads)."""
-    governor = governor or Governor.keeping(torch.get_num_threads())
+def lr_sweep(net, train_set, optimizer, lrs: torch.Tensor, batch_size: int, seed: int, penalty: float,
+             progress: bool, governor: Governor) -> Sweep:
+    """Train net from its fresh state for len(lrs) steps, step i at rate lrs[i], with the training loop's steps
+    and batches, recording the minibatch loss; stops once the loss is not finite or has blown up far above its
+    minimum. penalty: the weight decay's term in the loss (TrainConfig.penalty)."""
     losses: list[float] = []
     best = ema = math.inf
     net.train()

@@ -18,7 +18,6 @@ class PlotUnavailable(MakemoreError):
 def _axes(width: float, height: float):
     """The axes of a new figure of width x height inches."""
     try:
-        import matplotlib  # noqa: F401  (fails first, and clearly, when the extra is missing)
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
@@ -47,7 +46,6 @@ def _save(ax, path: Path, dpi: int) -> Path:
 
     from PIL import Image  # matplotlib's own dependency
 
-    path = Path(path)
     buffer = io.BytesIO()
     ax.figure.savefig(buffer, format="png", dpi=dpi)
     image = Image.open(buffer).convert("RGB").quantize(colors=128)
