@@ -27,9 +27,8 @@ def score(model, vocab, items: list[str]) -> list[dict]:
     if "" in items:
         # the dataset builder has no example for an empty item, and no data file holds one
         raise DataError("cannot score an empty item; give items of at least one character")
-    T = model.block_size
     device = next(iter(model.state_dict().values())).device
-    ds = build_dataset(items, vocab, T).to(device)
+    ds = build_dataset(items, vocab, model.block_size).to(device)
     model.eval()
     shown = [vocab.show(c) for c in vocab.chars]
     # a chunk at a time, sized to fit (a wide context makes each row large), its contexts spelt out as it goes
@@ -85,9 +84,8 @@ def smooth(values: list[float], window: int) -> list[float]:
 
 # The loss has "blown up" once it is this many times the lowest smoothed loss so far (fastai stops at 4x).
 BLOWUP_FACTOR = 4.0
-# The suggestion is the near edge of the valley: the first rate whose smoothed loss has come down to within
-# this fraction of the whole descent of the floor. The floor itself often lies at the far edge, a hair from
-# blowing up; on names.txt the near edge gives the lecture's 0.1 for SGD and our default 3e-3 for AdamW.
+# The suggestion is the valley's near edge (its floor is often a hair from blowing up): the first rate within this
+# fraction of the descent above the floor; on names.txt, the lecture's 0.1 for SGD and our 3e-3 for AdamW.
 VALLEY_TOLERANCE = 0.1
 
 

@@ -74,12 +74,9 @@ def log_linear_loss(L: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> float:
 
 def fit_log_linear(L: torch.Tensor, y: torch.Tensor, iterations: int = 100,
                    tol: float = TOLERANCE) -> tuple[torch.Tensor, list[float]]:
-    """Weights w >= 0 minimising log_linear_loss, from w_i = 1/M (the geometric mean); and the loss after each step.
-
-    The loss is convex in w: its gradient is the mean over targets of E_q[L_i] - L_i(target) and its Hessian the
-    covariance of the L_i under the mixture q. Each step is a Newton step on the weights not held at 0 (a weight
-    at 0 whose gradient pushes it below stays there), halved until the loss falls; a few steps suffice.
-    """
+    """Weights w >= 0 minimising log_linear_loss (convex in w), from w_i = 1/M, and the loss after each step: Newton
+    steps (gradient: mean of E_q[L_i] - L_i(target); Hessian: the covariance of the L_i under the mixture q) on the
+    weights not held at 0 by their gradient, halved until the loss falls."""
     L, y = L.double(), y.long()
     N, M, V = L.shape
     w = torch.full((M,), 1.0 / M, dtype=torch.float64)

@@ -2,6 +2,7 @@
 the Agg canvas (no pyplot state, no display). Without it the plot commands fail with PlotUnavailable."""
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -42,8 +43,6 @@ def available() -> bool:
 
 def _save(ax, path: Path, dpi: int) -> Path:
     """Write ax's figure as a PNG of at most 128 colours: a quarter of the bytes, no visible change on these plots."""
-    import io
-
     from PIL import Image  # matplotlib's own dependency
 
     buffer = io.BytesIO()

@@ -25,16 +25,14 @@ class Bigram(NGram):
 
     Config = BigramConfig
 
-    @property
-    def N(self) -> torch.Tensor:
+    def bigram_counts(self) -> torch.Tensor:
         """The lecture's dense (V, V) count table N[prev, next], rebuilt from the stored bigrams."""
         V = self.vocab_size
         N = torch.zeros(V * V, dtype=torch.float64, device=self.counts_2.device)
         N[self.ngrams_2.long()] = self.counts_2.double()
         return N.view(V, V)
 
-    def bigram_counts(self) -> torch.Tensor:
-        return self.N
+    N = property(bigram_counts)  # the lecture's name for it
 
     def probs(self) -> torch.Tensor:
         """The lecture's (V, V) table P[prev, next]."""

@@ -97,9 +97,8 @@ def _key_dtype(bound: int) -> torch.dtype:
 
 @register("ngram")
 class NGram(Model):
-    """Saved per order n = 1..block_size+1: the sorted keys of the n-grams that occur (token ids in base V, the
-    oldest character most significant) and their counts. Derived when fitted or loaded: per order the seen
-    contexts with their rows of alpha(h, w) and gamma(h), and the whole distribution of each seen context."""
+    """Saves per order n = 1..block_size+1 the sorted keys of the n-grams that occur (token ids in base V, the
+    oldest character most significant) and their counts; the lookup tables are derived from them (_derive)."""
 
     Config = NGramConfig
     counts = True
@@ -148,8 +147,6 @@ class NGram(Model):
         self.register_load_state_dict_pre_hook(NGram._take_stored_shapes)
         self.register_load_state_dict_post_hook(NGram._check_and_derive)
 
-    # ---- counting ----
-
     def fit(self, dataset) -> None:
         """Count the (K+1)-grams chunk by chunk (sort + unique), then the shorter orders from them."""
         K, V = self.block_size, self.vocab_size
@@ -189,8 +186,6 @@ class NGram(Model):
                 D = self.config.discount or estimate_discounts(counts_n)
                 self.discounts[n - 1] = torch.tensor(D, dtype=torch.float64)
         self._derive()
-
-    # ---- the tables a forward pass reads ----
 
     def _derive(self) -> None:
         """From the stored keys and counts, the per-order lookup tables (buffers that are not saved)."""
@@ -301,8 +296,6 @@ class NGram(Model):
         if not bool(((module.discounts >= 0) & (module.discounts <= limits)).all()):
             raise ValueError("a discount is outside 0 <= Dr <= r")
         module._derive()
-
-    # ---- the model contract ----
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Log-probabilities (B, V) in float64: the row of the longest seen context, then the orders kept
