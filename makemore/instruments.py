@@ -1,7 +1,5 @@
-"""The lecture's instruments: the probability of every transition of an item, and the learning-rate sweep.
-
-Neither draws anything; the pictures are in makemore.plots, which needs matplotlib.
-"""
+"""The lecture's instruments: the probability of every transition of an item, the learning-rate sweep, and the
+numbers behind the plots (drawn by makemore.plots)."""
 from __future__ import annotations
 
 import math
@@ -22,19 +20,15 @@ from makemore.train import TrainStep, chunk_rows
 @torch.no_grad()
 def score(model, vocab, items: list[str]) -> list[dict]:
     """For each item, every transition (context -> next character) with its probability and log-probability,
-    then the item's total and mean negative log-likelihood (nats).
-
-    A transition the model gives probability 0 (an unsmoothed counting model) has log-probability -inf and
-    makes the item's loss inf, as the lecture's 'andrejq' does; nothing here divides by it.
-    """
+    then the item's total and mean negative log-likelihood (nats): inf where a transition has probability 0
+    (an unsmoothed counting model), as the lecture's 'andrejq' does."""
     if not items:
         return []
     if "" in items:
         # the dataset builder has no example for an empty item, and no data file holds one
         raise DataError("cannot score an empty item; give items of at least one character")
-    T = model.block_size
     device = next(iter(model.state_dict().values())).device
-    ds = build_dataset(items, vocab, T).to(device)
+    ds = build_dataset(items, vocab, model.block_size).to(device)
     model.eval()
     shown = [vocab.show(c) for c in vocab.chars]
     # a chunk at a time, sized to fit (a wide context makes each row large), its contexts spelt out as it goes
@@ -90,9 +84,8 @@ def smooth(values: list[float], window: int) -> list[float]:
 
 # The loss has "blown up" once it is this many times the lowest smoothed loss so far (fastai stops at 4x).
 BLOWUP_FACTOR = 4.0
-# The suggestion is the near edge of the valley: the first rate whose smoothed loss has come down to within
-# this fraction of the whole descent of the floor. The floor itself often lies at the far edge, a hair from
-# blowing up; on names.txt the near edge gives the lecture's 0.1 for SGD and our default 3e-3 for AdamW.
+# The suggestion is the valley's near edge (its floor is often a hair from blowing up): the first rate within this
+# fraction of the descent above the floor; on names.txt, the lecture's 0.1 for SGD and our 3e-3 for AdamW.
 VALLEY_TOLERANCE = 0.1
 
 
@@ -116,15 +109,11 @@ def suggest(losses: list[float]) -> tuple[int, int, int | None, list[float]]:
     return next(i for i, s in enumerate(valley) if s <= near), floor_step, blowup, smoothed
 
 
-def lr_sweep(net, train_set, optimizer, lrs: torch.Tensor, batch_size: int, seed: int,
-             penalty: float = 0.0, progress: bool = True, governor: Governor | None = None) -> Sweep:
-    """Train net from its current (fresh) state for len(lrs) steps, step i at rate lrs[i], recording the
-    minibatch loss; stops early once the loss is no longer finite or has blown up far above its minimum.
-    penalty: the weight decay's term in the loss (TrainConfig.penalty).
-
-    The steps and their batches are the training loop's own (makemore.train.TrainStep, BatchSampler), and
-    so is the governor of the thread count (makemore.threads)."""
-    governor = governor or Governor.keeping(torch.get_num_threads())
+def lr_sweep(net, train_set, optimizer, lrs: torch.Tensor, batch_size: int, seed: int, penalty: float,
+             progress: bool, governor: Governor) -> Sweep:
+    """Train net from its fresh state for len(lrs) steps, step i at rate lrs[i], with the training loop's steps
+    and batches, recording the minibatch loss; stops once the loss is not finite or has blown up far above its
+    minimum. penalty: the weight decay's term in the loss (TrainConfig.penalty)."""
     losses: list[float] = []
     best = ema = math.inf
     net.train()

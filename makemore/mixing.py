@@ -1,22 +1,11 @@
-"""Mix trained checkpoints into one model, with weights fitted on the dev split. Two kinds of mixture:
-
-- log-linear (Klakow 1998, "Log-linear interpolation of language models"): p(v) proportional to
-  prod_i p_i(v)^w_i, weights w_i >= 0 of any sum, fitted by Newton's method (fit_log_linear);
-- linear (Bengio et al. 2003): p = sum_i w_i p_i, weights summing to 1, fitted by expectation-maximisation.
-
-Linear: with p_ti the probability component i gives to the t-th dev character, the mixture's dev loss is
--mean_t log sum_i w_i p_ti. EM alternates between how much each component explains each character
-(responsibilities r_ti = w_i p_ti / sum_j w_j p_tj) and new weights w_i = mean_t r_ti; every step can
-only lower the loss (Dempster, Laird and Rubin 1977), and on two or three components it settles in a
-few dozen cheap steps.
-"""
+"""Fitting a mixture's weights (makemore.models.mixture) on the dev split: linear ones by expectation-maximisation
+(em), log-linear ones by Newton's method (fit_log_linear)."""
 from __future__ import annotations
 
 import torch
 
-from makemore import memory
 from makemore.models.base import next_log_probs
-from makemore.train import long_work
+from makemore.train import chunk_rows, long_work
 
 KINDS = ("log-linear", "linear")
 MAX_ITERATIONS = 500
@@ -29,11 +18,9 @@ FIT_NUMBERS = 1 << 24  # log-probabilities (float64) held for a log-linear fit: 
 
 
 def em(P: torch.Tensor, iterations: int = MAX_ITERATIONS, tol: float = TOLERANCE) -> tuple[torch.Tensor, list[float]]:
-    """Mixture weights maximising mean log sum_i w_i P[t, i], from uniform; and the loss after each step.
-
-    P is (N, M): the probability each of M components gives to each of N targets. Targets that no
-    component can produce (every P[t] zero) are left out: their loss is infinite whatever the weights.
-    """
+    """Linear weights maximising mean_t log sum_i w_i P[t, i], from uniform, and the loss after each step. P (N, M):
+    each component's probability of each target; a target that none can produce (its loss infinite whatever the
+    weights) is left out. Each step's weights are the mean responsibilities; no step raises the loss."""
     P = P.double()
     P = P[P.sum(1) > 0]
     M = P.shape[1]
@@ -49,36 +36,33 @@ def em(P: torch.Tensor, iterations: int = MAX_ITERATIONS, tol: float = TOLERANCE
     return w, losses
 
 
-def forward_rows(models: list, device: torch.device, wanted: int = 16384) -> int:
-    """Rows of one chunk that every model's forward pass fits (makemore.memory.rows_that_fit), the models
-    taking turns on it."""
-    return min(memory.rows_that_fit(type(m), m.config, m.vocab_size, device, wanted) for m in models)
-
-
-def _subset(n_all: int, n: int, seed: int) -> torch.Tensor:
-    """n of the indices below n_all, in order: all of them, or a random subset."""
-    if n >= n_all:
-        return torch.arange(n_all)
-    return torch.randperm(n_all, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+def _scores(models: list, dataset, n: int, seed: int, rows: int, progress: bool, score) -> tuple:
+    """score(x, y) (on the CPU) of n of the dataset's examples in order, all or a random subset, and their
+    targets; in chunks of at most rows that every model's forward pass fits (the models take turns on one)."""
+    if n < len(dataset):
+        ix = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    else:
+        ix = torch.arange(len(dataset))
+    ix = ix.to(dataset.positions.device)
+    rows = min([rows] + [chunk_rows(m, 16384, dataset.positions.device) for m in models])
+    parts, targets = [], []
+    with torch.no_grad(), long_work(-(-n // rows), progress, "scoring dev") as bar:
+        for start in range(0, n, rows):
+            x, y = dataset.batch(ix[start:start + rows])
+            parts.append(score(x, y))
+            targets.append(y.cpu())
+            bar.update()
+    return torch.cat(parts), torch.cat(targets)
 
 
 def target_probs(models: list, dataset, limit: int = FIT_NUMBERS, seed: int = 0,
                  progress: bool = False) -> torch.Tensor:
-    """(N, M): each model's probability of every target of the dataset, each reading its own block_size; of a
-    random subset of the targets, in order, when all would hold more than limit numbers (EM then fits on
-    those, as fit_log_linear does on its subset)."""
-    n = min(len(dataset), max(1, limit // len(models)))
-    keep = torch.zeros(len(dataset), dtype=torch.bool)
-    keep[_subset(len(dataset), n, seed)] = True
-    parts, start = [], 0
-    rows = forward_rows(models, dataset.positions.device)
-    with torch.no_grad(), long_work(-(-len(dataset) // rows), progress, "scoring dev") as bar:
-        for x, y in dataset.chunks(rows):
-            logp = torch.stack([next_log_probs(m, x).gather(1, y[:, None]).squeeze(1).cpu() for m in models], 1)
-            parts.append(logp[keep[start:start + len(logp)]].exp())
-            start += len(logp)
-            bar.update()
-    return torch.cat(parts)
+    """(N, M): each model's probability of every target of the dataset, or of a random subset of them when all
+    would hold more than limit numbers (EM then fits on those)."""
+    def probs(x, y):
+        return torch.stack([next_log_probs(m, x).gather(1, y[:, None]).squeeze(1).cpu() for m in models], 1).exp()
+
+    return _scores(models, dataset, min(len(dataset), max(1, limit // len(models))), seed, 16384, progress, probs)[0]
 
 
 def log_linear_loss(L: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> float:
@@ -90,12 +74,9 @@ def log_linear_loss(L: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> float:
 
 def fit_log_linear(L: torch.Tensor, y: torch.Tensor, iterations: int = 100,
                    tol: float = TOLERANCE) -> tuple[torch.Tensor, list[float]]:
-    """Weights w >= 0 minimising log_linear_loss, from w_i = 1/M (the geometric mean); and the loss after each step.
-
-    The loss is convex in w: its gradient is the mean over targets of E_q[L_i] - L_i(target) and its Hessian the
-    covariance of the L_i under the mixture q. Each step is a Newton step on the weights not held at 0 (a weight
-    at 0 whose gradient pushes it below stays there), halved until the loss falls; a few steps suffice.
-    """
+    """Weights w >= 0 minimising log_linear_loss (convex in w), from w_i = 1/M, and the loss after each step: Newton
+    steps (gradient: mean of E_q[L_i] - L_i(target); Hessian: the covariance of the L_i under the mixture q) on the
+    weights not held at 0 by their gradient, halved until the loss falls."""
     L, y = L.double(), y.long()
     N, M, V = L.shape
     w = torch.full((M,), 1.0 / M, dtype=torch.float64)
@@ -133,15 +114,9 @@ def log_probs(models: list, dataset, vocab_size: int, limit: int = FIT_NUMBERS,
               seed: int = 0, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, M, V) each model's log-probabilities (float64, floored at LOG_FLOOR) and (N,) the targets, for every
     example of the dataset, or for a random subset of them when all would hold more than limit numbers."""
-    n = min(len(dataset), max(1, limit // (len(models) * vocab_size)))
-    ix = _subset(len(dataset), n, seed).to(dataset.positions.device)
-    # a chunk's (rows, M, V) log-probabilities are held at once, besides each model's forward pass
-    rows = min(forward_rows(models, dataset.positions.device), max(1, limit // (len(models) * vocab_size)))
-    parts, targets = [], []
-    with torch.no_grad(), long_work(-(-n // rows), progress, "scoring dev") as bar:
-        for start in range(0, n, rows):
-            x, y = dataset.batch(ix[start:start + rows])
-            parts.append(torch.stack([next_log_probs(m, x) for m in models], 1).clamp_min_(LOG_FLOOR).cpu())
-            targets.append(y.cpu())
-            bar.update()
-    return torch.cat(parts), torch.cat(targets)
+    def floored(x, y):
+        return torch.stack([next_log_probs(m, x) for m in models], 1).clamp_min_(LOG_FLOOR).cpu()
+
+    # as many examples, at most, in a chunk: its (rows, M, V) log-probabilities are held at once
+    most = max(1, limit // (len(models) * vocab_size))
+    return _scores(models, dataset, min(len(dataset), most), seed, most, progress, floored)

@@ -2,6 +2,7 @@
 the Agg canvas (no pyplot state, no display). Without it the plot commands fail with PlotUnavailable."""
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -18,7 +19,6 @@ class PlotUnavailable(MakemoreError):
 def _axes(width: float, height: float):
     """The axes of a new figure of width x height inches."""
     try:
-        import matplotlib  # noqa: F401  (fails first, and clearly, when the extra is missing)
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
@@ -43,11 +43,8 @@ def available() -> bool:
 
 def _save(ax, path: Path, dpi: int) -> Path:
     """Write ax's figure as a PNG of at most 128 colours: a quarter of the bytes, no visible change on these plots."""
-    import io
-
     from PIL import Image  # matplotlib's own dependency
 
-    path = Path(path)
     buffer = io.BytesIO()
     ax.figure.savefig(buffer, format="png", dpi=dpi)
     image = Image.open(buffer).convert("RGB").quantize(colors=128)

@@ -1,16 +1,11 @@
-"""A mixture of trained models, of one of two kinds:
+"""A mixture of trained models (any of the registry, mixtures included, each reading its own block_size):
 
-- linear, as in Bengio et al. (2003), "A Neural Probabilistic Language Model", section 4:
-  p(next | context) = sum_i w_i p_i(next | context), the weights summing to 1. Their network's perplexity
-  improved most when its probabilities were averaged with an interpolated n-gram's: the two are wrong in
-  different places.
-- log-linear (Klakow 1998, "Log-linear interpolation of language models"): p(next | context) proportional to
-  prod_i p_i(next | context)^w_i, weights >= 0 of any sum. A character that every component finds likely
-  gains; one that any component with weight finds unlikely loses. On the lecture's names it beats the linear
-  mixture of the same checkpoints (README, BENCHMARKS.md).
+- linear (Bengio et al. 2003, section 4): p = sum_i w_i p_i, the weights summing to 1; their network gained
+  most averaged with an interpolated n-gram, the two being wrong in different places;
+- log-linear (Klakow 1998): p proportional to prod_i p_i^w_i, weights >= 0 of any sum; on the lecture's names
+  it beats the linear mixture of the same checkpoints (BENCHMARKS.md).
 
-The components are any models of the registry (mixtures included); each reads its own block_size of the same
-context. makemore.mixing fits the weights.
+makemore.mixing fits the weights.
 """
 from __future__ import annotations
 
@@ -23,16 +18,12 @@ from torch import nn
 from makemore.errors import OptionError
 from makemore.mixing import KINDS, LOG_FLOOR, MAX_LOG_LINEAR_WEIGHT
 from makemore.models import get_model_class, register
-from makemore.models.base import Model, config_dict, next_log_probs, on_meta_device
+from makemore.models.base import Model, config_dict, next_log_probs
 
 
-# A mixture of mixtures nests at most MAX_DEPTH deep, each mixture has at most MAX_COMPONENTS components,
-# and all of it holds at most MAX_MODELS trained models: checked from the config (a checkpoint's JSON)
-# before any component is read or built. Every trained model runs at each step of evaluation and sampling,
-# so the work and the memory of a mixture grow with their number, not with its depth: nesting is for
-# mixing mixtures already made (`makemore mix` of a mixture and a model), never for more models than one
-# mixture could hold. 64 is far above what helps (ten default models are a 16 KB header and load in
-# 0.2 s); 262,144 models in a 53 MB file were still loading after 150 s.
+# Checked from the config before any component is built: every trained model runs at each step of evaluation
+# and sampling, so cost grows with their number (nesting only mixes mixtures already made). 64 is far above
+# what helps (ten default models load in 0.2 s); 262,144 models were still loading after 150 s.
 MAX_DEPTH = 4
 MAX_COMPONENTS = 64
 MAX_MODELS = 64
@@ -73,7 +64,8 @@ class Mixture(Model):
 
     @classmethod
     def config_from(cls, values: dict, complete: bool = False, depth: int = 0) -> MixtureConfig:
-        """Built by makemore mix, not by flags: the components' configs are checked by their own models."""
+        """Built by makemore mix, not by flags: each component's config is checked by its model, the nesting by
+        check_size."""
         if depth == 0:
             cls.check_size(values)
         required = {"components", "weights", "kind"} if complete else {"components", "weights"}
@@ -84,8 +76,6 @@ class Mixture(Model):
             raise OptionError(f"a mixture's kind is one of {', '.join(KINDS)}, not {str(kind)[:40]!r}")
         if not isinstance(parts, (list, tuple)) or not 1 <= len(parts) <= MAX_COMPONENTS:
             raise OptionError(f"a mixture has 1 to {MAX_COMPONENTS} components")
-        if depth >= MAX_DEPTH:
-            raise OptionError(f"mixtures nest at most {MAX_DEPTH} deep")
         components = []
         for part in parts:
             if not isinstance(part, dict) or set(part) != {"model", "config"} or not isinstance(part["model"], str):
@@ -103,10 +93,9 @@ class Mixture(Model):
 
     @classmethod
     def check_size(cls, values) -> None:
-        """OptionError for a mixture's config (as JSON holds it) that nests deeper than MAX_DEPTH or holds more
-        than MAX_MODELS trained models in all; a walk that stops as soon as either is exceeded. Each mixture
-        inside holds a model, and has at most MAX_DEPTH - 1 mixtures above it: so a config of more than
-        MAX_DEPTH * MAX_MODELS components has too many models (or a mixture of none, refused later)."""
+        """OptionError for a config (as JSON holds it) nested deeper than MAX_DEPTH or of more than MAX_MODELS
+        trained models, found by a walk that stops at the first excess. Each mixture inside holds a model and
+        has at most MAX_DEPTH - 1 above it: beyond MAX_DEPTH * MAX_MODELS components, too many models."""
         components, models, stack = 0, 0, [(values, 0)]
         while stack:
             values, depth = stack.pop()
@@ -128,11 +117,6 @@ class Mixture(Model):
             yield part_cls, part_cls.config_from(part["config"])
 
     @classmethod
-    def check_config(cls, config: MixtureConfig, vocab_size: int) -> None:
-        for part_cls, part_config in cls._parts(config):
-            part_cls.check_config(part_config, vocab_size)
-
-    @classmethod
     def expected_tensors(cls, config: MixtureConfig, vocab_size: int) -> dict:
         return {f"components.{i}.{name}": spec for i, (part_cls, part_config) in enumerate(cls._parts(config))
                 for name, spec in part_cls.expected_tensors(part_config, vocab_size).items()}
@@ -147,22 +131,19 @@ class Mixture(Model):
 
     def __init__(self, config: MixtureConfig, vocab_size: int):
         super().__init__(config, vocab_size)
-        self.components = nn.ModuleList(part_cls(part_config, vocab_size) for part_cls, part_config in self._parts(config))
-        if not on_meta_device():  # derived from the config, so not saved
-            self.register_buffer("weights", torch.tensor(config.weights, dtype=torch.float64), persistent=False)
+        self.components = nn.ModuleList(part_cls(part_config, vocab_size)
+                                        for part_cls, part_config in self._parts(config))
+        # derived from the config, so not saved
+        self.register_buffer("weights", torch.tensor(config.weights, dtype=torch.float64), persistent=False)
 
     @property
     def block_size(self) -> int:
         return max(m.block_size for m in self.components)
 
-    def component_log_probs(self, idx: torch.Tensor) -> torch.Tensor:
-        """(M, B, V) float64: each component's log-probabilities, reading its own block_size of the context."""
-        return torch.stack([next_log_probs(m, idx) for m in self.components])
-
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Linear: log sum_i w_i p_i(. | idx), in log space so that no probability underflows. Log-linear:
         sum_i w_i log p_i(. | idx), normalised; log-probabilities floored at LOG_FLOOR (makemore.mixing)."""
-        log_probs = self.component_log_probs(idx)
+        log_probs = torch.stack([next_log_probs(m, idx) for m in self.components])  # (M, B, V)
         if self.config.kind == "linear":  # log 0 = -inf: a component with weight 0 adds exactly nothing
             return torch.logsumexp(self.weights.log()[:, None, None] + log_probs, dim=0)
         return torch.log_softmax(torch.einsum("mbv,m->bv", log_probs.clamp_min(LOG_FLOOR), self.weights), dim=-1)

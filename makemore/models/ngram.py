@@ -1,32 +1,29 @@
 """Counting n-grams over the block_size context: add-k, or interpolated modified Kneser-Ney.
 
-The lecture's bigram keeps a dense V x V table; with block_size K that table would be V^(K+1) cells, almost
-all empty. This model keeps only the n-grams that occur, as sorted integer keys with their counts, and
-looks contexts up with a binary search (torch.searchsorted), so it grows with the data, not with V^K.
-
-Modified Kneser-Ney is the one of Chen and Goodman, "An Empirical Study of Smoothing Techniques for
-Language Modeling" (1998), section 3, interpolated form, as KenLM and SRILM (-kndiscount -interpolate)
-build it:
+Only the n-grams that occur are kept, as sorted integer keys with their counts (a dense table would have
+V^(K+1) cells), and contexts are looked up by binary search. Modified Kneser-Ney is Chen and Goodman's
+(1998, section 3), interpolated as KenLM and SRILM build it:
 
     p(w | h) = (c(h w) - D(c(h w))) / c(h .)  +  gamma(h) p(w | h')      gamma(h) = sum_w D(c(h w)) / c(h .)
 
-where h' is h without its oldest character, D(c) is one of three discounts D1, D2, D3+ of the order, and
-the shortest context (none) interpolates with the uniform distribution. The longest order counts
-occurrences; shorter orders count continuations: how many different characters precede h w. The
-exception is a context made only of boundary padding (the start of an item): nothing but padding can
-precede it, so (as KenLM does for <s>) its n-grams keep their real counts.
+h' is h without its oldest character, D one of the order's three discounts D1, D2, D3+, and the empty
+context interpolates with the uniform distribution. The longest order counts occurrences, shorter ones
+continuations (how many different characters precede h w), except a context of boundary padding only,
+which nothing else can precede: it keeps its real counts, as KenLM's <s>.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
+from makemore import options
 from makemore.errors import DataError, OptionError
 from makemore.models import register
-from makemore.models.base import Model, on_meta_device
-from makemore.models.smoothing import parse_discount, parse_smoothing
+from makemore.models.base import Model
 from makemore.options import option
 
 INT64_MAX = 2**63 - 1
@@ -35,25 +32,55 @@ INT64_MAX = 2**63 - 1
 DENSE_ROWS = 2**23
 
 
+def parse_smoothing(value) -> float | str:
+    """'kn' or a finite number k >= 0 (add-k)."""
+    if isinstance(value, str) and value.strip().lower() == "kn":
+        return "kn"
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"{value!r} is neither a number (add-k) nor kn")
+    try:
+        k = float(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is neither a number (add-k) nor kn") from None
+    if not 0 <= k < math.inf:
+        raise ValueError(f"{value!r} must be a finite number >= 0 (add-k), or kn")
+    return k
+
+
+def parse_discount(value) -> tuple[float, float, float] | None:
+    """None, or D or D1,D2,D3 (a string, or a list from a checkpoint) as (D1, D2, D3+), with 0 < Dr <= r, so
+    that every discounted count stays >= 0 and every seen context leaves some probability to the shorter ones."""
+    if value is None:
+        return None
+    values = options.numbers([value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value)
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3 or not all(0 < d <= r for r, d in zip((1, 2, 3), values)):
+        raise ValueError(f"{value!r} must be D or D1,D2,D3 with 0 < D1 <= 1, 0 < D2 <= 2, 0 < D3 <= 3")
+    return tuple(values)
+
+
+def smoothing_option(default):
+    """--smoothing, declared once for the n-gram models, each with its default."""
+    return option(default, "add-k (a number k >= 0) or kn (interpolated modified Kneser-Ney).", kind=str,
+                  parse=parse_smoothing, metavar="K|kn")
+
+
 @dataclass
 class NGramConfig:
     # 5 is the best on the lecture's names (BENCHMARKS.md, tuning notes); beyond 16 characters almost every
     # context is seen once, so the longest orders only add memory
     block_size: int = option(5, "Characters of context.", low=1, high=16)  # it counts (block_size+1)-grams
-    # add-1 is the lecture's bigram; Kneser-Ney is the best counting smoother (Chen & Goodman 1998)
-    smoothing: float | str = option("kn", "add-k (a number k >= 0) or kn (interpolated modified Kneser-Ney).",
-                                    kind=str, parse=parse_smoothing, metavar="K|kn")
+    # Kneser-Ney is the best counting smoother (Chen & Goodman 1998)
+    smoothing: float | str = smoothing_option("kn")
     discount: tuple | None = option(None, "With --smoothing kn: the discounts D or D1,D2,D3+ of every order "
                                     "(none: estimated per order from the counts).", kind=str,
                                     parse=parse_discount, metavar="D|D1,D2,D3")
 
 
 def estimate_discounts(counts: torch.Tensor) -> list[float]:
-    """Chen & Goodman's D1, D2, D3+ from the numbers n1..n4 of n-grams seen exactly 1..4 times.
-
-    On tiny data a count of counts can be 0 and an estimate meaningless; such a discount falls back to
-    Ney's single absolute discount Y = n1 / (n1 + 2 n2) (or 0.5 without any n1).
-    """
+    """Chen & Goodman's D1, D2, D3+ from the numbers n1..n4 of n-grams seen exactly 1..4 times; where tiny data
+    makes one meaningless, Ney's single discount Y = n1 / (n1 + 2 n2) (or 0.5 without any n1)."""
     n1, n2, n3, n4 = (int((counts == r).sum()) for r in (1, 2, 3, 4))
     Y = n1 / (n1 + 2 * n2) if n1 else 0.5
     found = []
@@ -70,15 +97,8 @@ def _key_dtype(bound: int) -> torch.dtype:
 
 @register("ngram")
 class NGram(Model):
-    """Counts every (block_size+1)-gram of the training data and the shorter n-grams inside them.
-
-    Stored (the checkpoint): per order n = 1..block_size+1, the sorted keys of the n-grams that occur,
-    key = sum of token ids times powers of V (the oldest character most significant), and their counts
-    (continuation counts below the top order under kn). Derived when fitted or loaded: per order the
-    contexts that occur, the start of each context's row of n-grams, the interpolation terms alpha(h, w)
-    and gamma(h) of the formula above, and the whole distribution of each seen context, so that a forward
-    pass finds each context's longest seen suffix (one binary search per order) and reads its row.
-    """
+    """Saves per order n = 1..block_size+1 the sorted keys of the n-grams that occur (token ids in base V, the
+    oldest character most significant) and their counts; the lookup tables are derived from them (_derive)."""
 
     Config = NGramConfig
     counts = True
@@ -110,30 +130,22 @@ class NGram(Model):
         """The count tables' lengths depend on the data (None); the discounts are one row per order."""
         cls.check_config(config, vocab_size)
         K = config.block_size
-        tables = {}
-        for n in range(1, K + 2):
-            tables[f"ngrams_{n}"] = ((torch.int32, torch.int64), (None,))
-            tables[f"counts_{n}"] = ((torch.int32, torch.int64), (None,))
-        tables["discounts"] = (torch.float64, (K + 1, 3))
-        return tables
+        tables = {f"{kind}_{n}": ((torch.int32, torch.int64), (None,))
+                  for n in range(1, K + 2) for kind in ("ngrams", "counts")}
+        return tables | {"discounts": (torch.float64, (K + 1, 3))}
 
     def __init__(self, config: NGramConfig, vocab_size: int):
         super().__init__(config, vocab_size)
         K = config.block_size
-        self.smoothing = config.smoothing
-        self.kn = self.smoothing == "kn"
-        self.given_discount = config.discount
+        self.kn = config.smoothing == "kn"
         for n in range(1, K + 2):
             self.register_buffer(f"ngrams_{n}", torch.zeros(0, dtype=torch.int64))
             self.register_buffer(f"counts_{n}", torch.zeros(0, dtype=torch.int64))
         # the discounts used per order (row n-1 for n-grams of length n), kept for inspection and loading
         self.register_buffer("discounts", torch.zeros(K + 1, 3, dtype=torch.float64))
-        if not on_meta_device():  # the tables are derived once loaded (the meta device has no unique())
-            self._derive()
+        self._derive()
         self.register_load_state_dict_pre_hook(NGram._take_stored_shapes)
         self.register_load_state_dict_post_hook(NGram._check_and_derive)
-
-    # ---- counting ----
 
     def fit(self, dataset) -> None:
         """Count the (K+1)-grams chunk by chunk (sort + unique), then the shorter orders from them."""
@@ -171,11 +183,9 @@ class NGram(Model):
             setattr(self, f"ngrams_{n}", keys_n.to(_key_dtype(V**n)))
             setattr(self, f"counts_{n}", counts_n.to(_key_dtype(top_count)))
             if self.kn:
-                D = self.given_discount or estimate_discounts(counts_n)
+                D = self.config.discount or estimate_discounts(counts_n)
                 self.discounts[n - 1] = torch.tensor(D, dtype=torch.float64)
         self._derive()
-
-    # ---- the tables a forward pass reads ----
 
     def _derive(self) -> None:
         """From the stored keys and counts, the per-order lookup tables (buffers that are not saved)."""
@@ -198,16 +208,15 @@ class NGram(Model):
                 alpha = (c - d) / total[inverse]
                 gamma = torch.zeros(len(ctx), **f64).index_add_(0, inverse, d) / total
             else:
-                k = float(self.smoothing)
+                k = float(self.config.smoothing)
                 # add-k: (c + k) / (total + kV) = c / (total + kV) + gamma / V with gamma = kV / (total + kV),
                 # written so that a huge k (kV beyond float64) gives the uniform distribution, not inf / inf
                 denom = total + k * V
                 alpha = c / denom[inverse]
                 gamma = 1 / (1 + total / k / V)
-            start = torch.zeros(len(ctx) + 1, dtype=torch.int64, device=device)
-            start[1:] = torch.cumsum(width, 0)
             self.register_buffer(f"ctx_{n}", ctx, persistent=False)
-            self.register_buffer(f"start_{n}", start, persistent=False)
+            # where each context's n-grams start in the table, and (last) where the table ends
+            self.register_buffer(f"start_{n}", F.pad(torch.cumsum(width, 0), (1, 0)), persistent=False)
             self.register_buffer(f"next_{n}", keys % V, persistent=False)
             self.register_buffer(f"alpha_{n}", alpha, persistent=False)
             self.register_buffer(f"gamma_{n}", gamma, persistent=False)
@@ -222,7 +231,8 @@ class NGram(Model):
                 break
             suffixes = [ctx % V**k for k in range(n - 1)]
             rows = self._longest_seen(suffixes) * getattr(self, f"gamma_{n}")[:, None]
-            self._add_alphas(rows, n, torch.arange(len(ctx), device=device), torch.ones(len(ctx), dtype=torch.bool, device=device))
+            seen = torch.arange(len(ctx), device=device)
+            self._add_alphas(rows, n, seen, torch.ones_like(seen, dtype=torch.bool))
             self.first_row.append(len(self.rows))
             self.rows = torch.cat([self.rows, rows])
             self.dense_orders = n
@@ -262,8 +272,7 @@ class NGram(Model):
 
     @staticmethod
     def _take_stored_shapes(module, state_dict: dict, prefix: str, *args) -> None:
-        """Before loading: the stored tables have data-dependent sizes, so each takes the checkpoint's shape and
-        type."""
+        """Before loading: the tables' sizes depend on the data, so each takes the checkpoint's shape and type."""
         for n in range(1, module.block_size + 2):
             for name in (f"ngrams_{n}", f"counts_{n}"):
                 stored = state_dict.get(prefix + name)
@@ -272,16 +281,11 @@ class NGram(Model):
 
     @staticmethod
     def _check_and_derive(module, incompatible_keys) -> None:
-        """After loading: the tables are checked, then the lookup tables derived from them."""
-        module._check_tables()
-        module._derive()
-
-    def _check_tables(self) -> None:
-        """Raise ValueError unless the stored tables are what fit() makes: per order, keys of n-grams of this
-        vocabulary in increasing order with positive counts, and discounts 0 <= Dr <= r."""
-        V = self.vocab_size
-        for n in range(1, self.block_size + 2):
-            keys, counts = getattr(self, f"ngrams_{n}").long(), getattr(self, f"counts_{n}")
+        """After loading: ValueError unless the tables are what fit() makes (per order, increasing keys of n-grams
+        of this vocabulary with positive counts; discounts 0 <= Dr <= r), then the lookup tables derived."""
+        V = module.vocab_size
+        for n in range(1, module.block_size + 2):
+            keys, counts = getattr(module, f"ngrams_{n}").long(), getattr(module, f"counts_{n}")
             if len(keys) != len(counts):
                 raise ValueError(f"order {n} has {len(keys)} n-grams but {len(counts)} counts")
             if len(keys) and (int(keys[0]) < 0 or int(keys[-1]) >= V**n or not bool((keys[1:] > keys[:-1]).all())):
@@ -289,10 +293,9 @@ class NGram(Model):
             if len(counts) and int(counts.min()) < 1:
                 raise ValueError(f"order {n} has a count below 1")
         limits = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
-        if not bool(((self.discounts >= 0) & (self.discounts <= limits)).all()):
+        if not bool(((module.discounts >= 0) & (module.discounts <= limits)).all()):
             raise ValueError("a discount is outside 0 <= Dr <= r")
-
-    # ---- the model contract ----
+        module._derive()
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Log-probabilities (B, V) in float64: the row of the longest seen context, then the orders kept
