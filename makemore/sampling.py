@@ -19,7 +19,6 @@ from tqdm import tqdm
 from makemore import memory, stream
 from makemore.constraints import REASONS, NothingFound, Request, Samples, check
 from makemore.dataset import build_dataset
-from makemore.errors import OptionError
 from makemore.models.base import next_log_probs
 
 FIRST_BATCH, MAX_BATCH = 256, 8192  # batch sizes: 256, 512, ... up to 8,192, then 8,192 each
@@ -246,15 +245,19 @@ class Sampler:
 @torch.no_grad()
 def log_probs(model, vocab, items: list[str], chunk: int = 65536) -> torch.Tensor:
     """Log-probability (nats, float64) of each whole item under the model: every character and the
-    boundary token that ends it, at temperature 1 with nothing masked."""
-    if not items:
-        return torch.zeros(0, dtype=torch.float64)
-    if any(not item for item in items):
-        raise OptionError("an empty item cannot be scored: every item has at least one character")
-    ds = build_dataset(items, vocab, model.block_size).to(next(iter(model.state_dict().values())).device)
+    boundary token that ends it, at temperature 1 with nothing masked (an empty item: the boundary alone)."""
+    scores = torch.zeros(len(items), dtype=torch.float64)
+    device = next(iter(model.state_dict().values())).device
+    if any(not item for item in items):  # --min-len 0 may draw one; the dataset holds no example for it
+        ends = next_log_probs(model, torch.zeros(1, model.block_size, dtype=torch.long, device=device))[0, 0]
+        scores[[i for i, item in enumerate(items) if not item]] = ends.item()
+    kept = [i for i, item in enumerate(items) if item]
+    if not kept:
+        return scores
+    ds = build_dataset([items[i] for i in kept], vocab, model.block_size).to(device)
     per_token = []
     for x, y in ds.chunks(chunk):
         per_token.append(next_log_probs(model, x).gather(1, y[:, None]).squeeze(1).cpu())
-    lengths = torch.tensor([len(item) + 1 for item in items])
-    owner = torch.repeat_interleave(torch.arange(len(items)), lengths)
-    return torch.zeros(len(items), dtype=torch.float64).index_add_(0, owner, torch.cat(per_token))
+    lengths = torch.tensor([len(items[i]) + 1 for i in kept])
+    owner = torch.repeat_interleave(torch.tensor(kept), lengths)
+    return scores.index_add_(0, owner, torch.cat(per_token))

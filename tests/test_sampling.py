@@ -350,3 +350,12 @@ def test_batches_of_a_large_vocabulary_stay_small_and_draw_the_same_items(bigram
     monkeypatch.setattr(sampling, "BATCH_NUMBERS", 40 * len(bigram.vocab))
     assert list(bigram.sample(300, seed=5)) == list(expected)
     assert batch_sizes and max(batch_sizes) == 40
+
+
+def test_an_empty_item_drawn_with_min_len_0_is_scored_as_the_boundary_alone(bigram):
+    """--min-len 0 --json may draw the empty item: its log-probability is the end right after the start."""
+    P = bigram.model.probs()
+    scores = sampling.log_probs(bigram.model, bigram.vocab, ["", "ab", ""])
+    assert scores[0] == scores[2] == pytest.approx(math.log(P[0, 0]), abs=1e-9)
+    ids = [0, bigram.vocab.stoi["a"], bigram.vocab.stoi["b"], 0]
+    assert scores[1] == pytest.approx(sum(math.log(P[a, b]) for a, b in zip(ids, ids[1:])), abs=1e-9)
