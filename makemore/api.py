@@ -146,8 +146,7 @@ class Run:
     mconfig: object
     tconfig: TrainConfig
     dataset: Data
-    splits: tuple
-    split_seed: int
+    split: dict  # fractions and seed, as the checkpoint records them
     vocab: Vocab
     parts: dict
     prior: dict | None = None
@@ -162,7 +161,7 @@ def _new_run(model: str, data, model_options: dict | None, train_options: dict |
     parts = dataset.split(splits, split_seed)
     vocab = Vocab.from_items(dataset.items)
     mconfig = cls.config_for_data(mconfig, _given(model_options), parts["train"], len(vocab))
-    return Run(cls, mconfig, tconfig, dataset, splits, split_seed, vocab, parts)
+    return Run(cls, mconfig, tconfig, dataset, dict(fractions=list(splits), seed=split_seed), vocab, parts)
 
 
 def _resumed_run(path: Path, model: str | None, data, model_options: dict | None, train_options: dict | None,
@@ -200,7 +199,7 @@ def _resumed_run(path: Path, model: str | None, data, model_options: dict | None
     vocab = Vocab(prior["vocab"])
     vocab.check_items(dataset.items, printable(dataset.path))
     parts = dataset.split(recorded["splits"], recorded["split_seed"])
-    return Run(cls, mconfig, tconfig, dataset, recorded["splits"], recorded["split_seed"], vocab, parts, prior)
+    return Run(cls, mconfig, tconfig, dataset, prior["split"], vocab, parts, prior)
 
 
 def _refuse_changes(recorded, wanted) -> None:
@@ -244,8 +243,7 @@ def _resumed_data(prior: dict, path: Path, data, strict: bool, warn) -> Data:
     read (a received checkpoint may name any file): a changed fingerprint of it refuses the resume."""
     if data is not None:
         dataset = Data.read(data)
-        if dataset.fingerprint != prior["data"]["fingerprint"]:
-            note_changed_data(prior, dataset, strict, warn)
+        note_changed_data(prior, dataset, strict, warn)
         return dataset
     recorded = prior["data"]["path"]
     kept = prior["items"].split("\n") if prior.get("items") else []
@@ -277,8 +275,7 @@ def _output_path(out: Path, name: str | None, default: str, resumed: Path | None
 
 def _checkpoint_writer(run: Run, path: Path, out: Path, world_size: int):
     """save(state, net) for the loop: the checkpoint, the pointer to it in out, and the metrics beside it."""
-    base = dict(model=run.cls.name, config=run.mconfig, vocab=run.vocab.chars, train=run.tconfig,
-                split=dict(fractions=list(run.splits), seed=run.split_seed),
+    base = dict(model=run.cls.name, config=run.mconfig, vocab=run.vocab.chars, train=run.tconfig, split=run.split,
                 data=dict(path=recordable(run.dataset.path), fingerprint=run.dataset.fingerprint,
                           n_items=len(run.dataset.items)),
                 items="\n".join(run.dataset.items))
