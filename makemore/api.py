@@ -474,9 +474,9 @@ def mix(paths: list, out: str | Path = "out", name: str = "mixture", weights: li
         scaled = [w / max(weights) for w in weights]
         weights = [w / sum(scaled) for w in scaled]
     config = MixtureConfig(components=components, weights=tuple(weights), kind=kind)
-    net = Mixture(config, len(first.vocab))
-    net.components.load_state_dict(torch.nn.ModuleList(models).state_dict())
-    net.to(resolve_device(device))
+    # the components' own tensors, on their device: no initial weights drawn to be replaced
+    net = Mixture.from_state(config, len(first.vocab),
+                             {f"components.{k}": v for k, v in torch.nn.ModuleList(models).state_dict().items()})
     if dev is not None and math.isnan(dev_loss):
         dev_loss = evaluate(net, dev, progress=progress)
     out = Path(out)

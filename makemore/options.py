@@ -78,14 +78,13 @@ def _shown(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def option(default, help: str, *, kind: type | None = None, low=None, high=None, low_open=False, choices=(),
-           parse=None, metavar=None, note="", divides=""):
-    """A dataclass field declared as an option: its default, a help text and what values it takes."""
+def option(default, help: str, *, kind: type | None = None, choices=(), **spec):
+    """A dataclass field declared as an option: its default, a help text and what values it takes (spec: the
+    other fields of Option)."""
     kind = kind or type(default)
     if kind not in _KIND_NAMES:
         raise TypeError(f"an option's kind is one of {tuple(_KIND_NAMES)}, not {kind}")
-    spec = Option(help, kind, low, high, low_open, tuple(choices), parse, metavar, note, divides)
-    return dataclasses.field(default=default, metadata={"option": spec})
+    return dataclasses.field(default=default, metadata={"option": Option(help, kind, choices=tuple(choices), **spec)})
 
 
 def declared(config_cls) -> dict[str, tuple[Option, Any]]:
