@@ -327,7 +327,7 @@ def train(model: str | None = None, data: str | Path | None = None, out: str | P
         warn, progress = (lambda message: None), False
     if name is not None:
         check_name(name)
-    options.check_device(device)
+    requested = resolve_device(device)
     resume = Path(resume) if resume is not None else None
     # the options, the checkpoint and the data are checked before the processes meet: a refusal is one line
     if resume is not None:
@@ -335,7 +335,7 @@ def train(model: str | None = None, data: str | Path | None = None, out: str | P
     else:
         run = _new_run(model or "mlp", data, model_options, train_options, splits or DEFAULT_SPLITS,
                        DEFAULT_SPLIT_SEED if split_seed is None else split_seed)
-    world, dev = distributed.setup(resolve_device(device))
+    world, dev = distributed.setup(requested)
     cls, tconfig, out = run.cls, run.tconfig, Path(out)
     path = _output_path(out, name, resume.stem if resume is not None else cls.name, resume)
     check_not_inputs([path, path.with_suffix(".metrics.jsonl"), plots.curve_path(path)], [run.dataset.path, resume])
