@@ -124,7 +124,6 @@ class Trained:
 
     def plot_loss(self, output: str | Path | None = None) -> Path:
         """The training curve as a PNG (default: beside the checkpoint); needs matplotlib."""
-        plots.require()
         if not self.ckpt.get("metrics"):
             raise CheckpointError(f"{self.path}: a {self.name} model is counted, not trained step by step, so it "
                                   "has no training curve")
