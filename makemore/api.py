@@ -303,9 +303,9 @@ def _loop_state(prior: dict | None, net, dev: torch.device, world, tconfig: Trai
         net.load_state_dict(prior["state_dict"])
         return LoopState()
     r = prior["resume"]
-    if r.get("world_size", 1) != world.size:
-        warn(f"warning: resuming with {world.size} process(es) a run trained with {r.get('world_size', 1)}: "
-             f"the batch of each step changes from {r.get('world_size', 1) * tconfig.batch_size} to "
+    if r["world_size"] != world.size:
+        warn(f"warning: resuming with {world.size} process(es) a run trained with {r['world_size']}: "
+             f"the batch of each step changes from {r['world_size'] * tconfig.batch_size} to "
              f"{world.size * tconfig.batch_size} examples")
     net.load_state_dict(r["state_dict"])
     return LoopState(step=prior["step"], best_dev_loss=prior["best_dev_loss"],
@@ -485,7 +485,7 @@ def mix(paths: list, out: str | Path = "out", name: str = "mixture", weights: li
     check_writable(out)
     checkpoint.save(checkpoint.build(
         model="mixture", config=config, vocab=first.vocab.chars, train={}, split=first.ckpt["split"],
-        data=first.ckpt["data"], items=first.ckpt.get("items", ""), state_dict=net.state_dict(), step=0,
+        data=first.ckpt["data"], items=first.ckpt["items"], state_dict=net.state_dict(), step=0,
         best_dev_loss=dev_loss, metrics=[], mix=dict(components=[str(p) for p in paths], component_dev_losses=losses,
                                                      dev_loss=dev_loss, em_iterations=iterations)), path)
     checkpoint.write_latest(out, path)
@@ -504,17 +504,16 @@ def inspect(path: str | Path | None = None, out: str | Path = "out") -> dict:
     split = dict(ckpt["split"])
     if ckpt.get("items"):
         split["sizes"] = {name: len(part) for name, part in trained.splits().items()}
-    best = ckpt.get("best_dev_loss")
     return dict(
         checkpoint=str(trained.path), file_size=trained.path.stat().st_size,
-        format_version=ckpt["format_version"], makemore_version=ckpt.get("makemore_version"),
+        format_version=ckpt["format_version"], makemore_version=ckpt["makemore_version"],
         model=ckpt["model"], config=dict(ckpt["config"]),
         n_params=sum(p.numel() for p in trained.model.parameters()),
         # what the checkpoint stores (a counting model's counts), not tables derived from it on load
         n_buffers=sum(v.numel() for k, v in ckpt["state_dict"].items()
                       if k not in dict(trained.model.named_parameters())),
         vocab=vocab.chars, vocab_size=len(vocab), boundary=vocab.boundary,
-        data=data, split=split, train=dict(ckpt.get("train") or {}), steps=ckpt.get("step", 0),
-        best_dev_loss=best if best is not None and math.isfinite(best) else None,
+        data=data, split=split, train=dict(ckpt["train"]), steps=ckpt["step"],
+        best_dev_loss=ckpt["best_dev_loss"] if math.isfinite(ckpt["best_dev_loss"]) else None,
         resumable="resume" in ckpt,
     )

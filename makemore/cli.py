@@ -447,13 +447,11 @@ def lr_find(model_name, data, min_lr, max_lr, steps, splits, split_seed, plot_pa
     """The lecture's learning-rate sweep: from a fresh model, one step at each of --steps rates spaced
     exponentially from --min-lr to --max-lr; suggests the rate at the valley of the loss before it blows
     up, and plots loss against log10(lr) when matplotlib is installed."""
-    from pathlib import Path
-
     from makemore import api, plots
 
+    plot_path = plot_path or os.path.join(out, f"lr-find-{model_name}.png")
     sweep = api.lr_find(model_name, data, *_split_settings(settings), min_lr, max_lr, steps, splits, split_seed,
-                        device, progress=not quiet, plot_path=plot_path or Path(out) / f"lr-find-{model_name}.png",
-                        n_threads=n_threads)
+                        device, progress=not quiet, plot_path=plot_path, n_threads=n_threads)
     if sweep.plot is None:
         click.echo(f"no plot: {plots.INSTALL_HINT}", err=True)
     floor_lr = sweep.lrs[sweep.floor_step]
