@@ -146,8 +146,7 @@ class Run:
     mconfig: object
     tconfig: TrainConfig
     dataset: Data
-    splits: tuple
-    split_seed: int
+    split: dict  # fractions and seed, as the checkpoint records them
     vocab: Vocab
     parts: dict
     prior: dict | None = None
@@ -162,7 +161,7 @@ def _new_run(model: str, data, model_options: dict | None, train_options: dict |
     parts = dataset.split(splits, split_seed)
     vocab = Vocab.from_items(dataset.items)
     mconfig = cls.config_for_data(mconfig, _given(model_options), parts["train"], len(vocab))
-    return Run(cls, mconfig, tconfig, dataset, splits, split_seed, vocab, parts)
+    return Run(cls, mconfig, tconfig, dataset, dict(fractions=list(splits), seed=split_seed), vocab, parts)
 
 
 def _resumed_run(path: Path, model: str | None, data, model_options: dict | None, train_options: dict | None,
@@ -200,7 +199,7 @@ def _resumed_run(path: Path, model: str | None, data, model_options: dict | None
     vocab = Vocab(prior["vocab"])
     vocab.check_items(dataset.items, printable(dataset.path))
     parts = dataset.split(recorded["splits"], recorded["split_seed"])
-    return Run(cls, mconfig, tconfig, dataset, recorded["splits"], recorded["split_seed"], vocab, parts, prior)
+    return Run(cls, mconfig, tconfig, dataset, prior["split"], vocab, parts, prior)
 
 
 def _refuse_changes(recorded, wanted) -> None:
@@ -244,8 +243,7 @@ def _resumed_data(prior: dict, path: Path, data, strict: bool, warn) -> Data:
     read (a received checkpoint may name any file): a changed fingerprint of it refuses the resume."""
     if data is not None:
         dataset = Data.read(data)
-        if dataset.fingerprint != prior["data"]["fingerprint"]:
-            note_changed_data(prior, dataset, strict, warn)
+        note_changed_data(prior, dataset, strict, warn)
         return dataset
     recorded = prior["data"]["path"]
     kept = prior["items"].split("\n") if prior.get("items") else []
@@ -277,8 +275,7 @@ def _output_path(out: Path, name: str | None, default: str, resumed: Path | None
 
 def _checkpoint_writer(run: Run, path: Path, out: Path, world_size: int):
     """save(state, net) for the loop: the checkpoint, the pointer to it in out, and the metrics beside it."""
-    base = dict(model=run.cls.name, config=run.mconfig, vocab=run.vocab.chars, train=run.tconfig,
-                split=dict(fractions=list(run.splits), seed=run.split_seed),
+    base = dict(model=run.cls.name, config=run.mconfig, vocab=run.vocab.chars, train=run.tconfig, split=run.split,
                 data=dict(path=recordable(run.dataset.path), fingerprint=run.dataset.fingerprint,
                           n_items=len(run.dataset.items)),
                 items="\n".join(run.dataset.items))
@@ -306,9 +303,9 @@ def _loop_state(prior: dict | None, net, dev: torch.device, world, tconfig: Trai
         net.load_state_dict(prior["state_dict"])
         return LoopState()
     r = prior["resume"]
-    if r.get("world_size", 1) != world.size:
-        warn(f"warning: resuming with {world.size} process(es) a run trained with {r.get('world_size', 1)}: "
-             f"the batch of each step changes from {r.get('world_size', 1) * tconfig.batch_size} to "
+    if r["world_size"] != world.size:
+        warn(f"warning: resuming with {world.size} process(es) a run trained with {r['world_size']}: "
+             f"the batch of each step changes from {r['world_size'] * tconfig.batch_size} to "
              f"{world.size * tconfig.batch_size} examples")
     net.load_state_dict(r["state_dict"])
     return LoopState(step=prior["step"], best_dev_loss=prior["best_dev_loss"],
@@ -330,7 +327,7 @@ def train(model: str | None = None, data: str | Path | None = None, out: str | P
         warn, progress = (lambda message: None), False
     if name is not None:
         check_name(name)
-    options.check_device(device)
+    requested = resolve_device(device)
     resume = Path(resume) if resume is not None else None
     # the options, the checkpoint and the data are checked before the processes meet: a refusal is one line
     if resume is not None:
@@ -338,7 +335,7 @@ def train(model: str | None = None, data: str | Path | None = None, out: str | P
     else:
         run = _new_run(model or "mlp", data, model_options, train_options, splits or DEFAULT_SPLITS,
                        DEFAULT_SPLIT_SEED if split_seed is None else split_seed)
-    world, dev = distributed.setup(resolve_device(device))
+    world, dev = distributed.setup(requested)
     cls, tconfig, out = run.cls, run.tconfig, Path(out)
     path = _output_path(out, name, resume.stem if resume is not None else cls.name, resume)
     check_not_inputs([path, path.with_suffix(".metrics.jsonl"), plots.curve_path(path)], [run.dataset.path, resume])
@@ -477,9 +474,9 @@ def mix(paths: list, out: str | Path = "out", name: str = "mixture", weights: li
         scaled = [w / max(weights) for w in weights]
         weights = [w / sum(scaled) for w in scaled]
     config = MixtureConfig(components=components, weights=tuple(weights), kind=kind)
-    net = Mixture(config, len(first.vocab))
-    net.components.load_state_dict(torch.nn.ModuleList(models).state_dict())
-    net.to(resolve_device(device))
+    # the components' own tensors, on their device: no initial weights drawn to be replaced
+    net = Mixture.from_state(config, len(first.vocab),
+                             {f"components.{k}": v for k, v in torch.nn.ModuleList(models).state_dict().items()})
     if dev is not None and math.isnan(dev_loss):
         dev_loss = evaluate(net, dev, progress=progress)
     out = Path(out)
@@ -488,7 +485,7 @@ def mix(paths: list, out: str | Path = "out", name: str = "mixture", weights: li
     check_writable(out)
     checkpoint.save(checkpoint.build(
         model="mixture", config=config, vocab=first.vocab.chars, train={}, split=first.ckpt["split"],
-        data=first.ckpt["data"], items=first.ckpt.get("items", ""), state_dict=net.state_dict(), step=0,
+        data=first.ckpt["data"], items=first.ckpt["items"], state_dict=net.state_dict(), step=0,
         best_dev_loss=dev_loss, metrics=[], mix=dict(components=[str(p) for p in paths], component_dev_losses=losses,
                                                      dev_loss=dev_loss, em_iterations=iterations)), path)
     checkpoint.write_latest(out, path)
@@ -507,17 +504,16 @@ def inspect(path: str | Path | None = None, out: str | Path = "out") -> dict:
     split = dict(ckpt["split"])
     if ckpt.get("items"):
         split["sizes"] = {name: len(part) for name, part in trained.splits().items()}
-    best = ckpt.get("best_dev_loss")
     return dict(
         checkpoint=str(trained.path), file_size=trained.path.stat().st_size,
-        format_version=ckpt["format_version"], makemore_version=ckpt.get("makemore_version"),
+        format_version=ckpt["format_version"], makemore_version=ckpt["makemore_version"],
         model=ckpt["model"], config=dict(ckpt["config"]),
         n_params=sum(p.numel() for p in trained.model.parameters()),
         # what the checkpoint stores (a counting model's counts), not tables derived from it on load
         n_buffers=sum(v.numel() for k, v in ckpt["state_dict"].items()
                       if k not in dict(trained.model.named_parameters())),
         vocab=vocab.chars, vocab_size=len(vocab), boundary=vocab.boundary,
-        data=data, split=split, train=dict(ckpt.get("train") or {}), steps=ckpt.get("step", 0),
-        best_dev_loss=best if best is not None and math.isfinite(best) else None,
+        data=data, split=split, train=dict(ckpt["train"]), steps=ckpt["step"],
+        best_dev_loss=ckpt["best_dev_loss"] if math.isfinite(ckpt["best_dev_loss"]) else None,
         resumable="resume" in ckpt,
     )

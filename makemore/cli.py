@@ -1,7 +1,5 @@
-"""The makemore command line: parse options, call the library (makemore.api), print the results.
-
-torch is imported only inside the commands, so that `makemore --help` starts at once.
-"""
+"""The makemore command line: parse options, call the library (makemore.api), print the results. torch is
+imported only inside the commands, so that `makemore --help` starts at once."""
 from __future__ import annotations
 
 import dataclasses
@@ -17,9 +15,6 @@ from makemore.models import MODEL_NAMES, MODELS
 
 SPLITS = ("train", "dev", "test", "all")
 SEED = click.IntRange(0, 2**63 - 1)  # what torch.manual_seed accepts
-# train.TrainConfig's fields: the training settings that `makemore train` takes as flags
-TRAIN_FIELDS = ("steps", "batch_size", "lr", "optimizer", "schedule", "decay_at", "warmup", "weight_decay",
-                "decay", "eval_interval", "seed")
 SIZE_RULE = "by data size"  # a setting's default in the help, where the model derives it from the data
 
 
@@ -50,16 +45,8 @@ class PositiveFloat(click.FloatRange):
 
 def to_json(value, **kwargs) -> str:
     """JSON text of value, with every number that JSON cannot hold (an infinite loss, NaN) written as null."""
-    def finite(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: finite(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [finite(x) for x in v]
-        return v
-
-    return json.dumps(finite(value), allow_nan=False, ensure_ascii=False, **kwargs)
+    finite = json.loads(json.dumps(value), parse_constant=lambda name: None)  # called for Infinity, -Infinity, NaN
+    return json.dumps(finite, allow_nan=False, ensure_ascii=False, **kwargs)
 
 
 class DeclaredType(click.ParamType):
@@ -84,9 +71,9 @@ def _has_size_rule(cls, name: str) -> bool:
     return name in cls.train_defaults_for(100_000, cls.train_defaults.get("batch_size", 32))
 
 
-def declared_flags(train_fields: tuple = ()) -> list[tuple[str, options.Option, dict]]:
+def declared_flags(train_fields: tuple | None = ()) -> list[tuple[str, options.Option, dict]]:
     """(field name, its Option, its default by model name) for every model option and the given training
-    settings; a flag of several models has one kind, and its help says what it means for each of them."""
+    settings (None: all of them); a flag of several models has one kind, and its help says what it means for each."""
     from makemore.models import trainable_classes
     from makemore.train import TrainConfig
 
@@ -106,7 +93,7 @@ def declared_flags(train_fields: tuple = ()) -> list[tuple[str, options.Option, 
             if len(by_text) > 1 else next(iter(by_text))
         found[name] = (dataclasses.replace(found[name][0], help=text), found[name][1])
     train = options.declared(TrainConfig)
-    for name in train_fields:
+    for name in train if train_fields is None else train_fields:
         spec, default = train[name]
         found[name] = (spec, {model: SIZE_RULE if _has_size_rule(cls, name) else cls.train_defaults.get(name, default)
                               for model, cls in classes.items() if not cls.counts})
@@ -163,7 +150,7 @@ class RegistryCommand(Command):
     """A command whose model options and training settings are built from the registry's model classes and
     train.TrainConfig when click first needs them: `makemore --help` imports neither the models nor torch."""
 
-    def __init__(self, *args, train_fields: tuple = (), **kwargs):
+    def __init__(self, *args, train_fields: tuple | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.train_fields, self.own_params, self.built_for = train_fields, self.params, None
 
@@ -179,8 +166,10 @@ class RegistryCommand(Command):
 
 def _split_settings(settings: dict) -> tuple[dict, dict]:
     """The declared flags' values (None where not given) as (model options, training settings)."""
-    return ({k: v for k, v in settings.items() if k not in TRAIN_FIELDS},
-            {k: v for k, v in settings.items() if k in TRAIN_FIELDS})
+    from makemore.train import TrainConfig
+
+    train = options.declared(TrainConfig)
+    return {k: v for k, v in settings.items() if k not in train}, {k: v for k, v in settings.items() if k in train}
 
 
 def device_option(f):
@@ -196,21 +185,9 @@ def checkpoint_options(f):
                      help="Folder of checkpoints; the model trained last there is used.")(f)
     f = click.option("--checkpoint", "checkpoint_path", type=click.Path(dir_okay=False),
                      help="Use this checkpoint instead of the one trained last in --out.")(f)
-    f = click.option("--model", type=click.Choice(MODEL_NAMES), expose_value=False, callback=_remember_model,
+    f = click.option("--model", type=click.Choice(MODEL_NAMES),
                      help="Refuse a checkpoint that holds another model. [default: any]")(f)
     return f
-
-
-def _remember_model(ctx, param, value):
-    ctx.meta["makemore.model"] = value
-
-
-def load_trained(checkpoint_path, out, device, n_threads=None):
-    """api.load for a command with checkpoint_options, honouring its --model."""
-    from makemore import api
-
-    return api.load(checkpoint_path, out, device, model=click.get_current_context().meta.get("makemore.model"),
-                    n_threads=n_threads)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -220,7 +197,7 @@ def cli():
     then sample new items that look like them and measure how good the model is."""
 
 
-@cli.command(cls=RegistryCommand, train_fields=TRAIN_FIELDS)
+@cli.command(cls=RegistryCommand)
 # no click defaults for the model and the split: with --resume, a default must not contradict the checkpoint
 @click.option("--model", "model_name", type=click.Choice(MODEL_NAMES),
               help="Which model to train. [default: mlp; with --resume the checkpoint's]")
@@ -309,7 +286,7 @@ def train(model_name, data, out, name, splits, split_seed, resume, checkpoint_pa
 @click.option("--mark", is_flag=True, help="Add a tab and where each item occurs: train, dev, test or new.")
 @checkpoint_options
 @device_option
-def sample(seed, exclude, as_json, nearest, mark, out, checkpoint_path, device, n_threads, **constraints):
+def sample(seed, exclude, as_json, nearest, mark, out, checkpoint_path, model, device, n_threads, **constraints):
     """Print items drawn from a trained model, one per line as they are found: exactly -n of them, each
     meeting every constraint, or as many as --max-tries draws or --patience found (then a line on stderr
     says why; exit 1 if none)."""
@@ -317,7 +294,7 @@ def sample(seed, exclude, as_json, nearest, mark, out, checkpoint_path, device, 
     from makemore.constraints import Request
 
     request = Request(exclude=frozenset(api.read_items_file(exclude) if exclude else ()), **constraints)
-    trained = load_trained(checkpoint_path, out, device, n_threads)
+    trained = api.load(checkpoint_path, out, device, model, n_threads)
     # a progress bar would break into the items when both go to the terminal
     drawing = trained.draw(request, seed, progress=sys.stderr.isatty() and not sys.stdout.isatty())
     for note in drawing.notes:
@@ -396,9 +373,11 @@ def _size(n: int) -> str:
               "not a warning.")
 @checkpoint_options
 @device_option
-def eval_(split, data, as_json, strict, out, checkpoint_path, device, n_threads):
+def eval_(split, data, as_json, strict, out, checkpoint_path, model, device, n_threads):
     """Mean negative log-likelihood per character (nats) and perplexity of a split."""
-    trained = load_trained(checkpoint_path, out, device, n_threads)
+    from makemore import api
+
+    trained = api.load(checkpoint_path, out, device, model, n_threads)
     result = trained.evaluate(split, data, strict, progress=True)
     if as_json:
         click.echo(to_json(result))
@@ -416,7 +395,7 @@ def eval_(split, data, as_json, strict, out, checkpoint_path, device, n_threads)
               help="Print one JSON object; an infinite loss (probability 0) is null.")
 @checkpoint_options
 @device_option
-def score(items, data, totals, as_json, out, checkpoint_path, device, n_threads):
+def score(items, data, totals, as_json, out, checkpoint_path, model, device, n_threads):
     """How likely the model finds each ITEM: every transition's probability and log-probability (the
     lecture's `.e: 0.0478 -3.0408`), then the item's total and mean negative log-likelihood (nats)."""
     from makemore import api
@@ -424,7 +403,7 @@ def score(items, data, totals, as_json, out, checkpoint_path, device, n_threads)
     items = list(items) + (api.read_items(data) if data else [])
     if not items:
         raise click.UsageError("give the items to score, or a file of them with --data")
-    trained = load_trained(checkpoint_path, out, device, n_threads)
+    trained = api.load(checkpoint_path, out, device, model, n_threads)
     results = trained.score(items)
     nll = sum(r["nll"] for r in results)
     n = sum(r["n"] for r in results)
@@ -468,13 +447,11 @@ def lr_find(model_name, data, min_lr, max_lr, steps, splits, split_seed, plot_pa
     """The lecture's learning-rate sweep: from a fresh model, one step at each of --steps rates spaced
     exponentially from --min-lr to --max-lr; suggests the rate at the valley of the loss before it blows
     up, and plots loss against log10(lr) when matplotlib is installed."""
-    from pathlib import Path
-
     from makemore import api, plots
 
+    plot_path = plot_path or os.path.join(out, f"lr-find-{model_name}.png")
     sweep = api.lr_find(model_name, data, *_split_settings(settings), min_lr, max_lr, steps, splits, split_seed,
-                        device, progress=not quiet, plot_path=plot_path or Path(out) / f"lr-find-{model_name}.png",
-                        n_threads=n_threads)
+                        device, progress=not quiet, plot_path=plot_path, n_threads=n_threads)
     if sweep.plot is None:
         click.echo(f"no plot: {plots.INSTALL_HINT}", err=True)
     floor_lr = sweep.lrs[sweep.floor_step]
@@ -507,8 +484,10 @@ def _plot_command(what: str, help_text: str) -> None:
     @click.option("--output", "-o", type=click.Path(dir_okay=False),
                   help="PNG file to write. [default: beside the checkpoint]")
     @checkpoint_options
-    def command(output, out, checkpoint_path):
-        click.echo(getattr(load_trained(checkpoint_path, out, "cpu"), f"plot_{what}")(output))
+    def command(output, out, checkpoint_path, model):
+        from makemore import api
+
+        click.echo(getattr(api.load(checkpoint_path, out, model=model), f"plot_{what}")(output))
 
 
 _plot_command("loss", "The training curve: train loss at each log point, dev loss at each evaluation (training "

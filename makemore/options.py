@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from makemore.errors import OptionError
 
-KINDS = (int, float, bool, str)
+_KIND_NAMES = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}
 
 
 @dataclass(frozen=True)
@@ -61,9 +61,6 @@ def plain(value) -> str:
     return "none" if value is None else str(value)
 
 
-_KIND_NAMES = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}
-
-
 def _is_kind(value, kind: type) -> bool:
     if isinstance(value, bool):
         return kind is bool
@@ -81,14 +78,13 @@ def _shown(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def option(default, help: str, *, kind: type | None = None, low=None, high=None, low_open=False, choices=(),
-           parse=None, metavar=None, note="", divides=""):
-    """A dataclass field declared as an option: its default, a help text and what values it takes."""
+def option(default, help: str, *, kind: type | None = None, choices=(), **spec):
+    """A dataclass field declared as an option: its default, a help text and what values it takes (spec: the
+    other fields of Option)."""
     kind = kind or type(default)
-    if kind not in KINDS:
-        raise TypeError(f"an option's kind is one of {KINDS}, not {kind}")
-    spec = Option(help, kind, low, high, low_open, tuple(choices), parse, metavar, note, divides)
-    return dataclasses.field(default=default, metadata={"option": spec})
+    if kind not in _KIND_NAMES:
+        raise TypeError(f"an option's kind is one of {tuple(_KIND_NAMES)}, not {kind}")
+    return dataclasses.field(default=default, metadata={"option": Option(help, kind, choices=tuple(choices), **spec)})
 
 
 def declared(config_cls) -> dict[str, tuple[Option, Any]]:
@@ -97,13 +93,10 @@ def declared(config_cls) -> dict[str, tuple[Option, Any]]:
             if "option" in f.metadata}
 
 
-DEVICES = "auto, cpu, cuda, cuda:N or mps"
-
-
 def check_device(name) -> str:
     """A --device value of a form makemore runs on (whether this machine has it is torch's to say)."""
     if not isinstance(name, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]{1,4})?", name):
-        raise OptionError(f"--device: unknown device {_shown(name)}; use {DEVICES}")
+        raise OptionError(f"--device: unknown device {_shown(name)}; use auto, cpu, cuda, cuda:N or mps")
     return name
 
 

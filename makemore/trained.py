@@ -33,8 +33,10 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def note_changed_data(ckpt: dict, data: Data, strict: bool, warn) -> None:
-    """Warn (or with strict refuse) that the data file given is not the one a checkpoint was trained on."""
+    """Warn (or with strict refuse) when the data file given is not the one a checkpoint was trained on."""
     recorded, trained_on = ckpt["data"]["path"], ckpt["data"]["fingerprint"]
+    if data.fingerprint == trained_on:
+        return
     if same_file(data.path, recorded):
         message = (f"{printable(data.path)} has changed since training (fingerprint {data.fingerprint} now, "
                    f"{printable(trained_on)} when the checkpoint was trained)")
@@ -71,25 +73,16 @@ class Trained:
         name = printable(data.path if data is not None else self.ckpt["data"]["path"])
         return split_items(items, tuple(self.ckpt["split"]["fractions"]), self.ckpt["split"]["seed"], name)
 
-    def read_data(self, data: str | Path | None = None, strict: bool = False, warn=None) -> Data | None:
-        """The data file given (a warning, or with strict a DataError, when it is the training file, changed),
-        or None: the items the checkpoint keeps. The file a checkpoint records is never read."""
-        warn = warn or (lambda message: print(message, file=sys.stderr))
-        if data is None:
-            if not self.ckpt.get("items"):
-                raise CheckpointError(f"{printable(self.path)}: keeps no items of the data it was trained on; give the "
-                                      "data file with --data")
-            return None
-        loaded = Data.read(data)
-        if same_file(loaded.path, self.ckpt["data"]["path"]) and loaded.fingerprint != self.ckpt["data"]["fingerprint"]:
-            note_changed_data(self.ckpt, loaded, strict, warn)
-        return loaded
-
     def evaluate(self, split: str = "dev", data: str | Path | None = None, strict: bool = False, warn=None,
                  progress: bool = False) -> dict:
-        """Mean NLL per character (nats) and perplexity of one split (or 'all'); with progress, a bar on stderr
-        when it takes more than a second."""
-        loaded = self.read_data(data, strict, warn)
+        """Mean NLL per character (nats) and perplexity of one split (or 'all') of the items the checkpoint keeps,
+        or of data (a warning, or with strict a DataError, when that is the training file, changed)."""
+        if data is None and not self.ckpt.get("items"):
+            raise CheckpointError(f"{printable(self.path)}: keeps no items of the data it was trained on; give the "
+                                  "data file with --data")
+        loaded = Data.read(data) if data is not None else None  # the file the checkpoint records is never read
+        if loaded is not None and same_file(loaded.path, self.ckpt["data"]["path"]):
+            note_changed_data(self.ckpt, loaded, strict, warn or (lambda message: print(message, file=sys.stderr)))
         if split == "all":
             items = loaded.items if loaded is not None else self.items()
         else:
@@ -98,7 +91,7 @@ class Trained:
             raise DataError(f"the {split} split is empty (trained with --splits "
                             f"{','.join(f'{f:g}' for f in self.ckpt['split']['fractions'])})")
         self.vocab.check_items(items, f"the {split} split of {printable(loaded.path if loaded else self.path)}")
-        ds = build_dataset(items, self.vocab, self.block_size, self.model.whole_items).to(self.device)
+        ds = build_dataset(items, self.vocab, self.block_size, self.model.whole_items).to(device_of(self.model))
         loss = evaluate(self.model, ds, progress=progress)
         return dict(split=split, loss=loss, perplexity=math.exp(loss) if loss < 700 else float("inf"),
                     n_chars=ds.n_targets, n_items=len(items), model=self.name, checkpoint=str(self.path))
@@ -107,10 +100,6 @@ class Trained:
         """Every transition of each item with its probability, and the item's total and mean NLL (nats)."""
         self.vocab.check_items(items, "the items to score")
         return instruments.score(self.model, self.vocab, items)
-
-    @property
-    def device(self) -> torch.device:
-        return device_of(self.model)
 
     def sample(self, n: int = 10, seed: int | None = None, temperature: float = 1.0, top_k: int | None = None,
                prefix: str = "", max_len: int | None = None, *, exclude=(), progress: bool = False, warn=None,
@@ -131,11 +120,10 @@ class Trained:
         if request.new and not self.ckpt.get("items"):
             raise CheckpointError(f"{self.path}: keeps no training items, so --new cannot tell new items apart")
         return Sampler(self.model, self.vocab, request, stream.key_of(seed), length_cap(self.items(), request.prefix),
-                       self.item_set if request.new else frozenset(), progress)
+                       frozenset(self.items() if request.new else ()), progress)
 
     def plot_loss(self, output: str | Path | None = None) -> Path:
         """The training curve as a PNG (default: beside the checkpoint); needs matplotlib."""
-        plots.require()
         if not self.ckpt.get("metrics"):
             raise CheckpointError(f"{self.path}: a {self.name} model is counted, not trained step by step, so it "
                                   "has no training curve")
@@ -168,10 +156,6 @@ class Trained:
         path = Path(given) if given is not None else default
         check_not_inputs([path], [self.path])
         return path
-
-    @functools.cached_property
-    def item_set(self) -> frozenset:
-        return frozenset(self.items())
 
     def log_prob(self, items: list[str]) -> list[float]:
         """Log-probability (nats) of each item under the model, its end included."""
