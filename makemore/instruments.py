@@ -27,7 +27,7 @@ def score(model, vocab, items: list[str]) -> list[dict]:
     if "" in items:
         # the dataset builder has no example for an empty item, and no data file holds one
         raise DataError("cannot score an empty item; give items of at least one character")
-    device = next(iter(model.state_dict().values())).device
+    device = model.device
     ds = build_dataset(items, vocab, model.block_size).to(device)
     model.eval()
     shown = [vocab.show(c) for c in vocab.chars]
@@ -169,7 +169,7 @@ def bigram_table(model) -> tuple[torch.Tensor, bool]:
     if model.block_size != 1:
         raise CheckpointError(f"a {model.name} model sees {model.block_size} characters of context, so it has "
                               "no bigram table; plot counts draws bigram and bigram-nn models")
-    device = next(iter(model.state_dict().values())).device
+    device = model.device
     model.eval()
     contexts = torch.arange(V, device=device)[:, None]
     return torch.softmax(model.next_logits(contexts).double(), dim=-1).cpu(), False

@@ -62,7 +62,7 @@ def draw_batch(model, prefix_ids: list[int], keys: torch.Tensor, steps: int, min
     """Draw len(keys) items side by side, row k with the random numbers of keys[k] (stream.item_keys): up to steps
     tokens after the prefix, the last of which must be the end. After each step, yields the rows decided by then, in
     order, as (ids after the prefix, ended, dead end); stops between steps when give_up() is true."""
-    device = next(iter(model.state_dict().values())).device
+    device = model.device
     T, size = model.block_size, len(keys)
     ctx = torch.zeros(size, T, dtype=torch.long, device=device)
     for i in prefix_ids[-T:]:
@@ -132,7 +132,7 @@ class Sampler:
         self.seen: set[str] = set()
         self.rejected = dict.fromkeys(REASONS, 0)
         self.timed_out: tuple[int, int] | None = None  # when stopped for time: draws cut short, at what length
-        device = next(iter(model.state_dict().values())).device
+        device = model.device
         self.rows = min(memory.rows_that_fit(type(model), model.config, len(vocab), device, MAX_BATCH),
                         max(1, BATCH_NUMBERS // len(vocab)), max(1, BATCH_TOKENS // self.steps))
 
@@ -247,7 +247,7 @@ def log_probs(model, vocab, items: list[str], chunk: int = 65536) -> torch.Tenso
     """Log-probability (nats, float64) of each whole item under the model: every character and the
     boundary token that ends it, at temperature 1 with nothing masked (an empty item: the boundary alone)."""
     scores = torch.zeros(len(items), dtype=torch.float64)
-    device = next(iter(model.state_dict().values())).device
+    device = model.device
     if any(not item for item in items):  # --min-len 0 may draw one; the dataset holds no example for it
         ends = next_log_probs(model, torch.zeros(1, model.block_size, dtype=torch.long, device=device))[0, 0]
         scores[[i for i, item in enumerate(items) if not item]] = ends.item()

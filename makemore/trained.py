@@ -91,7 +91,7 @@ class Trained:
             raise DataError(f"the {split} split is empty (trained with --splits "
                             f"{','.join(f'{f:g}' for f in self.ckpt['split']['fractions'])})")
         self.vocab.check_items(items, f"the {split} split of {printable(loaded.path if loaded else self.path)}")
-        ds = build_dataset(items, self.vocab, self.block_size, self.model.whole_items).to(device_of(self.model))
+        ds = build_dataset(items, self.vocab, self.block_size, self.model.whole_items).to(self.model.device)
         loss = evaluate(self.model, ds, progress=progress)
         return dict(split=split, loss=loss, perplexity=math.exp(loss) if loss < 700 else float("inf"),
                     n_chars=ds.n_targets, n_items=len(items), model=self.name, checkpoint=str(self.path))
@@ -211,12 +211,8 @@ def predicts_numbers(net) -> bool:
     """Whether a model predicts numbers (no NaN or +inf logits) for a context of boundary tokens: finite weights
     can still predict NaN (a BatchNorm variance below 0, an add-k overflowing float64)."""
     with torch.no_grad():
-        logits = net.eval()(torch.zeros(1, net.block_size, dtype=torch.long, device=device_of(net)))
+        logits = net.eval()(torch.zeros(1, net.block_size, dtype=torch.long, device=net.device))
     return not (logits.isnan().any() or (logits == math.inf).any())
-
-
-def device_of(net) -> torch.device:
-    return next(iter(net.state_dict().values())).device
 
 
 def model_from(ckpt: dict, path) -> torch.nn.Module:

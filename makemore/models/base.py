@@ -36,6 +36,11 @@ class Model(nn.Module):
         self.vocab_size = vocab_size
 
     @property
+    def device(self) -> torch.device:
+        """Where the model's tensors are."""
+        return next(iter(self.state_dict().values())).device
+
+    @property
     def block_size(self) -> int:
         """How many previous tokens a forward pass reads."""
         return self.config.block_size
