@@ -228,7 +228,7 @@ def _assemble(ckpt: dict, tensors: dict) -> None:
 
     ckpt["state_dict"] = under("state_dict.")
     items = tensors.get("items")
-    ckpt["items"] = "" if items is None else checks.items(bytearray(_bytes_of(items)), ckpt)
+    ckpt["items"] = "" if items is None else checks.items(_bytes_of(items), ckpt)
     if "resume" in ckpt:
         ckpt["resume"]["state_dict"] = under("resume.state_dict.")
         ckpt["resume"]["rng"] = tensors["resume.rng"]
