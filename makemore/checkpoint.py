@@ -155,8 +155,7 @@ def latest(out_dir: str | Path) -> Path:
             named = pointer.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError):
             named = ""  # a damaged pointer: fall back to the newest checkpoint
-        if named and "/" not in named and "\x00" not in named and named not in (".", "..") \
-                and (out_dir / named).is_file():
+        if "/" not in named and (out_dir / named).is_file():  # "", "." and ".." are folders, a NUL no file's
             return out_dir / named
     found = sorted(out_dir.glob(f"*{SUFFIX}"), key=lambda p: p.stat().st_mtime) if out_dir.is_dir() else []
     if not found:

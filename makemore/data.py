@@ -41,17 +41,10 @@ def default_data_path() -> Path:
     return Path(__file__).resolve().parent.parent / "names.txt"
 
 
-def is_regular_file(path: str | Path) -> bool:
-    """Whether path is a regular file (not a directory, FIFO, socket or device, which are never read)."""
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except (OSError, ValueError):
-        return False
-
-
 def read_bytes(path: str | Path) -> bytes:
     """The bytes of a data file. Refused unread: a path that is not a regular file (a FIFO would block, a device
-    never end) and a file of more than MAX_DATA_BYTES (nor is more read of a file that grows meanwhile)."""
+    never end), a file of more than MAX_DATA_BYTES (nor is more read of one that grows meanwhile) and one whose
+    reading would not fit in memory."""
     path = Path(path)
     try:
         info = os.stat(path)
@@ -66,6 +59,7 @@ def read_bytes(path: str | Path) -> bytes:
         raise DataError(f"{path}: is not a regular file (a FIFO, socket or device); give a text file")
     if size > MAX_DATA_BYTES:
         _too_large(path, size)
+    check_reading_fits(path, size)
     try:
         with open(path, "rb") as f:
             raw = f.read(size + 1)  # not a buffer of the limit's size: one more copy at the peak
@@ -302,8 +296,6 @@ class Data:
     @classmethod
     def read(cls, path: str | Path | None = None) -> "Data":
         path = Path(path) if path is not None else default_data_path()
-        if is_regular_file(path):  # read_bytes refuses the others, and a file too large, by itself
-            check_reading_fits(path, min(os.stat(path).st_size, MAX_DATA_BYTES))
         raw = read_bytes(path)
         # lines end at LF, CRLF or CR: counting both bytes errs towards more lines
         check_reading_fits(path, len(raw), raw.count(b"\n") + raw.count(b"\r") + 1, held=len(raw))
