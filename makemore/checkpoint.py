@@ -1,9 +1,6 @@
 """The checkpoint format: one safetensors file per trained model (no pickle: loading it cannot run code), its
-tensors beside one JSON document in the header's __metadata__ that holds everything else, and a SHA-256 of
-both. The README's "Checkpoints" section documents the layout key by key.
-
-save() writes atomically and checks nothing; load() reads only what makemore.checkpoint_checks lets through.
-"""
+tensors beside one JSON document in __metadata__ that holds the rest, and a SHA-256 of both (the README's
+"Checkpoints" section has the layout). save() checks nothing; load() reads what makemore.checkpoint_checks passes."""
 from __future__ import annotations
 
 import ctypes
@@ -166,12 +163,8 @@ def latest(out_dir: str | Path) -> Path:
 # ------------------------------------------------------------------------------------------------ reading
 
 def load(path: str | Path) -> dict:
-    """Read and check a checkpoint; every failure is a CheckpointError with a one-line message.
-
-    Returns the dict build() makes: the JSON document's values (config and train as plain dicts) with
-    state_dict {name: tensor}, items (a str, "" when the file keeps none) and, when the file holds it,
-    resume {state_dict, optimizer (as torch.optim's state_dict(), with int keys), rng, elapsed, world_size}.
-    """
+    """Read and check a checkpoint: the dict build() makes, config and train as plain dicts, items "" when the
+    file keeps none, the optimizer state's keys ints. Every failure is a CheckpointError with a one-line message."""
     path = Path(path)
     try:
         return _read(path)

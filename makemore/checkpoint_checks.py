@@ -20,9 +20,8 @@ from makemore.models import BUILT, MODELS, get_model_class
 from makemore.models.base import config_dict
 from makemore.train import TrainConfig
 
-# Bytes of the safetensors header: 1-6 KB for every model at its defaults, about 6 MB for the largest the
-# model limits allow (a mixture of 64 transformers of 64 layers) or a run that logged each of 100,000 steps.
-# safetensors' own limit, 100 MB, let a header of a million empty tensors take 1.15 GB to parse.
+# Bytes of the safetensors header: about 6 MB for the largest model the limits allow or a run that logged each of
+# 100,000 steps (safetensors' own limit, 100 MB, let a header of a million empty tensors take 1.15 GB to parse)
 MAX_HEADER_BYTES = 16 << 20
 # Tensors in the header: at most 49,536 (that mixture), about 1.2 KB each to parse
 MAX_TENSORS = 1 << 16
@@ -118,7 +117,6 @@ def file(path: Path) -> None:
     if needed > free:
         raise Refused(f"loading it needs about {memory.gb(needed)} of memory (its tensors and items) but "
                       f"this process has {memory.gb(free)} available; free memory or use a larger machine")
-
 
 
 # ---------------------------------------------------------------------------------------- the JSON document
