@@ -1,9 +1,6 @@
 """The checkpoint format: one safetensors file per trained model (no pickle: loading it cannot run code), its
-tensors beside one JSON document in the header's __metadata__ that holds everything else, and a SHA-256 of
-both. The README's "Checkpoints" section documents the layout key by key.
-
-save() writes atomically and checks nothing; load() reads only what makemore.checkpoint_checks lets through.
-"""
+tensors beside one JSON document in __metadata__ that holds the rest, and a SHA-256 of both (the README's
+"Checkpoints" section has the layout). save() checks nothing; load() reads what makemore.checkpoint_checks passes."""
 from __future__ import annotations
 
 import ctypes
@@ -155,8 +152,7 @@ def latest(out_dir: str | Path) -> Path:
             named = pointer.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError):
             named = ""  # a damaged pointer: fall back to the newest checkpoint
-        if named and "/" not in named and "\x00" not in named and named not in (".", "..") \
-                and (out_dir / named).is_file():
+        if "/" not in named and (out_dir / named).is_file():  # "", "." and ".." are folders, a NUL no file's
             return out_dir / named
     found = sorted(out_dir.glob(f"*{SUFFIX}"), key=lambda p: p.stat().st_mtime) if out_dir.is_dir() else []
     if not found:
@@ -167,12 +163,8 @@ def latest(out_dir: str | Path) -> Path:
 # ------------------------------------------------------------------------------------------------ reading
 
 def load(path: str | Path) -> dict:
-    """Read and check a checkpoint; every failure is a CheckpointError with a one-line message.
-
-    Returns the dict build() makes: the JSON document's values (config and train as plain dicts) with
-    state_dict {name: tensor}, items (a str, "" when the file keeps none) and, when the file holds it,
-    resume {state_dict, optimizer (as torch.optim's state_dict(), with int keys), rng, elapsed, world_size}.
-    """
+    """Read and check a checkpoint: the dict build() makes, config and train as plain dicts, items "" when the
+    file keeps none, the optimizer state's keys ints. Every failure is a CheckpointError with a one-line message."""
     path = Path(path)
     try:
         return _read(path)
@@ -228,7 +220,7 @@ def _assemble(ckpt: dict, tensors: dict) -> None:
 
     ckpt["state_dict"] = under("state_dict.")
     items = tensors.get("items")
-    ckpt["items"] = "" if items is None else checks.items(bytearray(_bytes_of(items)), ckpt)
+    ckpt["items"] = "" if items is None else checks.items(_bytes_of(items), ckpt)
     if "resume" in ckpt:
         ckpt["resume"]["state_dict"] = under("resume.state_dict.")
         ckpt["resume"]["rng"] = tensors["resume.rng"]

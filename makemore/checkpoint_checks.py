@@ -14,19 +14,17 @@ from pathlib import Path
 import torch
 
 from makemore import memory, options
-from makemore.data import MAX_DATA_BYTES, MAX_ITEM_CHARS, MAX_VOCAB, SPLIT_NAMES, split_sizes
+from makemore.data import MAX_DATA_BYTES, MAX_ITEM_CHARS, MAX_VOCAB, SPLIT_NAMES, Vocab, first_too_long, split_sizes
 from makemore.errors import MakemoreError
 from makemore.models import BUILT, MODELS, get_model_class
 from makemore.models.base import config_dict
 from makemore.train import TrainConfig
 
-# Bytes of the safetensors header: 1-6 KB for every model at its defaults, about 6 MB for the largest the
-# model limits allow (a mixture of 64 transformers of 64 layers) or a run that logged each of 100,000 steps.
-# safetensors' own limit, 100 MB, let a header of a million empty tensors take 1.15 GB to parse.
+# Bytes of the safetensors header: about 6 MB for the largest model the limits allow or a run that logged each of
+# 100,000 steps (safetensors' own limit, 100 MB, let a header of a million empty tensors take 1.15 GB to parse)
 MAX_HEADER_BYTES = 16 << 20
 # Tensors in the header: at most 49,536 (that mixture), about 1.2 KB each to parse
 MAX_TENSORS = 1 << 16
-MAX_ITEMS_BYTES = MAX_DATA_BYTES  # the training items are the lines of a data file
 MAX_DEPTH = 24  # nesting of the JSON document (a mixture of mixtures is the deepest: about 12)
 MAX_TEXT = 4096  # characters of a path or another short string
 _FINITE_SLICE = 1 << 22  # numbers: a temporary of 16 MB (float32)
@@ -114,12 +112,11 @@ def file(path: Path) -> None:
     if objects > MAX_TENSORS + 2:
         raise damaged(f"its header lists about {objects - 2:,} tensors; a makemore checkpoint holds at most "
                       f"{MAX_TENSORS:,}")
-    needed = data_bytes + 2 * min(data_bytes, MAX_ITEMS_BYTES)  # the items as bytes and as text
+    needed = data_bytes + 2 * min(data_bytes, MAX_DATA_BYTES)  # the items as bytes and as text
     free = memory.available(torch.device("cpu"))
     if needed > free:
         raise Refused(f"loading it needs about {memory.gb(needed)} of memory (its tensors and items) but "
                       f"this process has {memory.gb(free)} available; free memory or use a larger machine")
-
 
 
 # ---------------------------------------------------------------------------------------- the JSON document
@@ -349,47 +346,27 @@ def _dtype(dtype: torch.dtype) -> str:
 
 def items_size(n_bytes: int) -> None:
     """Refuse an items tensor larger than any data file makemore reads, before it is read."""
-    if n_bytes > MAX_ITEMS_BYTES:
-        raise Refused(f"keeps {n_bytes:,} bytes of training items; a checkpoint keeps at most {MAX_ITEMS_BYTES:,} "
+    if n_bytes > MAX_DATA_BYTES:
+        raise Refused(f"keeps {n_bytes:,} bytes of training items; a checkpoint keeps at most {MAX_DATA_BYTES:,} "
                       "(the size of the largest data file makemore reads)")
 
 
-def items(raw: bytearray, ckpt: dict) -> str:
-    """The training items as text, checked against the data's count, the item length and the vocabulary."""
+def items(raw, ckpt: dict) -> str:
+    """The training items (UTF-8 bytes) as text, checked as a data file's: their count, length and characters."""
     try:
-        text = raw.decode("utf-8")
+        text = str(raw, "utf-8")
     except UnicodeDecodeError:
         raise Refused("its training items are not UTF-8 text") from None
     n, recorded = text.count("\n") + 1, ckpt["data"]["n_items"]
     if n != recorded or text.startswith("\n") or text.endswith("\n") or "\n\n" in text:
         raise Refused(f"it keeps {n:,} training items (or empty ones), but its data had {recorded:,}")
-    too_long = longest_item(raw, text)
-    if too_long is not None:
+    too_long = first_too_long(text)
+    if too_long:
         raise Refused(f"its training item {too_long[0]:,} is {too_long[1]:,} characters long; items "
                       f"are at most {MAX_ITEM_CHARS:,}")
-    if text.isascii():  # counted in C: a set() of 25 million characters takes a second
-        counts = torch.bincount(torch.frombuffer(raw, dtype=torch.uint8), minlength=128)
-        chars = {chr(c) for c in counts.nonzero().flatten().tolist()}
-    else:
-        chars = set(text)
-    if not chars <= set(ckpt["vocab"][1:]) | {"\n"}:
+    if any(c != "\n" for c in Vocab(ckpt["vocab"]).unknown(text)):  # the newlines between items aside
         raise Refused("its training items hold characters its vocabulary lacks")
     return text
-
-
-def longest_item(raw: bytearray, text: str) -> tuple[int, int] | None:
-    """(line number from 1, length in characters) of the first item of the UTF-8 raw (decoded: text) longer
-    than MAX_ITEM_CHARS, or None. Lines are measured in bytes first, in C: only those longer than that in
-    bytes are decoded and counted."""
-    if not raw:
-        return None
-    newlines = (torch.frombuffer(raw, dtype=torch.uint8) == ord("\n")).nonzero().flatten()
-    bounds = torch.cat([torch.tensor([-1]), newlines, torch.tensor([len(raw)])])
-    for line in ((bounds.diff() - 1) > MAX_ITEM_CHARS).nonzero().flatten().tolist():
-        chars = len(raw[int(bounds[line]) + 1:int(bounds[line + 1])].decode("utf-8"))
-        if chars > MAX_ITEM_CHARS:
-            return line + 1, chars
-    return None
 
 
 def values(ckpt: dict) -> None:

@@ -54,43 +54,30 @@ def same_file(a, b) -> bool:
 
 
 def atomic_write(path: Path, write, by_path: bool = False) -> None:
-    """Call write(file object) on a temporary file beside path, then rename it over path; with by_path, write(a
-    path in a temporary folder beside path), for a writer that makes the file itself. The temporary's name holds
-    the process id, so that the next write in the folder removes those of a writer that was killed."""
+    """Call write(file object) on a temporary file beside path, then rename it over path; with by_path,
+    write(its path), for a writer that makes the file itself. The temporary lies in a folder whose name holds the
+    process id, so that the next write in the folder removes those of a writer that was killed."""
     path = Path(path)
     remove_stale_temporaries(path)
-    prefix = f".{path.name}.{os.getpid()}."
-    if by_path:
-        folder = tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=path.parent)
-        try:
-            tmp = os.path.join(folder, path.name)
+    folder = tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    try:
+        tmp = os.path.join(folder, path.name)
+        if by_path:
             write(tmp)
-            _finish(tmp, path)
+        else:
+            with open(tmp, "wb") as f:
+                write(f)
+        umask = os.umask(0)
+        os.umask(umask)  # the only way to read it is to set it
+        os.chmod(tmp, 0o666 & ~umask)  # a normal file's mode: safetensors makes its file private
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
         finally:
-            shutil.rmtree(folder, ignore_errors=True)
-        return
-    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        _finish(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _finish(tmp: str, path: Path) -> None:
-    """Flush tmp to disk, give it a normal file's mode (mkstemp makes it private), rename it over path."""
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
+            os.close(fd)
+        os.replace(tmp, path)
     finally:
-        os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)  # the only way to read it is to set it
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def remove_stale_temporaries(path: Path) -> None:

@@ -53,38 +53,28 @@ def _kilobyte_fields(path: Path, *fields: str) -> dict[str, int]:
 
 
 def _cgroup_room(proc: Path, root: Path) -> int | None:
-    """The least room (limit less usage) under the memory cgroups this process is in and their ancestors,
-    None without a limit. /proc/self/cgroup names them: '0::/path' (v2) or 'N:memory:/path' (v1)."""
+    """The least room (limit less usage) under the memory cgroups this process is in and their ancestors, None
+    without a limit. /proc/self/cgroup names them: '0::/path' (v2) or 'N:memory:/path' (v1). A container's mount
+    may show only the process's own cgroup, at its root: then path is not found under it."""
     try:
         lines = (proc / "self" / "cgroup").read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
         return None
     rooms = []
-    for line in lines:
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        _, controllers, path = parts
+    for _, controllers, path in (line.split(":", 2) for line in lines if line.count(":") >= 2):
         if controllers == "":  # v2: at the root of a pure v2 mount, or under unified/ of a hybrid one
-            places, files = (root, root / "unified"), ("memory.max", "memory.current")
+            mounts, files = (root, root / "unified"), ("memory.max", "memory.current")
         elif "memory" in controllers.split(","):
-            places, files = (root / "memory",), ("memory.limit_in_bytes", "memory.usage_in_bytes")
+            mounts, files = (root / "memory",), ("memory.limit_in_bytes", "memory.usage_in_bytes")
         else:
             continue
-        for mount in places:
-            rooms += _rooms_up(mount, path, *files)
+        parts = [part for part in path.split("/") if part]
+        for mount in mounts:
+            here = mount.joinpath(*parts) if ".." not in parts else mount
+            here = here if here.is_dir() else mount
+            found = (_room(folder, *files) for folder in [here, *here.parents] if folder.is_relative_to(mount))
+            rooms += [room for room in found if room is not None]
     return min(rooms, default=None)
-
-
-def _rooms_up(mount: Path, path: str, limit_name: str, usage_name: str) -> list[int]:
-    """The room under the cgroup at path and each ancestor up to the mount. A container's mount may show only
-    the process's own cgroup, at its root: then path is not found under it."""
-    parts = [p for p in path.split("/") if p]
-    here = mount.joinpath(*parts) if ".." not in parts else mount
-    if not here.is_dir():
-        here = mount
-    rooms = (_room(folder, limit_name, usage_name) for folder in [here, *here.parents] if folder.is_relative_to(mount))
-    return [room for room in rooms if room is not None]
 
 
 def _room(folder: Path, limit_name: str, usage_name: str) -> int | None:

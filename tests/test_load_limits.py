@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from conftest import REPO_NAMES, invoke, ok
 from makemore import api, checkpoint
 from makemore import checkpoint_checks as checks
-from makemore.data import MAX_ITEM_CHARS
+from makemore.data import MAX_DATA_BYTES, MAX_ITEM_CHARS, first_too_long
 from makemore.models.mixture import MAX_COMPONENTS, MAX_DEPTH, MAX_MODELS
 from test_checkpoint import attempt, document, pack, refused, seal, unpack
 
@@ -131,14 +131,14 @@ def test_items_larger_than_any_data_file_are_refused_unread(trained, tmp_path):
             begin, end = entry["data_offsets"]
             moved[name] = dict(entry, data_offsets=[len(body), len(body) + end - begin])
             body += data[begin:end]
-    n = checks.MAX_ITEMS_BYTES + 1
+    n = MAX_DATA_BYTES + 1
     moved["items"] = {"dtype": "U8", "shape": [n], "data_offsets": [len(body), len(body) + n]}
     raw = pack({"__metadata__": meta, **moved}, body)
     path = tmp_path / f"sparse-items{checkpoint.SUFFIX}"
     with open(path, "wb") as f:
         f.write(raw)
         f.truncate(len(raw) + n)
-    refused(path, "training items", f"{checks.MAX_ITEMS_BYTES:,}")
+    refused(path, "training items", f"{MAX_DATA_BYTES:,}")
 
 
 def test_an_item_longer_than_the_data_limit_is_refused(trained, tmp_path):
@@ -157,8 +157,7 @@ def test_an_item_longer_than_the_data_limit_is_refused(trained, tmp_path):
 @given(st.lists(st.text(st.characters(blacklist_characters="\n", blacklist_categories=("Cs",)), max_size=1010)
                 | st.builds(lambda c, n: c * n, st.sampled_from("aé中😀"), st.integers(990, 1010)), min_size=1))
 def test_the_first_item_too_long_is_found_in_characters_not_bytes(lines):
-    text = "\n".join(lines)
-    found = checks.longest_item(bytearray(text.encode()), text)
+    found = first_too_long("\n".join(lines))
     first = next(((i + 1, len(line)) for i, line in enumerate(lines) if len(line) > MAX_ITEM_CHARS), None)
     assert found == first
 
