@@ -211,7 +211,7 @@ def predicts_numbers(net) -> bool:
     """Whether a model predicts numbers (no NaN or +inf logits) for a context of boundary tokens: finite weights
     can still predict NaN (a BatchNorm variance below 0, an add-k overflowing float64)."""
     with torch.no_grad():
-        logits = net.eval()(torch.zeros(1, net.block_size, dtype=torch.long, device=net.device))
+        logits = net.eval().next_logits(torch.zeros(1, net.block_size, dtype=torch.long, device=net.device))
     return not (logits.isnan().any() or (logits == math.inf).any())
 
 

@@ -5,6 +5,7 @@ number of models from its config), and the model is built without initialising t
 then replaces, to the same weights bit for bit and the same losses."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from conftest import REPO_NAMES, invoke, ok
 from makemore import api, checkpoint
 from makemore import checkpoint_checks as checks
 from makemore.data import MAX_DATA_BYTES, MAX_ITEM_CHARS, first_too_long
+from makemore.models import get_model_class
 from makemore.models.mixture import MAX_COMPONENTS, MAX_DEPTH, MAX_MODELS
 from test_checkpoint import attempt, document, pack, refused, seal, unpack
 
@@ -200,6 +202,21 @@ def test_under_an_address_space_limit_a_huge_sparse_checkpoint_is_refused_in_one
                             timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith(f"{path}: ") and result.stdout.count("\n") == 1, result.stdout
+
+
+@pytest.mark.slow
+def test_loading_a_wide_transformer_reads_one_position_to_check_it_predicts_numbers(trained, tmp_path):
+    """A valid transformer of 256 heads over 1,024 positions (a 1 GB attention bias for a whole row) loads
+    with 1 GB of address space left: the check that it predicts numbers reads the window's last position."""
+    ckpt = checkpoint.load(trained["transformer"][0])
+    cls = get_model_class("transformer")
+    config = cls.config_from(dict(ckpt["config"], block_size=1024, n_head=256, n_embd=256, n_layer=1))
+    wide = cls(config, len(ckpt["vocab"]))
+    path = tmp_path / f"wide{checkpoint.SUFFIX}"
+    checkpoint.save(dict(ckpt, config=dataclasses.asdict(config), state_dict=wide.state_dict(), resume=None), path)
+    result = subprocess.run([sys.executable, "-c", ADDRESS_SPACE_SCRIPT, str(path)], capture_output=True, text=True,
+                            timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"))
+    assert result.returncode == 0 and result.stdout == "", (result.stdout + result.stderr)[-2000:]
 
 
 # ----------------------------------------------------------------------------------------- mixtures
