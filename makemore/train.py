@@ -160,6 +160,7 @@ class TrainStep:
         self.optimizer, self.groups = optimizer, optimizer.param_groups
         self.params = [p for group in self.groups for p in group["params"]]
         self.penalty = penalty
+        self.n_weights = sum(p.numel() for p in self.params)
         self.forward = world.wrap(model)
         self.whole_items = model.whole_items
         # a running sum of the losses on the device, not a list of each step's tensors, which kept about a
@@ -175,7 +176,9 @@ class TrainStep:
         loss = loss_of(self.forward(contexts), targets)
         objective = loss
         if self.penalty:
-            objective = loss + self.penalty * torch.cat([p.flatten() for p in self.params]).square().mean()
+            # mean(w**2) over all the weights, without a concatenated copy of them (bigram-nn's W is V x V)
+            squares = sum(p.square().sum() for p in self.params)
+            objective = loss + self.penalty * squares / self.n_weights
         for p in self.params:
             p.grad = None
         objective.backward()
