@@ -25,7 +25,8 @@ from makemore.files import atomic_write, check_name, check_not_inputs, same_file
 from makemore.models import MODELS, get_model_class, trainable_classes
 from makemore.models.mixture import MAX_MODELS, Mixture, MixtureConfig, check_weights
 from makemore.train import LoopState, TrainConfig, evaluate, make_optimizer, stop_on_signals, train_loop
-from makemore.trained import Trained, load, model_from, note_changed_data, predicts_numbers, resolve_device
+from makemore.trained import (Trained, load, model_from, note_changed_data, predicts_numbers, resolve_device,
+                              shown_labels)
 
 __all__ = ["load", "train", "inspect", "mix", "lr_find", "read_items", "read_items_file", "Data", "Trained", "Samples",
            "resolve_device", "MakemoreError", "OptionError", "NothingFound"]
@@ -66,23 +67,27 @@ def apply_size_rules(cls, tconfig: TrainConfig, given: dict | None, n_examples: 
 
 
 def build_run(cls, mconfig, tconfig: TrainConfig, vocab: Vocab, parts: dict, dev: torch.device,
-              with_dev: bool = True):
+              with_dev: bool = True, part_labels: dict | None = None, n_labels: int = 1):
     """A fresh model initialised from tconfig.seed, and the train and dev datasets on dev (dev None when empty,
-    or when not with_dev: only the main process evaluates); first a check that the run fits in memory."""
+    or when not with_dev: only the main process evaluates); first a check that the run fits in memory.
+    part_labels: the label ids of the items of parts (None: unlabelled)."""
     if not cls.counts and tconfig.batch_size < cls.min_batch_size:
         raise OptionError(f"--batch-size {tconfig.batch_size}: a {cls.name} batch holds at least "
                           f"{cls.min_batch_size} examples (its BatchNorm normalises over the batch)")
-    check_fits(cls, mconfig, tconfig, len(vocab), parts["train"] + (parts["dev"] if with_dev else []), dev)
+    check_fits(cls, mconfig, tconfig, len(vocab), parts["train"] + (parts["dev"] if with_dev else []), dev,
+               n_labels)
     torch.manual_seed(tconfig.seed)
-    net = cls(mconfig, len(vocab)).to(dev)
-    train_set = build_dataset(parts["train"], vocab, mconfig.block_size, cls.whole_items).to(dev)
-    dev_set = None
-    if parts["dev"] and with_dev:
-        dev_set = build_dataset(parts["dev"], vocab, mconfig.block_size, cls.whole_items).to(dev)
-    return net, train_set, dev_set
+    net = cls(mconfig, len(vocab), n_labels).to(dev)
+
+    def dataset(split: str):
+        labels = part_labels[split] if part_labels is not None else None
+        return build_dataset(parts[split], vocab, mconfig.block_size, cls.whole_items, labels).to(dev)
+
+    return net, dataset("train"), dataset("dev") if parts["dev"] and with_dev else None
 
 
-def check_fits(cls, mconfig, tconfig: TrainConfig, vocab_size: int, items: list[str], dev: torch.device) -> None:
+def check_fits(cls, mconfig, tconfig: TrainConfig, vocab_size: int, items: list[str], dev: torch.device,
+               n_labels: int = 1) -> None:
     """A one-line error, before anything is allocated, when the model, its training and the datasets of items
     cannot fit in the memory this process may still allocate on dev."""
     T, B = mconfig.block_size, tconfig.batch_size
@@ -102,7 +107,7 @@ def check_fits(cls, mconfig, tconfig: TrainConfig, vocab_size: int, items: list[
         steps = (B * BATCH_CHUNK * 8 + gathered * (16 * T + 8 * positions)
                  + B * 4 * cls.example_numbers(mconfig, vocab_size))
     copies = 2 if cls.counts else memory.training_copies(tconfig.optimizer)
-    weights = copies * memory.tensor_bytes(cls.expected_tensors(mconfig, vocab_size))
+    weights = copies * memory.tensor_bytes(cls.expected_tensors(mconfig, vocab_size, n_labels))
     memory.check_fits({"weights and their copies": weights, "batches": steps, "datasets": data,
                        "items kept in the checkpoint": kept}, dev, _smaller(cls))
 
@@ -149,23 +154,26 @@ class Run:
     split: dict  # fractions and seed, as the checkpoint records them
     vocab: Vocab
     parts: dict
+    part_labels: dict | None  # the label ids of parts' items, None when unlabelled
     prior: dict | None = None
 
 
-def _new_run(model: str, data, model_options: dict | None, train_options: dict | None, splits, split_seed) -> Run:
+def _new_run(model: str, data, model_options: dict | None, train_options: dict | None, splits, split_seed,
+             labelling: dict | None = None) -> Run:
     cls = get_model_class(model)
     splits = options.check_splits(splits)
     mconfig = model_config(model, model_options)
     tconfig = train_config(model, train_options)
-    dataset = Data.read(data)
-    parts = dataset.split(splits, split_seed)
+    dataset = Data.read(data, **(labelling or {}))
+    parts, part_labels = dataset.labelled_split(splits, split_seed)
     vocab = Vocab.from_items(dataset.items)
     mconfig = cls.config_for_data(mconfig, _given(model_options), parts["train"], len(vocab))
-    return Run(cls, mconfig, tconfig, dataset, dict(fractions=list(splits), seed=split_seed), vocab, parts)
+    return Run(cls, mconfig, tconfig, dataset, dict(fractions=list(splits), seed=split_seed), vocab, parts,
+               part_labels)
 
 
 def _resumed_run(path: Path, model: str | None, data, model_options: dict | None, train_options: dict | None,
-                 splits, split_seed, strict: bool, warn) -> Run:
+                 splits, split_seed, strict: bool, warn, labelling: dict | None = None) -> Run:
     """The run a checkpoint continues. Every option given must agree with the checkpoint (an OptionError
     names the first that does not), except --steps, which may lengthen the run."""
     prior = checkpoint.load(path)
@@ -195,11 +203,11 @@ def _resumed_run(path: Path, model: str | None, data, model_options: dict | None
     resumed = model_from(prior, path)  # a checkpoint whose weights do not fit is refused before any work
     if not cls.counts and (prior["step"] > 0 or "resume" in prior):  # the state the loop would load
         _check_resumable(prior, path, make_optimizer(resumed, tconfig))
-    dataset = _resumed_data(prior, path, data, strict, warn)
+    dataset = _resumed_data(prior, path, data, strict, warn, labelling)
     vocab = Vocab(prior["vocab"])
     vocab.check_items(dataset.items, printable(dataset.path))
-    parts = dataset.split(recorded["splits"], recorded["split_seed"])
-    return Run(cls, mconfig, tconfig, dataset, prior["split"], vocab, parts, prior)
+    parts, part_labels = dataset.labelled_split(recorded["splits"], recorded["split_seed"])
+    return Run(cls, mconfig, tconfig, dataset, prior["split"], vocab, parts, part_labels, prior)
 
 
 def _refuse_changes(recorded, wanted) -> None:
@@ -238,12 +246,16 @@ def _check_resumable(prior: dict, path: Path, optimizer) -> None:
                                   f"{ref!r:.60}; it cannot be resumed")
 
 
-def _resumed_data(prior: dict, path: Path, data, strict: bool, warn) -> Data:
+def _resumed_data(prior: dict, path: Path, data, strict: bool, warn, labelling: dict | None = None) -> Data:
     """The file given with --data, else the items the checkpoint keeps. The file the checkpoint records is never
     read (a received checkpoint may name any file): a changed fingerprint of it refuses the resume."""
+    recorded_labels = prior.get("labels", {}).get("names")
     if data is not None:
-        dataset = Data.read(data)
+        dataset = Data.read(data, **(labelling or {}))
         note_changed_data(prior, dataset, strict, warn)
+        if dataset.labels != recorded_labels:
+            raise DataError(f"{printable(dataset.path)} has the labels {shown_labels(dataset.labels)}, but the run "
+                            f"being resumed was trained on {shown_labels(recorded_labels)}")
         return dataset
     recorded = prior["data"]["path"]
     kept = prior["items"].split("\n") if prior.get("items") else []
@@ -253,7 +265,9 @@ def _resumed_data(prior: dict, path: Path, data, strict: bool, warn) -> Data:
         raise DataError(f"{printable(recorded)} has changed since {printable(path)} was trained on it; to continue "
                         "on the file as it is now, give it with --data (without --data the run continues on the items "
                         "the checkpoint keeps only while that file is unchanged or gone)")
-    return Data(Path(recorded), kept, prior["data"]["fingerprint"])
+    return Data(Path(recorded), kept, prior["data"]["fingerprint"], recorded_labels,
+                prior.get("item_labels"))
+
 
 
 def _output_path(out: Path, name: str | None, default: str, resumed: Path | None) -> Path:
@@ -279,6 +293,11 @@ def _checkpoint_writer(run: Run, path: Path, out: Path, world_size: int):
                 data=dict(path=recordable(run.dataset.path), fingerprint=run.dataset.fingerprint,
                           n_items=len(run.dataset.items)),
                 items="\n".join(run.dataset.items))
+    if run.part_labels is not None:
+        train_counts = [0] * run.dataset.n_labels
+        for label in run.part_labels["train"]:
+            train_counts[label] += 1
+        base.update(labels=dict(names=run.dataset.labels, counts=train_counts), item_labels=run.dataset.item_labels)
 
     def write(state: LoopState, net) -> None:
         resume_state = None
@@ -318,10 +337,12 @@ def train(model: str | None = None, data: str | Path | None = None, out: str | P
           model_options: dict | None = None, train_options: dict | None = None,
           splits=None, split_seed: int | None = None, resume: str | Path | None = None,
           device: str = "auto", progress: bool = True, strict: bool = False, warn=None,
-          n_threads: int | None = None, on_log=None) -> TrainResult:
+          n_threads: int | None = None, on_log=None, labels: bool = False, item_column: str | None = None,
+          label_column: str | None = None) -> TrainResult:
     """Train a model (default mlp, split 0.8,0.1,0.1 with seed 42), or continue the checkpoint resume names (every
     option given must match it, except steps), and write its checkpoint in out. on_log(record) at each log point:
-    {step, train_loss, lr, elapsed} (+ dev_loss at evaluations). Under torchrun rank 0 alone writes."""
+    {step, train_loss, lr, elapsed} (+ dev_loss at evaluations). Under torchrun rank 0 alone writes. labels: data
+    of LABEL<TAB>ITEM lines or a folder of LABEL.txt files; item_column (and label_column): a CSV file's columns."""
     warn = warn or (lambda message: print(printable(message), file=sys.stderr))
     if not distributed.is_main():
         warn, progress = (lambda message: None), False
@@ -330,16 +351,19 @@ def train(model: str | None = None, data: str | Path | None = None, out: str | P
     requested = resolve_device(device)
     resume = Path(resume) if resume is not None else None
     # the options, the checkpoint and the data are checked before the processes meet: a refusal is one line
+    labelling = dict(labels=labels, item_column=item_column, label_column=label_column)
     if resume is not None:
-        run = _resumed_run(resume, model, data, model_options, train_options, splits, split_seed, strict, warn)
+        run = _resumed_run(resume, model, data, model_options, train_options, splits, split_seed, strict, warn,
+                           labelling)
     else:
         run = _new_run(model or "mlp", data, model_options, train_options, splits or DEFAULT_SPLITS,
-                       DEFAULT_SPLIT_SEED if split_seed is None else split_seed)
+                       DEFAULT_SPLIT_SEED if split_seed is None else split_seed, labelling)
     world, dev = distributed.setup(requested)
     cls, tconfig, out = run.cls, run.tconfig, Path(out)
     path = _output_path(out, name, resume.stem if resume is not None else cls.name, resume)
     check_not_inputs([path, path.with_suffix(".metrics.jsonl"), plots.curve_path(path)], [run.dataset.path, resume])
-    net, train_set, dev_set = build_run(cls, run.mconfig, tconfig, run.vocab, run.parts, dev, with_dev=world.is_main)
+    net, train_set, dev_set = build_run(cls, run.mconfig, tconfig, run.vocab, run.parts, dev, world.is_main,
+                                        run.part_labels, run.dataset.n_labels)
     if world.is_main:  # made only now: a run refused above leaves no empty folder behind
         check_writable(out)
     governor = threads.Governor(threads.setup(n_threads, dev, threads.work(net, tconfig.batch_size)))
@@ -394,7 +418,8 @@ def lr_find(model: str = "mlp", data=None, model_options: dict | None = None, tr
     if plot_path is not None:
         check_not_inputs([plot_path], [run.dataset.path])
     cls, mconfig, tconfig = run.cls, run.mconfig, run.tconfig
-    net, train_set, _ = build_run(cls, mconfig, tconfig, run.vocab, dict(run.parts, dev=[]), dev)
+    net, train_set, _ = build_run(cls, mconfig, tconfig, run.vocab, dict(run.parts, dev=[]), dev,
+                                  part_labels=run.part_labels, n_labels=run.dataset.n_labels)
     apply_size_rules(cls, tconfig, train_options, len(train_set))  # the weight decay train would use
     lrs = instruments.exponential_lrs(min_lr, max_lr, steps)
     governor = threads.Governor(threads.setup(n_threads, dev, threads.work(net, tconfig.batch_size)))

@@ -30,7 +30,7 @@ class BatchSampler:
         self.step = step
         self.chunk_start = step - step % BATCH_CHUNK
         self._draw()
-        self.group_start, self.xs, self.ys = step, (), ()
+        self.group_start, self.xs, self.ys, self.labels = step, (), (), ()
 
     def _draw(self) -> None:
         self.chunk_rng = self.gen.get_state()
@@ -48,18 +48,19 @@ class BatchSampler:
             self._draw()
         return self.step - self.chunk_start
 
-    def peek(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def peek(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The current step's batch, without moving on."""
         return self.dataset.batch(self.indices[self._row()])
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The current step's batch (as Dataset.batch gives it); then the sampler is at the next step."""
         row, i = self._row(), self.step - self.group_start
         if i >= len(self.xs):
             self.group_start, i = self.step, 0
             rows = self.indices[row:min(row + self.group, BATCH_CHUNK)]
             n, B = rows.shape
-            x, y = self.dataset.batch(rows.reshape(-1))
+            x, y, label = self.dataset.batch(rows.reshape(-1))
             self.xs, self.ys = x.view(n, B, -1).unbind(0), y.view(n, B, *y.shape[1:]).unbind(0)
+            self.labels = label.view(n, B).unbind(0) if label is not None else (None,) * n
         self.step += 1
-        return self.xs[i], self.ys[i]
+        return self.xs[i], self.ys[i], self.labels[i]

@@ -38,7 +38,8 @@ _NAMES = {dtype: name for name, dtype in _DTYPES.items()}
 # ------------------------------------------------------------------------------------------------ writing
 
 def build(*, model: str, config, vocab: str, train, split: dict, data: dict, items, state_dict: dict, step: int,
-          best_dev_loss: float, metrics: list, resume: dict | None = None, mix: dict | None = None) -> dict:
+          best_dev_loss: float, metrics: list, resume: dict | None = None, mix: dict | None = None,
+          labels: dict | None = None, item_labels: list[int] | None = None) -> dict:
     """The checkpoint as a dict, as load() returns it. config and train may be dataclasses; items a list or
     the items joined by newlines; tensors on any device. resume, for `train --resume`: state_dict (the latest
     weights), optimizer (torch.optim's state_dict()), rng (the batch generator's state), elapsed, world_size."""
@@ -57,6 +58,9 @@ def build(*, model: str, config, vocab: str, train, split: dict, data: dict, ite
                               world_size=int(resume.get("world_size", 1)))
     if mix is not None:
         ckpt["mix"] = _plain(mix)
+    if labels is not None:  # a labelled model: its label names, their training counts, each kept item's label
+        ckpt["labels"] = dict(names=list(labels["names"]), counts=[int(c) for c in labels["counts"]])
+        ckpt["item_labels"] = list(item_labels) if item_labels is not None else None
     return ckpt
 
 
@@ -91,6 +95,10 @@ def _to_file(ckpt: dict) -> tuple[dict, dict]:
         tensors["items"] = torch.frombuffer(bytearray(ckpt["items"].encode("utf-8")), dtype=torch.uint8)
     if "mix" in ckpt:
         document["mix"] = _plain(ckpt["mix"])
+    if "labels" in ckpt:
+        document["labels"] = _plain(ckpt["labels"])
+        if ckpt.get("items") and ckpt.get("item_labels") is not None:
+            tensors["item_labels"] = torch.tensor(ckpt["item_labels"], dtype=torch.uint8)
     if ckpt.get("resume") is not None:
         r, state = ckpt["resume"], ckpt["resume"]["optimizer"]["state"]
         # the optimizer state's tensors as tensors of the file, the rest (SGD's None) in the document
@@ -221,6 +229,8 @@ def _assemble(ckpt: dict, tensors: dict) -> None:
     ckpt["state_dict"] = under("state_dict.")
     items = tensors.get("items")
     ckpt["items"] = "" if items is None else checks.items(_bytes_of(items), ckpt)
+    if "labels" in ckpt:
+        ckpt["item_labels"] = checks.item_labels(tensors.get("item_labels"), ckpt)
     if "resume" in ckpt:
         ckpt["resume"]["state_dict"] = under("resume.state_dict.")
         ckpt["resume"]["rng"] = tensors["resume.rng"]

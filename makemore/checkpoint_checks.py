@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from makemore import memory, options
-from makemore.data import MAX_DATA_BYTES, MAX_ITEM_CHARS, MAX_VOCAB, SPLIT_NAMES, Vocab, first_too_long, split_sizes
+from makemore.data import (MAX_DATA_BYTES, MAX_ITEM_CHARS, MAX_LABEL_CHARS, MAX_LABELS, MAX_VOCAB, SPLIT_NAMES, Vocab,
+                           first_too_long, split_sizes)
 from makemore.errors import MakemoreError
 from makemore.models import BUILT, MODELS, get_model_class
 from makemore.models.base import config_dict
@@ -44,6 +45,7 @@ LAYOUT = {
     "resume?": ANY,  # checked against its model's parameters, when the model is known
     "mix?": {"components": [(str, MAX_TEXT)], "component_dev_losses": [LOSS], "dev_loss": LOSS,
              "em_iterations": STEP},
+    "labels?": {"names": [(str, MAX_LABEL_CHARS)], "counts": [(int, 1, 10**9)]},
 }
 REQUIRED = tuple(key for key in LAYOUT if not key.endswith("?"))
 RESUME = {"elapsed": (float, 0, 1e12), "world_size": (int, 1, 1 << 16),
@@ -161,7 +163,8 @@ def fields(document: dict) -> tuple[dict, dict]:
         raise Refused("its vocabulary (vocab) is not the boundary and at least one more character, each once")
     config = _options(lambda: cls.config_from(ckpt["config"], complete=True), f"its {name} config")
     ckpt["config"] = config_dict(config)
-    expected = _options(lambda: cls.expected_tensors(config, len(vocab)),
+    n_labels = labels(ckpt)
+    expected = _options(lambda: cls.expected_tensors(config, len(vocab), n_labels),
                         f"its {name} config does not fit its vocabulary of {len(vocab)}")
     built = name in BUILT  # a mixture: made by makemore mix, never trained
     if built != ("mix" in ckpt):
@@ -188,11 +191,13 @@ def fields(document: dict) -> tuple[dict, dict]:
 
     wanted = {f"state_dict.{key}": spec for key, spec in expected.items()}
     wanted["items"] = (torch.uint8, (None,), "optional")
+    if "labels" in ckpt:
+        wanted["item_labels"] = (torch.uint8, (n_items,), "optional")
     if "resume" in ckpt:
         if built or cls.counts:
             raise Refused(f"a {name} is not trained step by step, yet the checkpoint holds a training state (resume)")
         ckpt["resume"] = _check(ckpt["resume"], RESUME, "resume")
-        wanted.update(_resume(ckpt["resume"]["optimizer"], cls.expected_parameters(config, len(vocab)),
+        wanted.update(_resume(ckpt["resume"]["optimizer"], cls.expected_parameters(config, len(vocab), n_labels),
                               ckpt["train"]["optimizer"]))
         wanted.update({f"resume.state_dict.{key}": spec for key, spec in expected.items()})
     return ckpt, wanted
@@ -342,6 +347,31 @@ def tensors(entries: dict, wanted: dict) -> None:
 
 def _dtype(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
+
+
+def labels(ckpt: dict) -> int:
+    """The number of labels a checkpoint's model conditions on (1 without labels), its labels checked."""
+    if "labels" not in ckpt:
+        return 1
+    names, counts = ckpt["labels"]["names"], ckpt["labels"]["counts"]
+    if not 2 <= len(names) <= MAX_LABELS or len(set(names)) != len(names) or names != sorted(names):
+        raise Refused(f"its labels are not 2 to {MAX_LABELS} distinct names in order")
+    if len(counts) != len(names):
+        raise Refused(f"it records {len(counts)} label counts for {len(names)} labels")
+    return len(names)
+
+
+def item_labels(t, ckpt: dict) -> list[int] | None:
+    """Each kept item's label id, checked against the labels (None when the checkpoint keeps no items)."""
+    if t is None:
+        if ckpt["items"]:
+            raise Refused("it keeps training items but not their labels (item_labels)")
+        return None
+    if not ckpt["items"]:
+        raise Refused("it keeps the labels of training items (item_labels) but no items")
+    if t.numel() and int(t.max()) >= len(ckpt["labels"]["names"]):
+        raise Refused("an item's label (item_labels) is not one of its labels")
+    return t.tolist()
 
 
 def items_size(n_bytes: int) -> None:

@@ -190,6 +190,17 @@ def checkpoint_options(f):
     return f
 
 
+def labelling_options(command):
+    """--labels, --item-column and --label-column: how --data holds each item's label."""
+    command = click.option("--label-column", metavar="NAME",
+                           help="With --item-column: the CSV column of each item's label.")(command)
+    command = click.option("--item-column", metavar="NAME",
+                           help="--data is a CSV file with a header: the column of the items.")(command)
+    return click.option("--labels", is_flag=True,
+                        help="--data holds labelled items: LABEL<TAB>ITEM lines, or a folder of LABEL.txt files "
+                        "(one item per line).")(command)
+
+
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(__version__, prog_name="makemore")
 def cli():
@@ -216,9 +227,10 @@ def cli():
 @click.option("--strict", is_flag=True, help="With --resume --data: a file other than the one trained on is an error, "
               "not a warning.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@labelling_options
 @device_option
 def train(model_name, data, out, name, splits, split_seed, resume, checkpoint_path, strict, quiet, device,
-          n_threads, **settings):
+          n_threads, labels, item_column, label_column, **settings):
     """Train a model on a file of items and save its checkpoint in --out.
 
     For data-parallel training on several CPU processes or GPUs, launch it with torchrun, e.g.
@@ -232,7 +244,8 @@ def train(model_name, data, out, name, splits, split_seed, resume, checkpoint_pa
     resume_path = (checkpoint_path or checkpoint.latest(out)) if resume else None
     try:
         result = api.train(model_name, data, out, name, *_split_settings(settings), splits, split_seed,
-                           resume=resume_path, device=device, progress=not quiet, strict=strict, n_threads=n_threads)
+                           resume=resume_path, device=device, progress=not quiet, strict=strict, n_threads=n_threads,
+                           labels=labels, item_column=item_column, label_column=label_column)
     except Interrupted as e:
         if not distributed.is_main():
             # the others exit quietly: a failed one would make torchrun kill rank 0 before it reports

@@ -2,7 +2,9 @@
 characters() and the memory check use it); the tensors built from them are makemore.dataset's."""
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import math
 import os
 import random
@@ -24,6 +26,9 @@ MAX_DATA_BYTES = 64 << 20
 # what reading a data file holds at its peak, measured: bytes per byte of the file, and per line
 READ_BYTES_PER_BYTE = 5
 READ_BYTES_PER_LINE = 100
+# labels of a labelled file: classifying an item scores it under each, and their ids fit in a byte
+MAX_LABELS = 256
+MAX_LABEL_CHARS = 100
 SPLIT_NAMES = ("train", "dev", "test")
 DEFAULT_SPLITS = (0.8, 0.1, 0.1)
 DEFAULT_SPLIT_SEED = 42
@@ -142,9 +147,9 @@ def fingerprint(path: str | Path) -> str:
     return fingerprint_bytes(read_bytes(path))
 
 
-def parse_items(raw: bytes, name: str) -> list[str]:
-    """Decode UTF-8 (a byte-order mark is allowed), one item per line (LF, CRLF or CR), stripped, blank lines
-    dropped; in NFC form, so that an accented letter is one character however the file spelt it."""
+def decode_lines(raw: bytes, name: str) -> list[str]:
+    """Decode UTF-8 (a byte-order mark is allowed) into lines (LF, CRLF or CR), each stripped and in NFC form, so
+    that an accented letter is one character however the file spelt it."""
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise DataError(f"{name}: UTF-16 text; convert it to UTF-8 first, e.g. iconv -f UTF-16 -t UTF-8")
     nul = raw.find(b"\x00")
@@ -156,16 +161,83 @@ def parse_items(raw: bytes, name: str) -> list[str]:
         raise DataError(f"{name}: not valid UTF-8 (at byte offset {e.start:,}); "
                         "convert it first, e.g. iconv -t UTF-8") from None
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    items = [unicodedata.normalize("NFC", line.strip()) for line in lines]
+    return [unicodedata.normalize("NFC", line.strip()) for line in lines]
+
+
+def check_lengths(items: list[str], name: str, lines: list[int] | None = None) -> None:
+    """A DataError naming the first item longer than MAX_ITEM_CHARS (by its line: lines[i], else i + 1)."""
     too_long = first_too_long("\n".join(items))
     if too_long:
-        raise DataError(f"{name}: line {too_long[0]:,} is {too_long[1]:,} characters long; makemore models items "
+        line = lines[too_long[0] - 1] if lines else too_long[0]
+        raise DataError(f"{name}: line {line:,} is {too_long[1]:,} characters long; makemore models items "
                         f"of at most {MAX_ITEM_CHARS:,} characters (one per line): split or drop that line")
+
+
+def parse_items(raw: bytes, name: str) -> list[str]:
+    """One item per line, stripped (decode_lines), blank lines dropped; a DataError when none is left."""
+    items = decode_lines(raw, name)
+    check_lengths(items, name)
     items = [item for item in items if item]
     if not items:
-        what = "is empty" if not text.strip("\n\r\ufeff") else "has only blank lines"
+        what = "is empty" if not raw.strip(b"\n\r\xef\xbb\xbf") else "has only blank lines"
         raise DataError(f"{name}: {what}; expected one item per line")
     return items
+
+
+def parse_labelled(raw: bytes, name: str) -> tuple[list[str], list[str]]:
+    """(labels, items) of a file of `label<TAB>item` lines, blank lines dropped; a DataError naming the first line
+    without a tab or with an empty label or item."""
+    lines = decode_lines(raw, name)
+    labels, items, numbers = [], [], []
+    for number, line in enumerate(lines, 1):
+        if not line:
+            continue
+        label, tab, item = line.partition("\t")
+        label, item = unicodedata.normalize("NFC", label.strip()), unicodedata.normalize("NFC", item.strip())
+        if not tab:
+            raise DataError(f"{name}: line {number:,} has no tab; with --labels each line is LABEL<TAB>ITEM (for a "
+                            "CSV give --item-column and --label-column)")
+        if not label or not item:
+            raise DataError(f"{name}: line {number:,} has an empty {'label' if not label else 'item'}; each line "
+                            "is LABEL<TAB>ITEM")
+        labels.append(label)
+        items.append(item)
+        numbers.append(number)
+    if not items:
+        raise DataError(f"{name}: has no LABEL<TAB>ITEM line")
+    check_lengths(items, name, numbers)
+    return labels, items
+
+
+def parse_csv(raw: bytes, name: str, item_column: str, label_column: str | None) -> tuple[list[str] | None, list[str]]:
+    """(labels or None, items) of a CSV file with a header row, from the named columns; rows with an empty item are
+    dropped, an empty label is a DataError."""
+    text = "\n".join(decode_lines(raw, name))
+    try:
+        rows = csv.reader(io.StringIO(text))
+        header = [column.strip() for column in next(rows, [])]
+        wanted = [item_column] + ([label_column] if label_column is not None else [])
+        missing = [column for column in wanted if column not in header]
+        if missing:
+            shown = ", ".join(printable(c) for c in header[:20]) or "none"
+            raise DataError(f"{name}: has no column {printable(missing[0])!r} in its header (its columns: {shown})")
+        at = [header.index(column) for column in wanted]
+        labels, items, lines = [], [], []
+        for row in rows:
+            cells = [unicodedata.normalize("NFC", row[i].strip()) if i < len(row) else "" for i in at]
+            if not cells[0]:
+                continue
+            if label_column is not None and not cells[1]:
+                raise DataError(f"{name}: row {rows.line_num - 1:,} has an empty {printable(label_column)!r}")
+            items.append(cells[0])
+            labels.append(cells[1] if label_column is not None else "")
+            lines.append(rows.line_num)
+    except csv.Error as e:
+        raise DataError(f"{name}: not a CSV file this reader understands ({e})") from None
+    if not items:
+        raise DataError(f"{name}: has no item in its column {printable(item_column)!r}")
+    check_lengths(items, name, lines)
+    return (labels if label_column is not None else None), items
 
 
 def first_too_long(text: str) -> tuple[int, int] | None:
@@ -257,12 +329,67 @@ def split_items(items: list[str], splits=DEFAULT_SPLITS, seed: int = DEFAULT_SPL
     items = list(items)
     random.Random(seed).shuffle(items)
     sizes = split_sizes(len(items), splits)
-    for split, frac, size in zip(SPLIT_NAMES, splits, sizes):
-        if frac > 0 and size == 0:
-            raise DataError(f"{name}: the {split} split would be empty ({len(items)} items at --splits "
-                            f"{','.join(f'{f:g}' for f in splits)}); it needs at least {min_items(splits)} items")
+    _check_sizes(sizes, len(items), splits, name)
     n1, n2 = sizes[0], sizes[0] + sizes[1]
     return {"train": items[:n1], "dev": items[n1:n2], "test": items[n2:]}
+
+
+def _check_sizes(sizes, n: int, splits, name: str) -> None:
+    for split, frac, size in zip(SPLIT_NAMES, splits, sizes):
+        if frac > 0 and size == 0:
+            raise DataError(f"{name}: the {split} split would be empty ({n} items at --splits "
+                            f"{','.join(f'{f:g}' for f in splits)}); it needs at least {min_items(splits)} items")
+
+
+def split_labelled(items: list[str], item_labels: list[int] | None, label_names: list[str] | None,
+                   splits=DEFAULT_SPLITS, seed: int = DEFAULT_SPLIT_SEED,
+                   name: str = "the data") -> tuple[dict[str, list[str]], dict[str, list[int]] | None]:
+    """The split stratified by label: each label's items shuffled and cut by the fractions (one generator seeded
+    with seed, the labels in id order), so that every label keeps its share of each split. Without labels (None):
+    split_items' split, and None."""
+    if item_labels is None:
+        return split_items(items, splits, seed, name), None
+    by_label = [[] for _ in label_names]
+    for item, label in zip(items, item_labels):
+        by_label[label].append(item)
+    rng = random.Random(seed)
+    parts = {split: [] for split in SPLIT_NAMES}
+    labels = {split: [] for split in SPLIT_NAMES}
+    for label, group in enumerate(by_label):
+        rng.shuffle(group)
+        sizes = split_sizes(len(group), splits)
+        if sizes[0] == 0:
+            raise DataError(f"{name}: label {printable(label_names[label])!r} would have no training items ("
+                            f"{len(group)} item{'s' * (len(group) != 1)} at --splits "
+                            f"{','.join(f'{f:g}' for f in splits)}); give it more items or drop it")
+        start = 0
+        for split, size in zip(SPLIT_NAMES, sizes):
+            parts[split].extend(group[start:start + size])
+            labels[split].extend([label] * size)
+            start += size
+    _check_sizes([len(parts[split]) for split in SPLIT_NAMES], len(items), splits, name)
+    return parts, labels
+
+
+def check_labels(labels: list[str], name: str) -> tuple[list[str], list[int]]:
+    """(label names, sorted; each item's label id) of the items' labels; a DataError for more than MAX_LABELS
+    labels, a label of one item, or a label too long or holding a control character."""
+    counts = {}
+    for label in labels:
+        counts[label] = counts.get(label, 0) + 1
+        if len(counts) > MAX_LABELS:
+            raise DataError(f"{name}: has more than {MAX_LABELS} labels; makemore models at most {MAX_LABELS} (merge "
+                            "the rare ones)")
+    names = sorted(counts)
+    for label in names:
+        if len(label) > MAX_LABEL_CHARS or printable(label) != label:
+            raise DataError(f"{name}: the label {printable(label)[:MAX_LABEL_CHARS]!r} is longer than "
+                            f"{MAX_LABEL_CHARS} characters or holds a control character")
+        if counts[label] == 1:
+            raise DataError(f"{name}: the label {label!r} has only one item; a label needs items to train on and "
+                            "to check on: give it more or drop it")
+    ids = {label: i for i, label in enumerate(names)}
+    return names, [ids[label] for label in labels]
 
 
 def split_sizes(n: int, splits) -> tuple[int, int, int]:
@@ -287,19 +414,76 @@ def min_items(splits) -> int:
 
 @dataclass
 class Data:
-    """A data file read once: its items, fingerprint and split."""
+    """A data file (or a folder of them, one per label) read once: its items, fingerprint and split; labels: the
+    label names (sorted) and item_labels each item's label id, or both None for an unlabelled file."""
 
     path: Path
     items: list[str]
     fingerprint: str
+    labels: list[str] | None = None
+    item_labels: list[int] | None = None
 
     @classmethod
-    def read(cls, path: str | Path | None = None) -> "Data":
+    def read(cls, path: str | Path | None = None, labels: bool = False, item_column: str | None = None,
+             label_column: str | None = None) -> "Data":
+        """A text file of one item per line; with labels, LABEL<TAB>ITEM lines, or a folder of LABEL.txt files;
+        with item_column (and label_column), a CSV file with a header."""
         path = Path(path) if path is not None else default_data_path()
+        if label_column is not None and item_column is None:
+            raise DataError("--label-column needs --item-column: the column of the items")
+        if labels and item_column is None and path.is_dir():
+            return cls._read_folder(path)
         raw = read_bytes(path)
         # lines end at LF, CRLF or CR: counting both bytes errs towards more lines
         check_reading_fits(path, len(raw), raw.count(b"\n") + raw.count(b"\r") + 1, held=len(raw))
-        return cls(path, parse_items(raw, str(path)), fingerprint_bytes(raw))
+        name, names = str(path), None
+        if item_column is not None:
+            names, items = parse_csv(raw, name, item_column, label_column)
+        elif labels:
+            names, items = parse_labelled(raw, name)
+        else:
+            items = parse_items(raw, name)
+        return cls._made(path, items, fingerprint_bytes(raw), names, name)
+
+    @classmethod
+    def _read_folder(cls, path: Path) -> "Data":
+        """Every *.txt file of the folder: the items of the label its name (without .txt) says."""
+        try:
+            files = sorted(p for p in path.iterdir() if p.suffix == ".txt")
+        except OSError as e:
+            raise DataError(f"{path}: cannot list the folder ({e.strerror})") from None
+        if not files:
+            raise DataError(f"{path}: holds no .txt file; with --labels a folder holds one LABEL.txt file per label")
+        if len(files) > MAX_LABELS:
+            raise DataError(f"{path}: holds {len(files):,} .txt files; makemore models at most {MAX_LABELS} labels")
+        h, total, labels, items = hashlib.sha256(), 0, [], []
+        for file in files:
+            raw = read_bytes(file)
+            total += len(raw)
+            if total > MAX_DATA_BYTES:
+                _too_large(path, total)
+            h.update(file.name.encode("utf-8", "surrogateescape") + b"\0" + raw + b"\0")
+            found = parse_items(raw, str(file))
+            labels.extend([unicodedata.normalize("NFC", file.stem)] * len(found))
+            items.extend(found)
+        return cls._made(path, items, h.hexdigest()[:16], labels, str(path))
+
+    @classmethod
+    def _made(cls, path: Path, items: list[str], fingerprint: str, labels: list[str] | None, name: str) -> "Data":
+        if labels is None:
+            return cls(path, items, fingerprint)
+        names, ids = check_labels(labels, name)
+        return cls(path, items, fingerprint, names, ids)
+
+    @property
+    def n_labels(self) -> int:
+        return len(self.labels) if self.labels is not None else 1
 
     def split(self, splits=DEFAULT_SPLITS, seed: int = DEFAULT_SPLIT_SEED) -> dict[str, list[str]]:
-        return split_items(self.items, splits, seed, str(self.path))
+        """The items by split (stratified by label)."""
+        return self.labelled_split(splits, seed)[0]
+
+    def labelled_split(self, splits=DEFAULT_SPLITS, seed: int = DEFAULT_SPLIT_SEED
+                       ) -> tuple[dict[str, list[str]], dict[str, list[int]] | None]:
+        """(items by split, their label ids by split or None): split_labelled."""
+        return split_labelled(self.items, self.item_labels, self.labels, splits, seed, str(self.path))

@@ -38,6 +38,7 @@ class Dataset:
     # rows: the columns a row needs, min(block_size, longest item + 1): a block size far above every item
     # must not make every row (and every evaluation) that wide
     width: int = 0
+    labels: torch.Tensor | None = None  # (N,) each example's label id (uint8), or None for unlabelled items
 
     def __post_init__(self):
         if self.rows is None:
@@ -50,13 +51,14 @@ class Dataset:
     def __len__(self) -> int:
         return self.positions.numel()
 
-    def batch(self, ix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, ix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Windows: contexts (B, block_size) and targets (B,); rows: inputs and targets (B, block_size);
-        int64, for the examples ix."""
+        and the examples' labels (B,) or None; int64, for the examples ix."""
         p = self.positions[ix].long()
+        label = self.labels[ix].long() if self.labels is not None else None
         if self.rows is None:
             rel = torch.arange(-self.block_size, 0, device=p.device)
-            return self.tokens[p[:, None] + rel].long(), self.tokens[p].long()
+            return self.tokens[p[:, None] + rel].long(), self.tokens[p].long(), label
         # the last item's row reads past the stream's end: those positions lie after its end, so the
         # clamped index is as good as any
         at = (p[:, None] + torch.arange(self.width + 1, device=p.device)).clamp_(max=self.tokens.numel() - 1)
@@ -65,7 +67,7 @@ class Dataset:
         is_end = y == 0
         after_end = (is_end.cumsum(1) - is_end.long()) > 0
         before_first = torch.arange(self.width, device=p.device) < self.rows[ix].long()[:, None]
-        return x, y.masked_fill(after_end | before_first, IGNORE)
+        return x, y.masked_fill(after_end | before_first, IGNORE), label
 
     def chunks(self, size: int):
         """All examples in order, a chunk at a time."""
@@ -73,50 +75,63 @@ class Dataset:
             ix = torch.arange(start, min(start + size, len(self)), device=self.positions.device)
             yield self.batch(ix)
 
-    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Every context and target at once (for small data and tests)."""
         return self.batch(torch.arange(len(self), device=self.positions.device))
 
     def to(self, device) -> Dataset:
         rows = None if self.rows is None else self.rows.to(device)
-        return replace(self, tokens=self.tokens.to(device), positions=self.positions.to(device), rows=rows)
+        labels = None if self.labels is None else self.labels.to(device)
+        return replace(self, tokens=self.tokens.to(device), positions=self.positions.to(device), rows=rows,
+                       labels=labels)
 
 
 BUILD_CHUNK = 1 << 16  # items encoded at a time: the working tensors stay in cache, the peak near the result
 
 
-def build_dataset(items: list[str], vocab: Vocab, block_size: int, whole_items: bool = False) -> Dataset:
+def build_dataset(items: list[str], vocab: Vocab, block_size: int, whole_items: bool = False,
+                  labels: list[int] | None = None) -> Dataset:
     """Encode items with whole-string and tensor operations: no Python loop per character. whole_items:
-    rows instead of windows (see Dataset)."""
+    rows instead of windows (see Dataset); labels: each item's label id, kept for each of its examples."""
     if block_size < 1:
         raise ValueError("block_size must be at least 1")
     # a window must never reach into the previous item, so it gets block_size boundary tokens before it;
     # a row starts at its item's boundary token and a tail row inside its item, so one is enough
     lead = 1 if whole_items else block_size
-    token_parts, position_parts, row_parts, offset, n_targets = [], [], [], 0, 0
+    token_parts, position_parts, row_parts, label_parts, offset, n_targets = [], [], [], [], 0, 0
     for start in range(0, max(len(items), 1), BUILD_CHUNK):
-        tokens, positions = _encode_items(items[start:start + BUILD_CHUNK], vocab, lead)
+        chunk = items[start:start + BUILD_CHUNK]
+        tokens, positions = _encode_items(chunk, vocab, lead)
         n_targets += positions.numel()
+        if labels is not None:  # an item's targets: its characters and its end
+            target_labels = torch.tensor(labels[start:start + BUILD_CHUNK], dtype=torch.uint8).repeat_interleave(
+                torch.tensor([len(item) + 1 for item in chunk]))
         if whole_items:
-            positions, first = _rows(tokens, positions, block_size)
+            positions, first, source = _rows(tokens, positions, block_size)
             row_parts.append(first)
+            if labels is not None:
+                target_labels = target_labels[source]
+        if labels is not None:
+            label_parts.append(target_labels)
         position_parts.append(positions.to(_smallest_int_dtype(offset + tokens.numel())).add_(offset))
         token_parts.append(tokens)
         offset += tokens.numel()
     tokens = token_parts[0] if len(token_parts) == 1 else torch.cat(token_parts)
     positions = position_parts[0] if len(position_parts) == 1 else torch.cat(position_parts)
     positions = positions.to(_smallest_int_dtype(offset))
+    example_labels = torch.cat(label_parts) if labels is not None else None
     if not whole_items:
-        return Dataset(tokens, positions, block_size, len(items))
+        return Dataset(tokens, positions, block_size, len(items), labels=example_labels)
     rows = torch.cat(row_parts).to(_smallest_int_dtype(block_size))
     width = min(block_size, max(map(len, items), default=0) + 1)
-    return Dataset(tokens, positions, block_size, len(items), rows, n_targets, width)
+    return Dataset(tokens, positions, block_size, len(items), rows, n_targets, width, example_labels)
 
 
-def _rows(tokens: torch.Tensor, targets: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Where each row starts and its first position with a target, in stream order, from the targets'
-    positions: a row at each item's boundary token, and a tail row for each target at least block_size
-    characters into its item."""
+def _rows(tokens: torch.Tensor, targets: torch.Tensor, block_size: int
+          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where each row starts, its first position with a target and the index of the target it starts from, in
+    stream order, from the targets' positions: a row at each item's boundary token, and a tail row for each
+    target at least block_size characters into its item."""
     starts_item = tokens[targets - 1] == 0  # the first character's target follows the boundary token
     index = torch.arange(targets.numel())
     into_item = index - torch.where(starts_item, index, 0).cummax(0).values  # 0 for an item's first target
@@ -124,8 +139,9 @@ def _rows(tokens: torch.Tensor, targets: torch.Tensor, block_size: int) -> tuple
     starts = torch.cat([targets[starts_item] - 1, targets[tail] - block_size])
     first = torch.cat([torch.zeros(int(starts_item.sum()), dtype=torch.long),
                        torch.full((int(tail.sum()),), block_size - 1, dtype=torch.long)])
+    source = torch.cat([index[starts_item], index[tail]])
     order = starts.argsort(stable=True)
-    return starts[order], first[order]
+    return starts[order], first[order], source[order]
 
 
 def _encode_items(items: list[str], vocab: Vocab, lead: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,8 +33,8 @@ def score(model, vocab, items: list[str]) -> list[dict]:
     shown = [vocab.show(c) for c in vocab.chars]
     # a chunk at a time, sized to fit (a wide context makes each row large), its contexts spelt out as it goes
     transitions = []
-    for x, y in ds.chunks(chunk_rows(model, 16384, device)):
-        logp = next_log_probs(model, x).gather(1, y[:, None]).squeeze(1).cpu().tolist()
+    for x, y, label in ds.chunks(chunk_rows(model, 16384, device)):
+        logp = next_log_probs(model, x, label).gather(1, y[:, None]).squeeze(1).cpu().tolist()
         for row, target, lp in zip(x.cpu().tolist(), y.cpu().tolist(), logp):
             transitions.append(dict(context="".join(shown[t] for t in row), next=shown[target],
                                     prob=math.exp(lp), logprob=lp))

@@ -48,8 +48,8 @@ def _scores(models: list, dataset, n: int, seed: int, rows: int, progress: bool,
     parts, targets = [], []
     with torch.no_grad(), long_work(-(-n // rows), progress, "scoring dev") as bar:
         for start in range(0, n, rows):
-            x, y = dataset.batch(ix[start:start + rows])
-            parts.append(score(x, y))
+            x, y, label = dataset.batch(ix[start:start + rows])
+            parts.append(score(x, y, label))
             targets.append(y.cpu())
             bar.update()
     return torch.cat(parts), torch.cat(targets)
@@ -59,8 +59,8 @@ def target_probs(models: list, dataset, limit: int = FIT_NUMBERS, seed: int = 0,
                  progress: bool = False) -> torch.Tensor:
     """(N, M): each model's probability of every target of the dataset, or of a random subset of them when all
     would hold more than limit numbers (EM then fits on those)."""
-    def probs(x, y):
-        return torch.stack([next_log_probs(m, x).gather(1, y[:, None]).squeeze(1).cpu() for m in models], 1).exp()
+    def probs(x, y, label):
+        return torch.stack([next_log_probs(m, x, label).gather(1, y[:, None]).squeeze(1).cpu() for m in models], 1).exp()
 
     return _scores(models, dataset, min(len(dataset), max(1, limit // len(models))), seed, 16384, progress, probs)[0]
 
@@ -114,8 +114,8 @@ def log_probs(models: list, dataset, vocab_size: int, limit: int = FIT_NUMBERS,
               seed: int = 0, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, M, V) each model's log-probabilities (float64, floored at LOG_FLOOR) and (N,) the targets, for every
     example of the dataset, or for a random subset of them when all would hold more than limit numbers."""
-    def floored(x, y):
-        return torch.stack([next_log_probs(m, x) for m in models], 1).clamp_min_(LOG_FLOOR).cpu()
+    def floored(x, y, label):
+        return torch.stack([next_log_probs(m, x, label) for m in models], 1).clamp_min_(LOG_FLOOR).cpu()
 
     # as many examples, at most, in a chunk: its (rows, M, V) log-probabilities are held at once
     most = max(1, limit // (len(models) * vocab_size))

@@ -256,8 +256,8 @@ def log_probs(model, vocab, items: list[str], chunk: int = 65536) -> torch.Tenso
         return scores
     ds = build_dataset([items[i] for i in kept], vocab, model.block_size).to(device)
     per_token = []
-    for x, y in ds.chunks(chunk):
-        per_token.append(next_log_probs(model, x).gather(1, y[:, None]).squeeze(1).cpu())
+    for x, y, label in ds.chunks(chunk):
+        per_token.append(next_log_probs(model, x, label).gather(1, y[:, None]).squeeze(1).cpu())
     lengths = torch.tensor([len(items[i]) + 1 for i in kept])
     owner = torch.repeat_interleave(torch.tensor(kept), lengths)
     return scores.index_add_(0, owner, torch.cat(per_token))

@@ -109,8 +109,8 @@ def evaluate(model, dataset, progress: bool = False) -> float:
     model.eval()
     total = torch.zeros((), dtype=torch.float64)
     with long_work(-(-len(dataset) // batch_size), progress, "evaluating") as bar:
-        for x, y in dataset.chunks(batch_size):
-            total += loss_of(model(x).double(), y, reduction="sum").cpu()
+        for x, y, label in dataset.chunks(batch_size):
+            total += loss_of(model(x, label).double(), y, reduction="sum").cpu()
             bar.update()
     model.train(was_training)
     return total.item() / dataset.n_targets
@@ -152,7 +152,7 @@ def make_optimizer(model, config: TrainConfig):
 
 
 class TrainStep:
-    """One optimizer step on a batch: step(contexts, targets, lr), through autograd, the lr set at every step.
+    """One optimizer step on a batch: step(contexts, targets, label, lr), through autograd, the lr set at every step.
     With a penalty (TrainConfig.penalty) it descends the loss plus penalty * mean(w**2) over the trained weights;
     take_loss() gives the mean loss alone of the steps since its last call."""
 
@@ -167,13 +167,13 @@ class TrainStep:
         # step's activations per step (bigram-nn at batch 8192: 150 MB/s)
         self.loss_sum, self.terms = None, 0
 
-    def __call__(self, contexts: torch.Tensor, targets: torch.Tensor, lr: float) -> None:
+    def __call__(self, contexts: torch.Tensor, targets: torch.Tensor, label: torch.Tensor | None, lr: float) -> None:
         for group in self.groups:
             group["lr"] = lr
         if self.whole_items:  # rows are as wide as the longest item: read only as far as this batch's longest
             width = int((targets != IGNORE).any(0).nonzero()[-1]) + 1
             contexts, targets = contexts[:, :width], targets[:, :width]
-        loss = loss_of(self.forward(contexts), targets)
+        loss = loss_of(self.forward(contexts, label), targets)
         objective = loss
         if self.penalty:
             # mean(w**2) over all the weights, without a concatenated copy of them (bigram-nn's W is V x V)
@@ -212,12 +212,12 @@ def log_interval(config: TrainConfig, eval_every: int, device: torch.device, wor
 
 
 @torch.no_grad()
-def divergence_limit(model, x: torch.Tensor, y: torch.Tensor) -> float:
+def divergence_limit(model, x: torch.Tensor, y: torch.Tensor, label: torch.Tensor | None = None) -> float:
     """A train loss above it means the run diverged: ten times the loss on the batch (x, y), or ten times a
     uniform guess's log(vocab_size) when that is larger (a resumed run starts low)."""
     was_training = model.training
     model.eval()
-    logits = model(x)
+    logits = model(x, label)
     start = loss_of(logits.double(), y).item()
     model.train(was_training)
     return 10 * max(start, math.log(logits.shape[-1])) if math.isfinite(start) else math.inf

@@ -11,7 +11,7 @@ import torch
 
 from makemore import checkpoint, instruments, options, plots, stream, threads
 from makemore.constraints import Request, Samples, length_cap
-from makemore.data import SPLIT_NAMES, Data, Vocab, split_items
+from makemore.data import SPLIT_NAMES, Data, Vocab, split_labelled
 from makemore.dataset import build_dataset
 from makemore.errors import CheckpointError, DataError, MakemoreError, printable
 from makemore.files import check_not_inputs, same_file
@@ -65,33 +65,58 @@ class Trained:
     def block_size(self) -> int:
         return self.model.block_size
 
+    @property
+    def labels(self) -> list[str] | None:
+        """The label names of a labelled model (sorted; a label's id is its place), else None."""
+        return self.ckpt["labels"]["names"] if "labels" in self.ckpt else None
+
     def items(self) -> list[str]:
         return self.ckpt["items"].split("\n") if self.ckpt.get("items") else []
 
     def splits(self, data: Data | None = None) -> dict[str, list[str]]:
-        items = data.items if data is not None else self.items()
-        name = printable(data.path if data is not None else self.ckpt["data"]["path"])
-        return split_items(items, tuple(self.ckpt["split"]["fractions"]), self.ckpt["split"]["seed"], name)
+        """The items of each split (of data, else of the items the checkpoint keeps)."""
+        return self.labelled_splits(data)[0]
+
+    def check_labels(self, data: Data) -> None:
+        """A DataError unless data has the labels the model was trained on (or both have none)."""
+        if data.labels != self.labels:
+            raise DataError(f"{printable(data.path)} has the labels {shown_labels(data.labels)}; the model was "
+                            f"trained on {shown_labels(self.labels)}" + (" (give --labels)" if data.labels is None else ""))
+
+    def labelled_splits(self, data: Data | None = None) -> tuple[dict[str, list[str]], dict[str, list[int]] | None]:
+        """The items of each split and their label ids (None for an unlabelled model), as training split them."""
+        if data is not None:
+            self.check_labels(data)
+            items, item_labels, name = data.items, data.item_labels, printable(data.path)
+        else:
+            items, item_labels, name = self.items(), self.ckpt.get("item_labels"), printable(self.ckpt["data"]["path"])
+        return split_labelled(items, item_labels, self.labels, tuple(self.ckpt["split"]["fractions"]),
+                              self.ckpt["split"]["seed"], name)
 
     def evaluate(self, split: str = "dev", data: str | Path | None = None, strict: bool = False, warn=None,
-                 progress: bool = False) -> dict:
+                 progress: bool = False, **labelling) -> dict:
         """Mean NLL per character (nats) and perplexity of one split (or 'all') of the items the checkpoint keeps,
         or of data (a warning, or with strict a DataError, when that is the training file, changed)."""
         if data is None and not self.ckpt.get("items"):
             raise CheckpointError(f"{printable(self.path)}: keeps no items of the data it was trained on; give the "
                                   "data file with --data")
-        loaded = Data.read(data) if data is not None else None  # the file the checkpoint records is never read
+        # the file the checkpoint records is never read
+        loaded = Data.read(data, **labelling) if data is not None else None
         if loaded is not None and same_file(loaded.path, self.ckpt["data"]["path"]):
             note_changed_data(self.ckpt, loaded, strict, warn or (lambda message: print(message, file=sys.stderr)))
-        if split == "all":
+        if split == "all":  # in the file's order, unsplit
+            if loaded is not None:
+                self.check_labels(loaded)
             items = loaded.items if loaded is not None else self.items()
+            labels = loaded.item_labels if loaded is not None else self.ckpt.get("item_labels")
         else:
-            items = self.splits(loaded)[split]
+            parts, part_labels = self.labelled_splits(loaded)
+            items, labels = parts[split], part_labels[split] if part_labels else None
         if not items:
             raise DataError(f"the {split} split is empty (trained with --splits "
                             f"{','.join(f'{f:g}' for f in self.ckpt['split']['fractions'])})")
         self.vocab.check_items(items, f"the {split} split of {printable(loaded.path if loaded else self.path)}")
-        ds = build_dataset(items, self.vocab, self.block_size, self.model.whole_items).to(self.model.device)
+        ds = build_dataset(items, self.vocab, self.block_size, self.model.whole_items, labels).to(self.model.device)
         loss = evaluate(self.model, ds, progress=progress)
         return dict(split=split, loss=loss, perplexity=math.exp(loss) if loss < 700 else float("inf"),
                     n_chars=ds.n_targets, n_items=len(items), model=self.name, checkpoint=str(self.path))
@@ -189,6 +214,10 @@ class Trained:
         return {item: split for split in reversed(SPLIT_NAMES) for item in parts[split]}
 
 
+def shown_labels(labels: list[str] | None) -> str:
+    return "none" if labels is None else ", ".join(labels[:10]) + (", ..." if len(labels) > 10 else "")
+
+
 EVAL_ROWS = 4096  # the examples of one evaluation chunk (train.evaluate) or a large sampling batch
 
 
@@ -208,10 +237,12 @@ def load(path: str | Path | None = None, out: str | Path = "out", device: str = 
 
 
 def predicts_numbers(net) -> bool:
-    """Whether a model predicts numbers (no NaN or +inf logits) for a context of boundary tokens: finite weights
-    can still predict NaN (a BatchNorm variance below 0, an add-k overflowing float64)."""
+    """Whether a model predicts numbers (no NaN or +inf logits) for a context of boundary tokens, under each label:
+    finite weights can still predict NaN (a BatchNorm variance below 0, an add-k overflowing float64)."""
+    label = torch.arange(net.n_labels, device=net.device) if net.n_labels > 1 else None
     with torch.no_grad():
-        logits = net.eval().next_logits(torch.zeros(1, net.block_size, dtype=torch.long, device=net.device))
+        windows = torch.zeros(net.n_labels, net.block_size, dtype=torch.long, device=net.device)
+        logits = net.eval().next_logits(windows, label)
     return not (logits.isnan().any() or (logits == math.inf).any())
 
 
@@ -222,7 +253,9 @@ def model_from(ckpt: dict, path) -> torch.nn.Module:
         cls = get_model_class(ckpt["model"])
         resume = ckpt.get("resume")
         states = ([resume["state_dict"]] if isinstance(resume, dict) else []) + [ckpt["state_dict"]]
-        net = cls.from_state(cls.config_from(ckpt["config"], complete=True), len(ckpt["vocab"]), *states)
+        n_labels = len(ckpt["labels"]["names"]) if "labels" in ckpt else 1
+        net = cls.from_state(cls.config_from(ckpt["config"], complete=True), len(ckpt["vocab"]), *states,
+                             n_labels=n_labels)
     except (MakemoreError, KeyError, TypeError, RuntimeError, ValueError, IndexError) as e:
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         raise CheckpointError(f"{path}: does not fit its model ({type(e).__name__}: {first})") from None

@@ -32,7 +32,7 @@ def lecture_examples(words, block_size, stoi):
 def test_emma_gives_the_lecture_examples():
     vocab = Vocab.from_items(["emma"])
     assert vocab.chars == ".aem"
-    x, y = build_dataset(["emma"], vocab, block_size=3).tensors()
+    x, y, _ = build_dataset(["emma"], vocab, block_size=3).tensors()
     shown = [(vocab.decode(row), vocab.decode([t])) for row, t in zip(x.tolist(), y.tolist())]
     assert shown == [("...", "e"), ("..e", "m"), (".em", "m"), ("emm", "a"), ("mma", ".")]
 
@@ -41,7 +41,7 @@ def test_emma_gives_the_lecture_examples():
 def test_builder_matches_the_lecture_loop(small_names, block_size):
     words = read_items(small_names)
     vocab = Vocab.from_items(words)
-    x, y = build_dataset(words, vocab, block_size).tensors()
+    x, y, _ = build_dataset(words, vocab, block_size).tensors()
     X, Y = lecture_examples(words, block_size, {c: i for i, c in enumerate(vocab.chars)})
     assert x.tolist() == X and y.tolist() == Y
 
@@ -50,7 +50,7 @@ def test_builder_in_chunks_matches_the_lecture_loop(small_names, monkeypatch):
     monkeypatch.setattr(dataset, "BUILD_CHUNK", 7)  # many chunks, the last one short
     words = read_items(small_names)[:100]
     vocab = Vocab.from_items(words)
-    x, y = build_dataset(words, vocab, 3).tensors()
+    x, y, _ = build_dataset(words, vocab, 3).tensors()
     X, Y = lecture_examples(words, 3, {c: i for i, c in enumerate(vocab.chars)})
     assert x.tolist() == X and y.tolist() == Y
 
@@ -59,7 +59,7 @@ def test_builder_in_chunks_matches_the_lecture_loop(small_names, monkeypatch):
 def test_builder_handles_non_ascii_vocabularies(words):
     # the second case: a split with only ASCII items, from data that also has other characters
     vocab = Vocab.from_items(["ёлка", "мир", "жук", "ann", "bo"])
-    x, y = build_dataset(words, vocab, 2).tensors()
+    x, y, _ = build_dataset(words, vocab, 2).tensors()
     stoi = {c: i for i, c in enumerate(vocab.chars)}
     X, Y = lecture_examples(words, 2, stoi)
     assert x.tolist() == X and y.tolist() == Y
@@ -161,7 +161,7 @@ def test_the_weight_decay_acts_where_decay_says(decay):
     grads = torch.autograd.grad(objective, params)
     config = TrainConfig(optimizer="sgd", lr=0.1, weight_decay=0.3, decay=decay)
     step = TrainStep(net, make_optimizer(net, config), config.penalty)
-    step(x, y, 0.1)
+    step(x, y, None, 0.1)
     assert step.take_loss().item() == pytest.approx(loss.item(), rel=1e-6)
     for before, grad, after in zip(params, grads, net.parameters()):
         decayed = 0.3 * before if decay == "decoupled" else 0  # torch's SGD adds weight_decay * p to the gradient

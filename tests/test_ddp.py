@@ -167,7 +167,7 @@ def test_dataset_built_in_chunks_matches_a_plain_loop(monkeypatch):
         targets = [i for i, t in enumerate(tokens) if t or (i and tokens[i - 1])]
         assert ds.tokens.tolist() == tokens and ds.tokens.dtype == torch.uint8
         assert ds.positions.tolist() == targets
-        x, y = ds.tensors()
+        x, y, _ = ds.tensors()
         assert len(y) == sum(len(item) + 1 for item in items)
         assert x[0].tolist() == [0] * block_size and y[0] == vocab.stoi["e"]
 

@@ -195,15 +195,15 @@ def test_the_loss_of_several_steps_is_their_mean(dev_set):
     cls = get_model_class("bigram-nn")
     torch.manual_seed(0)
     net = cls(cls.Config(), len(vocab))
-    x, y = build_dataset(items, vocab, 1).tensors()
+    x, y, _ = build_dataset(items, vocab, 1).tensors()
     optimizer = make_optimizer(net, TrainConfig(optimizer="sgd", lr=0.0))
     step = TrainStep(net, optimizer)
     losses = []
     for batch in (slice(0, 10), slice(10, 30), slice(30, 35)):
         losses.append(torch.nn.functional.cross_entropy(net(x[batch]), y[batch]).item())
-        step(x[batch], y[batch], 0.0)
+        step(x[batch], y[batch], None, 0.0)
     assert step.take_loss().item() == pytest.approx(sum(losses) / 3, rel=1e-6)
-    step(x[:4], y[:4], 0.0)
+    step(x[:4], y[:4], None, 0.0)
     assert step.take_loss().item() == pytest.approx(
         torch.nn.functional.cross_entropy(net(x[:4]), y[:4]).item(), rel=1e-6)
 

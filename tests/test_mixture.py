@@ -20,7 +20,7 @@ def two_models(run, small_names):
 
 
 def contexts(trained, path, n_random=300):
-    seen, _ = build_dataset(read_items(path), trained.vocab, trained.block_size).tensors()
+    seen, _, _ = build_dataset(read_items(path), trained.vocab, trained.block_size).tensors()
     unseen = torch.randint(len(trained.vocab), (n_random, trained.block_size), generator=torch.Generator().manual_seed(0))
     return torch.cat([seen, unseen])
 

@@ -22,7 +22,7 @@ def fitted(items, block_size, smoothing="kn", discount=None):
 
 def contexts(items, vocab, block_size, n_random=500):
     """Every training context (seen) and random ones over the vocabulary (mostly unseen)."""
-    seen, _ = build_dataset(items, vocab, block_size).tensors()
+    seen, _, _ = build_dataset(items, vocab, block_size).tensors()
     unseen = torch.randint(len(vocab), (n_random, block_size), generator=torch.Generator().manual_seed(0))
     return torch.cat([seen, unseen])
 
@@ -143,7 +143,7 @@ def test_kn_loss_is_finite_on_every_item_and_add_zero_gives_inf(run, small_names
     strange.write_text("zzzzqx\nqqqq\naaaaaaaaaaaaaaaaaaaaaa\n", encoding="utf-8")
     run("train", "--model", "ngram", "--block-size", 4, "--data", small_names, "--name", "kn", "-q")
     trained = api.load("out/kn.safetensors")
-    x, y = build_dataset(read_items(strange), trained.vocab, 4).tensors()
+    x, y, _ = build_dataset(read_items(strange), trained.vocab, 4).tensors()
     losses = -trained.model(x).gather(1, y[:, None])
     assert torch.isfinite(losses).all()
     run("train", "--model", "ngram", "--block-size", 2, "--smoothing", 0, "--data", small_names, "--name", "add0", "-q")

@@ -33,13 +33,13 @@ def model(name: str, block_size: int, vocab_size: int, seed: int = 0):
 
 def window_loss(net, ds) -> float:
     """The mean loss of a dataset of windows, each read on its own (next_logits)."""
-    x, y = ds.tensors()
+    x, y, _ = ds.tensors()
     return -next_log_probs(net, x).gather(1, y[:, None]).mean().item()
 
 
 def rows_targets(ds) -> list[int]:
     """The targets of a dataset of rows, in order, without the IGNOREd positions."""
-    _, y = ds.tensors()
+    _, y, _ = ds.tensors()
     return y[y != IGNORE].tolist()
 
 
@@ -57,7 +57,7 @@ def test_rows_hold_the_targets_of_the_windows_in_order(items, block_size):
     assert rows.n_targets == len(windows) == sum(len(i) + 1 for i in items)
     assert rows_targets(rows) == windows.tensors()[1].tolist()
     assert len(rows) == sum(1 + max(0, len(i) + 1 - block_size) for i in items)
-    x, _ = rows.tensors()
+    x, _, _ = rows.tensors()
     heads = x[:, 0] == 0  # a whole row starts at its item's boundary token ...
     assert int(heads.sum()) == len(items)
     assert not bool((x[~heads] == 0).any())  # ... and a tail row lies inside its item

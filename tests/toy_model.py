@@ -24,9 +24,9 @@ class Toy(Model):
     Config = ToyConfig
     train_defaults = dict(steps=20, batch_size=16, lr=0.1, optimizer="adamw")
 
-    def __init__(self, config: ToyConfig, vocab_size: int):
-        super().__init__(config, vocab_size)
+    def __init__(self, config: ToyConfig, vocab_size: int, n_labels: int = 1):
+        super().__init__(config, vocab_size, n_labels)
         self.E = nn.Parameter(torch.zeros(vocab_size, vocab_size))
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
         return self.config.sharpness * self.E[idx].sum(1)

@@ -15,8 +15,10 @@ from makemore.errors import OptionError
 
 class Model(nn.Module):
     """Subclasses set Config (a dataclass of makemore.options.option fields: the CLI's flags) and forward:
-    (B, block_size) contexts -> (B, vocab_size) logits. The shared loop trains them; a counting model
-    (counts = True) is fitted in one pass by fit(dataset) and returns log-probabilities as logits."""
+    (B, block_size) contexts and their labels (B,) -> (B, vocab_size) logits. The shared loop trains them; a
+    counting model (counts = True) is fitted in one pass by fit(dataset) and returns log-probabilities as logits.
+    A model of n_labels > 1 labels conditions every prediction on the label; one of a single label (an unlabelled
+    file) has no label weights and is given label None."""
 
     name: ClassVar[str]
     Config: ClassVar[type]
@@ -29,11 +31,12 @@ class Model(nn.Module):
     # trained and evaluated on rows of whole items, every position at once (SequenceModel)
     whole_items: ClassVar[bool] = False
 
-    def __init__(self, config, vocab_size: int):
+    def __init__(self, config, vocab_size: int, n_labels: int = 1):
         super().__init__()
         self.check_config(config, vocab_size)
         self.config = config
         self.vocab_size = vocab_size
+        self.n_labels = n_labels
 
     @property
     def device(self) -> torch.device:
@@ -45,13 +48,13 @@ class Model(nn.Module):
         """How many previous tokens a forward pass reads."""
         return self.config.block_size
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:  # (B, block_size) -> (B, vocab_size)
-        raise NotImplementedError
+    def forward(self, idx: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError  # (B, block_size), (B,) -> (B, vocab_size)
 
-    def next_logits(self, windows: torch.Tensor) -> torch.Tensor:
+    def next_logits(self, windows: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
         """The logits of the token after each window, (B, T) -> (B, vocab_size), reading its last block_size
         tokens (T >= block_size): what sampling, scoring and mixtures read. A window model's forward is this."""
-        return self(windows[:, windows.shape[1] - self.block_size:])
+        return self(windows[:, windows.shape[1] - self.block_size:], label)
 
     # ---- hooks with defaults ----
 
@@ -73,29 +76,31 @@ class Model(nn.Module):
         more than one field, or the data); called before anything is allocated."""
 
     @classmethod
-    def on_meta(cls, config, vocab_size: int) -> Model:
+    def on_meta(cls, config, vocab_size: int, n_labels: int = 1) -> Model:
         """The model on the meta device: every tensor's dtype and shape, without memory or numbers."""
         with torch.device("meta"), WithoutRandomFills():
-            return cls(config, vocab_size)
+            return cls(config, vocab_size, n_labels)
 
     @classmethod
-    def expected_tensors(cls, config, vocab_size: int) -> dict[str, tuple[torch.dtype, tuple]]:
+    def expected_tensors(cls, config, vocab_size: int, n_labels: int = 1) -> dict[str, tuple[torch.dtype, tuple]]:
         """The state_dict this config gives: name -> (dtype, shape), where dtype may be a tuple of the dtypes
         allowed and None in a shape is a size that depends on the data."""
-        return {name: (t.dtype, tuple(t.shape)) for name, t in cls.on_meta(config, vocab_size).state_dict().items()}
+        model = cls.on_meta(config, vocab_size, n_labels)
+        return {name: (t.dtype, tuple(t.shape)) for name, t in model.state_dict().items()}
 
     @classmethod
-    def expected_parameters(cls, config, vocab_size: int) -> list[tuple[torch.dtype, tuple]]:
+    def expected_parameters(cls, config, vocab_size: int, n_labels: int = 1) -> list[tuple[torch.dtype, tuple]]:
         """The trainable parameters as (dtype, shape), in the order of model.parameters() (the optimizer's)."""
-        return [(p.dtype, tuple(p.shape)) for p in cls.on_meta(config, vocab_size).parameters() if p.requires_grad]
+        model = cls.on_meta(config, vocab_size, n_labels)
+        return [(p.dtype, tuple(p.shape)) for p in model.parameters() if p.requires_grad]
 
     @classmethod
-    def from_state(cls, config, vocab_size: int, *states: dict) -> Model:
+    def from_state(cls, config, vocab_size: int, *states: dict, n_labels: int = 1) -> Model:
         """The model with the tensors of states (state_dicts, loaded in turn: the last one stays), built on their
         device without drawing the weights they replace; RuntimeError for a state that does not fit."""
         device = next(iter(states[-1].values())).device if states and states[-1] else torch.device("cpu")
         with torch.device(device), WithoutRandomFills():
-            model = cls(config, vocab_size)
+            model = cls(config, vocab_size, n_labels)
         for state in states:
             model.load_state_dict(state, assign=True)
         return model
@@ -124,9 +129,24 @@ class Model(nn.Module):
         return None
 
 
-def next_log_probs(model: Model, windows: torch.Tensor) -> torch.Tensor:
+def next_log_probs(model: Model, windows: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
     """(B, vocab_size) float64: the model's log-probabilities of the token after each window (next_logits)."""
-    return torch.log_softmax(model.next_logits(windows).double(), dim=-1)
+    return torch.log_softmax(model.next_logits(windows, label).double(), dim=-1)
+
+
+def label_table(n_labels: int, width: int) -> nn.Parameter | None:
+    """A (n_labels, width) table of what each label adds, zero at first (the model starts as if unlabelled, and
+    draws no random numbers for it); None for one label: an unlabelled model has no label weights."""
+    return nn.Parameter(torch.zeros(n_labels, width)) if n_labels > 1 else None
+
+
+def by_label(table: torch.Tensor | None, label: torch.Tensor | None) -> torch.Tensor | float:
+    """Each example's row of a label table (B, width), or 0 without a table (one label)."""
+    if table is None:
+        return 0.0
+    if label is None:
+        raise ValueError("a labelled model needs each example's label")
+    return table[label]
 
 
 def on_meta_device() -> bool:
@@ -191,7 +211,7 @@ class SequenceModel(Model):
         if config.block_size < 1:  # 0 is replaced by config_for_data before a model is built
             raise OptionError(f"--block-size {config.block_size}: a built {cls.name} reads at least 1 token")
 
-    def next_logits(self, windows: torch.Tensor) -> torch.Tensor:
+    def next_logits(self, windows: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
         windows = windows[:, windows.shape[1] - self.block_size:]
         B, T = windows.shape
         column = torch.arange(T, device=windows.device)
@@ -200,7 +220,7 @@ class SequenceModel(Model):
         # by the positions before it, and only as many columns are read as the longest item so far needs
         width = T - int(start.min())
         rows = windows.gather(1, (column[:width] + start[:, None]).clamp_(max=T - 1))
-        return self(rows)[torch.arange(B, device=windows.device), T - 1 - start]
+        return self(rows, label)[torch.arange(B, device=windows.device), T - 1 - start]
 
 
 def steps_for_epochs(cls, n_examples: int, batch_size: int) -> int:

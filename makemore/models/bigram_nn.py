@@ -27,9 +27,9 @@ class BigramNN(Model):
     # --weight-decay is the lecture's penalty in the loss, weight_decay * (W**2).mean(), not the optimizer's decay
     train_defaults = dict(steps=300, batch_size=8192, lr=0.3, optimizer="adamw", schedule="cosine", decay="penalty")
 
-    def __init__(self, config: BigramNNConfig, vocab_size: int):
-        super().__init__(config, vocab_size)
+    def __init__(self, config: BigramNNConfig, vocab_size: int, n_labels: int = 1):
+        super().__init__(config, vocab_size, n_labels)
         self.W = nn.Parameter(torch.randn(vocab_size, vocab_size))
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
         return self.W[idx[:, -1]]

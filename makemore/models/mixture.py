@@ -117,9 +117,9 @@ class Mixture(Model):
             yield part_cls, part_cls.config_from(part["config"])
 
     @classmethod
-    def expected_tensors(cls, config: MixtureConfig, vocab_size: int) -> dict:
+    def expected_tensors(cls, config: MixtureConfig, vocab_size: int, n_labels: int = 1) -> dict:
         return {f"components.{i}.{name}": spec for i, (part_cls, part_config) in enumerate(cls._parts(config))
-                for name, spec in part_cls.expected_tensors(part_config, vocab_size).items()}
+                for name, spec in part_cls.expected_tensors(part_config, vocab_size, n_labels).items()}
 
     @classmethod
     def example_numbers(cls, config: MixtureConfig, vocab_size: int) -> int:
@@ -129,9 +129,9 @@ class Mixture(Model):
         return (sum(part_cls.example_numbers(part_config, vocab_size) for part_cls, part_config in parts)
                 + 12 * len(parts) * vocab_size)
 
-    def __init__(self, config: MixtureConfig, vocab_size: int):
-        super().__init__(config, vocab_size)
-        self.components = nn.ModuleList(part_cls(part_config, vocab_size)
+    def __init__(self, config: MixtureConfig, vocab_size: int, n_labels: int = 1):
+        super().__init__(config, vocab_size, n_labels)
+        self.components = nn.ModuleList(part_cls(part_config, vocab_size, n_labels)
                                         for part_cls, part_config in self._parts(config))
         # derived from the config, so not saved
         self.register_buffer("weights", torch.tensor(config.weights, dtype=torch.float64), persistent=False)
@@ -140,10 +140,10 @@ class Mixture(Model):
     def block_size(self) -> int:
         return max(m.block_size for m in self.components)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
         """Linear: log sum_i w_i p_i(. | idx), in log space so that no probability underflows. Log-linear:
         sum_i w_i log p_i(. | idx), normalised; log-probabilities floored at LOG_FLOOR (makemore.mixing)."""
-        log_probs = torch.stack([next_log_probs(m, idx) for m in self.components])  # (M, B, V)
+        log_probs = torch.stack([next_log_probs(m, idx, label) for m in self.components])  # (M, B, V)
         if self.config.kind == "linear":  # log 0 = -inf: a component with weight 0 adds exactly nothing
             return torch.logsumexp(self.weights.log()[:, None, None] + log_probs, dim=0)
         return torch.log_softmax(torch.einsum("mbv,m->bv", log_probs.clamp_min(LOG_FLOOR), self.weights), dim=-1)

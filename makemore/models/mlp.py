@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from makemore.models import register
-from makemore.models.base import Model, steps_for_epochs
+from makemore.models.base import Model, by_label, label_table, steps_for_epochs
 from makemore.options import option
 
 
@@ -57,8 +57,8 @@ class MLP(Model):
         return dict(steps=steps_for_epochs(cls, n_examples, batch_size),
                     weight_decay=cls.train_defaults["weight_decay"] * min(cls.MAX_DECAY_FACTOR, max(1.0, factor)))
 
-    def __init__(self, config: MLPConfig, vocab_size: int):
-        super().__init__(config, vocab_size)
+    def __init__(self, config: MLPConfig, vocab_size: int, n_labels: int = 1):
+        super().__init__(config, vocab_size, n_labels)
         V, E, H, T = vocab_size, config.n_embd, config.n_hidden, config.block_size
         self.C = nn.Parameter(torch.randn(V, E))
         self.W1 = nn.Parameter(torch.randn(T * E, H))
@@ -73,14 +73,21 @@ class MLP(Model):
                 self.b2.zero_()
         if config.direct:
             self.Wd = nn.Parameter(torch.zeros(T * E, V))  # starts as no path at all; learns what tanh misses
+        # a label's own hidden biases and logit biases, at every window: the label reaches every position, also
+        # after the item's start has left the context
+        self.label_hidden, self.label_logits = label_table(n_labels, H), label_table(n_labels, V)
 
     def embeddings(self) -> torch.Tensor:
         return self.C
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
         x = F.embedding(idx, self.C).view(idx.shape[0], -1)  # (B, T*E): the embeddings side by side
-        h = torch.tanh(torch.addmm(self.b1, x, self.W1))  # (B, H); addmm: x @ W1 + b1 in one op
-        logits = torch.addmm(self.b2, h, self.W2)  # (B, V)
+        pre = torch.addmm(self.b1, x, self.W1)  # (B, H); addmm: x @ W1 + b1 in one op
+        if self.label_hidden is not None:
+            pre = pre + by_label(self.label_hidden, label)
+        logits = torch.addmm(self.b2, torch.tanh(pre), self.W2)  # (B, V)
         if self.config.direct:
             logits = torch.addmm(logits, x, self.Wd)
+        if self.label_logits is not None:
+            logits = logits + by_label(self.label_logits, label)
         return logits

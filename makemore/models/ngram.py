@@ -126,7 +126,7 @@ class NGram(Model):
             raise OptionError("--discount applies only with --smoothing kn")
 
     @classmethod
-    def expected_tensors(cls, config: NGramConfig, vocab_size: int) -> dict:
+    def expected_tensors(cls, config: NGramConfig, vocab_size: int, n_labels: int = 1) -> dict:
         """The count tables' lengths depend on the data (None); the discounts are one row per order."""
         cls.check_config(config, vocab_size)
         K = config.block_size
@@ -134,8 +134,8 @@ class NGram(Model):
                   for n in range(1, K + 2) for kind in ("ngrams", "counts")}
         return tables | {"discounts": (torch.float64, (K + 1, 3))}
 
-    def __init__(self, config: NGramConfig, vocab_size: int):
-        super().__init__(config, vocab_size)
+    def __init__(self, config: NGramConfig, vocab_size: int, n_labels: int = 1):
+        super().__init__(config, vocab_size, n_labels)
         K = config.block_size
         self.kn = config.smoothing == "kn"
         for n in range(1, K + 2):
@@ -151,7 +151,7 @@ class NGram(Model):
         """Count the (K+1)-grams chunk by chunk (sort + unique), then the shorter orders from them."""
         K, V = self.block_size, self.vocab_size
         keys, counts = [], []
-        for x, y in dataset.chunks(1 << 20):
+        for x, y, _ in dataset.chunks(1 << 20):
             key = torch.zeros(len(y), dtype=torch.int64, device=y.device)
             for j in range(K):  # oldest context character first: it ends up most significant
                 key = key * V + x[:, j]
@@ -297,7 +297,7 @@ class NGram(Model):
             raise ValueError("a discount is outside 0 <= Dr <= r")
         module._derive()
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
         """Log-probabilities (B, V) in float64: the row of the longest seen context, then the orders kept
         sparse (beyond DENSE_ROWS) interpolated on top of it."""
         V = self.vocab_size

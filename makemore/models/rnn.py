@@ -41,15 +41,15 @@ class RNN(SequenceModel):
         T = config.block_size or 1024
         return T * 2 * (config.n_embd + 4 * config.n_layer * config.n_hidden + vocab_size)
 
-    def __init__(self, config: RNNConfig, vocab_size: int):
-        super().__init__(config, vocab_size)
+    def __init__(self, config: RNNConfig, vocab_size: int, n_labels: int = 1):
+        super().__init__(config, vocab_size, n_labels)
         self.wte = nn.Embedding(vocab_size, config.n_embd)
         self.layers = self.cell(config.n_embd, config.n_hidden, num_layers=config.n_layer, batch_first=True,
                                 dropout=config.dropout if config.n_layer > 1 else 0.0)
         self.start = nn.Parameter(torch.zeros(config.n_layer, 1, config.n_hidden))  # the state before an item
         self.lm_head = nn.Linear(config.n_hidden, vocab_size)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
         states, _ = self.layers(self.wte(idx), self.start.expand(-1, idx.shape[0], -1).contiguous())
         return self.lm_head(nn.functional.dropout(states, self.config.dropout, self.training))
 

@@ -81,8 +81,8 @@ class Transformer(SequenceModel):
         T, C = config.block_size or 1024, config.n_embd
         return T * (config.n_layer * (20 * C + 4 * config.n_head * T) + 4 * vocab_size)
 
-    def __init__(self, config: TransformerConfig, vocab_size: int):
-        super().__init__(config, vocab_size)
+    def __init__(self, config: TransformerConfig, vocab_size: int, n_labels: int = 1):
+        super().__init__(config, vocab_size, n_labels)
         C = config.n_embd
         self.wte = nn.Embedding(vocab_size, C)
         if config.learned_positions:
@@ -114,7 +114,7 @@ class Transformer(SequenceModel):
         distance = (position[:, None] - position[None, :]).to(self.slopes.dtype)
         return (-self.slopes * distance).masked_fill(distance < 0, float("-inf"))
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
         T = idx.shape[1]
         x = self.wte(idx)
         if self.config.learned_positions:

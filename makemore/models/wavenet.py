@@ -60,8 +60,8 @@ class WaveNet(Model):
         """The embeddings, every level's activations (linear, norm, tanh, gradient) and the logits."""
         return 2 * config.block_size * config.n_embd + 4 * config.block_size * config.n_hidden + 2 * vocab_size
 
-    def __init__(self, config: WaveNetConfig, vocab_size: int):
-        super().__init__(config, vocab_size)
+    def __init__(self, config: WaveNetConfig, vocab_size: int, n_labels: int = 1):
+        super().__init__(config, vocab_size, n_labels)
         E, H = config.n_embd, config.n_hidden
         self.C = nn.Embedding(vocab_size, E)
         n_levels = config.block_size.bit_length() - 1
@@ -74,7 +74,7 @@ class WaveNet(Model):
             nn.init.normal_(self.lm_head.weight, std=0.1 * H ** -0.5)  # last layer x0.1: a less confident start
             self.lm_head.bias.zero_()
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
         x = self.C(idx)  # (B, T, n_embd)
         for level in self.levels:
             x = level(x)  # (B, T/2, n_hidden), then (B, T/4, n_hidden), ...
