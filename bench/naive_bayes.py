@@ -7,7 +7,6 @@ boundaries in front and one behind (so its start and its end count). k is chosen
 from __future__ import annotations
 
 import math
-import random
 import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -16,8 +15,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as bench/naive_bayes.py or imported from a bench module
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from makemore import data as makemore_data  # noqa: E402
-from makemore.data import DEFAULT_SPLIT_SEED, DEFAULT_SPLITS, split_sizes  # noqa: E402
+from makemore.data import DEFAULT_SPLIT_SEED, DEFAULT_SPLITS, Data  # noqa: E402
+from makemore.data import split_labelled as makemore_split  # noqa: E402
 
 BOUNDARY = "\n"  # items are lines: a newline is never part of one
 K_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
@@ -110,46 +109,19 @@ def fit_on_dev(train, dev, grid=K_GRID) -> tuple[NaiveBayes, dict[float, float]]
 
 
 def read_labelled(path: str | Path) -> list[tuple[str, str]]:
-    """(label, item) pairs of a `label<TAB>item` file, or of a folder of <label>.txt files (bench use only:
-    makemore reads and checks the same layouts for real)."""
-    path = Path(path)
-    if path.is_dir():
-        return [(f.stem, line) for f in sorted(path.glob("*.txt"))
-                for line in f.read_text(encoding="utf-8").splitlines() if line]
-    pairs = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line:
-            label, item = line.split("\t", 1)
-            pairs.append((label, item))
-    return pairs
+    """(label, item) pairs of a `label<TAB>item` file or a folder of <label>.txt files, read as makemore reads them."""
+    data = Data.read(path, labels=True)
+    return [(data.labels[label], item) for label, item in zip(data.item_labels, data.items)]
 
 
 def split_labelled(pairs, splits=DEFAULT_SPLITS, seed: int = DEFAULT_SPLIT_SEED) -> dict[str, list]:
-    """makemore's train/dev/test split of (label, item) pairs, stratified by label: makemore.data.split_labelled
-    where this checkout has it (issue 31), so the baseline and makemore score the same test items."""
+    """makemore's train/dev/test split of (label, item) pairs, stratified by label, so that the baseline and
+    makemore score the same test items."""
     names = sorted({label for label, _ in pairs})
     ids = {label: i for i, label in enumerate(names)}
     items, item_labels = [item for _, item in pairs], [ids[label] for label, _ in pairs]
-    library = getattr(makemore_data, "split_labelled", None)
-    parts, labels = (library or stratified_split)(items, item_labels, names, splits, seed)
+    parts, labels = makemore_split(items, item_labels, names, splits, seed)
     return {split: [(names[label], item) for label, item in zip(labels[split], parts[split])] for split in parts}
-
-
-def stratified_split(items, item_labels, label_names, splits=DEFAULT_SPLITS, seed: int = DEFAULT_SPLIT_SEED):
-    """Until makemore.data.split_labelled is merged: its algorithm (labels in sorted id order, each one's items
-    shuffled by one generator seeded once, then cut by split_sizes). tests/test_naive_bayes.py checks the two agree."""
-    rng = random.Random(seed)
-    parts = {split: [] for split in ("train", "dev", "test")}
-    labels = {split: [] for split in parts}
-    for label in range(len(label_names)):
-        group = [item for item, of in zip(items, item_labels) if of == label]
-        rng.shuffle(group)
-        start = 0
-        for split, size in zip(parts, split_sizes(len(group), splits)):
-            parts[split].extend(group[start:start + size])
-            labels[split].extend([label] * size)
-            start += size
-    return parts, labels
 
 
 def main(argv: list[str]) -> int:

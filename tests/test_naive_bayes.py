@@ -1,14 +1,11 @@
 """bench/naive_bayes.py, issue 31's baseline classifier: counts, smoothing, posterior and the split it reads."""
 import math
 from collections import Counter
-
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import makemore.data
 from bench.naive_bayes import (NaiveBayes, accuracy, confusion, evaluate, fit_on_dev, read_labelled,
-                               split_labelled, stratified_split, trigrams)
+                               split_labelled, trigrams)
 
 # label a: "x" twice; label b: "y" once. Characters: boundary, x, y (V = 3).
 TINY = [("a", "x"), ("a", "x"), ("b", "y")]
@@ -69,18 +66,10 @@ def test_split_is_stratified_by_label():
     assert split_labelled(pairs, seed=7) != split
 
 
-@pytest.mark.skipif(not hasattr(makemore.data, "split_labelled"), reason="makemore has no stratified split yet")
-def test_the_stand_in_split_is_makemores():
-    items = [f"w{i}" for i in range(97)]
-    item_labels = [i % 3 for i in range(97)]
-    ours = stratified_split(items, item_labels, ["a", "b", "c"], (0.7, 0.2, 0.1), 5)
-    assert ours == makemore.data.split_labelled(items, item_labels, ["a", "b", "c"], (0.7, 0.2, 0.1), 5)
-
-
 def test_read_labelled_file_and_folder_agree(tmp_path):
-    (tmp_path / "pairs.tsv").write_text("en\tthe\nfi\tkun\nen\tand\n", encoding="utf-8")
+    (tmp_path / "pairs.tsv").write_text("en\tthe\nfi\tkun\nen\tand\nfi\tkan\n", encoding="utf-8")
     folder = tmp_path / "by-label"
     folder.mkdir()
     (folder / "en.txt").write_text("the\nand\n", encoding="utf-8")
-    (folder / "fi.txt").write_text("kun\n", encoding="utf-8")
+    (folder / "fi.txt").write_text("kun\nkan\n", encoding="utf-8")
     assert sorted(read_labelled(tmp_path / "pairs.tsv")) == sorted(read_labelled(folder))
