@@ -1,6 +1,7 @@
 """bench/naive_bayes.py, issue 31's baseline classifier: counts, smoothing, posterior and the split it reads."""
 import math
 from collections import Counter
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
