@@ -96,6 +96,8 @@ def check_fits(cls, mconfig, tconfig: TrainConfig, vocab_size: int, items: list[
     # before every item, and a position (up to 8 bytes) per example; building them takes about twice that
     token_bytes = 1 if vocab_size < 256 else 4
     data = 2 * (token_bytes * (n_chars + len(items) * (T + 1)) + 8 * (n_chars + len(items)))
+    if n_labels > 1:  # a label id per example
+        data += n_chars + len(items)
     # the items a checkpoint keeps: joined, as a tensor, and serialised (UTF-8, up to 4 bytes a character)
     kept = 3 * (4 if vocab_size >= 128 else 1) * (n_chars + len(items))
     steps = 0
@@ -404,9 +406,11 @@ def train(model: str | None = None, data: str | Path | None = None, out: str | P
 def lr_find(model: str = "mlp", data=None, model_options: dict | None = None, train_options: dict | None = None,
             min_lr: float = 1e-3, max_lr: float = 1.0, steps: int = 1000, splits=DEFAULT_SPLITS,
             split_seed: int = DEFAULT_SPLIT_SEED, device: str = "auto", progress: bool = True,
-            plot_path: str | Path | None = None, n_threads: int | None = None) -> instruments.Sweep:
+            plot_path: str | Path | None = None, n_threads: int | None = None,
+            labelling: dict | None = None) -> instruments.Sweep:
     """The lecture's sweep on a fresh model, set up from the data and options exactly as train would be;
-    with plot_path, its plot too, when matplotlib is installed (sweep.plot: the file, or None)."""
+    with plot_path, its plot too, when matplotlib is installed (sweep.plot: the file, or None). labelling: train's
+    labels, item_column and label_column."""
     if get_model_class(model).counts:
         trainable = [m for m, c in trainable_classes().items() if not c.counts]
         raise OptionError(f"--model {model} is counted in one pass, it has no learning rate; lr-find "
@@ -414,7 +418,7 @@ def lr_find(model: str = "mlp", data=None, model_options: dict | None = None, tr
     if not min_lr < max_lr:
         raise OptionError(f"--min-lr ({min_lr:g}) must be below --max-lr ({max_lr:g})")
     dev = resolve_device(device)
-    run = _new_run(model, data, model_options, train_options, splits, split_seed)
+    run = _new_run(model, data, model_options, train_options, splits, split_seed, labelling)
     if plot_path is not None:
         check_not_inputs([plot_path], [run.dataset.path])
     cls, mconfig, tconfig = run.cls, run.mconfig, run.tconfig

@@ -454,9 +454,10 @@ def score(items, data, totals, as_json, out, checkpoint_path, model, device, n_t
 @click.option("--out", default="out", type=click.Path(file_okay=False), help="Folder for the plot.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with every rate and loss.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@labelling_options
 @device_option
 def lr_find(model_name, data, min_lr, max_lr, steps, splits, split_seed, plot_path, out, as_json, quiet, device,
-            n_threads, **settings):
+            n_threads, labels, item_column, label_column, **settings):
     """The lecture's learning-rate sweep: from a fresh model, one step at each of --steps rates spaced
     exponentially from --min-lr to --max-lr; suggests the rate at the valley of the loss before it blows
     up, and plots loss against log10(lr) when matplotlib is installed."""
@@ -464,7 +465,8 @@ def lr_find(model_name, data, min_lr, max_lr, steps, splits, split_seed, plot_pa
 
     plot_path = plot_path or os.path.join(out, f"lr-find-{model_name}.png")
     sweep = api.lr_find(model_name, data, *_split_settings(settings), min_lr, max_lr, steps, splits, split_seed,
-                        device, progress=not quiet, plot_path=plot_path, n_threads=n_threads)
+                        device, progress=not quiet, plot_path=plot_path, n_threads=n_threads,
+                        labelling=dict(labels=labels, item_column=item_column, label_column=label_column))
     if sweep.plot is None:
         click.echo(f"no plot: {plots.INSTALL_HINT}", err=True)
     floor_lr = sweep.lrs[sweep.floor_step]
