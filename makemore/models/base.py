@@ -48,6 +48,15 @@ class Model(nn.Module):
         """How many previous tokens a forward pass reads."""
         return self.config.block_size
 
+    def uses_labels(self, label: torch.Tensor | None) -> bool:
+        """Whether forward conditions on the labels (a model of more than one label); ValueError when it would but
+        was given none."""
+        if self.n_labels == 1:
+            return False
+        if label is None:
+            raise ValueError(f"a {self.name} model of {self.n_labels} labels needs each example's label")
+        return True
+
     def forward(self, idx: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError  # (B, block_size), (B,) -> (B, vocab_size)
 
@@ -134,10 +143,10 @@ def next_log_probs(model: Model, windows: torch.Tensor, label: torch.Tensor | No
     return torch.log_softmax(model.next_logits(windows, label).double(), dim=-1)
 
 
-def label_table(n_labels: int, width: int) -> nn.Parameter | None:
-    """A (n_labels, width) table of what each label adds, zero at first (the model starts as if unlabelled, and
+def label_table(n_labels: int, *shape: int) -> nn.Parameter | None:
+    """A (n_labels, *shape) table of what each label adds, zero at first (the model starts as if unlabelled, and
     draws no random numbers for it); None for one label: an unlabelled model has no label weights."""
-    return nn.Parameter(torch.zeros(n_labels, width)) if n_labels > 1 else None
+    return nn.Parameter(torch.zeros(n_labels, *shape)) if n_labels > 1 else None
 
 
 def by_label(table: torch.Tensor | None, label: torch.Tensor | None) -> torch.Tensor | float:
