@@ -16,11 +16,11 @@ import torch
 from makemore import checkpoint, distributed, instruments, memory, mixing, options, plots, threads
 from makemore.batches import BATCH_CHUNK, GATHER
 from makemore.constraints import NothingFound, Samples
-from makemore.data import (DEFAULT_SPLIT_SEED, DEFAULT_SPLITS, Data, Vocab, read_items, read_items_file, recordable,
-                           recorded_status)
+from makemore.data import (DEFAULT_SPLIT_SEED, DEFAULT_SPLITS, MAX_LABELS, Data, Vocab, read_items, read_items_file,
+                           recordable, recorded_status)
 from makemore.dataset import build_dataset
 from makemore.errors import (CheckpointError, DataError, Interrupted, MakemoreError, OptionError, TrainingError,
-                             printable)
+                             VocabularyError, printable)
 from makemore.files import atomic_write, check_name, check_not_inputs, same_file
 from makemore.models import MODELS, get_model_class, trainable_classes
 from makemore.models.mixture import MAX_MODELS, Mixture, MixtureConfig, check_weights
@@ -29,7 +29,8 @@ from makemore.trained import (Trained, load, model_from, note_changed_data, pred
                               shown_labels)
 
 __all__ = ["load", "train", "inspect", "mix", "lr_find", "read_items", "read_items_file", "Data", "Trained", "Samples",
-           "resolve_device", "MakemoreError", "OptionError", "NothingFound"]
+           "resolve_device", "MakemoreError", "OptionError", "DataError", "VocabularyError", "NothingFound",
+           "MAX_LABELS"]
 
 
 def _given(values: dict | None) -> dict:
@@ -543,6 +544,8 @@ def inspect(path: str | Path | None = None, out: str | Path = "out") -> dict:
                       if k not in dict(trained.model.named_parameters())),
         vocab=vocab.chars, vocab_size=len(vocab), boundary=vocab.boundary,
         data=data, split=split, train=dict(ckpt["train"]), steps=ckpt["step"],
+        # a labelled model's labels, in id order, and the training items of each
+        labels=dict(zip(trained.labels, trained.label_counts)) if trained.labels is not None else None,
         best_dev_loss=ckpt["best_dev_loss"] if math.isfinite(ckpt["best_dev_loss"]) else None,
         resumable="resume" in ckpt,
     )

@@ -270,7 +270,11 @@ def train(model_name, data, out, name, splits, split_seed, resume, checkpoint_pa
 
 @cli.command()
 @click.option("-n", "--num", "n", type=click.IntRange(min=1), default=10,
-              help="How many items: exactly this many, each meeting every constraint.")
+              help="How many items: exactly this many, each meeting every constraint (of all labels together).")
+@click.option("--label", "labels", multiple=True, metavar="LABEL",
+              help="A labelled model: items of this label. Repeatable: -n items in all, each item's label drawn among "
+              "those given in proportion to their training counts (for N of each, run once per label). [default: "
+              "every label, in proportion to their training counts]")
 @click.option("--seed", type=SEED, help="Seed for reproducible samples. [default: random]")
 @click.option("--temperature", type=PositiveFloat(), default=1.0, help="Below 1: safer; above 1: wilder.")
 @click.option("--top-k", type=click.IntRange(min=1), help="Draw only from the k likeliest characters.")
@@ -294,7 +298,8 @@ def train(model_name, data, out, name, splits, split_seed, resume, checkpoint_pa
 @click.option("--patience", type=PositiveFloat(), default=10.0,
               help="Give up after this many seconds without finding a new item.")
 @click.option("--json", "as_json", is_flag=True,
-              help="One JSON object per line: item, log_prob, log_prob_per_char and split (train, dev, test, none).")
+              help="One JSON object per line: item, label (a labelled model's: the one it was drawn under, which "
+              "log_prob is under), log_prob, log_prob_per_char and split (train, dev, test, none).")
 @click.option("--nearest", is_flag=True, help="Add the closest item of the train split and its edit distance.")
 @click.option("--mark", is_flag=True, help="Add a tab and where each item occurs: train, dev, test or new.")
 @checkpoint_options
@@ -313,8 +318,10 @@ def sample(seed, exclude, as_json, nearest, mark, out, checkpoint_path, model, d
     for note in drawing.notes:
         click.echo(note, err=True)
     try:
-        for items in drawing.groups():
-            click.echo("\n".join(_sample_lines(trained, items, as_json, nearest, mark)))
+        for group in drawing.labelled_groups():
+            items = [item for item, _ in group]
+            labels = [label for _, label in group] if trained.labels is not None else None
+            click.echo("\n".join(_sample_lines(trained, items, labels, as_json, nearest, mark)))
     except BrokenPipeError:
         # the reader has what it wanted (`makemore sample -n 1000000 | head`): stop drawing, quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -323,12 +330,14 @@ def sample(seed, exclude, as_json, nearest, mark, out, checkpoint_path, model, d
         click.echo(drawing.report(), err=True)
 
 
-def _sample_lines(trained, items: list[str], as_json: bool, nearest: bool, mark: bool) -> list[str]:
-    """The lines sample prints for items: plain, with their mark or nearest item, or JSON objects."""
+def _sample_lines(trained, items: list[str], labels: list[str] | None, as_json: bool, nearest: bool,
+                  mark: bool) -> list[str]:
+    """The lines sample prints for items (drawn under labels, a labelled model's): plain, with their mark or
+    nearest item, or JSON objects."""
     if as_json:
-        return [to_json(record) for record in trained.describe(items, nearest)]
+        return [to_json(record) for record in trained.describe(items, nearest, labels)]
     where = trained.where(items) if mark else None
-    records = trained.describe(items, nearest=True) if nearest else None
+    records = trained.describe(items, True, labels) if nearest else None
     return ["\t".join([item] + ([where[i]] if mark else []) +
                       ([records[i]["nearest"], str(records[i]["distance"])] if nearest else []))
             for i, item in enumerate(items)]
@@ -367,6 +376,9 @@ def inspect_(checkpoint_file, out, as_json):
                      if info["steps"] else " (counted in one pass)")),
         ("best dev loss", f"{info['best_dev_loss']:.4f}" if info["best_dev_loss"] is not None else "none recorded"),
     ]
+    if info["labels"] is not None:
+        rows.insert(4, ("labels", f"{len(info['labels'])} with their training items: "
+                                  + ", ".join(f"{label} {n:,}" for label, n in info["labels"].items())))
     for name, value in rows:  # what a checkpoint holds may have any character in it: none reaches the terminal raw
         click.echo(f"{name:<14}{printable(value)}")
 
@@ -384,31 +396,56 @@ def _size(n: int) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object; an infinite loss is null.")
 @click.option("--strict", is_flag=True, help="With --data: the training file changed since training is an error, "
               "not a warning.")
+@click.option("--classify", is_flag=True, help="A labelled model: also classify the split's items (as makemore "
+              "classify does) and report the accuracy and the confusion matrix (JSON: accuracy, confusion as "
+              "{true label: {predicted label: items}}).")
+@labelling_options
 @checkpoint_options
 @device_option
-def eval_(split, data, as_json, strict, out, checkpoint_path, model, device, n_threads):
-    """Mean negative log-likelihood per character (nats) and perplexity of a split."""
+def eval_(split, data, as_json, strict, classify, labels, item_column, label_column, out, checkpoint_path, model,
+          device, n_threads):
+    """Mean negative log-likelihood per character (nats) and perplexity of a split; a labelled model's per label
+    too (JSON: "labels": {label: {loss, n_chars, n_items}})."""
     from makemore import api
 
     trained = api.load(checkpoint_path, out, device, model, n_threads)
-    result = trained.evaluate(split, data, strict, progress=True)
+    result = trained.evaluate(split, data, strict, progress=True, classify=classify, labels=labels,
+                              item_column=item_column, label_column=label_column)
     if as_json:
         click.echo(to_json(result))
-    else:
-        click.echo(f"{result['split']} loss {result['loss']:.4f} (perplexity {result['perplexity']:.2f}) over "
-                   f"{result['n_chars']:,} characters in {result['n_items']:,} items; "
-                   f"{result['model']} from {result['checkpoint']}")
+        return
+    click.echo(f"{result['split']} loss {result['loss']:.4f} (perplexity {result['perplexity']:.2f}) over "
+               f"{result['n_chars']:,} characters in {result['n_items']:,} items; "
+               f"{result['model']} from {result['checkpoint']}")
+    if "labels" in result:
+        width = max(map(len, result["labels"]))
+        for label, part in result["labels"].items():
+            loss = f"loss {part['loss']:.4f}" if part["n_items"] else "no items"
+            click.echo(f"  {label:<{width}}  {loss} over {part['n_chars']:,} characters in {part['n_items']:,} items")
+    if classify:
+        confusion = result["confusion"]
+        right = sum(confusion[label][label] for label in confusion)
+        click.echo(f"classify: accuracy {100 * result['accuracy']:.2f}% ({right:,} of {result['n_items']:,} items)")
+        click.echo("confusion (rows: true label, columns: predicted label):")
+        names = list(confusion)
+        width = max(len(name) for name in names)
+        cell = max(width, max(len(f"{n:,}") for row in confusion.values() for n in row.values()))
+        click.echo(" " * width + "".join(f"  {name:>{cell}}" for name in names))
+        for true in names:
+            click.echo(f"{true:<{width}}" + "".join(f"  {confusion[true][guess]:>{cell},}" for guess in names))
 
 
 @cli.command()
 @click.argument("items", nargs=-1)
 @click.option("--data", type=click.Path(), help="Also score every item of this file (one per line).")
 @click.option("--totals", is_flag=True, help="Only each item's total and mean NLL, not every transition.")
+@click.option("--label", metavar="LABEL", help="A labelled model: score under this label. [default: each item's most "
+              "likely label, as makemore classify finds it]")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object; an infinite loss (probability 0) is null.")
 @checkpoint_options
 @device_option
-def score(items, data, totals, as_json, out, checkpoint_path, model, device, n_threads):
+def score(items, data, totals, label, as_json, out, checkpoint_path, model, device, n_threads):
     """How likely the model finds each ITEM: every transition's probability and log-probability (the
     lecture's `.e: 0.0478 -3.0408`), then the item's total and mean negative log-likelihood (nats)."""
     from makemore import api
@@ -417,7 +454,7 @@ def score(items, data, totals, as_json, out, checkpoint_path, model, device, n_t
     if not items:
         raise click.UsageError("give the items to score, or a file of them with --data")
     trained = api.load(checkpoint_path, out, device, model, n_threads)
-    results = trained.score(items)
+    results = trained.score(items, label)
     nll = sum(r["nll"] for r in results)
     n = sum(r["n"] for r in results)
     if as_json:
@@ -426,17 +463,46 @@ def score(items, data, totals, as_json, out, checkpoint_path, model, device, n_t
                                 mean_nll=nll / n, n=n)))
         return
     for i, r in enumerate(results):
+        under = ""
+        if "label" in r:
+            under = f" (label {r['label']}{', the most likely' if r['label_source'] == 'most likely' else ''})"
         if not totals:
             if i:
                 click.echo()
-            click.echo(r["item"])
+            click.echo(r["item"] + under)
             for t in r["transitions"]:
                 click.echo(f"{t['context']}{t['next']}: {t['prob']:.4f} {t['logprob']:.4f}")
-        click.echo(f"{r['item']}: total nll {r['nll']:.4f}, mean nll {r['mean_nll']:.4f} ({r['n']} transitions)")
+        click.echo(f"{r['item']}{under}: total nll {r['nll']:.4f}, mean nll {r['mean_nll']:.4f} ({r['n']} "
+                   "transitions)")
     if len(results) > 1:
         if not totals:
             click.echo()
         click.echo(f"all {len(results)} items: total nll {nll:.4f}, mean nll {nll / n:.4f} ({n} transitions)")
+
+
+@cli.command()
+@click.argument("items", nargs=-1)
+@click.option("--data", type=click.Path(), help="Also classify every line of this file (one item per line).")
+@click.option("--top", type=click.IntRange(min=1), help="Only the K likeliest labels of each item. [default: all]",
+              metavar="K")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per item: item, label (the likeliest) and "
+              "labels, a list of {label, probability}, likeliest first.")
+@checkpoint_options
+@device_option
+def classify(items, data, top, as_json, out, checkpoint_path, model, device, n_threads):
+    """Which label each ITEM is, by a labelled model: p(label | item), proportional to p(item | label) times the
+    label's share of the training items, one line per label (ITEM<TAB>LABEL<TAB>PROBABILITY), likeliest first."""
+    from makemore import api
+
+    items = list(items) + (api.read_items(data) if data else [])
+    if not items:
+        raise click.UsageError("give the items to classify, or a file of them with --data")
+    results = api.load(checkpoint_path, out, device, model, n_threads).classify(items, top)
+    if as_json:
+        click.echo("\n".join(to_json(result) for result in results))
+        return
+    click.echo("\n".join(f"{r['item']}\t{guess['label']}\t{guess['probability']:.4f}"
+                          for r in results for guess in r["labels"]))
 
 
 @cli.command("lr-find", cls=RegistryCommand, train_fields=("batch_size", "optimizer", "weight_decay", "decay", "seed"))
@@ -510,7 +576,20 @@ _plot_command("loss", "The training curve: train loss at each log point, dev los
 _plot_command("embeddings", "The lecture's scatter of the characters in the embedding table C (its first two "
                             "principal components when C has more than two dimensions).")
 _plot_command("counts", "The lecture's table of bigram counts as a labelled heatmap (for bigram-nn: its "
-                        "probabilities).")
+                        "probabilities; a labelled model's: its labels' averaged, weighted by their training counts).")
+
+
+@plot.command("confusion")
+@click.option("--split", type=click.Choice(SPLITS), default="dev", help="Which part of the data to classify.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False),
+              help="PNG file to write. [default: beside the checkpoint]")
+@checkpoint_options
+def plot_confusion(split, output, out, checkpoint_path, model):
+    """A labelled model's confusion matrix on a split (eval --classify): rows the true labels, columns the labels
+    classify predicts."""
+    from makemore import api
+
+    click.echo(api.load(checkpoint_path, out, model=model).plot_confusion(output, split))
 
 
 @cli.command()

@@ -49,6 +49,9 @@ class Request:
     unique: bool = False
     max_tries: int | None = None  # None: budget()'s default
     patience: float | None = PATIENCE  # seconds without a new item before giving up; None: no limit
+    # a labelled model: the labels to draw among, each item's drawn in proportion to their training counts; n counts
+    # the items of all of them. Empty: every label.
+    labels: tuple = ()
 
     def budget(self) -> int:
         """max_tries, else 100 draws per item and at least 200,000 (an acceptance of 1 in 20,000 finds 10 items);
@@ -130,10 +133,12 @@ def check(request: Request, vocab, cap: int) -> tuple:
 
 
 class Samples(list):
-    """The items drawn (a list of str), with the figures of how the drawing (a sampling.Sampler) went."""
+    """The items drawn (a list of str), with the figures of how the drawing (a sampling.Sampler) went and, from a
+    labelled model, the label each was drawn under."""
 
-    def __init__(self, items, drawing):
+    def __init__(self, items, drawing, labels: list[str] | None = None):
         super().__init__(items)
+        self.labels = labels  # each item's label (a labelled model), else None
         self.asked, self.draws, self.cap = drawing.request.n, drawing.draws, drawing.cap  # cap: the longest possible
         self.rejected = dict(drawing.rejected)  # reason (a key of REASONS) -> count
         self._report = drawing.report()

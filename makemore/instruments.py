@@ -18,17 +18,18 @@ from makemore.train import TrainStep, chunk_rows
 
 
 @torch.no_grad()
-def score(model, vocab, items: list[str]) -> list[dict]:
+def score(model, vocab, items: list[str], labels: list[int] | None = None) -> list[dict]:
     """For each item, every transition (context -> next character) with its probability and log-probability,
     then the item's total and mean negative log-likelihood (nats): inf where a transition has probability 0
-    (an unsmoothed counting model), as the lecture's 'andrejq' does."""
+    (an unsmoothed counting model), as the lecture's 'andrejq' does. labels: each item's label id (a labelled
+    model)."""
     if not items:
         return []
     if "" in items:
         # the dataset builder has no example for an empty item, and no data file holds one
         raise DataError("cannot score an empty item; give items of at least one character")
     device = model.device
-    ds = build_dataset(items, vocab, model.block_size).to(device)
+    ds = build_dataset(items, vocab, model.block_size, labels=labels).to(device)
     model.eval()
     shown = [vocab.show(c) for c in vocab.chars]
     # a chunk at a time, sized to fit (a wide context makes each row large), its contexts spelt out as it goes
@@ -159,9 +160,10 @@ def embedding_2d(model) -> tuple[torch.Tensor, str, tuple[str, str]]:
 
 
 @torch.no_grad()
-def bigram_table(model) -> tuple[torch.Tensor, bool]:
+def bigram_table(model, label_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, bool]:
     """The (V, V) table of a one-character-context model: the counts N of a counting model, else the
-    probabilities P[prev, next] it predicts. Returns the table and whether it holds counts."""
+    probabilities P[prev, next] it predicts; a labelled network's is its labels' tables averaged, weighted by
+    label_weights (n_labels,: their training counts). Returns the table and whether it holds counts."""
     N = model.bigram_counts()
     V = model.vocab_size
     if N is not None:
@@ -172,4 +174,13 @@ def bigram_table(model) -> tuple[torch.Tensor, bool]:
     device = model.device
     model.eval()
     contexts = torch.arange(V, device=device)[:, None]
-    return torch.softmax(model.next_logits(contexts).double(), dim=-1).cpu(), False
+    if model.n_labels == 1:
+        return torch.softmax(model.next_logits(contexts).double(), dim=-1).cpu(), False
+    if label_weights is None:
+        raise ValueError("a labelled model's bigram table needs the labels' weights")
+    weights = label_weights.double() / label_weights.sum()
+    table = torch.zeros(V, V, dtype=torch.float64)
+    for label, weight in enumerate(weights.tolist()):  # a label at a time: 256 labels' tables at once could be GBs
+        every = torch.full((V,), label, device=device)
+        table += weight * torch.softmax(model.next_logits(contexts, every).double(), dim=-1).cpu()
+    return table, False

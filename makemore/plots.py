@@ -140,6 +140,33 @@ def bigram_table(table, labels: list[str], path: Path, title: str, counts: bool)
     return _save(ax, path, 72)
 
 
+MAX_CONFUSION_TEXT = 30  # labels up to which each cell of the confusion matrix is labelled with its count
+
+
+def confusion(matrix: dict, path: Path, title: str) -> Path:
+    """A confusion matrix ({true label: {predicted label: items}}) as a heatmap: row = true label, column = the
+    label classify predicted, each row coloured by its share of the row's items (a rare label stays readable)."""
+    names = list(matrix)
+    counts = [[matrix[true][guess] for guess in names] for true in names]
+    shares = [[n / max(1, sum(row)) for n in row] for row in counts]
+    L = len(names)
+    size = min(14.0, 3 + 0.45 * L)
+    ax = _axes(size, size)
+    ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    if L <= MAX_CONFUSION_TEXT:
+        for i in range(L):
+            for j in range(L):
+                ax.text(j, i, f"{counts[i][j]:,}", ha="center", va="center", fontsize=8,
+                        color="white" if shares[i][j] > 0.55 else "#333333")
+    if L <= MAX_TICK_LABELS:
+        ax.set_xticks(range(L), names, fontsize=8, rotation=90 if L > 12 else 0)
+        ax.set_yticks(range(L), names, fontsize=8)
+    ax.set_xlabel("predicted label")
+    ax.set_ylabel("true label")
+    ax.set_title(title, fontsize=10)
+    return _save(ax, path, 80)
+
+
 def lr_sweep(sweep, path: Path) -> Path:
     """Loss against the exponent of the learning rate, raw and smoothed, with the suggested rate marked."""
     ax = _axes(7, 4.2)

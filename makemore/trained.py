@@ -13,11 +13,11 @@ from makemore import checkpoint, instruments, options, plots, stream, threads
 from makemore.constraints import Request, Samples, length_cap
 from makemore.data import SPLIT_NAMES, Data, Vocab, split_labelled
 from makemore.dataset import build_dataset
-from makemore.errors import CheckpointError, DataError, MakemoreError, printable
+from makemore.errors import CheckpointError, DataError, MakemoreError, OptionError, printable
 from makemore.files import check_not_inputs, same_file
 from makemore.models import get_model_class
 from makemore.nearest import nearest as closest
-from makemore.sampling import Sampler, log_probs
+from makemore.sampling import Sampler, log_probs, log_probs_by_label
 from makemore.train import evaluate
 
 
@@ -70,6 +70,28 @@ class Trained:
         """The label names of a labelled model (sorted; a label's id is its place), else None."""
         return self.ckpt["labels"]["names"] if "labels" in self.ckpt else None
 
+    @property
+    def label_counts(self) -> list[int] | None:
+        """The training items of each label (in the order of labels), or None."""
+        return self.ckpt["labels"]["counts"] if "labels" in self.ckpt else None
+
+    def label_ids(self, names, what: str = "--label") -> list[int]:
+        """The ids of the label names given; a one-line MakemoreError for an unlabelled model or an unknown label."""
+        names = [names] if isinstance(names, str) else list(names)
+        labels = self.require_labels(what)
+        ids = {label: i for i, label in enumerate(labels)}
+        for name in names:
+            if name not in ids:
+                raise MakemoreError(f"{what} {name!r} is not a label of this model; its labels: {', '.join(labels)}")
+        return [ids[name] for name in names]
+
+    def require_labels(self, what: str) -> list[str]:
+        """The label names; a MakemoreError naming what needs them when the model was trained without labels."""
+        if self.labels is None:
+            raise MakemoreError(f"{printable(self.path)}: the model was trained without labels, so {what} does not "
+                                "apply; train it on labelled data (--labels) for that")
+        return self.labels
+
     def items(self) -> list[str]:
         return self.ckpt["items"].split("\n") if self.ckpt.get("items") else []
 
@@ -94,9 +116,13 @@ class Trained:
                               self.ckpt["split"]["seed"], name)
 
     def evaluate(self, split: str = "dev", data: str | Path | None = None, strict: bool = False, warn=None,
-                 progress: bool = False, **labelling) -> dict:
+                 progress: bool = False, classify: bool = False, **labelling) -> dict:
         """Mean NLL per character (nats) and perplexity of one split (or 'all') of the items the checkpoint keeps,
-        or of data (a warning, or with strict a DataError, when that is the training file, changed)."""
+        or of data (a warning, or with strict a DataError, when that is the training file, changed). A labelled
+        model's also per label ("labels": {label: {loss, n_chars, n_items}}); with classify, the accuracy of
+        classify on the split and its confusion ({true label: {predicted label: items}})."""
+        if classify:
+            self.require_labels("--classify")
         if data is None and not self.ckpt.get("items"):
             raise CheckpointError(f"{printable(self.path)}: keeps no items of the data it was trained on; give the "
                                   "data file with --data")
@@ -116,24 +142,100 @@ class Trained:
             raise DataError(f"the {split} split is empty (trained with --splits "
                             f"{','.join(f'{f:g}' for f in self.ckpt['split']['fractions'])})")
         self.vocab.check_items(items, f"the {split} split of {printable(loaded.path if loaded else self.path)}")
-        ds = build_dataset(items, self.vocab, self.block_size, self.model.whole_items, labels).to(self.model.device)
-        loss = evaluate(self.model, ds, progress=progress)
-        return dict(split=split, loss=loss, perplexity=math.exp(loss) if loss < 700 else float("inf"),
-                    n_chars=ds.n_targets, n_items=len(items), model=self.name, checkpoint=str(self.path))
+        result = dict(split=split, **self._losses(items, labels, progress), model=self.name, checkpoint=str(self.path))
+        if classify:
+            predicted = self.posteriors(items).argmax(1).tolist()
+            names = self.labels
+            confusion = {true: dict.fromkeys(names, 0) for true in names}
+            for true, guess in zip(labels, predicted):
+                confusion[names[true]][names[guess]] += 1
+            result.update(accuracy=sum(t == g for t, g in zip(labels, predicted)) / len(items), confusion=confusion)
+        return result
 
-    def score(self, items: list[str]) -> list[dict]:
-        """Every transition of each item with its probability, and the item's total and mean NLL (nats)."""
+    def _losses(self, items: list[str], labels: list[int] | None, progress: bool) -> dict:
+        """loss, perplexity, n_chars and n_items of the items, and a labelled model's per label ("labels"): each
+        label's items evaluated apart, the overall loss their mean weighted by characters."""
+        def dataset(part, part_labels):
+            return build_dataset(part, self.vocab, self.block_size, self.model.whole_items,
+                                 part_labels).to(self.model.device)
+
+        if labels is None:
+            ds = dataset(items, None)
+            loss, n_chars, per_label = evaluate(self.model, ds, progress=progress), ds.n_targets, None
+        else:
+            per_label, total = {}, 0.0
+            for label, name in enumerate(self.labels):
+                mine = [item for item, owner in zip(items, labels) if owner == label]
+                per_label[name] = dict(loss=float("nan"), n_chars=0, n_items=len(mine))  # nan: no item to judge by
+                if mine:
+                    ds = dataset(mine, [label] * len(mine))
+                    per_label[name].update(loss=evaluate(self.model, ds, progress=progress), n_chars=ds.n_targets)
+                    total += per_label[name]["loss"] * ds.n_targets
+            n_chars = sum(part["n_chars"] for part in per_label.values())
+            loss = total / n_chars
+        result = dict(loss=loss, perplexity=math.exp(loss) if loss < 700 else float("inf"), n_chars=n_chars,
+                      n_items=len(items))
+        if per_label is not None:
+            result["labels"] = per_label
+        return result
+
+    def posteriors(self, items: list[str]) -> torch.Tensor:
+        """(items, labels) float64: p(label | item), proportional to p(item | label) p(label), the prior p(label)
+        being the labels' share of the training items; an item impossible under every label gets the prior."""
+        self.require_labels("classifying")
+        counts = torch.tensor(self.label_counts, dtype=torch.float64)
+        log_prior = (counts / counts.sum()).log()
+        joint = log_probs_by_label(self.model, self.vocab, list(items)) + log_prior
+        impossible = torch.isneginf(joint).all(1, keepdim=True)
+        return torch.softmax(torch.where(impossible, log_prior, joint), dim=1)
+
+    def classify(self, items: list[str], top: int | None = None) -> list[dict]:
+        """For each item: {item, label (the most likely), labels: [{label, probability}] most likely first (the
+        top ones)}, the posterior p(label | item) of posteriors()."""
+        names = self.require_labels("classify")
+        if top is not None and top < 1:
+            raise OptionError(f"--top must be at least 1, not {top}")
+        items = list(items)
+        self.vocab.check_items(items, "the items to classify")
+        if not items:
+            return []
+        posterior = self.posteriors(items)
+        # most likely first; ties in label order
+        probs, order = posterior.sort(dim=1, descending=True, stable=True)
+        k = min(top or len(names), len(names))
+        return [dict(item=item, label=names[ids[0]],
+                     labels=[dict(label=names[i], probability=p) for i, p in zip(ids[:k], ps[:k])])
+                for item, ids, ps in zip(items, order.tolist(), probs.tolist())]
+
+    def score(self, items: list[str], label: str | None = None) -> list[dict]:
+        """Every transition of each item with its probability, and the item's total and mean NLL (nats). A labelled
+        model scores each item under label, else under its most likely label (classify); each result says which
+        ("label") and how it was chosen ("label_source": "given" or "most likely")."""
+        if label is not None:
+            (given,) = self.label_ids([label])
         self.vocab.check_items(items, "the items to score")
-        return instruments.score(self.model, self.vocab, items)
+        if self.labels is None:
+            return instruments.score(self.model, self.vocab, items)
+        if label is not None:
+            ids, source = [given] * len(items), "given"
+        else:
+            ids, source = self.posteriors(items).argmax(1).tolist() if items else [], "most likely"
+        results = instruments.score(self.model, self.vocab, items, ids)
+        for result, i in zip(results, ids):
+            result.update(label=self.labels[i], label_source=source)
+        return results
 
     def sample(self, n: int = 10, seed: int | None = None, temperature: float = 1.0, top_k: int | None = None,
-               prefix: str = "", max_len: int | None = None, *, exclude=(), progress: bool = False, warn=None,
-               **constraints) -> Samples:
+               prefix: str = "", max_len: int | None = None, *, exclude=(), label=None, progress: bool = False,
+               warn=None, **constraints) -> Samples:
         """Draw n items that meet every constraint (constraints: the other fields of constraints.Request, named as
         the options of `makemore sample`): a Samples list, shorter only when max_tries or patience ran out
-        (samples.report() says why); NothingFound when no draw met them. warn: called with each note."""
+        (samples.report() says why); NothingFound when no draw met them. warn: called with each note. label: a
+        labelled model's label, or several to draw among (default: all), each item's in proportion to their
+        training counts; samples.labels says each item's."""
+        labels = () if label is None else (label,) if isinstance(label, str) else tuple(label)
         request = Request(n=n, temperature=temperature, top_k=top_k, prefix=prefix, max_len=max_len,
-                          exclude=frozenset(exclude), **constraints)
+                          exclude=frozenset(exclude), labels=labels, **constraints)
         drawing = self.draw(request, seed, progress)
         for note in drawing.notes:
             (warn or (lambda message: print(message, file=sys.stderr)))(note)
@@ -142,10 +244,14 @@ class Trained:
     def draw(self, request: Request, seed: int | None = None, progress: bool = False) -> Sampler:
         """The streaming form of sample: a Sampler to iterate for the items as they are found (nothing is
         drawn before). Its notes are for the user; the same errors as sample, NothingFound at the end."""
+        asked = set(self.label_ids(request.labels)) if request.labels else None
         if request.new and not self.ckpt.get("items"):
             raise CheckpointError(f"{self.path}: keeps no training items, so --new cannot tell new items apart")
+        weights = None
+        if self.labels is not None:  # in proportion to the training counts, among the labels asked for
+            weights = [count if asked is None or i in asked else 0 for i, count in enumerate(self.label_counts)]
         return Sampler(self.model, self.vocab, request, stream.key_of(seed), length_cap(self.items(), request.prefix),
-                       frozenset(self.items() if request.new else ()), progress)
+                       frozenset(self.items() if request.new else ()), progress, self.labels, weights)
 
     def plot_loss(self, output: str | Path | None = None) -> Path:
         """The training curve as a PNG (default: beside the checkpoint); needs matplotlib."""
@@ -170,11 +276,22 @@ class Trained:
             raise MakemoreError(f"{self.path}: the bigram table of {len(self.vocab):,} characters is too large to "
                                 f"draw (plot counts draws at most {plots.MAX_TABLE_VOCAB:,}: beyond that a cell is "
                                 "less than a pixel)")
-        table, counts = instruments.bigram_table(self.model)
+        weights = torch.tensor(self.label_counts, dtype=torch.float64) if self.labels is not None else None
+        table, counts = instruments.bigram_table(self.model, weights)
         labels = [self.vocab.show(c) for c in self.vocab.chars]
         what = "bigram counts N[prev, next]" if counts else "bigram probabilities P[prev, next]"
+        if self.labels is not None and not counts:
+            what += ", the labels' averaged by their training counts"
         return plots.bigram_table(table, labels, self._output(output, self.path.with_suffix(".counts.png")),
                                   f"{self.name}: {what}", counts)
+
+    def plot_confusion(self, output: str | Path | None = None, split: str = "dev") -> Path:
+        """The confusion matrix of classify on a split (eval --classify) as a PNG; needs matplotlib."""
+        plots.require()
+        path = self._output(output, self.path.with_suffix(".confusion.png"))
+        result = self.evaluate(split, classify=True)
+        return plots.confusion(result["confusion"], path, f"{self.name}: classify on {split}, accuracy "
+                               f"{100 * result['accuracy']:.1f}% of {result['n_items']:,} items")
 
     def _output(self, given, default: Path) -> Path:
         """Where a plot goes: the path given, or default beside the checkpoint; never the checkpoint itself."""
@@ -182,19 +299,25 @@ class Trained:
         check_not_inputs([path], [self.path])
         return path
 
-    def log_prob(self, items: list[str]) -> list[float]:
-        """Log-probability (nats) of each item under the model, its end included."""
+    def log_prob(self, items: list[str], labels: list[str] | None = None) -> list[float]:
+        """Log-probability (nats) of each item under the model, its end included; a labelled model's under each
+        item's label (labels)."""
+        ids = self.label_ids(labels, "a label") if labels is not None else None
+        if self.labels is not None and ids is None:
+            raise MakemoreError("a labelled model gives each item's probability under a label: give their labels")
         self.vocab.check_items(items, "the items")
-        return log_probs(self.model, self.vocab, list(items)).tolist()
+        return log_probs(self.model, self.vocab, list(items), ids).tolist()
 
-    def describe(self, items: list[str], nearest: bool = False) -> list[dict]:
-        """One record per item: item, log_prob (total), log_prob_per_char (per predicted token: the
-        characters and the end, the unit of eval's loss), split (train, dev, test or none), and with
-        nearest the closest item of the train split and its edit distance."""
-        total = self.log_prob(items)
+    def describe(self, items: list[str], nearest: bool = False, labels: list[str] | None = None) -> list[dict]:
+        """One record per item: item, (a labelled model's) label, log_prob (total, under that label),
+        log_prob_per_char (per predicted token: the characters and the end, the unit of eval's loss), split (train,
+        dev, test or none), and with nearest the closest item of the train split and its edit distance."""
+        total = self.log_prob(items, labels)
         where = self.where(items)
         records = [dict(item=item, log_prob=round(lp, 4), log_prob_per_char=round(lp / (len(item) + 1), 4),
                         split="none" if w == "new" else w) for item, lp, w in zip(items, total, where)]
+        if labels is not None:
+            records = [dict(item=record.pop("item"), label=label, **record) for record, label in zip(records, labels)]
         if nearest and items:
             train_items = self.splits()["train"]
             if not train_items:
