@@ -148,8 +148,8 @@ def fingerprint(path: str | Path) -> str:
 
 
 def decode_lines(raw: bytes, name: str) -> list[str]:
-    """Decode UTF-8 (a byte-order mark is allowed) into lines (LF, CRLF or CR), each stripped and in NFC form, so
-    that an accented letter is one character however the file spelt it."""
+    """Decode UTF-8 (a byte-order mark is allowed) into lines (LF, CRLF or CR), each in NFC form, so that an
+    accented letter is one character however the file spelt it."""
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise DataError(f"{name}: UTF-16 text; convert it to UTF-8 first, e.g. iconv -f UTF-16 -t UTF-8")
     nul = raw.find(b"\x00")
@@ -161,7 +161,7 @@ def decode_lines(raw: bytes, name: str) -> list[str]:
         raise DataError(f"{name}: not valid UTF-8 (at byte offset {e.start:,}); "
                         "convert it first, e.g. iconv -t UTF-8") from None
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    return [unicodedata.normalize("NFC", line.strip()) for line in lines]
+    return [unicodedata.normalize("NFC", line) for line in lines]
 
 
 def check_lengths(items: list[str], name: str, lines: list[int] | None = None) -> None:
@@ -175,7 +175,7 @@ def check_lengths(items: list[str], name: str, lines: list[int] | None = None) -
 
 def parse_items(raw: bytes, name: str) -> list[str]:
     """One item per line, stripped (decode_lines), blank lines dropped; a DataError when none is left."""
-    items = decode_lines(raw, name)
+    items = [line.strip() for line in decode_lines(raw, name)]
     check_lengths(items, name)
     items = [item for item in items if item]
     if not items:
@@ -190,10 +190,10 @@ def parse_labelled(raw: bytes, name: str) -> tuple[list[str], list[str]]:
     lines = decode_lines(raw, name)
     labels, items, numbers = [], [], []
     for number, line in enumerate(lines, 1):
-        if not line:
+        if not line.strip():
             continue
         label, tab, item = line.partition("\t")
-        label, item = unicodedata.normalize("NFC", label.strip()), unicodedata.normalize("NFC", item.strip())
+        label, item = label.strip(), item.strip()
         if not tab:
             raise DataError(f"{name}: line {number:,} has no tab; with --labels each line is LABEL<TAB>ITEM (for a "
                             "CSV give --item-column and --label-column)")
@@ -224,7 +224,7 @@ def parse_csv(raw: bytes, name: str, item_column: str, label_column: str | None)
         at = [header.index(column) for column in wanted]
         labels, items, lines = [], [], []
         for row in rows:
-            cells = [unicodedata.normalize("NFC", row[i].strip()) if i < len(row) else "" for i in at]
+            cells = [row[i].strip() if i < len(row) else "" for i in at]
             if not cells[0]:
                 continue
             if label_column is not None and not cells[1]:

@@ -103,9 +103,8 @@ def _many_labels(tmp_path):
 
 @pytest.mark.parametrize("make, options, message", [
     (lambda p: _write(p / "d.tsv", "a\tabc\nxyz\n"), ["--labels"], "line 2 has no tab"),
-    # a line is stripped before it is split, so an empty label or item leaves no tab: still the line's own error
-    (lambda p: _write(p / "d.tsv", "a\tabc\n\tbcd\n"), ["--labels"], "line 2"),
-    (lambda p: _write(p / "d.tsv", "a\tabc\na\tbcd\nb\t \n"), ["--labels"], "line 3"),
+    (lambda p: _write(p / "d.tsv", "a\tabc\n\tbcd\n"), ["--labels"], "line 2 has an empty label"),
+    (lambda p: _write(p / "d.tsv", "a\tabc\na\tbcd\nb\t \n"), ["--labels"], "line 3 has an empty item"),
     (lambda p: _write(p / "d.tsv", "a\tabc\na\tbcd\nb\tcde\n"), ["--labels"], "the label 'b' has only one item"),
     (_many_labels, ["--labels"], f"more than {MAX_LABELS} labels"),
     (lambda p: _write(p / "d.tsv", "".join(f"a\t{w}\n" for w in ("ab", "ba", "abb", "bab", "aab", "bba"))
