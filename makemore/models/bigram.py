@@ -34,7 +34,7 @@ class Bigram(NGram):
 
     N = property(bigram_counts)  # the lecture's name for it
 
-    def probs(self) -> torch.Tensor:
-        """The lecture's (V, V) table P[prev, next]."""
+    def probs(self, label: int | None = None) -> torch.Tensor:
+        """The lecture's (V, V) table P[prev, next] (a labelled model's: that label's)."""
         prev = torch.arange(self.vocab_size, device=self.discounts.device)[:, None]
-        return self(prev).exp()
+        return self(prev, None if label is None else torch.full_like(prev[:, 0], label)).exp()

@@ -10,6 +10,14 @@ h' is h without its oldest character, D one of the order's three discounts D1, D
 context interpolates with the uniform distribution. The longest order counts occurrences, shorter ones
 continuations (how many different characters precede h w), except a context of boundary padding only,
 which nothing else can precede: it keeps its real counts, as KenLM's <s>.
+
+A model of several labels also counts each label's n-grams of every order (the same tables, per label) and
+puts a Dirichlet prior centred on the pooled model on each of them, order by order from the shortest:
+
+    p_L(w | h) = (c_L(h w) + beta q_L(w | h)) / (c_L(h .) + beta)      q_L(w | h) = the pooled p(w | h) with p_L(. | h')
+                                                                                   as its shorter order
+
+so a context a label has rarely seen keeps the pooled model's (and the label's shorter contexts') structure.
 """
 from __future__ import annotations
 
@@ -30,6 +38,10 @@ INT64_MAX = 2**63 - 1
 # Numbers (float64) of whole distributions kept per seen context for fast lookups: 64 MB. Orders beyond it
 # are interpolated at every forward pass from their sparse tables instead.
 DENSE_ROWS = 2**23
+# beta above: the weight, in counts, of the pooled model in each label's distributions. Tuned on the dev split of
+# names by sex (labels alike: best near 32-48, and below 12 a block size of 5 loses to the unlabelled model) and
+# words of 8 languages (labels apart: best near 4-12, yet far below unlabelled at 32): the safe side of both
+LABEL_PRIOR = 32.0
 
 
 def parse_smoothing(value) -> float | str:
@@ -95,6 +107,43 @@ def _key_dtype(bound: int) -> torch.dtype:
     return torch.int32 if bound <= 2**31 - 1 else torch.int64
 
 
+def grouped(keys: torch.Tensor, counts: torch.Tensor, labels: torch.Tensor | None):
+    """Equal (label, key) pairs (keys alone without labels) merged, in increasing order, label first: their labels
+    (or None), keys, summed counts, and how many entries each merged."""
+    if labels is None:
+        unique, group, merged = torch.unique(keys, sorted=True, return_inverse=True, return_counts=True)
+        sums = torch.zeros(len(unique), dtype=counts.dtype, device=keys.device).index_add_(0, group, counts)
+        return None, unique, sums, merged
+    # a stable sort by label after one by key: by label, then key (a key of both could overflow 64 bits)
+    order = torch.argsort(keys, stable=True)
+    order = order[torch.argsort(labels[order], stable=True)]
+    keys, counts, labels = keys[order], counts[order], labels[order]
+    new = torch.ones(len(keys), dtype=torch.bool, device=keys.device)
+    new[1:] = (keys[1:] != keys[:-1]) | (labels[1:] != labels[:-1])
+    group = torch.cumsum(new, 0) - 1
+    n_groups = int(new.sum())
+    sums = torch.zeros(n_groups, dtype=counts.dtype, device=keys.device).index_add_(0, group, counts)
+    return labels[new], keys[new], sums, torch.bincount(group, minlength=n_groups)
+
+
+def count_orders(labels, top: torch.Tensor, raw: torch.Tensor, V: int, longest: int, shortest: int,
+                 continuations: bool) -> dict:
+    """Order n -> (labels, keys, counts) of the n-grams of every order from longest down to shortest, each from the
+    order above it. With continuations (Kneser-Ney), the shorter orders count how many different characters precede
+    an n-gram instead of its occurrences, except a context of padding only, which keeps its real counts."""
+    tables = {longest: (labels, top, raw)}
+    for n in range(longest - 1, shortest - 1, -1):
+        # every occurrence of a shorter n-gram is the end of some window above: never the data again
+        labels, keys, raw, preceding = grouped(tables[n + 1][1] % V**n, raw, labels)
+        # a context of padding only (key < V) can only be preceded by padding: its continuation counts would
+        # all be 1, so it keeps its real counts, as KenLM's <s>
+        if continuations:
+            tables[n] = (labels, keys, torch.where(keys < V, raw, preceding) if n >= 2 else preceding)
+        else:
+            tables[n] = (labels, keys, raw)
+    return tables
+
+
 @register("ngram")
 class NGram(Model):
     """Saves per order n = 1..block_size+1 the sorted keys of the n-grams that occur (token ids in base V, the
@@ -130,9 +179,10 @@ class NGram(Model):
         """The count tables' lengths depend on the data (None); the discounts are one row per order."""
         cls.check_config(config, vocab_size)
         K = config.block_size
-        tables = {f"{kind}_{n}": ((torch.int32, torch.int64), (None,))
-                  for n in range(1, K + 2) for kind in ("ngrams", "counts")}
-        return tables | {"discounts": (torch.float64, (K + 1, 3))}
+        kinds = ("ngrams", "counts") + (("label_ngrams", "label_counts") if n_labels > 1 else ())
+        tables = {f"{kind}_{n}": ((torch.int32, torch.int64), (None,)) for n in range(1, K + 2) for kind in kinds}
+        ends = {f"label_ends_{n}": (torch.int64, (n_labels,)) for n in range(1, K + 2) if n_labels > 1}
+        return tables | ends | {"discounts": (torch.float64, (K + 1, 3))}
 
     def __init__(self, config: NGramConfig, vocab_size: int, n_labels: int = 1):
         super().__init__(config, vocab_size, n_labels)
@@ -141,6 +191,10 @@ class NGram(Model):
         for n in range(1, K + 2):
             self.register_buffer(f"ngrams_{n}", torch.zeros(0, dtype=torch.int64))
             self.register_buffer(f"counts_{n}", torch.zeros(0, dtype=torch.int64))
+            if n_labels > 1:  # each label's n-grams, label by label: label l's end where label_ends[l] says
+                self.register_buffer(f"label_ngrams_{n}", torch.zeros(0, dtype=torch.int64))
+                self.register_buffer(f"label_counts_{n}", torch.zeros(0, dtype=torch.int64))
+                self.register_buffer(f"label_ends_{n}", torch.zeros(n_labels, dtype=torch.int64))
         # the discounts used per order (row n-1 for n-grams of length n), kept for inspection and loading
         self.register_buffer("discounts", torch.zeros(K + 1, 3, dtype=torch.float64))
         self._derive()
@@ -148,44 +202,45 @@ class NGram(Model):
         self.register_load_state_dict_post_hook(NGram._check_and_derive)
 
     def fit(self, dataset) -> None:
-        """Count the (K+1)-grams chunk by chunk (sort + unique), then the shorter orders from them."""
+        """Count the (K+1)-grams chunk by chunk (per label with labels), then the shorter orders from them."""
         K, V = self.block_size, self.vocab_size
-        keys, counts = [], []
-        for x, y, _ in dataset.chunks(1 << 20):
+        labelled = self.n_labels > 1
+        keys, counts, labels = [], [], []
+        for x, y, label in dataset.chunks(1 << 20):
+            if labelled and label is None:
+                raise ValueError("a labelled model needs each example's label")
             key = torch.zeros(len(y), dtype=torch.int64, device=y.device)
             for j in range(K):  # oldest context character first: it ends up most significant
                 key = key * V + x[:, j]
             key = key * V + y
-            u, c = torch.unique(key, sorted=True, return_counts=True)
+            label_u, u, c, _ = grouped(key, torch.ones_like(key), label if labelled else None)
             keys.append(u)
             counts.append(c)
+            labels.append(label_u)
         # the chunks' tables, merged: the same n-gram may occur in several chunks
-        top, inverse = torch.unique(torch.cat(keys), sorted=True, return_inverse=True)
-        raw = torch.zeros(len(top), dtype=torch.int64, device=top.device).index_add_(0, inverse, torch.cat(counts))
-        tables = {K + 1: (top, raw)}
-        if self.kn:
-            # every occurrence of a shorter n-gram is the end of some (K+1)-gram window: the shorter orders
-            # come from the table above them, never from the data again
-            for n in range(K, 0, -1):
-                suffix = tables[n + 1][0] % V**n  # the n-grams above without their oldest character
-                keys_n, inverse, continuations = torch.unique(suffix, sorted=True, return_inverse=True,
-                                                              return_counts=True)
-                # raw counts add up over the n-grams above; continuations count them (distinct left characters)
-                raw = torch.zeros(len(keys_n), dtype=torch.int64, device=top.device).index_add_(0, inverse, raw)
-                # a context of padding only (key < V) can only be preceded by padding: its continuation
-                # counts would all be 1, so it keeps its real counts, as KenLM's <s>
-                only_padding = keys_n < V if n >= 2 else torch.zeros_like(keys_n, dtype=torch.bool)
-                tables[n] = (keys_n, torch.where(only_padding, raw, continuations))
+        label, top, raw, _ = grouped(torch.cat(keys), torch.cat(counts), torch.cat(labels) if labelled else None)
+        if labelled:
+            # every order, add-k's too: each label's shorter contexts are the prior of its longer ones
+            per_label = count_orders(label, top, raw, V, K + 1, 1, self.kn)
+            for n, (label_n, keys_n, counts_n) in per_label.items():
+                self._store(f"label_ngrams_{n}", f"label_counts_{n}", keys_n, counts_n, n)
+                setattr(self, f"label_ends_{n}", torch.cumsum(torch.bincount(label_n, minlength=self.n_labels), 0))
+            _, top, raw, _ = grouped(top, raw, None)  # the pooled (K+1)-grams: every label's together
+        tables = count_orders(None, top, raw, V, K + 1, 1 if self.kn else K + 1, self.kn)
         for n in range(1, K + 2):
             empty = torch.zeros(0, dtype=torch.int64, device=top.device)
-            keys_n, counts_n = tables.get(n, (empty, empty))
-            top_count = int(counts_n.max()) + 1 if len(counts_n) else 0
-            setattr(self, f"ngrams_{n}", keys_n.to(_key_dtype(V**n)))
-            setattr(self, f"counts_{n}", counts_n.to(_key_dtype(top_count)))
+            _, keys_n, counts_n = tables.get(n, (None, empty, empty))
+            self._store(f"ngrams_{n}", f"counts_{n}", keys_n, counts_n, n)
             if self.kn:
                 D = self.config.discount or estimate_discounts(counts_n)
                 self.discounts[n - 1] = torch.tensor(D, dtype=torch.float64)
         self._derive()
+
+    def _store(self, keys_name: str, counts_name: str, keys: torch.Tensor, counts: torch.Tensor, n: int) -> None:
+        """A table of n-grams and their counts, each in the smallest integer type that holds it."""
+        top_count = int(counts.max()) + 1 if len(counts) else 0
+        setattr(self, keys_name, keys.to(_key_dtype(self.vocab_size**n)))
+        setattr(self, counts_name, counts.to(_key_dtype(top_count)))
 
     def _derive(self) -> None:
         """From the stored keys and counts, the per-order lookup tables (buffers that are not saved)."""
@@ -225,6 +280,9 @@ class NGram(Model):
         self.register_buffer("rows", unigram[None], persistent=False)
         self.first_row = [0, 0]  # first_row[n]: where order n's rows start in self.rows
         self.dense_orders = 1
+        if self.n_labels > 1:
+            self._derive_labels()
+            return  # each label changes every order's shorter one: no pooled row serves a labelled prediction
         for n in range(2, K + 2):
             ctx = getattr(self, f"ctx_{n}")
             if len(self.rows) + len(ctx) > DENSE_ROWS // V:
@@ -236,6 +294,87 @@ class NGram(Model):
             self.first_row.append(len(self.rows))
             self.rows = torch.cat([self.rows, rows])
             self.dense_orders = n
+
+    def _derive_labels(self) -> None:
+        """Per order, each label's contexts (by label, then context), where their n-grams start and the prior's
+        weight, p_L(w | h) = alpha(h, w) + gamma(h) q_L(w | h) as in the pooled tables; then each label's whole
+        distribution after every seen context, order by order while they fit in DENSE_ROWS numbers."""
+        V, beta = self.vocab_size, LABEL_PRIOR
+        f64 = dict(dtype=torch.float64, device=self.discounts.device)
+        for n in range(1, self.block_size + 2):
+            keys, c = getattr(self, f"label_ngrams_{n}").long(), getattr(self, f"label_counts_{n}").to(**f64)
+            ends = getattr(self, f"label_ends_{n}")
+            label = torch.repeat_interleave(torch.arange(self.n_labels, device=keys.device),
+                                            torch.diff(ends, prepend=ends[:1] * 0), output_size=len(keys))
+            ctx = keys // V
+            new = torch.ones(len(keys), dtype=torch.bool, device=keys.device)
+            new[1:] = (ctx[1:] != ctx[:-1]) | (label[1:] != label[:-1])
+            group = torch.cumsum(new, 0) - 1
+            n_ctx = int(new.sum())
+            total = torch.zeros(n_ctx, **f64).index_add_(0, group, c)
+            # a (label, context) pair as one increasing key, label * U + the context's rank among the U contexts
+            # any label saw: label * V^(n-1) + context could overflow 64 bits
+            contexts = torch.unique(ctx[new], sorted=True)
+            self.register_buffer(f"label_contexts_{n}", contexts, persistent=False)
+            self.register_buffer(f"label_ctx_{n}", label[new] * len(contexts) + torch.searchsorted(contexts, ctx[new]),
+                                 persistent=False)
+            self.register_buffer(f"label_start_{n}", F.pad(torch.cumsum(torch.bincount(group, minlength=n_ctx), 0),
+                                                           (1, 0)), persistent=False)
+            self.register_buffer(f"label_next_{n}", keys % V, persistent=False)
+            self.register_buffer(f"label_alpha_{n}", c / (total + beta)[group], persistent=False)
+            self.register_buffer(f"label_gamma_{n}", beta / (total + beta), persistent=False)
+        # Whole distributions, as the pooled rows, of every label after every context of order n that the pooled
+        # model or a label saw (U_n below), order by order while they fit: row first_row[n] + label * |U_n| + rank
+        # of the context in U_n. Row 0, the pooled unigram, is for when no order is dense.
+        self.register_buffer("label_rows", self.rows[:1], persistent=False)
+        self.label_first_row = [0]  # label_first_row[n]: where order n's rows start (0: the unigram row)
+        self.label_dense_orders = 0
+        for n in range(1, self.block_size + 2):
+            contexts = getattr(self, f"label_contexts_{n}")
+            pooled = getattr(self, f"ctx_{n}") if n >= 2 else torch.zeros(1, dtype=torch.long, device=contexts.device)
+            seen = torch.unique(torch.cat([pooled, contexts]), sorted=True)
+            if len(self.label_rows) + self.n_labels * len(seen) > DENSE_ROWS // V:
+                break
+            label = torch.arange(self.n_labels, device=seen.device).repeat_interleave(len(seen))
+            ctx = seen.repeat(self.n_labels)
+            suffixes = [ctx % V**k for k in range(n)]
+            rows = self._longest_label_seen(suffixes, label)
+            self._next_order(rows, n, ctx, label)
+            self.register_buffer(f"label_seen_{n}", seen, persistent=False)
+            self.label_first_row.append(len(self.label_rows))
+            self.label_rows = torch.cat([self.label_rows, rows])
+            self.label_dense_orders = n
+
+    def _find_label(self, n: int, key: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where each (label, context key) pair sits in order n's label table, and whether it is there at all."""
+        contexts, pairs = getattr(self, f"label_contexts_{n}"), getattr(self, f"label_ctx_{n}")
+        rank = torch.searchsorted(contexts, key).clamp(max=len(contexts) - 1)
+        pair = label * len(contexts) + rank
+        pos = torch.searchsorted(pairs, pair).clamp(max=len(pairs) - 1)
+        return pos, (contexts[rank] == key) & (pairs[pos] == pair)
+
+    def _longest_label_seen(self, suffixes: list, label: torch.Tensor) -> torch.Tensor:
+        """Each row's label's dense distribution after the row's longest suffix seen in training; suffixes[k] holds
+        the keys of the last k characters (k = 0, 1, ...); only orders up to label_dense_orders are searched."""
+        index = torch.zeros_like(label)
+        for n in range(1, min(len(suffixes), self.label_dense_orders) + 1):
+            seen = getattr(self, f"label_seen_{n}")
+            rank = torch.searchsorted(seen, suffixes[n - 1]).clamp(max=len(seen) - 1)
+            found = seen[rank] == suffixes[n - 1]
+            index = torch.where(found, self.label_first_row[n] + label * len(seen) + rank, index)
+        return self.label_rows[index]
+
+    def _next_order(self, P: torch.Tensor, n: int, key: torch.Tensor, label: torch.Tensor) -> None:
+        """P, each row's label's distribution after the context of order n-1, becomes the one after the context
+        key of order n: the pooled order n over it (its prior), then the label's counts of order n."""
+        if n >= 2 and len(getattr(self, f"ctx_{n}")):  # add-k keeps the pooled longest order only
+            pos, found = self._find(n, key)
+            P *= torch.where(found, getattr(self, f"gamma_{n}")[pos], 1.0)[:, None]
+            self._add_alphas(P, n, pos, found)
+        if len(getattr(self, f"label_ctx_{n}")):  # (empty before fit)
+            pos, found = self._find_label(n, key, label)
+            P *= torch.where(found, getattr(self, f"label_gamma_{n}")[pos], 1.0)[:, None]
+            self._add_alphas(P, n, pos, found, "label_")
 
     def _longest_seen(self, suffixes: list) -> torch.Tensor:
         """The dense row of each context's longest suffix seen in training. suffixes[k] holds the keys of
@@ -254,9 +393,10 @@ class NGram(Model):
         pos = torch.searchsorted(ctx, key).clamp(max=len(ctx) - 1)
         return pos, ctx[pos] == key
 
-    def _add_alphas(self, P: torch.Tensor, n: int, pos: torch.Tensor, found: torch.Tensor) -> None:
-        """P[b, w] += alpha(h, w) for every n-gram h w seen in training, h the context at pos[b] of order n."""
-        start_n = getattr(self, f"start_{n}")
+    def _add_alphas(self, P: torch.Tensor, n: int, pos: torch.Tensor, found: torch.Tensor, table: str = "") -> None:
+        """P[b, w] += alpha(h, w) for every n-gram h w seen in training, h the context at pos[b] of order n (in the
+        pooled tables, or with table "label_" the labels')."""
+        start_n = getattr(self, f"{table}start_{n}")
         start = start_n[pos]
         width = torch.where(found, start_n[pos + 1] - start, 0)
         total = int(width.sum())
@@ -264,7 +404,7 @@ class NGram(Model):
         rows = torch.repeat_interleave(torch.arange(len(pos), device=P.device), width, output_size=total)
         first = torch.repeat_interleave(torch.cumsum(width, 0) - width, width, output_size=total)
         flat = torch.repeat_interleave(start, width, output_size=total) + torch.arange(total, device=P.device) - first
-        P[rows, getattr(self, f"next_{n}")[flat]] += getattr(self, f"alpha_{n}")[flat]
+        P[rows, getattr(self, f"{table}next_{n}")[flat]] += getattr(self, f"{table}alpha_{n}")[flat]
 
     def _discount_of(self, n: int, c: torch.Tensor) -> torch.Tensor:
         D1, D2, D3 = self.discounts[n - 1]
@@ -273,8 +413,9 @@ class NGram(Model):
     @staticmethod
     def _take_stored_shapes(module, state_dict: dict, prefix: str, *args) -> None:
         """Before loading: the tables' sizes depend on the data, so each takes the checkpoint's shape and type."""
+        labelled = ("label_ngrams", "label_counts") if module.n_labels > 1 else ()
         for n in range(1, module.block_size + 2):
-            for name in (f"ngrams_{n}", f"counts_{n}"):
+            for name in [f"{kind}_{n}" for kind in ("ngrams", "counts") + labelled]:
                 stored = state_dict.get(prefix + name)
                 if isinstance(stored, torch.Tensor):
                     setattr(module, name, torch.empty_like(stored, device=module.discounts.device))
@@ -292,10 +433,31 @@ class NGram(Model):
                 raise ValueError(f"order {n}'s n-grams are not increasing keys below {V}^{n}")
             if len(counts) and int(counts.min()) < 1:
                 raise ValueError(f"order {n} has a count below 1")
+            if module.n_labels > 1:
+                module._check_label_table(n)
         limits = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
         if not bool(((module.discounts >= 0) & (module.discounts <= limits)).all()):
             raise ValueError("a discount is outside 0 <= Dr <= r")
         module._derive()
+
+    def _check_label_table(self, n: int) -> None:
+        """ValueError unless order n's label table is what fit() makes: per label, increasing keys of n-grams of this
+        vocabulary with positive counts, the labels' ends increasing up to the table's length."""
+        V = self.vocab_size
+        keys, counts = getattr(self, f"label_ngrams_{n}").long(), getattr(self, f"label_counts_{n}")
+        ends = getattr(self, f"label_ends_{n}")
+        if len(keys) != len(counts):
+            raise ValueError(f"order {n}'s label table has {len(keys)} n-grams but {len(counts)} counts")
+        if int(ends[0]) < 0 or not bool((ends[1:] >= ends[:-1]).all()) or int(ends[-1]) != len(keys):
+            raise ValueError(f"order {n}'s label ends are not increasing up to its {len(keys)} n-grams")
+        if len(keys) and (int(keys.min()) < 0 or int(keys.max()) >= V**n):
+            raise ValueError(f"order {n}'s label table has a key outside [0, {V}^{n})")
+        first = torch.zeros(len(keys), dtype=torch.bool, device=keys.device)
+        first[ends[:-1][ends[:-1] < len(keys)]] = True  # where a label after the first starts
+        if not bool(((keys[1:] > keys[:-1]) | first[1:]).all()):
+            raise ValueError(f"order {n}'s label table does not list each label's n-grams in increasing order")
+        if len(counts) and int(counts.min()) < 1:
+            raise ValueError(f"order {n}'s label table has a count below 1")
 
     def forward(self, idx: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
         """Log-probabilities (B, V) in float64: the row of the longest seen context, then the orders kept
@@ -304,10 +466,17 @@ class NGram(Model):
         suffixes = [torch.zeros(idx.shape[0], dtype=torch.int64, device=idx.device)]
         for k in range(1, self.block_size + 1):  # one more (older) character of context each time
             suffixes.append(suffixes[-1] + idx[:, -k].long() * V ** (k - 1))
-        P = self._longest_seen(suffixes)
-        for n in range(self.dense_orders + 1, self.block_size + 2):
-            pos, found = self._find(n, suffixes[n - 1])
-            # an unseen context passes the shorter context's distribution on unchanged (gamma = 1)
-            P *= torch.where(found, getattr(self, f"gamma_{n}")[pos], 1.0)[:, None]
-            self._add_alphas(P, n, pos, found)
+        if self.n_labels == 1:
+            P = self._longest_seen(suffixes)
+            for n in range(self.dense_orders + 1, self.block_size + 2):
+                pos, found = self._find(n, suffixes[n - 1])
+                # an unseen context passes the shorter context's distribution on unchanged (gamma = 1)
+                P *= torch.where(found, getattr(self, f"gamma_{n}")[pos], 1.0)[:, None]
+                self._add_alphas(P, n, pos, found)
+            return P.log()
+        if label is None:
+            raise ValueError("a labelled model needs each example's label")
+        P = self._longest_label_seen(suffixes, label)
+        for n in range(self.label_dense_orders + 1, self.block_size + 2):
+            self._next_order(P, n, suffixes[n - 1], label)
         return P.log()
