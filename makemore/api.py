@@ -450,9 +450,12 @@ class MixResult:
 
 
 def _check_same_data(trained: list) -> None:
-    """Refuse to mix checkpoints of different data, split or vocabulary."""
+    """Refuse to mix checkpoints of different data, split, vocabulary or labels."""
     first = trained[0]
     for other in trained[1:]:
+        if other.labels != first.labels:
+            raise CheckpointError(f"{first.path} has the labels {shown_labels(first.labels)} and {other.path} "
+                                  f"{shown_labels(other.labels)}; mix only checkpoints of the same labels")
         for what, key in (("data file", "data"), ("split", "split"), ("vocabulary", "vocab")):
             a, b = (t.ckpt[key]["fingerprint"] if key == "data" else t.ckpt[key] for t in (first, other))
             if a != b:
@@ -480,7 +483,8 @@ def mix(paths: list, out: str | Path = "out", name: str = "mixture", weights: li
     Mixture.check_size({"components": components})
     _check_same_data(trained)
     first = trained[0]
-    dev_items = first.splits()["dev"]  # the items the checkpoint keeps: a recorded path is never read
+    parts, part_labels = first.labelled_splits()  # the items the checkpoint keeps: a recorded path is never read
+    dev_items = parts["dev"]
     if not dev_items and weights is None:
         raise DataError("the checkpoints' dev split is empty, so there is nothing to fit the weights on; "
                         "give them with --weights")
@@ -488,7 +492,8 @@ def mix(paths: list, out: str | Path = "out", name: str = "mixture", weights: li
     losses, iterations = [float("nan")] * len(models), 0
     dev, dev_loss = None, float("nan")
     if dev_items:
-        dev = build_dataset(dev_items, first.vocab, max(m.block_size for m in models)).to(resolve_device(device))
+        dev = build_dataset(dev_items, first.vocab, max(m.block_size for m in models),
+                            labels=part_labels["dev"] if part_labels else None).to(resolve_device(device))
         P = mixing.target_probs(models, dev, progress=progress)
         losses = (-P.log().mean(0)).tolist()
         if weights is None and kind == "linear":
@@ -506,7 +511,8 @@ def mix(paths: list, out: str | Path = "out", name: str = "mixture", weights: li
     config = MixtureConfig(components=components, weights=tuple(weights), kind=kind)
     # the components' own tensors, on their device: no initial weights drawn to be replaced
     net = Mixture.from_state(config, len(first.vocab),
-                             {f"components.{k}": v for k, v in torch.nn.ModuleList(models).state_dict().items()})
+                             {f"components.{k}": v for k, v in torch.nn.ModuleList(models).state_dict().items()},
+                             n_labels=models[0].n_labels)
     if dev is not None and math.isnan(dev_loss):
         dev_loss = evaluate(net, dev, progress=progress)
     out = Path(out)
@@ -517,7 +523,8 @@ def mix(paths: list, out: str | Path = "out", name: str = "mixture", weights: li
         model="mixture", config=config, vocab=first.vocab.chars, train={}, split=first.ckpt["split"],
         data=first.ckpt["data"], items=first.ckpt["items"], state_dict=net.state_dict(), step=0,
         best_dev_loss=dev_loss, metrics=[], mix=dict(components=[str(p) for p in paths], component_dev_losses=losses,
-                                                     dev_loss=dev_loss, em_iterations=iterations)), path)
+                                                     dev_loss=dev_loss, em_iterations=iterations),
+        labels=first.ckpt.get("labels"), item_labels=first.ckpt.get("item_labels")), path)
     checkpoint.write_latest(out, path)
     return MixResult(path, [str(p) for p in paths], weights, losses, dev_loss, iterations, time.perf_counter() - t0,
                      kind)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from makemore.models import register
-from makemore.models.base import SequenceModel, item_context
+from makemore.models.base import SequenceModel, by_label, item_context, label_table
 from makemore.options import option
 
 
@@ -48,9 +48,15 @@ class RNN(SequenceModel):
                                 dropout=config.dropout if config.n_layer > 1 else 0.0)
         self.start = nn.Parameter(torch.zeros(config.n_layer, 1, config.n_hidden))  # the state before an item
         self.lm_head = nn.Linear(config.n_hidden, vocab_size)
+        # a label's vector added to every character's embedding: each step is told the label afresh, not only
+        # the state before the item, whose trace a long item would wash out
+        self.label_embd = label_table(n_labels, config.n_embd)
 
     def forward(self, idx: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
-        states, _ = self.layers(self.wte(idx), self.start.expand(-1, idx.shape[0], -1).contiguous())
+        x = self.wte(idx)
+        if self.label_embd is not None:
+            x = x + by_label(self.label_embd, label)[:, None, :]
+        states, _ = self.layers(x, self.start.expand(-1, idx.shape[0], -1).contiguous())
         return self.lm_head(nn.functional.dropout(states, self.config.dropout, self.training))
 
     def embeddings(self) -> torch.Tensor:

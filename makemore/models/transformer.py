@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from makemore.models import register
-from makemore.models.base import SequenceModel, item_context, on_meta_device
+from makemore.models.base import SequenceModel, by_label, item_context, label_table, on_meta_device
 from makemore.options import option
 
 
@@ -105,6 +105,8 @@ class Transformer(SequenceModel):
                 elif p.dim() == 2:
                     deep = name.endswith("attn.proj.weight") or name.endswith("mlp.2.weight")
                     nn.init.normal_(p, std=0.02 / math.sqrt(2 * config.n_layer) if deep else 0.02)
+        # added to every position's token embedding; made after the initialisation above, so it starts at zero
+        self.label_embd = label_table(n_labels, C)
 
     def attention_bias(self, T: int, device) -> torch.Tensor | None:
         """(n_head, T, T): ALiBi's -slope * distance to each earlier position, -inf to every later one."""
@@ -119,6 +121,8 @@ class Transformer(SequenceModel):
         x = self.wte(idx)
         if self.config.learned_positions:
             x = x + self.wpe(torch.arange(T, device=idx.device))
+        if self.label_embd is not None:
+            x = x + by_label(self.label_embd, label)[:, None, :]
         x = F.dropout(x, self.config.dropout, self.training)
         bias = self.attention_bias(T, idx.device)
         for block in self.blocks:
