@@ -38,7 +38,7 @@ MAX_TEXT = 1000  # characters of a prefix, suffix, regex or item: data.MAX_ITEM_
 MAX_SAMPLES = 1000  # items of one request: a page shows no more (`makemore sample` streams any number)
 SAMPLE_SECONDS = 10.0  # a request's drawing stops after this long, with the items found by then
 PATIENCE = 3.0  # seconds without a new item before a request gives up (the CLI's --patience, shorter for a page)
-TOP_NEXT = 30  # characters in the next-character distribution (the rest are summed)
+TOP_NEXT = 30  # the likeliest characters of the next-character distribution (then the end; the rest are summed)
 TOP_CONTEXTS = 20  # contexts in the table of a counting model beyond a bigram, and characters after each
 MAX_TABLE = 64  # the whole table of counts is drawn up to this vocabulary (the lecture's has 27)
 MAX_CURVE_POINTS = 2000
@@ -191,9 +191,10 @@ class View:
         with torch.no_grad():
             logits = self.model.next_logits(torch.tensor([window], device=self.model.device))
             probs = next_token_probs(logits, request.temperature, request.top_k, request.top_p)[0].cpu()
-        top = probs.topk(min(TOP_NEXT, len(probs)))
+        top = probs.topk(min(TOP_NEXT, len(probs))).indices.tolist()
+        top += [] if 0 in top else [0]  # the end, however unlikely: the page can always end the item
         shown = [dict(char=None if i == 0 else self.vocab.chars[i], shown="end" if i == 0 else self.shown[i],
-                      prob=p) for p, i in zip(top.values.tolist(), top.indices.tolist()) if p > 0]
+                      prob=probs[i].item()) for i in top if probs[i] > 0]
         return dict(prefix=request.prefix, next=shown, rest=max(0.0, 1.0 - sum(s["prob"] for s in shown)))
 
     def score(self, body) -> dict:

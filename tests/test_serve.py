@@ -135,6 +135,13 @@ def test_the_next_character_is_what_score_says_of_each_continuation(transformer,
     assert probs == sorted(probs, reverse=True)
 
 
+def test_the_end_is_always_offered(bigram, monkeypatch):
+    monkeypatch.setattr(serve, "TOP_NEXT", 2)
+    _, answer, _ = call(bigram, "/api/next", {"prefix": ""})  # no item is empty: the end's only count is add-1's
+    assert [c["char"] is None for c in answer["next"]] == [False, False, True]
+    assert math.isclose(sum(c["prob"] for c in answer["next"]) + answer["rest"], 1.0)
+
+
 def test_next_applies_the_sampling_settings(transformer):
     _, answer, _ = call(transformer, "/api/next", {"prefix": "", "top_k": 3})
     assert len(answer["next"]) == 3 and math.isclose(sum(c["prob"] for c in answer["next"]), 1.0)

@@ -143,9 +143,14 @@ async function nextChars() {
   }
 }
 
+const BARS = 12;  // the likeliest characters drawn as bars; the rest are summed
+
 function drawBars(answer) {
   const top = answer.next.length ? answer.next[0].prob : 1;
-  $("next-bars").replaceChildren(...answer.next.map((choice) => {
+  const shown = answer.next.filter((choice, i) => i < BARS || choice.char === null);  // the end always
+  const rest = answer.rest + answer.next.filter((choice) => !shown.includes(choice))
+    .reduce((sum, choice) => sum + choice.prob, 0);
+  $("next-bars").replaceChildren(...shown.map((choice) => {
     const bar = el("span", {class: "bar"});
     bar.style.width = `${(100 * choice.prob / top).toFixed(1)}%`;
     return el("button", {type: "button", class: choice.char === null ? "choice end" : "choice",
@@ -154,8 +159,8 @@ function drawBars(answer) {
     el("span", {class: "char", text: choice.shown}), el("span", {class: "track"}, bar),
     el("span", {class: "prob", text: fmt(choice.prob)}));
   }));
-  if (answer.rest > 0.0005) {
-    $("next-bars").append(el("p", {class: "note", text: `others together: ${fmt(answer.rest)}`}));
+  if (rest > 0.0005) {
+    $("next-bars").append(el("p", {class: "note", text: `the other characters together: ${fmt(rest)}`}));
   }
 }
 
