@@ -321,6 +321,9 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "makemore"
     protocol_version = "HTTP/1.1"
     timeout = TIMEOUT
+    # headers and body go in two writes: with Nagle's algorithm the body waited for the client's delayed ACK,
+    # 40 ms on every answer (bench/bench_serve.py)
+    disable_nagle_algorithm = True
 
     def do_GET(self):
         self._answer("GET")
