@@ -1,4 +1,5 @@
 """makemore serve: the JSON API through a real server on 127.0.0.1 (in a thread), its bounds, and the command."""
+import collections
 import http.client
 import json
 import math
@@ -176,6 +177,27 @@ def test_attention_rows_are_distributions_over_the_positions_so_far(transformer)
     assert "reads at most 12" in message
 
 
+@pytest.mark.parametrize("alibi", [True, False])
+def test_the_attention_drawn_is_the_one_the_forward_pass_mixes_by(alibi):
+    import torch
+
+    from makemore.models.transformer import Transformer, TransformerConfig
+
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(block_size=6, n_layer=2, n_head=2, n_embd=8, alibi=alibi), 5).eval()
+    idx = torch.tensor([[0, 3, 1, 4, 2]])
+    weights = model.attention(idx)
+    assert weights.shape == (2, 1, 2, 5, 5)
+    with torch.no_grad():
+        block = model.blocks[0]
+        x = block.ln_1(model.wte(idx) + model.wpe(torch.arange(5)))
+        _, _, v = block.attn.heads(x)
+        mixed = torch.nn.functional.scaled_dot_product_attention(
+            *block.attn.heads(x), attn_mask=model.attention_bias(5, "cpu"), is_causal=not alibi)
+    assert torch.allclose(weights[0] @ v, mixed, atol=1e-6)
+    assert torch.equal(weights.triu(1), torch.zeros_like(weights))  # nothing from a later position
+
+
 def test_the_pictures_of_a_counting_bigram(bigram, out):
     status, summary, _ = call(bigram, "/api/model")
     assert summary["pictures"] == ["counts"]
@@ -205,6 +227,10 @@ def test_counts_beyond_a_bigram_are_the_commonest_contexts(server, tmp_path):
     api.train("ngram", data, tmp_path / "out", model_options=dict(block_size=3), progress=False)
     view = serve.View("ngram", api.load(tmp_path / "out" / "ngram.safetensors"))
     rows = view.picture("counts")["rows"]
+    seen = collections.Counter(("..." + item + ".")[i:i + 3] for item in view.trained.splits()["train"]
+                               for i in range(len(item) + 1))
+    assert all(seen[r["context"]] == r["total"] for r in rows)  # ties may come in any order
+    assert [r["total"] for r in rows] == [count for _, count in seen.most_common(len(rows))]
     assert rows[0]["context"] == "..." and rows[0]["total"] == len(view.trained.splits()["train"])
     assert [r["total"] for r in rows] == sorted((r["total"] for r in rows), reverse=True)
     assert rows[0]["next"][0][1] == max(c for _, c in rows[0]["next"])
