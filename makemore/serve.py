@@ -346,26 +346,29 @@ class Handler(BaseHTTPRequestHandler):
             explorer = self.server.explorer
             with torch.no_grad():  # grad mode is per thread: each request's thread sets its own
                 value = routes[path](explorer) if method == "GET" else routes[path](explorer, self._body())
-            self._send(200, to_json(value).encode("utf-8", "backslashreplace"), "application/json")
         except ApiError as e:
-            self._error(e.status, str(e))
+            return self._error(e.status, str(e))
         except MakemoreError as e:
-            self._error(400, printable(e))
+            return self._error(400, printable(e))
+        except (ConnectionError, TimeoutError):
+            raise  # the client went away: nobody to answer (Server.handle_error keeps quiet)
         except Exception as e:  # noqa: BLE001 - a bug answers 500 and says so on the console, never a dead thread
             print(f"makemore serve: {method} {printable(path)[:100]}: {type(e).__name__}: {printable(e)[:200]}",
                   file=sys.stderr)
-            self._error(500, f"internal error ({type(e).__name__}); the server's console says more")
+            return self._error(500, f"internal error ({type(e).__name__}); the server's console says more")
+        self._send(200, to_json(value).encode("utf-8", "backslashreplace"), "application/json")
 
     def _check_host(self) -> None:
         """Bound to a loopback address, answer only requests addressed to one: a web page elsewhere that
         rebinds its own name to 127.0.0.1 cannot read the API."""
         if not self.server.loopback:
             return
-        host = urlsplit("//" + (self.headers.get("Host") or "")).hostname or ""
-        with contextlib.suppress(ValueError):
-            if host == "localhost" or ipaddress.ip_address(host).is_loopback:
-                return
-        raise ApiError(403, "this server answers requests for localhost or 127.0.0.1 only")
+        try:
+            host = urlsplit("//" + (self.headers.get("Host") or "")).hostname or ""
+        except ValueError:  # a malformed address
+            host = ""
+        if not is_loopback(host):
+            raise ApiError(403, "this server answers requests for localhost or 127.0.0.1 only")
 
     def _body(self):
         """The request's JSON, read after its length and type are checked (a body left unread closes the
@@ -414,6 +417,14 @@ class Handler(BaseHTTPRequestHandler):
         """Quiet: the console shows the address and any failure, not every request."""
 
 
+def is_loopback(host: str) -> bool:
+    """Whether host names this machine alone: localhost or a loopback address."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class Server(ThreadingHTTPServer):
     """The threading HTTP server with the explorer it serves; each request in a thread of its own."""
 
@@ -427,10 +438,13 @@ class Server(ThreadingHTTPServer):
             super().__init__((host, port), Handler)
         except OSError as e:
             raise MakemoreError(f"cannot listen on {host} port {port}: {e.strerror or e}") from None
-        with contextlib.suppress(ValueError):
-            self.loopback = ipaddress.ip_address(host).is_loopback
-        if not hasattr(self, "loopback"):
-            self.loopback = host == "localhost"
+        self.loopback = is_loopback(host)
+
+    def handle_error(self, request, client_address):
+        """One line on the console, not socketserver's traceback; nothing for a client that went away."""
+        error = sys.exc_info()[1]
+        if not isinstance(error, (ConnectionError, TimeoutError)):
+            print(f"makemore serve: {type(error).__name__}: {printable(error)[:200]}", file=sys.stderr)
 
     @property
     def url(self) -> str:

@@ -109,7 +109,8 @@ def test_sample_draws_what_the_library_draws_and_marks_each_item(transformer, ou
     assert answer["report"] is None
 
 
-def test_sample_marks_items_of_the_training_data(bigram, out):
+def test_sample_marks_items_of_the_training_data(bigram, out, monkeypatch):
+    monkeypatch.setattr(serve, "PATIENCE", 30.0)  # room for a busy machine: the draws take well under a second
     trained = api.load(out / "bigram.safetensors")
     parts = trained.splits()
     for split in ("train", "dev"):  # the likeliest short item of the split, asked for by a regex matching it alone
