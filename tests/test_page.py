@@ -157,3 +157,25 @@ def test_every_panel_in_a_real_browser(server, browser):
     assert all("status of 400" in error for error in errors), errors
     assert requests and all(url.startswith(server.url) for url in requests), requests
     page.close()
+
+
+def test_the_label_controls_light_up_for_a_labelled_checkpoint(server, browser, monkeypatch):
+    view = server.explorer.view
+    monkeypatch.setattr(view, "labels", ["girl", "boy"])
+    monkeypatch.setattr(view.trained, "classify", lambda items: [{"girl": 0.8, "boy": 0.2}] * len(items),
+                        raising=False)
+    monkeypatch.setattr(serve, "takes_label", lambda trained: "request")
+    page = browser.new_page()
+    errors = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.goto(server.url)
+    page.wait_for_selector("body[data-ready=true]")
+    expect(page.locator("#label-control")).to_be_visible()
+    assert page.locator("#label option").all_text_contents() == ["any", "girl", "boy"]
+    page.click("#picture-tabs button[data-picture=labels]")
+    page.fill("#picture-item", "emma")
+    page.click("#picture-button")
+    expect(page.locator("#picture .choice")).to_have_count(2)
+    assert page.locator("#picture .choice .char").all_text_contents() == ["girl", "boy"]
+    assert errors == []
+    page.close()

@@ -221,7 +221,6 @@ function drawScore(answer) {
   $("score-summary").textContent = `loss ${nats(answer.mean_nll)} nats per character (total ${nats(answer.nll)} ` +
     `over ${answer.n} transitions, the end included)${where}`;
   $("score-legend").hidden = false;
-  if (answer.posterior !== undefined && picture === "labels") drawPosterior(answer.posterior);
 }
 
 // ---- Pictures
@@ -400,7 +399,6 @@ function drawPosterior(posterior) {
     box.append(el("div", {class: "choice static"}, el("span", {class: "char", text: label}),
       el("span", {class: "track"}, bar), el("span", {class: "prob", text: fmt(p)})));
   }
-  if (picture === "labels") $("picture").replaceChildren(box);
   return box;
 }
 
