@@ -501,7 +501,8 @@ _plot_command("counts", "The lecture's table of bigram counts as a labelled heat
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; anything but this machine's own (127.0.0.1, ::1) lets others reach the page.")
-@click.option("--port", type=click.IntRange(0, 65535), default=0, help="Port to listen on. [default: a free one]")
+@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=False,
+              help="Port to listen on. [default: a free one]")
 @click.option("--open", "open_browser", is_flag=True, help="Open the page in the web browser.")
 @click.option("--out", default="out", show_default=True, type=click.Path(file_okay=False),
               help="Folder of checkpoints: the page starts with the one trained last and can switch between them.")
