@@ -593,6 +593,32 @@ def plot_confusion(split, output, out, checkpoint_path, model):
 
 
 @cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; anything but this machine's own (127.0.0.1, ::1) lets others reach the page.")
+@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=False,
+              help="Port to listen on. [default: a free one]")
+@click.option("--open", "open_browser", is_flag=True, help="Open the page in the web browser.")
+@click.option("--out", default="out", show_default=True, type=click.Path(file_okay=False),
+              help="Folder of checkpoints: the page starts with the one trained last and can switch between them.")
+@click.option("--checkpoint", "checkpoint_path", type=click.Path(dir_okay=False),
+              help="Start with this checkpoint instead of the one trained last in --out.")
+@click.option("--model", type=click.Choice(MODEL_NAMES), help="Refuse a checkpoint that holds another model. "
+              "[default: any]")
+@device_option
+def serve(host, port, open_browser, out, checkpoint_path, model, device, n_threads):
+    """A local page to explore a trained model: sample, watch the next character's distribution, score items,
+    see the model's pictures and what its checkpoint holds; the JSON API under it is usable from scripts.
+    Ctrl-C stops it."""
+    from makemore import serve as server_module
+
+    server = server_module.start(checkpoint_path, out, host, port, device, n_threads, model)
+    click.echo(f"serving {server.explorer.view.name} at {server.url} (Ctrl-C stops)")
+    if open_browser and not server_module.open_page(server.url):
+        click.echo("no web browser found; open the address above", err=True)
+    server.run()
+
+
+@cli.command()
 @click.argument("checkpoints", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--out", default="out", type=click.Path(file_okay=False), help="Folder for the mixture's checkpoint.")
 @click.option("--name", default="mixture", help="Checkpoint name in --out.")

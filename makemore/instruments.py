@@ -184,3 +184,26 @@ def bigram_table(model, label_weights: torch.Tensor | None = None) -> tuple[torc
         every = torch.full((V,), label, device=device)
         table += weight * torch.softmax(model.next_logits(contexts, every).double(), dim=-1).cpu()
     return table, False
+
+
+@torch.no_grad()
+def top_contexts(model, k: int) -> tuple[list[list[int]], torch.Tensor]:
+    """Beyond a bigram, the lecture's table for a counting n-gram: its k most frequent contexts (each block_size
+    token ids) and the counts N[context, next] of what followed each, a (k, vocab_size) table."""
+    from makemore.models.ngram import NGram
+
+    if not isinstance(model, NGram):
+        raise CheckpointError(f"a {model.name} model is not counted, so it has no table of counts")
+    K, V = model.block_size, model.vocab_size
+    keys = getattr(model, f"ngrams_{K + 1}").long().cpu()  # the longest order keeps the raw counts
+    counts = getattr(model, f"counts_{K + 1}").long().cpu()
+    contexts, owner = torch.unique_consecutive(keys // V, return_inverse=True)  # the keys are sorted
+    totals = torch.zeros(len(contexts), dtype=torch.long).index_add_(0, owner, counts)
+    top = totals.topk(min(k, len(contexts))).indices
+    row = torch.full((len(contexts),), -1, dtype=torch.long)
+    row[top] = torch.arange(len(top))
+    kept = row[owner] >= 0
+    table = torch.zeros(len(top), V, dtype=torch.long)
+    table[row[owner][kept], (keys % V)[kept]] = counts[kept]
+    digits = V ** torch.arange(K - 1, -1, -1)  # the oldest character is the most significant digit
+    return (contexts[top][:, None] // digits % V).tolist(), table

@@ -43,13 +43,26 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd)
         self.proj = nn.Linear(config.n_embd, config.n_embd)
 
+    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        B, T, C = x.shape
+        return tuple(t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+                     for t in self.qkv(x).split(C, dim=2))  # each (B, n_head, T, head size)
+
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-                   for t in self.qkv(x).split(C, dim=2))  # each (B, n_head, T, head size)
+        q, k, v = self.heads(x)
         # ALiBi's bias holds -inf above the diagonal: causal as well
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=bias is None)
         return F.dropout(self.proj(y.transpose(1, 2).reshape(B, T, C)), self.dropout, self.training)
+
+    def weights(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """(B, n_head, T, T): how much each position's output takes from each position's value (forward's
+        softmax, which the fused attention never shows)."""
+        q, k, _ = self.heads(x)
+        T = x.shape[1]
+        if bias is None:  # the causal mask alone
+            bias = torch.full((T, T), float("-inf"), device=x.device).triu(1)
+        return torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]) + bias, dim=-1)
 
 
 class Block(nn.Module):
@@ -59,8 +72,11 @@ class Block(nn.Module):
         self.ln_1, self.attn, self.ln_2 = nn.LayerNorm(C), SelfAttention(config), nn.LayerNorm(C)
         self.mlp = nn.Sequential(nn.Linear(C, 4 * C), nn.GELU(), nn.Linear(4 * C, C), nn.Dropout(config.dropout))
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), bias)
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None, attention: list | None = None) -> torch.Tensor:
+        h = self.ln_1(x)
+        if attention is not None:
+            attention.append(self.attn.weights(h, bias))
+        x = x + self.attn(h, bias)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -116,7 +132,9 @@ class Transformer(SequenceModel):
         distance = (position[:, None] - position[None, :]).to(self.slopes.dtype)
         return (-self.slopes * distance).masked_fill(distance < 0, float("-inf"))
 
-    def forward(self, idx: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, label: torch.Tensor | None = None, attention: list | None = None
+                ) -> torch.Tensor:
+        """(B, T) -> (B, T, vocab_size) logits; each block appends its attention weights to attention when given."""
         T = idx.shape[1]
         x = self.wte(idx)
         if self.config.learned_positions:
@@ -126,7 +144,7 @@ class Transformer(SequenceModel):
         x = F.dropout(x, self.config.dropout, self.training)
         bias = self.attention_bias(T, idx.device)
         for block in self.blocks:
-            x = block(x, bias)
+            x = block(x, bias, attention)
         x = self.ln_f(x)
         if self.config.tie_embeddings:
             return F.linear(x, self.wte.weight, self.lm_bias)
@@ -134,3 +152,11 @@ class Transformer(SequenceModel):
 
     def embeddings(self) -> torch.Tensor:
         return self.wte.weight
+
+    @torch.no_grad()
+    def attention(self, idx: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+        """(n_layer, B, n_head, T, T): the attention weights of every block for the rows idx (B, T) that start
+        at their item's boundary token (under their labels); what `makemore serve` draws."""
+        weights: list = []
+        self(idx, label, weights)
+        return torch.stack(weights)
