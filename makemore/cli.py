@@ -3,7 +3,6 @@ imported only inside the commands, so that `makemore --help` starts at once."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -11,6 +10,7 @@ import sys
 import click
 
 from makemore import __version__, distributed, options
+from makemore.jsontext import to_json
 from makemore.models import MODEL_NAMES, MODELS
 
 SPLITS = ("train", "dev", "test", "all")
@@ -41,12 +41,6 @@ class PositiveFloat(click.FloatRange):
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number", param, ctx)
         return number
-
-
-def to_json(value, **kwargs) -> str:
-    """JSON text of value, with every number that JSON cannot hold (an infinite loss, NaN) written as null."""
-    finite = json.loads(json.dumps(value), parse_constant=lambda name: None)  # called for Infinity, -Infinity, NaN
-    return json.dumps(finite, allow_nan=False, ensure_ascii=False, **kwargs)
 
 
 class DeclaredType(click.ParamType):

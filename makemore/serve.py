@@ -20,9 +20,9 @@ from urllib.parse import urlsplit
 import torch
 
 from makemore import api, checkpoint, instruments
-from makemore.cli import to_json
 from makemore.constraints import NothingFound, Request, check, length_cap
 from makemore.errors import MakemoreError, printable
+from makemore.jsontext import to_json
 from makemore.sampling import next_token_probs
 
 PAGE = Path(__file__).parent / "page"
