@@ -4,8 +4,6 @@ model is held at a time: each request uses the one loaded when it started, so a 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import inspect
 import ipaddress
 import json
 import math
@@ -96,16 +94,8 @@ def read_json(data: bytes):
 
 SAMPLE_FIELDS = dict(n=int, seed=int, temperature=float, top_k=int, top_p=float, prefix=str, suffix=str, min_len=int,
                      max_len=int, regex=str, new=bool, unique=bool, label=str)
-NEXT_FIELDS = dict(prefix=str, temperature=float, top_k=int, top_p=float)
-ITEM_FIELDS = dict(item=str)
-
-
-def takes_label(trained) -> str | None:
-    """Where this version of makemore takes a label to sample with: 'request' (a Request field), 'draw' (an
-    argument of Trained.draw) or None (labels are not there yet)."""
-    if "label" in {f.name for f in dataclasses.fields(Request)}:
-        return "request"
-    return "draw" if "label" in inspect.signature(trained.draw).parameters else None
+NEXT_FIELDS = dict(prefix=str, temperature=float, top_k=int, top_p=float, label=str)
+ITEM_FIELDS = dict(item=str, label=str)
 
 
 class View:
@@ -116,8 +106,7 @@ class View:
         self.kept = bool(trained.ckpt.get("items"))  # the training items, for new/train/dev/test marks
         items = trained.items()
         self.longest = [max(items, key=len)] if items else []  # all length_cap reads of the items
-        labels = trained.ckpt.get("labels")
-        self.labels = [str(label) for label in (labels.keys() if isinstance(labels, dict) else labels or [])]
+        self.labels = trained.labels
         self.shown = [self.vocab.show(c) for c in self.vocab.chars]
         self.pictures = {}
         for picture, make in (("counts", self._counts), ("embeddings", self._embeddings), ("curve", self._curve)):
@@ -131,14 +120,15 @@ class View:
         ckpt = self.trained.ckpt
         return dict(checkpoint=self.name, checkpoints=names, model=self.trained.name, vocab=self.shown[1:],
                     boundary=self.shown[0], block_size=self.model.block_size, steps=ckpt["step"],
-                    best_dev_loss=ckpt["best_dev_loss"], items_kept=self.kept, labels=self.labels or None,
-                    sample_label=bool(self.labels) and takes_label(self.trained) is not None,
-                    posterior=bool(self.labels) and hasattr(self.trained, "classify"),
-                    pictures=sorted(self.pictures) + (["attention"] if hasattr(self.model, "attention") else []),
+                    best_dev_loss=ckpt["best_dev_loss"], items_kept=self.kept, labels=self.labels,
+                    label_counts=self.trained.label_counts,
+                    pictures=sorted(self.pictures) + (["attention"] if hasattr(self.model, "attention") else [])
+                    + (["labels"] if self.labels is not None else []),
                     limits=dict(n=MAX_SAMPLES, text=MAX_TEXT, seconds=SAMPLE_SECONDS))
 
     def sample(self, body) -> dict:
-        """Items drawn as `makemore sample` draws them, each marked where it occurs in the data."""
+        """Items drawn as `makemore sample` draws them (of one label, or of any in proportion to their training
+        counts), each marked where it occurs in the data and, a labelled model's, with its label."""
         fields = read_fields(body, SAMPLE_FIELDS, "/api/sample")
         seed, label = fields.pop("seed", None), fields.pop("label", None)
         if fields.get("n", 0) > MAX_SAMPLES:
@@ -146,23 +136,14 @@ class View:
                                 "draws any number")
         if seed is not None and not 0 <= seed < 2**63:
             raise ApiError(400, f"--seed must be from 0 to 2**63-1, not {seed}")
-        extra = {}
-        if label is not None:
-            where = takes_label(self.trained)
-            if label not in self.labels:
-                raise ApiError(400, f"--label {printable(label)!r} is not one of this model's labels"
-                                    + (f" ({', '.join(self.labels)})" if self.labels else " (it has none)"))
-            if where is None:
-                raise ApiError(400, "this version of makemore cannot sample by label")
-            (fields if where == "request" else extra)["label"] = label
-        request = Request(patience=PATIENCE, **fields)
+        request = Request(patience=PATIENCE, labels=() if label is None else (label,), **fields)
         started = time.monotonic()
-        drawing = self.trained.draw(request, seed, **extra)
-        items, stopped = [], False
+        drawing = self.trained.draw(request, seed)  # an unknown label: the CLI's message
+        drawn, stopped = [], False
         try:
-            with contextlib.closing(drawing.groups()) as groups:
+            with contextlib.closing(drawing.labelled_groups()) as groups:
                 for group in groups:
-                    items += group
+                    drawn += group
                     if time.monotonic() - started > SAMPLE_SECONDS and not drawing.complete:
                         stopped = True
                         break
@@ -171,47 +152,67 @@ class View:
         report = None
         if not drawing.complete:
             report = drawing.report() + (f"; stopped after the page's {SAMPLE_SECONDS:g} s" if stopped else "")
-        return dict(items=self._describe(items), report=report, notes=drawing.notes,
+        items = [item for item, _ in drawn]
+        labels = [label for _, label in drawn] if self.labels is not None else None
+        return dict(items=self._describe(items, labels), report=report, notes=drawing.notes,
                     seconds=round(time.monotonic() - started, 4))
 
-    def _describe(self, items: list[str]) -> list[dict]:
+    def _describe(self, items: list[str], labels: list[str] | None) -> list[dict]:
+        """describe's records (a labelled model's with each item's label, its log_prob under it)."""
         if self.kept:
             return [dict(record, split="new" if record["split"] == "none" else record["split"])
-                    for record in self.trained.describe(items)]
-        return [dict(item=item, log_prob=round(lp, 4), log_prob_per_char=round(lp / (len(item) + 1), 4), split=None)
-                for item, lp in zip(items, self.trained.log_prob(items))]
+                    for record in self.trained.describe(items, labels=labels)]
+        return [dict(item=item, **({} if labels is None else dict(label=label)), log_prob=round(lp, 4),
+                     log_prob_per_char=round(lp / (len(item) + 1), 4), split=None)
+                for item, label, lp in zip(items, labels or [None] * len(items), self.trained.log_prob(items, labels))]
 
     def next_chars(self, body) -> dict:
-        """The distribution of the character after a prefix (the end included), at the sampling settings given."""
+        """The distribution of the character after a prefix (the end included), at the sampling settings given;
+        a labelled model's under the label given, else its labels' averaged by their training counts, as `makemore
+        sample --prefix` draws the character after the prefix when no label is given."""
         fields = read_fields(body, NEXT_FIELDS, "/api/next")
+        label = fields.pop("label", None)
         request = Request(n=0, **fields)
         check(request, self.vocab, length_cap(self.longest, request.prefix))  # the messages sample gives
-        T = self.model.block_size
+        if label is not None or self.labels is None:
+            ids, weights = None if label is None else self.trained.label_ids([label]), [1.0]  # the CLI's message
+        else:
+            ids, weights = list(range(len(self.labels))), self.trained.label_counts
+        T, device = self.model.block_size, self.model.device
         window = ([0] * T + self.vocab.encode(request.prefix))[-T:]  # as sampling slides the prefix in
+        weights = torch.tensor(weights, dtype=torch.float64)
         with torch.no_grad():
-            logits = self.model.next_logits(torch.tensor([window], device=self.model.device))
-            probs = next_token_probs(logits, request.temperature, request.top_k, request.top_p)[0].cpu()
+            logits = self.model.next_logits(torch.tensor([window] * len(weights), device=device),
+                                            None if ids is None else torch.tensor(ids, device=device))
+            by_label = next_token_probs(logits, request.temperature, request.top_k, request.top_p).double().cpu()
+            probs = (weights / weights.sum()) @ by_label
         top = probs.topk(min(TOP_NEXT, len(probs))).indices.tolist()
         top += [] if 0 in top else [0]  # the end, however unlikely: the page can always end the item
         shown = [dict(char=None if i == 0 else self.vocab.chars[i], shown="end" if i == 0 else self.shown[i],
                       prob=probs[i].item()) for i in top if probs[i] > 0]
-        return dict(prefix=request.prefix, next=shown, rest=max(0.0, 1.0 - sum(s["prob"] for s in shown)))
+        return dict(prefix=request.prefix, label=label, next=shown,
+                    rest=max(0.0, 1.0 - sum(s["prob"] for s in shown)))
 
     def score(self, body) -> dict:
-        """Each transition's probability, the item's loss per character, where it occurs, and (for a labelled
-        model) the labels' posterior."""
-        item = read_fields(body, ITEM_FIELDS, "/api/score").get("item", "")
-        result = self.trained.score([item])[0]
+        """Each transition's probability, the item's loss per character and where it occurs, as `makemore score`
+        gives them: a labelled model's under the label given, else the item's most likely (label_source says)."""
+        fields = read_fields(body, ITEM_FIELDS, "/api/score")
+        item = fields.get("item", "")
+        result = self.trained.score([item], fields.get("label"))[0]
         transitions = [dict(next=t["next"], prob=t["prob"], logprob=t["logprob"]) for t in result["transitions"]]
-        answer = dict(item=item, transitions=transitions, nll=result["nll"], mean_nll=result["mean_nll"],
-                      n=result["n"], split=self.trained.where([item])[0] if self.kept else None)
-        if self.labels and hasattr(self.trained, "classify"):
-            answer["posterior"] = self.trained.classify([item])[0]
-        return answer
+        return dict(item=item, label=result.get("label"), label_source=result.get("label_source"),
+                    transitions=transitions, nll=result["nll"], mean_nll=result["mean_nll"], n=result["n"],
+                    split=self.trained.where([item])[0] if self.kept else None)
+
+    def classify(self, body) -> dict:
+        """A labelled model's posterior p(label | item), likeliest first, as `makemore classify --json` gives it."""
+        item = read_fields(body, dict(item=str), "/api/classify").get("item", "")
+        return self.trained.classify([item])[0]
 
     def attention(self, body) -> dict:
         """The transformer's attention weights for an item: per block and head, each position's row."""
-        item = read_fields(body, ITEM_FIELDS, "/api/attention").get("item", "")
+        fields = read_fields(body, ITEM_FIELDS, "/api/attention")
+        item = fields.get("item", "")
         if not hasattr(self.model, "attention"):
             raise ApiError(400, f"a {self.trained.name} model has no attention to draw; it is the transformer's")
         self.vocab.check_items([item], "the item")
@@ -223,9 +224,13 @@ class View:
         if config.n_layer * config.n_head * T * T > MAX_ATTENTION_NUMBERS:
             raise ApiError(400, f"the attention of {len(item):,} characters over {config.n_layer} blocks of "
                                 f"{config.n_head} heads is too large to draw; give a shorter item")
-        ids = torch.tensor([[0] + self.vocab.encode(item)], device=self.model.device)
-        weights = self.model.attention(ids)[:, 0].cpu()  # (n_layer, n_head, T, T)
-        return dict(item=item, tokens=[self.shown[0]] + [self.vocab.show(c) for c in item],
+        label_ids, source = self.trained.scoring_labels([item], fields.get("label"))  # as score chooses
+        device = self.model.device
+        ids = torch.tensor([[0] + self.vocab.encode(item)], device=device)
+        label = None if label_ids is None else torch.tensor(label_ids, device=device)
+        weights = self.model.attention(ids, label)[:, 0].cpu()  # (n_layer, n_head, T, T)
+        return dict(item=item, label=None if label_ids is None else self.labels[label_ids[0]], label_source=source,
+                    tokens=[self.shown[0]] + [self.vocab.show(c) for c in item],
                     blocks=[[[[round(w, 4) for w in row[:i + 1]] for i, row in enumerate(head.tolist())]
                              for head in block] for block in weights])
 
@@ -244,9 +249,12 @@ class View:
     def _counts(self) -> dict:
         V = len(self.vocab)
         if V <= MAX_TABLE and (self.model.block_size == 1 or self.model.bigram_counts() is not None):
-            table, counts = instruments.bigram_table(self.model)
+            counts = self.trained.label_counts
+            weights = torch.tensor(counts, dtype=torch.float64) if counts is not None else None
+            table, counts = instruments.bigram_table(self.model, weights)
             rows = table.long().tolist() if counts else table.round(decimals=4).tolist()
-            return dict(kind="table", counts=counts, labels=self.shown, table=rows)
+            return dict(kind="table", counts=counts, labels=self.shown, table=rows,
+                        averaged=self.labels is not None and not counts)
         contexts, table = instruments.top_contexts(self.model, TOP_CONTEXTS)
         rows = []
         for context, counts in zip(contexts, table):
@@ -311,7 +319,8 @@ GET = {"/api/model": lambda e: e.summary(), "/api/inspect": lambda e: e.view.ins
        "/api/counts": lambda e: e.view.picture("counts"), "/api/embeddings": lambda e: e.view.picture("embeddings"),
        "/api/curve": lambda e: e.view.picture("curve")}
 POST = {"/api/sample": lambda e, body: e.view.sample(body), "/api/next": lambda e, body: e.view.next_chars(body),
-        "/api/score": lambda e, body: e.view.score(body), "/api/attention": lambda e, body: e.view.attention(body),
+        "/api/score": lambda e, body: e.view.score(body), "/api/classify": lambda e, body: e.view.classify(body),
+        "/api/attention": lambda e, body: e.view.attention(body),
         "/api/switch": lambda e, body: e.switch(body)}
 
 

@@ -212,18 +212,24 @@ class Trained:
         model scores each item under label, else under its most likely label (classify); each result says which
         ("label") and how it was chosen ("label_source": "given" or "most likely")."""
         if label is not None:
-            (given,) = self.label_ids([label])
+            self.label_ids([label])
         self.vocab.check_items(items, "the items to score")
         if self.labels is None:
             return instruments.score(self.model, self.vocab, items)
-        if label is not None:
-            ids, source = [given] * len(items), "given"
-        else:
-            ids, source = self.posteriors(items).argmax(1).tolist() if items else [], "most likely"
+        ids, source = self.scoring_labels(items, label)
         results = instruments.score(self.model, self.vocab, items, ids)
         for result, i in zip(results, ids):
             result.update(label=self.labels[i], label_source=source)
         return results
+
+    def scoring_labels(self, items: list[str], label: str | None = None) -> tuple[list[int] | None, str | None]:
+        """The label id each item is judged under (label's, else the item's most likely) and which of the two
+        ("given" or "most likely"); (None, None) for an unlabelled model given no label."""
+        if label is not None:
+            return self.label_ids([label]) * len(items), "given"
+        if self.labels is None:
+            return None, None
+        return self.posteriors(items).argmax(1).tolist() if items else [], "most likely"
 
     def sample(self, n: int = 10, seed: int | None = None, temperature: float = 1.0, top_k: int | None = None,
                prefix: str = "", max_len: int | None = None, *, exclude=(), label=None, progress: bool = False,

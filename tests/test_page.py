@@ -159,23 +159,72 @@ def test_every_panel_in_a_real_browser(server, browser):
     page.close()
 
 
-def test_the_label_controls_light_up_for_a_labelled_checkpoint(server, browser, monkeypatch):
-    view = server.explorer.view
-    monkeypatch.setattr(view, "labels", ["girl", "boy"])
-    monkeypatch.setattr(view.trained, "classify", lambda items: [{"girl": 0.8, "boy": 0.2}] * len(items),
-                        raising=False)
-    monkeypatch.setattr(serve, "takes_label", lambda trained: "request")
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    """A server holding a tiny transformer trained on the same names labelled by whether they end in a vowel."""
+    folder = tmp_path_factory.mktemp("labelled")
+    names = REPO_NAMES.read_text(encoding="utf-8").splitlines()[::50]
+    data = folder / "names.tsv"
+    data.write_text("".join(f"{'vowel' if name[-1] in 'aeiouy' else 'consonant'}\t{name}\n" for name in names),
+                    encoding="utf-8")
+    api.train("transformer", data, folder / "out", labels=True, model_options=dict(n_layer=2, n_head=2, n_embd=16),
+              train_options=dict(steps=2000 if SCREENSHOTS else 50), progress=False)
+    srv = serve.start(None, folder / "out", "127.0.0.1", 0, device="cpu", n_threads=1)
+    thread = threading.Thread(target=srv.serve_forever, kwargs=dict(poll_interval=0.1), daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_every_panel_under_a_label(labelled, browser):
+    trained = labelled.explorer.view.trained
     page = browser.new_page()
-    errors = []
+    requests, errors = [], []
+    page.on("request", lambda request: requests.append(request.url))
     page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-    page.goto(server.url)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.set_default_timeout(10_000)
+    page.goto(labelled.url)
     page.wait_for_selector("body[data-ready=true]")
     expect(page.locator("#label-control")).to_be_visible()
-    assert page.locator("#label option").all_text_contents() == ["any", "girl", "boy"]
+    assert page.locator("#label option").all_text_contents() == ["any", "consonant", "vowel"]
+    expect(page.locator("#next-under")).to_have_text(re.compile("^Any label: the labels' distributions averaged"))
+
+    # Sample: the items of the label chosen, each shown with it; any label: each item's own
+    page.select_option("#label", "vowel")
+    expect(page.locator("#next-under")).to_have_text("Under label vowel.")
+    page.fill("#n", "6")
+    page.fill("#seed", "3")
+    page.click("#sample-button")
+    expect(page.locator("#samples li")).to_have_count(6)
+    assert page.locator("#samples .item").all_text_contents() == list(trained.sample(6, 3, label="vowel"))
+    assert page.locator("#samples .tag").all_text_contents() == ["vowel"] * 6
+    shot(page, "labels-sample", "#sample-panel")
+
+    # Score under the label chosen, then under the likeliest (saying so)
+    page.fill("#score-item", "emma")
+    page.click("#score-button")
+    expect(page.locator("#score-summary")).to_have_text(re.compile("; under label vowel$"))
+    page.select_option("#label", "")
+    likeliest = trained.classify(["emma"])[0]
+    expect(page.locator("#score-summary")).to_have_text(re.compile(f"; under label {likeliest['label']} "
+                                                                   r"\(the likeliest\)$"))
+
+    # The labels' posterior for a typed item, likeliest first, as classify gives it
     page.click("#picture-tabs button[data-picture=labels]")
     page.fill("#picture-item", "emma")
     page.click("#picture-button")
     expect(page.locator("#picture .choice")).to_have_count(2)
-    assert page.locator("#picture .choice .char").all_text_contents() == ["girl", "boy"]
+    assert page.locator("#picture .choice .char").all_text_contents() == [p["label"] for p in likeliest["labels"]]
+    shot(page, "labels-posterior", "#pictures-panel")
+
+    # Attention under the label chosen
+    page.click("#picture-tabs button[data-picture=attention]")
+    page.select_option("#label", "consonant")
+    expect(page.locator("#picture p.note")).to_have_text(re.compile("under label consonant\\.$"))
+    expect(page.locator("#picture svg.head")).to_have_count(4)
+
     assert errors == []
+    assert requests and all(url.startswith(labelled.url) for url in requests), requests
     page.close()

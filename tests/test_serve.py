@@ -32,6 +32,26 @@ def out(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    """A server on a folder of a labelled counting bigram and a labelled tiny transformer (trained last): the same
+    names, labelled by whether they end in a vowel."""
+    folder = tmp_path_factory.mktemp("labelled")
+    names = REPO_NAMES.read_text(encoding="utf-8").splitlines()[::50]
+    data = folder / "names.tsv"
+    data.write_text("".join(f"{'vowel' if name[-1] in 'aeiouy' else 'consonant'}\t{name}\n" for name in names),
+                    encoding="utf-8")
+    api.train("bigram", data, folder / "out", labels=True, progress=False)
+    api.train("transformer", data, folder / "out", labels=True, model_options=dict(n_layer=2, n_head=2, n_embd=16),
+              train_options=dict(steps=50), progress=False)
+    srv = serve.start(None, folder / "out", "127.0.0.1", 0, device="cpu", n_threads=1)
+    thread = threading.Thread(target=srv.serve_forever, kwargs=dict(poll_interval=0.1), daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture(scope="module")
 def server(out):
     srv = serve.start(None, out, "127.0.0.1", 0, device="cpu", n_threads=1)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
@@ -96,7 +116,7 @@ def test_the_model_summary_names_the_checkpoints_of_the_folder(transformer):
     assert summary["checkpoints"] == ["bigram.safetensors", "transformer.safetensors"]
     assert summary["checkpoint"] == "transformer.safetensors" and summary["model"] == "transformer"
     assert set(summary["pictures"]) == {"curve", "embeddings", "attention"}
-    assert summary["labels"] is None and not summary["posterior"] and not summary["sample_label"]
+    assert summary["labels"] is None and summary["label_counts"] is None
 
 
 def test_sample_draws_what_the_library_draws_and_marks_each_item(transformer, out):
@@ -284,7 +304,11 @@ def test_sampling_errors_are_the_commands_messages(transformer, out, body, flags
     ("/api/sample", {"seed": -1}, 400, "--seed must be from 0"),
     ("/api/sample", {"top_p": 2}, 400, "--top-p must be above 0 and at most 1"),
     ("/api/sample", {"prefix": "a" * 5000}, 400, "--prefix is 5,000 characters; the page takes at most 1,000"),
-    ("/api/sample", {"label": "x"}, 400, "(it has none)"),
+    ("/api/sample", {"label": "x"}, 400, "trained without labels, so --label does not apply"),
+    ("/api/next", {"label": "x"}, 400, "trained without labels, so --label does not apply"),
+    ("/api/score", {"item": "ab", "label": "x"}, 400, "trained without labels, so --label does not apply"),
+    ("/api/classify", {"item": "ab"}, 400, "trained without labels, so classify does not apply"),
+    ("/api/attention", {"item": "ab", "label": "x"}, 400, "trained without labels, so --label does not apply"),
     ("/api/sample", {"colour": 1}, 400, "has no field 'colour'"),
     ("/api/sample", [1, 2], 400, "takes a JSON object"),
     ("/api/sample", {"regex": "[0-9]+", "n": 2}, 422, "found 0"),
@@ -344,17 +368,96 @@ def test_concurrent_requests_each_get_their_own_answer(transformer):
     assert results == {i: 2 * (i + 1) + 1 for i in range(12)}
 
 
-def test_labels_light_up_when_the_checkpoint_has_them(transformer, monkeypatch):
-    view = transformer.explorer.view
-    monkeypatch.setattr(view, "labels", ["girl", "boy"])
-    monkeypatch.setattr(view.trained, "classify", lambda items: [{"girl": 0.75, "boy": 0.25}] * len(items),
-                        raising=False)
-    _, summary, _ = call(transformer, "/api/model")
-    assert summary["labels"] == ["girl", "boy"] and summary["posterior"]
-    _, answer, _ = call(transformer, "/api/score", {"item": "emma"})
-    assert answer["posterior"] == {"girl": 0.75, "boy": 0.25}
-    _, message = error(transformer, "/api/sample", {"label": "cat"})
-    assert message == "--label 'cat' is not one of this model's labels (girl, boy)"
+def test_a_labelled_model_says_its_labels_and_their_pictures(labelled):
+    status, summary, _ = call(labelled, "/api/model")
+    trained = labelled.explorer.view.trained
+    assert summary["labels"] == ["consonant", "vowel"] and summary["label_counts"] == trained.label_counts
+    assert summary["pictures"] == ["curve", "embeddings", "attention", "labels"]
+
+
+def test_sample_by_label_draws_what_the_library_draws_under_it(labelled):
+    trained = labelled.explorer.view.trained
+    for label in ("vowel", "consonant", None):
+        status, answer, _ = call(labelled, "/api/sample", {"n": 6, "seed": 2, "label": label})
+        assert status == 200, answer
+        expected = trained.sample(6, 2, label=label)
+        assert [(r["item"], r["label"]) for r in answer["items"]] == list(zip(expected, expected.labels))
+        assert [r["log_prob"] for r in answer["items"]] == [round(lp, 4) for lp in
+                                                             trained.log_prob(list(expected), expected.labels)]
+    assert {r["label"] for r in answer["items"]} == {"vowel", "consonant"}  # any label: both, by their counts
+
+
+def test_the_next_character_depends_on_the_label(labelled):
+    trained = labelled.explorer.view.trained
+    answers = {}
+    for label in ("vowel", "consonant", None):
+        status, answer, _ = call(labelled, "/api/next", {"prefix": "ann", "label": label})
+        assert status == 200 and answer["label"] == label
+        answers[label] = {c["char"]: c["prob"] for c in answer["next"]}
+        assert math.isclose(sum(answers[label].values()) + answer["rest"], 1.0, abs_tol=1e-9)
+    for label in ("vowel", "consonant"):  # what score says of each continuation under that label
+        for char, prob in list(answers[label].items())[:3]:
+            transition = trained.score(["ann" + (char or "")], label)[0]["transitions"][3]
+            assert math.isclose(transition["prob"], prob, rel_tol=1e-5), (label, char)
+    assert answers["vowel"] != answers["consonant"]
+    share = dict(zip(trained.labels, (c / sum(trained.label_counts) for c in trained.label_counts)))
+    for char in list(answers[None])[:3]:  # any label: the labels' averaged by their training counts
+        mixed = sum(share[label] * answers[label].get(char, 0.0) for label in share)
+        assert math.isclose(answers[None][char], mixed, rel_tol=1e-5), char
+
+
+def test_score_under_a_label_or_the_likeliest_as_the_score_command(labelled, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = labelled.explorer.view.trained.path
+    for flags, body in (([], {}), (["--label", "consonant"], {"label": "consonant"})):
+        _, answer, _ = call(labelled, "/api/score", {"item": "emma", **body})
+        printed = json.loads(ok("score", "emma", "--json", *flags, "--checkpoint", path).output)["items"][0]
+        assert (answer["label"], answer["label_source"]) == (printed["label"], printed["label_source"])
+        assert [t["prob"] for t in answer["transitions"]] == [t["prob"] for t in printed["transitions"]]
+    assert answer["label_source"] == "given"
+
+
+def test_the_posterior_is_what_classify_gives(labelled):
+    status, answer, _ = call(labelled, "/api/classify", {"item": "emma"})
+    assert status == 200
+    assert answer == labelled.explorer.view.trained.classify(["emma"])[0]
+    assert math.isclose(sum(p["probability"] for p in answer["labels"]), 1.0, rel_tol=1e-9)
+    assert {p["label"] for p in answer["labels"]} == {"vowel", "consonant"}
+
+
+def test_attention_under_a_label(labelled):
+    _, given, _ = call(labelled, "/api/attention", {"item": "ava", "label": "consonant"})
+    _, likeliest, _ = call(labelled, "/api/attention", {"item": "ava"})
+    assert (given["label"], given["label_source"]) == ("consonant", "given")
+    assert likeliest["label"] == labelled.explorer.view.trained.classify(["ava"])[0]["label"]
+    assert likeliest["label_source"] == "most likely"
+    import torch
+
+    trained = labelled.explorer.view.trained
+    ids, label = torch.tensor([[0] + trained.vocab.encode("ava")]), torch.tensor(trained.label_ids(["consonant"]))
+    weights = trained.model.attention(ids, label)
+    assert given["blocks"][1][0][3] == [round(w, 4) for w in weights[1, 0, 0, 3].tolist()]
+
+
+def test_an_unknown_label_gets_the_sample_commands_message(labelled, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    printed = invoke("sample", "--label", "xx", "--checkpoint", labelled.explorer.view.trained.path)
+    assert printed.exit_code == 1
+    assert printed.output == "Error: --label 'xx' is not a label of this model; its labels: consonant, vowel\n"
+    for path, body in (("/api/sample", {"n": 1}), ("/api/next", {"prefix": "a"}), ("/api/score", {"item": "ab"}),
+                       ("/api/attention", {"item": "ab"})):
+        assert error(labelled, path, {**body, "label": "xx"}) == (400, printed.output[len("Error: "):-1]), path
+
+
+def test_the_counts_of_a_labelled_bigram(labelled):
+    try:
+        assert call(labelled, "/api/switch", {"checkpoint": "bigram.safetensors"})[0] == 200
+        _, counts, _ = call(labelled, "/api/counts")
+        train = labelled.explorer.view.trained.splits()["train"]
+        assert counts["counts"] and not counts["averaged"]  # the labels' counts pooled
+        assert sum(map(sum, counts["table"])) == sum(len(item) + 1 for item in train)
+    finally:
+        call(labelled, "/api/switch", {"checkpoint": "transformer.safetensors"})
 
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),

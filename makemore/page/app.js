@@ -65,6 +65,13 @@ function samplingSettings() {
   return {temperature: numberOf("temperature"), top_k: numberOf("top_k"), top_p: numberOf("top_p")};
 }
 
+// the label every panel uses (null: any, for a labelled model; always null for an unlabelled one)
+const chosenLabel = () => model.labels && $("label").value ? $("label").value : null;
+
+// how a score or an attention answer says which label it used, as makemore score says it
+const underLabel = (answer) => answer.label === null ? "" :
+  `under label ${answer.label}${answer.label_source === "most likely" ? " (the likeliest)" : ""}`;
+
 // ---- the model
 
 async function loadModel(summary) {
@@ -77,9 +84,10 @@ async function loadModel(summary) {
   $("about").textContent = `${model.model}: ${model.vocab.length} characters, context ${model.block_size}, ` +
     `${steps}${loss}`;
   $("new").disabled = !model.items_kept;
-  $("label-control").hidden = !model.sample_label;
+  $("label-control").hidden = !model.labels;
   $("label").replaceChildren(el("option", {value: "", text: "any"}),
     ...(model.labels || []).map((label) => el("option", {value: label, text: label})));
+  $("next-under").textContent = "";
   $("samples").replaceChildren();
   $("sample-report").textContent = "";
   showError("sample-error", null);
@@ -110,12 +118,13 @@ async function sample(event) {
   const body = {n: numberOf("n"), seed: numberOf("seed"), ...samplingSettings(), prefix: $("prefix").value,
     suffix: $("suffix").value, min_len: numberOf("min_len"), max_len: numberOf("max_len"),
     regex: $("regex").value || null, new: $("new").checked, unique: $("unique").checked};
-  if (model.sample_label && $("label").value) body.label = $("label").value;
+  if (chosenLabel()) body.label = chosenLabel();
   try {
     const answer = await api("/api/sample", body);
     showError("sample-error", null);
     $("samples").replaceChildren(...answer.items.map((record) => el("li", {},
       el("span", {class: "item", text: record.item}),
+      record.label === undefined ? "" : el("span", {class: "tag", text: record.label, title: "its label"}),
       record.split === null ? "" : el("span", {class: `mark ${record.split}`, text: record.split,
         title: record.split === "new" ? "in no split of the training data" : `in the ${record.split} split`}),
       el("span", {class: "note", text: `${(-record.log_prob_per_char).toFixed(2)} nats/char`}))));
@@ -136,7 +145,7 @@ const nextQueue = latest();
 async function nextChars() {
   const prefix = $("next-prefix").value;
   try {
-    await nextQueue(() => api("/api/next", {prefix, ...samplingSettings()}), drawBars);
+    await nextQueue(() => api("/api/next", {prefix, ...samplingSettings(), label: chosenLabel()}), drawBars);
     showError("next-error", null);
   } catch (e) {
     showError("next-error", e);
@@ -162,6 +171,8 @@ function drawBars(answer) {
   if (rest > 0.0005) {
     $("next-bars").append(el("p", {class: "note", text: `the other characters together: ${fmt(rest)}`}));
   }
+  $("next-under").textContent = !model.labels ? "" : answer.label !== null ? `Under label ${answer.label}.` :
+    "Any label: the labels' distributions averaged by their training counts, as Sample draws the next character.";
 }
 
 function choose(prefix, choice) {
@@ -192,7 +203,7 @@ const scoreQueue = latest();
 async function score(event) {
   if (event) event.preventDefault();
   try {
-    await scoreQueue(() => api("/api/score", {item: $("score-item").value}), drawScore);
+    await scoreQueue(() => api("/api/score", {item: $("score-item").value, label: chosenLabel()}), drawScore);
     showError("score-error", null);
   } catch (e) {
     showError("score-error", e);
@@ -218,8 +229,9 @@ function drawScore(answer) {
   }));
   const where = answer.split === null ? "" : answer.split === "new" ? "; in no split of the training data" :
     `; in the ${answer.split} split`;
+  const under = underLabel(answer);
   $("score-summary").textContent = `loss ${nats(answer.mean_nll)} nats per character (total ${nats(answer.nll)} ` +
-    `over ${answer.n} transitions, the end included)${where}`;
+    `over ${answer.n} transitions, the end included)${where}${under ? `; ${under}` : ""}`;
   $("score-legend").hidden = false;
 }
 
@@ -229,7 +241,7 @@ const TABS = {counts: "counts", embeddings: "embedding plane", curve: "training 
   labels: "labels"};
 
 function buildTabs() {
-  const available = model.pictures.concat(model.posterior ? ["labels"] : []);
+  const available = model.pictures;
   if (!available.includes(picture)) picture = available[0] || null;
   $("picture-tabs").replaceChildren(...available.map((name) => el("button", {type: "button", "data-picture": name,
     "aria-pressed": String(name === picture), text: TABS[name],
@@ -246,8 +258,8 @@ async function drawPicture(event) {
   const item = $("picture-item").value;
   const tasks = {
     counts: () => api("/api/counts"), embeddings: () => api("/api/embeddings"), curve: () => api("/api/curve"),
-    attention: () => item ? api("/api/attention", {item}) : null,
-    labels: () => item ? api("/api/score", {item}) : null,
+    attention: () => item ? api("/api/attention", {item, label: chosenLabel()}) : null,
+    labels: () => item ? api("/api/classify", {item}) : null,
   };
   const shown = picture;
   try {
@@ -259,7 +271,7 @@ async function drawPicture(event) {
         return;
       }
       const draw = {counts: drawCounts, embeddings: drawEmbeddings, curve: drawCurve, attention: drawAttention,
-        labels: (answer) => drawPosterior(answer.posterior)}[shown];
+        labels: drawPosterior}[shown];
       box.replaceChildren(...[].concat(draw(data)));
     });
   } catch (e) {
@@ -294,7 +306,8 @@ function drawCounts(data) {
     svg.append(el("svg:text", {x: x + cell / 2, y: y + 26, class: dark ? "cell light" : "cell", text: shown}));
   }));
   const caption = data.counts ? "N[previous, next]: how often each character followed each in the training split" :
-    "P[previous, next]: the probabilities the network predicts";
+    "P[previous, next]: the probabilities the network predicts" +
+    (data.averaged ? ", its labels' averaged by their training counts" : "");
   return [el("p", {class: "note", text: caption}), el("div", {class: "scroll"}, svg)];
 }
 
@@ -385,18 +398,18 @@ function drawAttention(data) {
     });
     blocks.push(el("h3", {text: `block ${b + 1}`}), row);
   });
+  const under = underLabel(data);
   return [el("p", {class: "note", text: "Each row is a position reading the item (the boundary first); its " +
-    "cells are how much it took from each earlier position."}), ...blocks];
+    `cells are how much it took from each earlier position${under ? `, ${under}` : ""}.`}), ...blocks];
 }
 
-function drawPosterior(posterior) {
-  const entries = Array.isArray(posterior) ? posterior.map((p, i) => [model.labels[i], p]) :
-    Object.entries(posterior || {});
-  const box = el("div", {class: "bars"}, el("p", {class: "note", text: "P(label | item)"}));
-  for (const [label, p] of entries.sort((a, b) => b[1] - a[1])) {
+function drawPosterior(answer) {
+  const box = el("div", {class: "bars posterior"}, el("p", {class: "note", text: `P(label | “${answer.item}”), ` +
+    "proportional to P(item | label) times the label's share of the training items, as makemore classify gives it"}));
+  for (const {label, probability: p} of answer.labels) {  // the likeliest first
     const bar = el("span", {class: "bar"});
     bar.style.width = `${(100 * p).toFixed(1)}%`;
-    box.append(el("div", {class: "choice static"}, el("span", {class: "char", text: label}),
+    box.append(el("div", {class: "choice static"}, el("span", {class: "char", text: label, title: label}),
       el("span", {class: "track"}, bar), el("span", {class: "prob", text: fmt(p)})));
   }
   return box;
@@ -420,6 +433,11 @@ async function inspect() {
 
 function start() {
   $("checkpoint").addEventListener("change", switchCheckpoint);
+  $("label").addEventListener("change", () => {
+    nextChars();
+    if ($("score-item").value) score();
+    if (picture === "attention") drawPicture();
+  });
   $("sample-form").addEventListener("submit", sample);
   $("score-form").addEventListener("submit", score);
   $("picture-form").addEventListener("submit", drawPicture);
