@@ -171,6 +171,7 @@ function drawBars(answer) {
   if (rest > 0.0005) {
     $("next-bars").append(el("p", {class: "note", text: `the other characters together: ${fmt(rest)}`}));
   }
+  $("next-bars").dataset.prefix = answer.prefix;  // which prefix the bars are for (a newer answer may follow)
   $("next-under").textContent = !model.labels ? "" : answer.label !== null ? `Under label ${answer.label}.` :
     "Any label: the labels' distributions averaged by their training counts, as Sample draws the next character.";
 }
