@@ -4,7 +4,10 @@ transformer's optimizer with two parameter groups. Budgets of a few seconds on a
 import math
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -204,6 +207,21 @@ def test_a_slowdown_revises_the_steps_and_the_run_still_ends_on_time(names, tmp_
     # the record alone gives each step's learning rate: what a resumed run follows
     config = TrainConfig(**ckpt["train"])
     assert [lr_at(config, record, m["step"] - 1) for m in ckpt["metrics"]] == [m["lr"] for m in ckpt["metrics"]]
+
+
+@pytest.mark.slow  # torchrun
+def test_under_torchrun_every_process_takes_rank_0s_steps(tmp_path, names):
+    """A process that ran other steps than another would hang in DDP's all-reduce, or fail; rank 0 saves."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), OMP_NUM_THREADS="1",
+               MAKEMORE_DEBUG="")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+               "makemore", "train", "--data", str(names), "--time", "15s", "--n-embd", "8", "--n-hidden", "32", "-q"]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ckpt = checkpoint.load(tmp_path / "out" / "mlp.safetensors")
+    record = ckpt["time_budget"]
+    assert ckpt["step"] == ckpt["train"]["steps"] > 1 and ckpt["resume"]["world_size"] == 2
+    assert record["seconds"] == 15.0 and final_lr_share(ckpt) < 1e-3
 
 
 # ----------------------------------------------------------------------------------------- the arithmetic
