@@ -419,9 +419,10 @@ def train(model: str | None = None, data: str | Path | None = None, out: str | P
                 raise
         if state.best_state is not None:  # None when no step ran (--steps 0)
             net.load_state_dict(state.best_state)
-        if budget is not None and budget.record["reserved_seconds"] >= budget.seconds * budgets.TARGET:
-            warn(f"warning: start-up and the work after the last step take about {budget.record['reserved_seconds']:.1f}"
-                 f"s of the {budget.seconds:g}s budget, so it trained {state.step:,} step(s) only; give more --time")
+        reserved = budget.record["reserved_seconds"] if budget is not None else 0.0
+        if budget is not None and reserved >= budget.seconds * budgets.TARGET:
+            warn(f"warning: start-up and the work after the last step take about {reserved:.1f}s of the "
+                 f"{budget.seconds:g}s budget, so it trained {state.step:,} step(s) only; give more --time")
     if not world.is_main:
         return TrainResult(path, state.step, float("nan"), float("nan"), state.elapsed, replaced)
     dev_loss = evaluate(net, dev_set) if dev_set is not None else float("nan")
