@@ -200,9 +200,13 @@ def craft(base: dict, path: Path, *, model=None, config=None, state=None, data=N
         cls = get_model_class(model)
         cfg = cls.config_from(config, complete=True)
         shapes = cls.expected_parameters(cfg, len(base["vocab"]))
-        params = [torch.zeros(shape, dtype=dtype) for dtype, shape in shapes]
+        groups = cls.expected_groups(cfg, len(base["vocab"]))  # the optimizer numbers them group after group
+        params = [torch.zeros(shapes[i][1], dtype=shapes[i][0]) for group in groups for i in group]
+        starts = [sum(map(len, groups[:k])) for k in range(len(groups))]
+        param_groups = [dict(template, params=list(range(start, start + len(group))))
+                        for template, start, group in zip(r["optimizer"]["param_groups"], starts, groups)]
         resume_state = dict(state_dict=state, rng=r["rng"], elapsed=r["elapsed"], world_size=1,
-                            optimizer=dict(param_groups=r["optimizer"]["param_groups"],
+                            optimizer=dict(param_groups=param_groups,
                                            state={i: {"step": torch.tensor(float(base["step"])),
                                                       "exp_avg": torch.zeros_like(p),
                                                       "exp_avg_sq": torch.zeros_like(p)}

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 
 from makemore import checkpoint, distributed, instruments, memory, mixing, options, plots, threads
+from makemore import budget as budgets
+from makemore.budget import Budget
 from makemore.batches import BATCH_CHUNK, GATHER
 from makemore.constraints import NothingFound, Samples
 from makemore.data import (DEFAULT_SPLIT_SEED, DEFAULT_SPLITS, MAX_LABELS, Data, Vocab, read_items, read_items_file,
@@ -224,13 +226,45 @@ def _refuse_changes(recorded, wanted) -> None:
                               "one without --resume")
 
 
+def _curve_seconds() -> float:
+    """Seconds to draw a training curve (0 without matplotlib), timed now: matplotlib's import and first drawing
+    (a second or more) fall in the start-up a time budget measures, and the end of the run has its time reserved."""
+    if not plots.available():
+        return 0.0
+    sample = [dict(step=step, train_loss=1.0, dev_loss=1.0) for step in range(1, 201)]
+    with tempfile.TemporaryDirectory() as folder:
+        t0 = time.perf_counter()
+        plots.training_curve(sample, Path(folder) / "curve.png", "")
+        return time.perf_counter() - t0
+
+
+def _check_time_budget(time_budget, train_options: dict | None, resume: Path | None) -> float:
+    """The budget in seconds; OptionError where --time cannot apply: beside --steps, or to a resumed run."""
+    seconds = options.check_time_budget(time_budget)
+    if _given(train_options).get("steps") is not None:
+        raise OptionError("--time and --steps both set how long the run is; give one of them")
+    if resume is not None:
+        raise OptionError("--time applies to a new run; a resumed run continues the schedule its checkpoint records "
+                          "(leave --time out, or give --steps for a new total)")
+    return seconds
+
+
 def _check_resumable(prior: dict, path: Path, optimizer) -> None:
     """CheckpointError unless prior holds a training state for the optimizer the loop makes: the loader checks
     its settings' types, which depend on torch's version; here they must match this torch's."""
     if not isinstance(prior.get("resume"), dict):
         raise CheckpointError(f"{path}: holds no training state to resume from")
-    reference = optimizer.state_dict()["param_groups"][0]
-    group = prior["resume"]["optimizer"]["param_groups"][0]
+    references, groups = optimizer.state_dict()["param_groups"], prior["resume"]["optimizer"]["param_groups"]
+    if len(groups) != len(references):
+        raise CheckpointError(f"{path}: its optimizer state holds {len(groups)} parameter group(s), where makemore "
+                              f"now trains a {prior['model']} with {len(references)} (weight decay on some parameters "
+                              "only); it cannot be resumed, but it loads for everything else")
+    for reference, group in zip(references, groups):
+        _check_group(path, prior, reference, group)
+
+
+def _check_group(path: Path, prior: dict, reference: dict, group: dict) -> None:
+    """CheckpointError unless the optimizer group of prior has the settings of reference, the loop's."""
     if set(group) != set(reference):
         raise CheckpointError(f"{path}: its optimizer state is not one of a {prior['train']['optimizer']} optimizer "
                               f"of this torch (its settings: {', '.join(sorted(map(str, group)))[:120]}); it cannot "
@@ -309,7 +343,7 @@ def _checkpoint_writer(run: Run, path: Path, out: Path, world_size: int):
                                 elapsed=state.elapsed, world_size=world_size)
         checkpoint.save(checkpoint.build(**base, state_dict=state.best_state or net.state_dict(), step=state.step,
                                          best_dev_loss=state.best_dev_loss, metrics=list(state.metrics or []),
-                                         resume=resume_state), path)
+                                         resume=resume_state, time_budget=state.time_budget), path)
         checkpoint.write_latest(out, path)
         text = "".join(json.dumps(record) + "\n" for record in state.metrics or [])
         atomic_write(path.with_suffix(".metrics.jsonl"), lambda f: f.write(text.encode()))
@@ -330,9 +364,13 @@ def _loop_state(prior: dict | None, net, dev: torch.device, world, tconfig: Trai
              f"the batch of each step changes from {r['world_size'] * tconfig.batch_size} to "
              f"{world.size * tconfig.batch_size} examples")
     net.load_state_dict(r["state_dict"])
+    record = prior.get("time_budget")
+    if record is not None and tconfig.steps != prior["train"]["steps"]:  # --steps: the schedule's rest stretched
+        record["revisions"].append(dict(step=prior["step"], old_steps=prior["train"]["steps"], new_steps=tconfig.steps))
     return LoopState(step=prior["step"], best_dev_loss=prior["best_dev_loss"],
                      best_state={k: v.to(dev) for k, v in prior["state_dict"].items()},
-                     optimizer=r["optimizer"], rng=r["rng"], metrics=list(prior["metrics"]), elapsed=r["elapsed"])
+                     optimizer=r["optimizer"], rng=r["rng"], metrics=list(prior["metrics"]), elapsed=r["elapsed"],
+                     time_budget=record)
 
 
 @distributed.leaves_process_group
@@ -341,11 +379,15 @@ def train(model: str | None = None, data: str | Path | None = None, out: str | P
           splits=None, split_seed: int | None = None, resume: str | Path | None = None,
           device: str = "auto", progress: bool = True, strict: bool = False, warn=None,
           n_threads: int | None = None, on_log=None, labels: bool = False, item_column: str | None = None,
-          label_column: str | None = None) -> TrainResult:
+          label_column: str | None = None, time_budget: float | str | None = None,
+          started: float | None = None) -> TrainResult:
     """Train a model (default mlp, split 0.8,0.1,0.1 with seed 42), or continue the checkpoint resume names (every
     option given must match it, except steps), and write its checkpoint in out. on_log(record) at each log point:
     {step, train_loss, lr, elapsed} (+ dev_loss at evaluations). Under torchrun rank 0 alone writes. labels: data
-    of LABEL<TAB>ITEM lines or a folder of LABEL.txt files; item_column (and label_column): a CSV file's columns."""
+    of LABEL<TAB>ITEM lines or a folder of LABEL.txt files; item_column (and label_column): a CSV file's columns.
+    time_budget (seconds, or text such as "10m"): a new run's steps are chosen to end it within that time from
+    started (a time.perf_counter() reading; default: now), and recorded in the checkpoint (time_budget)."""
+    started = time.perf_counter() if started is None else started
     warn = warn or (lambda message: print(printable(message), file=sys.stderr))
     if not distributed.is_main():
         warn, progress = (lambda message: None), False
@@ -353,6 +395,8 @@ def train(model: str | None = None, data: str | Path | None = None, out: str | P
         check_name(name)
     requested = resolve_device(device)
     resume = Path(resume) if resume is not None else None
+    if time_budget is not None:
+        time_budget = _check_time_budget(time_budget, train_options, resume)
     # the options, the checkpoint and the data are checked before the processes meet: a refusal is one line
     labelling = dict(labels=labels, item_column=item_column, label_column=label_column)
     if resume is not None:
@@ -372,6 +416,12 @@ def train(model: str | None = None, data: str | Path | None = None, out: str | P
     governor = threads.Governor(threads.setup(n_threads, dev, threads.work(net, tconfig.batch_size)))
     if run.prior is None:  # a resumed run keeps the settings it started with
         apply_size_rules(cls, tconfig, train_options, len(train_set))
+    budget = None
+    if time_budget is not None and cls.counts:
+        warn(f"note: --time does not apply to --model {cls.name}, which is counted in one pass; ignored")
+    elif time_budget is not None:
+        budget = Budget(time_budget, started, train_set.n_targets + (dev_set.n_targets if dev_set is not None else 0),
+                        _curve_seconds() if world.is_main else 0.0)
     replaced = path.exists()
     write = _checkpoint_writer(run, path, out, world.size) if world.is_main else None
     if cls.counts:
@@ -390,12 +440,16 @@ def train(model: str | None = None, data: str | Path | None = None, out: str | P
                 write(state, net)
             try:  # the loop writes the checkpoint at every evaluation, the last step included, and on an interrupt
                 state = train_loop(net, train_set, dev_set, tconfig, state, save=write, on_log=on_log,
-                                   progress=progress, stop=stop, world=world, governor=governor)
+                                   progress=progress, stop=stop, world=world, governor=governor, budget=budget)
             except Interrupted as e:
                 e.path, e.step = path, state.step
                 raise
         if state.best_state is not None:  # None when no step ran (--steps 0)
             net.load_state_dict(state.best_state)
+        reserved = budget.record["reserved_seconds"] if budget is not None else 0.0
+        if budget is not None and reserved >= budget.seconds * budgets.TARGET:
+            warn(f"warning: start-up and the work after the last step take about {reserved:.1f}s of the "
+                 f"{budget.seconds:g}s budget, so it trained {state.step:,} step(s) only; give more --time")
     if not world.is_main:
         return TrainResult(path, state.step, float("nan"), float("nan"), state.elapsed, replaced)
     dev_loss = evaluate(net, dev_set) if dev_set is not None else float("nan")

@@ -39,10 +39,12 @@ _NAMES = {dtype: name for name, dtype in _DTYPES.items()}
 
 def build(*, model: str, config, vocab: str, train, split: dict, data: dict, items, state_dict: dict, step: int,
           best_dev_loss: float, metrics: list, resume: dict | None = None, mix: dict | None = None,
-          labels: dict | None = None, item_labels: list[int] | None = None) -> dict:
+          labels: dict | None = None, item_labels: list[int] | None = None,
+          time_budget: dict | None = None) -> dict:
     """The checkpoint as a dict, as load() returns it. config and train may be dataclasses; items a list or
     the items joined by newlines; tensors on any device. resume, for `train --resume`: state_dict (the latest
-    weights), optimizer (torch.optim's state_dict()), rng (the batch generator's state), elapsed, world_size."""
+    weights), optimizer (torch.optim's state_dict()), rng (the batch generator's state), elapsed, world_size.
+    time_budget: how a time budget set the steps (makemore.budget.Budget.record)."""
     ckpt = dict(
         format_version=FORMAT_VERSION, makemore_version=__version__, model=model, config=_plain(config),
         vocab=vocab, train=_plain(train), split=dict(fractions=[float(f) for f in split["fractions"]],
@@ -61,6 +63,8 @@ def build(*, model: str, config, vocab: str, train, split: dict, data: dict, ite
     if labels is not None:  # a labelled model: its label names, their training counts, each kept item's label
         ckpt["labels"] = dict(names=list(labels["names"]), counts=[int(c) for c in labels["counts"]])
         ckpt["item_labels"] = list(item_labels) if item_labels is not None else None
+    if time_budget is not None:
+        ckpt["time_budget"] = _plain(time_budget)
     return ckpt
 
 
@@ -93,12 +97,11 @@ def _to_file(ckpt: dict) -> tuple[dict, dict]:
     tensors = {f"state_dict.{name}": t for name, t in ckpt["state_dict"].items()}
     if ckpt.get("items"):
         tensors["items"] = torch.frombuffer(bytearray(ckpt["items"].encode("utf-8")), dtype=torch.uint8)
-    if "mix" in ckpt:
-        document["mix"] = _plain(ckpt["mix"])
-    if "labels" in ckpt:
-        document["labels"] = _plain(ckpt["labels"])
-        if ckpt.get("items") and ckpt.get("item_labels") is not None:
-            tensors["item_labels"] = torch.tensor(ckpt["item_labels"], dtype=torch.uint8)
+    for key in ("mix", "time_budget", "labels"):
+        if key in ckpt:
+            document[key] = _plain(ckpt[key])
+    if "labels" in ckpt and ckpt.get("items") and ckpt.get("item_labels") is not None:
+        tensors["item_labels"] = torch.tensor(ckpt["item_labels"], dtype=torch.uint8)
     if ckpt.get("resume") is not None:
         r, state = ckpt["resume"], ckpt["resume"]["optimizer"]["state"]
         # the optimizer state's tensors as tensors of the file, the rest (SGD's None) in the document

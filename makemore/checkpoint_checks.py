@@ -43,6 +43,9 @@ LAYOUT = {
     "step": STEP, "best_dev_loss": LOSS,
     "metrics": [{"step": STEP, "train_loss": LOSS, "*": LOSS}],
     "resume?": ANY,  # checked against its model's parameters, when the model is known
+    "time_budget?": {"seconds": (float, 0, 1e12), "planned_steps": (int, 1, 10**12), "step_seconds": (float, 0, 1e12),
+                     "evaluation_seconds": (float, 0, 1e12), "reserved_seconds": (float, 0, 1e12),
+                     "revisions": [{"step": STEP, "old_steps": (int, 1, 10**12), "new_steps": (int, 1, 10**12)}]},
     "mix?": {"components": [(str, MAX_TEXT)], "component_dev_losses": [LOSS], "dev_loss": LOSS,
              "em_iterations": STEP},
     "labels?": {"names": [(str, MAX_LABEL_CHARS)], "counts": [(int, 1, 10**9)]},
@@ -176,6 +179,11 @@ def fields(document: dict) -> tuple[dict, dict]:
                                                                   what="the training settings"),
                                              "its training settings"))
 
+    if "time_budget" in ckpt:
+        if built or cls.counts:
+            raise Refused(f"a {name} is not trained step by step, yet the checkpoint records a time budget")
+        _time_budget(ckpt["time_budget"], ckpt["train"]["steps"])
+
     fractions, n_items = ckpt["split"]["fractions"], ckpt["data"]["n_items"]
     if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6 or fractions[0] == 0:
         raise Refused(f"its split fractions are {_shown(fractions)}, not three numbers >= 0 summing to 1")
@@ -198,27 +206,47 @@ def fields(document: dict) -> tuple[dict, dict]:
             raise Refused(f"a {name} is not trained step by step, yet the checkpoint holds a training state (resume)")
         ckpt["resume"] = _check(ckpt["resume"], RESUME, "resume")
         wanted.update(_resume(ckpt["resume"]["optimizer"], cls.expected_parameters(config, len(vocab), n_labels),
-                              ckpt["train"]["optimizer"]))
+                              cls.expected_groups(config, len(vocab), n_labels), ckpt["train"]["optimizer"]))
         wanted.update({f"resume.state_dict.{key}": spec for key, spec in expected.items()})
     return ckpt, wanted
 
 
-def _resume(optimizer: dict, params: list, kind: str) -> dict:
+def _time_budget(record: dict, steps: int) -> None:
+    """The revisions of a time budget's step count follow one another and end at the run's steps."""
+    at, current = 0, record["planned_steps"]
+    for revision in record["revisions"]:
+        if not at <= revision["step"] < revision["new_steps"] or revision["old_steps"] != current:
+            raise Refused(f"its time budget's revisions do not follow one another ({_shown(revision)})")
+        at, current = revision["step"], revision["new_steps"]
+    if current != steps:
+        raise Refused(f"its time budget ends at {current:,} steps, but it records {steps:,} as its steps")
+
+
+def _resume(optimizer: dict, params: list, groups_wanted: list[list[int]], kind: str) -> dict:
     """Check the optimizer's state (torch.optim's state_dict()) against the model's parameters (params: their
-    dtypes and shapes, in the optimizer's order), in place; the tensors the training state needs."""
+    dtypes and shapes, in the model's order) and its groups (positions in params), in place; the tensors the
+    training state needs. One group of all the parameters in order, as makemore wrote before groups, is accepted."""
     groups = optimizer["param_groups"]
-    if len(groups) != 1 or not isinstance(groups[0], dict):
-        raise Refused("the optimizer state does not hold exactly one parameter group")
-    if groups[0].get("params") != list(range(len(params))):
-        raise Refused(f"the optimizer state is not one of the model's {len(params)} parameters")
+    if not all(isinstance(group, dict) and isinstance(group.get("params"), list) for group in groups):
+        raise Refused("the optimizer state's parameter groups are not JSON objects that list their parameters")
+    if [len(group["params"]) for group in groups] not in ([len(g) for g in groups_wanted], [len(params)]):
+        raise Refused(f"the optimizer state's parameter groups do not hold the model's {len(params)} parameters "
+                      f"as it groups them ({len(groups_wanted)} group{'s' * (len(groups_wanted) != 1)})")
+    order = [i for g in groups_wanted for i in g] if len(groups) == len(groups_wanted) else list(range(len(params)))
+    start = 0
+    for group in groups:  # torch numbers the parameters group after group
+        if group["params"] != list(range(start, start + len(group["params"]))):
+            raise Refused(f"the optimizer state is not one of the model's {len(params)} parameters")
+        start += len(group["params"])
     # which settings a group holds depends on torch's version (api._check_resumable compares them with the
     # loop's): each is a flag, a number or a list of numbers (betas), which torch.optim keeps as a tuple
-    for key, value in groups[0].items():
-        where = f"optimizer's {_shown(key)}"
-        if isinstance(value, list) and key != "params":
-            groups[0][key] = tuple(_check(value, [(float, 0, 0.999999999)], where))
-        elif key != "params" and value is not None and not isinstance(value, bool):
-            _check(value, (float, 0, 1e12), where)
+    for group in groups:
+        for key, value in group.items():
+            where = f"optimizer's {_shown(key)}"
+            if isinstance(value, list) and key != "params":
+                group[key] = tuple(_check(value, [(float, 0, 0.999999999)], where))
+            elif key != "params" and value is not None and not isinstance(value, bool):
+                _check(value, (float, 0, 1e12), where)
 
     keys = _OPTIMIZER_STATE[kind]
     wanted = {"resume.rng": (torch.uint8, tuple(torch.Generator().get_state().shape))}
@@ -227,7 +255,7 @@ def _resume(optimizer: dict, params: list, kind: str) -> dict:
             raise Refused(f"the optimizer state names a parameter {_shown(index)} the model does not have")
         if entry and (kind != "sgd" or entry["momentum_buffer"] is not None):  # SGD without momentum keeps None
             raise Refused(f"the optimizer state holds an unexpected entry in {_shown(entry)}")
-        dtype, shape = params[int(index)]
+        dtype, shape = params[order[int(index)]]
         for key in keys:
             if key not in entry:
                 spec = ((torch.float32, torch.float64), ()) if key == "step" else (dtype, shape)

@@ -30,6 +30,18 @@ class NumbersType(click.ParamType):
             self.fail(str(e), param, ctx)
 
 
+class DurationType(click.ParamType):
+    """A time budget: seconds, or a duration such as 90s, 10m, 1.5h (makemore.options.time_budget)."""
+
+    name = "duration"
+
+    def convert(self, value, param, ctx):
+        try:
+            return options.time_budget(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
 class PositiveFloat(click.FloatRange):
     """A finite number above 0: infinity or NaN would pass a range check and then ruin every result."""
 
@@ -220,11 +232,14 @@ def cli():
               help="With --resume: the run to continue.")
 @click.option("--strict", is_flag=True, help="With --resume --data: a file other than the one trained on is an error, "
               "not a warning.")
+@click.option("--time", "time_budget", type=DurationType(), metavar="DURATION",
+              help="Train for this long instead of a number of steps (600, 90s, 10m, 1.5h; at most 7 days): the "
+              "steps are chosen from the measured speed to end the whole command within it, and recorded.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @labelling_options
 @device_option
-def train(model_name, data, out, name, splits, split_seed, resume, checkpoint_path, strict, quiet, device,
-          n_threads, labels, item_column, label_column, **settings):
+def train(model_name, data, out, name, splits, split_seed, resume, checkpoint_path, strict, time_budget, quiet,
+          device, n_threads, labels, item_column, label_column, **settings):
     """Train a model on a file of items and save its checkpoint in --out.
 
     For data-parallel training on several CPU processes or GPUs, launch it with torchrun, e.g.
@@ -235,11 +250,14 @@ def train(model_name, data, out, name, splits, split_seed, resume, checkpoint_pa
     from makemore import api, checkpoint
     from makemore.errors import Interrupted
 
+    from makemore.budget import process_started
+
     resume_path = (checkpoint_path or checkpoint.latest(out)) if resume else None
     try:
         result = api.train(model_name, data, out, name, *_split_settings(settings), splits, split_seed,
                            resume=resume_path, device=device, progress=not quiet, strict=strict, n_threads=n_threads,
-                           labels=labels, item_column=item_column, label_column=label_column)
+                           labels=labels, item_column=item_column, label_column=label_column,
+                           time_budget=time_budget, started=process_started())
     except Interrupted as e:
         if not distributed.is_main():
             # the others exit quietly: a failed one would make torchrun kill rank 0 before it reports

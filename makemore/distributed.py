@@ -73,6 +73,17 @@ class World:
             signum = signal.SIGINT if sigint else signal.SIGTERM if sigterm else 0
         return mean / self.size, signum
 
+    def broadcast(self, value: float, device) -> float:
+        """Rank 0's value, in every process (a number: float64 holds a step count exactly)."""
+        if self.size == 1:
+            return value
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor([float(value)], dtype=torch.float64, device=device)
+        dist.broadcast(t, src=0)
+        return t.item()
+
     def barrier(self) -> None:
         if self.size > 1:
             import torch.distributed as dist

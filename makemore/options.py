@@ -163,3 +163,41 @@ def check_splits(splits) -> tuple[float, float, float]:
     if parts[0] == 0:
         raise OptionError("--splits: the train fraction must be above 0")
     return parts
+
+
+# --time: a week at most; a longer run is better set by --steps (and a typo such as 10d for 10m is caught)
+MAX_TIME_BUDGET = 7 * 24 * 3600
+_TIME_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([smhd]?)")
+
+
+def time_budget(value) -> float:
+    """--time: seconds (a number, or text such as 600), or a duration with its unit (90s, 10m, 1.5h, 1d), above 0
+    and at most MAX_TIME_BUDGET; ValueError saying what is wrong."""
+    if isinstance(value, str):
+        match = _DURATION.fullmatch(value.strip())
+        if match is None:
+            raise ValueError(f"{_shown(value)} is not a duration such as 600, 90s, 10m or 1.5h")
+        seconds = float(match.group(1)) * _TIME_UNITS[match.group(2)]
+    elif _is_kind(value, float):
+        # an int too large for a float is too long a budget (or too far below 0)
+        seconds = float(value) if isinstance(value, float) or abs(value) <= MAX_TIME_BUDGET else (
+            math.inf if value > 0 else -math.inf)
+    else:
+        raise ValueError(f"{_shown(value)} is not a number of seconds")
+    if math.isnan(seconds):
+        raise ValueError(f"{_shown(value)} is not a number of seconds")
+    if seconds > MAX_TIME_BUDGET:
+        raise ValueError(f"{_shown(value)} is longer than the {MAX_TIME_BUDGET // 86400} days a budget may be; "
+                         "for a longer run give --steps")
+    if seconds <= 0:
+        raise ValueError(f"{_shown(value)} is no time at all; give a budget above 0")
+    return seconds
+
+
+def check_time_budget(value) -> float:
+    """time_budget(value), or an OptionError naming --time."""
+    try:
+        return time_budget(value)
+    except ValueError as e:
+        raise OptionError(f"--time: {e}") from None

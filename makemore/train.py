@@ -3,6 +3,7 @@ plus a vocabulary dimension, and computes every model's loss in one place (loss_
 """
 from __future__ import annotations
 
+import copy
 import math
 import signal
 import time
@@ -14,8 +15,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from makemore import budget as budgets
 from makemore import memory
 from makemore.batches import BatchSampler
+from makemore.budget import Budget
 from makemore.dataset import IGNORE
 from makemore.distributed import World
 from makemore.errors import Interrupted, TrainingError
@@ -139,15 +142,16 @@ def seed_step(seed: int, step: int, rank: int, device: torch.device) -> None:
 
 
 def make_optimizer(model, config: TrainConfig):
-    params = [p for p in model.parameters() if p.requires_grad]
+    """The optimizer over the model's parameter groups (Model.parameter_groups): weight decay on the decayed ones."""
     wd = config.weight_decay if config.decay == "decoupled" else 0.0
+    groups = [dict(params=params, weight_decay=wd if decays else 0.0) for params, decays in model.parameter_groups()]
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, weight_decay=wd, foreach=True)
+        return torch.optim.SGD(groups, lr=config.lr, foreach=True)
     if config.optimizer == "adamw":
         try:  # one fused kernel for all parameters: 3x less time per step than foreach on the CPU
-            return torch.optim.AdamW(params, lr=config.lr, weight_decay=wd, fused=True)
+            return torch.optim.AdamW(groups, lr=config.lr, betas=model.adam_betas, fused=True)
         except RuntimeError:  # a device without the fused kernel
-            return torch.optim.AdamW(params, lr=config.lr, weight_decay=wd, foreach=True)
+            return torch.optim.AdamW(groups, lr=config.lr, betas=model.adam_betas, foreach=True)
     raise ValueError(f"unknown optimizer {config.optimizer!r}")
 
 
@@ -223,6 +227,99 @@ def divergence_limit(model, x: torch.Tensor, y: torch.Tensor, label: torch.Tenso
     return 10 * max(start, math.log(logits.shape[-1])) if math.isfinite(start) else math.inf
 
 
+def _steps_left(state: LoopState, config: TrainConfig):
+    """The loop's steps, config.steps read anew after each: a time budget's revision may change it."""
+    while state.step < config.steps:
+        yield state.step
+
+
+def lr_at(config: TrainConfig, time_budget: dict | None, step: int) -> float:
+    """The learning rate of step: config's schedule, or for a run on a time budget that schedule laid over its
+    planned steps, the rest stretched or shrunk at each revision (budget.position)."""
+    if time_budget is None:
+        return config.lr_at(step)
+    planned = time_budget["planned_steps"]
+    position = budgets.position(step, time_budget)
+    return config.lr_at(position) if planned == config.steps else TrainConfig(
+        **dict(vars(config), steps=planned)).lr_at(position)
+
+
+PROBE_SECONDS = (0.02, 0.3, 3.0)  # the probe's share of the budget, within these seconds
+PROBE_STEPS = (3, 2000)  # the fewest and the most steps it times
+
+
+def measure_steps(model, optimizer, train_step: TrainStep, train_set, config: TrainConfig, world: World,
+                  seconds: float, device: torch.device) -> float:
+    """Seconds per step of throwaway steps (two to warm up, then for about seconds by rank 0's clock), on batches
+    of their own; then their effect is undone: the weights, buffers and optimizer state are restored, and the run's
+    batches and dropout masks (seeded per step) are those it would have drawn without them."""
+    # the optimizer's own state and group objects are restored in place: TrainStep holds its groups
+    weights = _clone_state(model)
+    moments = {p: copy.deepcopy(s) for p, s in optimizer.state.items()}
+    settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    batches = BatchSampler(train_set, config.batch_size, config.seed + 1, world=world)
+    lr = config.lr_at(0)
+
+    def timed(n: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            train_step(*batches.next(), lr)
+        train_step.take_loss().item()  # waits for the device's work
+        return time.perf_counter() - t0
+
+    timed(2)
+    steps, spent, n = 0, 0.0, PROBE_STEPS[0]
+    while n:  # rounds of steps, each at most as many as those before, until about seconds are spent
+        spent += timed(n)
+        steps += n
+        more = 0 if spent >= seconds or steps >= PROBE_STEPS[1] else min(
+            steps, PROBE_STEPS[1] - steps, math.ceil((seconds - spent) * steps / max(spent, 1e-9)))
+        n = int(world.broadcast(more, device))  # rank 0's count: every process runs the same steps
+    rate = world.broadcast(spent / steps, device)
+    model.load_state_dict(weights)
+    optimizer.state.clear()
+    optimizer.state.update(moments)
+    for group, saved in zip(optimizer.param_groups, settings):
+        group.update(saved)
+    return rate
+
+
+def plan_steps(model, optimizer, train_step: TrainStep, train_set, dev_set, config: TrainConfig, world: World,
+               budget: Budget) -> dict:
+    """Fix config.steps to fill the budget: the step time measured (measure_steps), one evaluation timed and the
+    time already spent and still to spend after the last step subtracted; rank 0's count for every process.
+    Returns the record (Budget.record)."""
+    device = next(model.parameters()).device
+    low, high = PROBE_SECONDS[1:]
+    step_seconds = measure_steps(model, optimizer, train_step, train_set, config, world,
+                                 min(high, max(low, PROBE_SECONDS[0] * budget.seconds)), device)
+    evaluation_seconds = finish_seconds = 0.0
+    if world.is_main:  # the others wait for rank 0's count
+        timed_set = dev_set if dev_set is not None else train_set  # the caller evaluates train after the loop
+        t0 = time.perf_counter()
+        evaluate(model, timed_set)
+        per_target = (time.perf_counter() - t0) / max(1, timed_set.n_targets)
+        evaluation_seconds = per_target * dev_set.n_targets if dev_set is not None else 0.0
+        finish_seconds = per_target * budget.final_targets + budget.after_seconds
+    evaluations = None if config.eval_interval else 10
+    steps = budget.plan(step_seconds, evaluation_seconds, finish_seconds, config.eval_interval or 1, evaluations)
+    config.steps = int(world.broadcast(steps, device))
+    budget.record["planned_steps"] = config.steps
+    return budget.record
+
+
+def keep_to_budget(budget: Budget, evaluated: bool, seconds: float, step: int, config: TrainConfig, world: World,
+                   device: torch.device, bar) -> None:
+    """At a log point: note the evaluation's time, and revise the steps when the run would end off its budget
+    (rank 0's decision for every process)."""
+    if evaluated:
+        budget.evaluated(seconds)
+    steps = int(world.broadcast(budget.proposal(step), device))
+    if steps != config.steps:
+        budget.revise(step, steps)
+        config.steps = bar.total = steps
+
+
 def _clone_state(module) -> dict:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
@@ -238,11 +335,12 @@ class LoopState:
     rng: torch.Tensor | None = None  # where the batches resume (BatchSampler.resume_state)
     metrics: list | None = None
     elapsed: float = 0.0
+    time_budget: dict | None = None  # how a time budget set the steps (Budget.record), as the checkpoint keeps it
 
 
 def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState | None = None,
                save=None, on_log=None, progress: bool = True, stop=None, world: World = World(),
-               governor: Governor | None = None) -> LoopState:
+               governor: Governor | None = None, budget: Budget | None = None) -> LoopState:
     """Train model in place for config.steps steps (resuming from state), keeping the best-on-dev weights in
     state.best_state (without a dev split, the latest), and return the final state.
 
@@ -250,7 +348,8 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
     on_log(record) at every log point with {step, train_loss, lr, elapsed} (+ dev_loss at evaluations); with
     progress, a bar on stderr. Under torchrun (world) each process trains on its share of every batch through
     DDP; the caller gives dev_set, save and progress to rank 0 only. A governor (makemore.threads) hears of
-    every step and may change torch's thread count; without one the count stays as the caller set it.
+    every step and may change torch's thread count; without one the count stays as the caller set it. With a
+    budget (a fresh run) the step count is chosen to fill it (plan_steps) and may be revised as the run goes.
     """
     governor = governor or Governor.keeping(torch.get_num_threads())
     state = state or LoopState()
@@ -259,8 +358,6 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
     if state.optimizer is not None:
         optimizer.load_state_dict(state.optimizer)
     device = next(model.parameters()).device
-    eval_every = config.eval_interval or max(1, config.steps // 10)
-    log_every = log_interval(config, eval_every, device, world)
     dev_set = dev_set if dev_set is not None and len(dev_set) else None
     solo_stop = stop if world.size == 1 else None  # one process stops at once; several at a log point
     model.train()
@@ -270,6 +367,11 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
     # models the per-step overhead, not the maths, sets the speed
     batches = BatchSampler(train_set, config.batch_size, config.seed, state.rng, state.step, world)
     limit = divergence_limit(model, *batches.peek())
+    if budget is not None and state.time_budget is None:
+        state.time_budget = plan_steps(model, optimizer, train_step, train_set, dev_set, config, world, budget)
+    planned = state.time_budget["planned_steps"] if state.time_budget is not None else config.steps
+    eval_every = config.eval_interval or max(1, planned // 10)
+    log_every = log_interval(config, eval_every, device, world)
 
     def keep_best() -> float | None:
         """The dev loss now (None without a dev split), keeping the weights if they are the best so far."""
@@ -292,8 +394,8 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
         raise Interrupted(solo_stop.signum, saved=False)
     with tqdm(total=config.steps, initial=state.step, disable=not progress, leave=False, dynamic_ncols=True,
               mininterval=0.5, desc=f"training {model.name}") as bar:
-        for step in range(state.step, config.steps):
-            lr = config.lr_at(step)
+        for step in _steps_left(state, config):
+            lr = lr_at(config, state.time_budget, step)
             seed_step(config.seed, step, world.rank, device)
             train_step(*batches.next(), lr)
             state.step = step + 1
@@ -308,6 +410,9 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
                         f"try a lower --lr such as {config.lr / 10:g}; the best checkpoint so far is kept")
                 record = dict(step=state.step, train_loss=round(train_loss, 6), lr=lr)
                 postfix = dict(loss=f"{record['train_loss']:.4f}")
+                if budget is not None:
+                    postfix["left"] = budget.left_text()
+                evaluation_start = time.perf_counter()
                 if evaluates:
                     with governor.paused():  # an evaluation is not a step: its time is left out
                         dev_loss = keep_best()
@@ -323,6 +428,9 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
                 if evaluates and save is not None:
                     with governor.paused():
                         save(snapshot(), model)
+                if budget is not None:
+                    keep_to_budget(budget, evaluates, time.perf_counter() - evaluation_start, state.step, config,
+                                   world, device, bar)
             if halt:
                 if state.best_state is None:  # a run stopped before its first evaluation
                     state.best_state = _clone_state(model)

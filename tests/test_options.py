@@ -190,7 +190,7 @@ USAGE = [
     (["lr-find", "--min-lr", "1", "--max-lr", "0.5"], 2, "--min-lr (1) must be below --max-lr (0.5)"),
     (["lr-find", "--model", "mlp", "--n-hidden", "0"], 2, "--n-hidden: 0 is too small; it must be at least 1"),
     (["train", "--model", "wavenet", "--block-size", "6"], 2, "--block-size: 6 is not one of 2, 4, 8"),
-    (["train", "--model", "transformer", "--n-head", "3"], 2, "--n-embd 64 is not a multiple of --n-head 3"),
+    (["train", "--model", "transformer", "--n-head", "5"], 2, "--n-embd 96 is not a multiple of --n-head 5"),
     (["train", "--device", "meta"], 2, "unknown device 'meta'; use auto, cpu, cuda, cuda:N or mps"),
     (["sample", "--device", "cuda:x"], 2, "unknown device 'cuda:x'"),
 ]

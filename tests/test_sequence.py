@@ -21,10 +21,10 @@ SMALL = {"rnn": dict(n_embd=6, n_hidden=10), "gru": dict(n_embd=6, n_hidden=10, 
          "transformer": dict(n_embd=8, n_head=2, n_layer=2, dropout=0.1)}
 
 
-def model(name: str, block_size: int, vocab_size: int, seed: int = 0):
+def model(name: str, block_size: int, vocab_size: int, seed: int = 0, **given):
     cls = get_model_class(name)
     torch.manual_seed(seed)
-    net = cls(cls.config_from(dict(SMALL[name], block_size=block_size)), vocab_size).eval()
+    net = cls(cls.config_from(dict(SMALL[name], block_size=block_size, **given)), vocab_size).eval()
     with torch.no_grad():  # larger weights than the initialisation's, so that context matters
         for p in net.parameters():
             p.add_(torch.randn_like(p) * 0.3)
@@ -165,7 +165,7 @@ def test_tied_embeddings_give_the_logits_through_the_token_embeddings():
     """With tie_embeddings the output layer is the token embeddings' transpose plus a bias, one matrix
     trained for both; without, a separate output matrix."""
     cls = get_model_class("transformer")
-    tied = model("transformer", 6, 7)
+    tied = model("transformer", 6, 7, tie_embeddings=True)
     assert "lm_head.weight" not in tied.state_dict() and "lm_bias" in tied.state_dict()
     row = torch.tensor([[0, 2, 4]])
     before = tied(row)

@@ -30,6 +30,8 @@ class Model(nn.Module):
     min_batch_size: ClassVar[int] = 1
     # trained and evaluated on rows of whole items, every position at once (SequenceModel)
     whole_items: ClassVar[bool] = False
+    # AdamW's betas (makemore.train.make_optimizer): torch's defaults unless a model's recipe says otherwise
+    adam_betas: ClassVar[tuple[float, float]] = (0.9, 0.999)
 
     def __init__(self, config, vocab_size: int, n_labels: int = 1):
         super().__init__()
@@ -99,9 +101,16 @@ class Model(nn.Module):
 
     @classmethod
     def expected_parameters(cls, config, vocab_size: int, n_labels: int = 1) -> list[tuple[torch.dtype, tuple]]:
-        """The trainable parameters as (dtype, shape), in the order of model.parameters() (the optimizer's)."""
+        """The trainable parameters as (dtype, shape), in the order of model.parameters()."""
         model = cls.on_meta(config, vocab_size, n_labels)
         return [(p.dtype, tuple(p.shape)) for p in model.parameters() if p.requires_grad]
+
+    @classmethod
+    def expected_groups(cls, config, vocab_size: int, n_labels: int = 1) -> list[list[int]]:
+        """The optimizer's parameter groups (parameter_groups) as positions in expected_parameters."""
+        model = cls.on_meta(config, vocab_size, n_labels)
+        position = {id(p): i for i, p in enumerate(p for p in model.parameters() if p.requires_grad)}
+        return [[position[id(p)] for p in group] for group, _ in model.parameter_groups()]
 
     @classmethod
     def from_state(cls, config, vocab_size: int, *states: dict, n_labels: int = 1) -> Model:
@@ -123,6 +132,18 @@ class Model(nn.Module):
     def train_defaults_for(cls, n_examples: int, batch_size: int) -> dict:
         """Training settings that follow the data size (TrainConfig field -> value), used where the user gave none."""
         return {}
+
+    def decayed(self, name: str, parameter: nn.Parameter) -> bool:
+        """Whether the optimizer's weight decay acts on this trained parameter (by default every one does)."""
+        return True
+
+    def parameter_groups(self) -> list[tuple[list[nn.Parameter], bool]]:
+        """The trained parameters as the optimizer's groups, each with whether it is decayed: the decayed ones,
+        then the others (a group only where it has parameters), each in the order of parameters()."""
+        trained = [(name, p) for name, p in self.named_parameters() if p.requires_grad]
+        flags = [self.decayed(name, p) for name, p in trained]
+        groups = [([p for (_, p), flag in zip(trained, flags) if flag == decays], decays) for decays in (True, False)]
+        return [(params, decays) for params, decays in groups if params]
 
     def fit(self, dataset) -> None:
         """Counting models: fit the counts in one pass over the dataset."""
