@@ -199,8 +199,10 @@ def test_a_slowdown_revises_the_steps_and_the_run_still_ends_on_time(names, tmp_
     result, wall, ckpt = timed_run(names, tmp_path, 5.0)
     record = ckpt["time_budget"]
     assert record["revisions"], "the slowdown was not seen"
-    first = record["revisions"][0]
-    assert first["old_steps"] == record["planned_steps"] > first["new_steps"] > first["step"]
+    assert record["revisions"][0]["old_steps"] == record["planned_steps"]
+    assert all(revision["new_steps"] > revision["step"] for revision in record["revisions"])
+    # fewer steps in all than planned (a busy machine may revise up first, where the probe ran slower still)
+    assert ckpt["step"] < record["planned_steps"]
     assert ckpt["train"]["steps"] == ckpt["step"] == record["revisions"][-1]["new_steps"]
     assert wall <= 5.0 * (1 + budget.SLACK) + SLACK_HERE
     assert final_lr_share(ckpt) < 1e-3
