@@ -92,10 +92,10 @@ class MLP(Model):
         x = emb.view(idx.shape[0], -1)  # (B, T*E): the embeddings side by side
         pre = torch.addmm(self.b1, x, self.W1)  # (B, H); addmm: x @ W1 + b1 in one op
         if labelled:
-            pre = torch.addcmul(self.label_hidden[label], pre, 1 + self.label_gain[label])
+            pre = torch.addcmul(F.embedding(label, self.label_hidden), pre, 1 + F.embedding(label, self.label_gain))
         logits = torch.addmm(self.b2, torch.tanh(pre), self.W2)  # (B, V)
         if self.config.direct:
             logits = torch.addmm(logits, x, self.Wd)
         if labelled:
-            logits = logits + self.label_logits[label]
+            logits = logits + F.embedding(label, self.label_logits)
         return logits
