@@ -284,7 +284,8 @@ def test_classify_by_the_api_matches_the_prior_weighted_log_probs(trained):
              (model.log_prob(["abcde"], [label])[0] for label in ("a", "m", "z"))]
     expected = [math.exp(j - max(joint)) / sum(math.exp(k - max(joint)) for k in joint) for j in joint]
     got = {g["label"]: g["probability"] for g in result["labels"]}
-    assert [got[label] for label in ("a", "m", "z")] == pytest.approx(expected, rel=1e-9)
+    # float32 forward passes of differently shaped batches round differently: about 1e-7 apart
+    assert [got[label] for label in ("a", "m", "z")] == pytest.approx(expected, rel=1e-5)
     samples = model.sample(6, seed=4, label="z")
     assert samples.labels == ["z"] * 6 and len(samples) == 6
 
