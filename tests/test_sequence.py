@@ -111,7 +111,7 @@ def test_alibi_lowers_each_heads_scores_by_its_slope_times_the_distance(alibi_sc
     scale x 2^(-8h/n); later positions are masked out."""
     cls = get_model_class("transformer")
     given = {} if alibi_scale is None else dict(alibi_scale=alibi_scale)
-    net = cls(cls.config_from(dict(SMALL["transformer"], block_size=6, **given)), 7)
+    net = cls(cls.config_from(dict(SMALL["transformer"], block_size=6, alibi=True, **given)), 7)
     n, scale = net.config.n_head, 1.0 if alibi_scale is None else alibi_scale
     bias = net.attention_bias(5, torch.device("cpu"))
     assert bias.shape == (n, 5, 5)
@@ -130,7 +130,7 @@ def test_alibi_changes_what_attention_reads():
     """The same weights with and without the biases: the first position (nothing to weigh) agrees, later
     ones do not."""
     cls = get_model_class("transformer")
-    on = model("transformer", 8, 7)
+    on = cls(cls.config_from(dict(SMALL["transformer"], block_size=8, alibi=True)), 7).eval()
     off = cls(cls.config_from(dict(SMALL["transformer"], block_size=8, alibi=False)), 7).eval()
     off.load_state_dict(on.state_dict())
     row = torch.tensor([[0, 3, 1, 4, 1, 5]])
@@ -155,7 +155,7 @@ def test_positions_come_only_from_alibi_unless_learned(learned_positions):
     row, swapped = torch.tensor([[0, 3, 1, 4, 2]]), torch.tensor([[0, 1, 4, 3, 2]])
     last = [plain(r)[0, -1] for r in (row, swapped)]
     assert torch.allclose(last[0], last[1], atol=1e-5) != learned_positions
-    alibi = cls(cls.config_from(values), 7).eval()
+    alibi = cls(cls.config_from(dict(values, alibi=True)), 7).eval()
     alibi.load_state_dict(plain.state_dict())
     last = [alibi(r)[0, -1] for r in (row, swapped)]
     assert not torch.allclose(last[0], last[1], atol=1e-5)
