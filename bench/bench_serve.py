@@ -99,8 +99,9 @@ def measure(checkpoint: Path, threads: int) -> list:
     keystrokes()
     next_times = min((keystrokes() for _ in range(3)), key=max)
     window = torch.zeros(1, trained.block_size, dtype=torch.long)
+    label = torch.zeros(1, dtype=torch.long) if trained.labels else None  # a labelled model: under its first label
     with torch.no_grad():
-        forward_s, _ = best_of(lambda: in_thread(lambda: next_log_probs(trained.model, window)), repeat=20)
+        forward_s, _ = best_of(lambda: in_thread(lambda: next_log_probs(trained.model, window, label)), repeat=20)
 
     # the same keystrokes while another request draws for seconds (a regex no item meets)
     def hopeless():
