@@ -18,28 +18,21 @@ SEED = click.IntRange(0, 2**63 - 1)  # what torch.manual_seed accepts
 SIZE_RULE = "by data size"  # a setting's default in the help, where the model derives it from the data
 
 
-class NumbersType(click.ParamType):
-    """Comma-separated numbers, e.g. 0.8,0.1,0.1; the library checks what they must be."""
+class Parsed(click.ParamType):
+    """A value that a library function parses, its ValueError the message shown."""
 
-    name = "numbers"
+    def __init__(self, name: str, parse):
+        self.name, self.parse = name, parse
 
     def convert(self, value, param, ctx):
         try:
-            return options.numbers(value)
+            return self.parse(value)
         except ValueError as e:
             self.fail(str(e), param, ctx)
 
 
-class DurationType(click.ParamType):
-    """A time budget: seconds, or a duration such as 90s, 10m, 1.5h (makemore.options.time_budget)."""
-
-    name = "duration"
-
-    def convert(self, value, param, ctx):
-        try:
-            return options.time_budget(value)
-        except ValueError as e:
-            self.fail(str(e), param, ctx)
+NUMBERS = Parsed("numbers", options.numbers)  # comma-separated numbers, e.g. 0.8,0.1,0.1
+DURATION = Parsed("duration", options.time_budget)  # seconds, or such as 90s, 10m, 1.5h
 
 
 class PositiveFloat(click.FloatRange):
@@ -222,7 +215,7 @@ def cli():
 @click.option("--out", default="out", type=click.Path(file_okay=False), help="Folder for the checkpoint.")
 @click.option("--name", help="Checkpoint name in --out. [default: the model's name; with "
               "--resume the resumed checkpoint's, or NAME-2 when that is the resumed file itself]")
-@click.option("--splits", type=NumbersType(), metavar="TRAIN,DEV,TEST",
+@click.option("--splits", type=NUMBERS, metavar="TRAIN,DEV,TEST",
               help="Train, dev, test fractions. [default: 0.8,0.1,0.1; with --resume the checkpoint's]")
 @click.option("--split-seed", type=SEED,
               help="Seed of the shuffle before splitting. [default: 42; with --resume the checkpoint's]")
@@ -232,7 +225,7 @@ def cli():
               help="With --resume: the run to continue.")
 @click.option("--strict", is_flag=True, help="With --resume --data: a file other than the one trained on is an error, "
               "not a warning.")
-@click.option("--time", "time_budget", type=DurationType(), metavar="DURATION",
+@click.option("--time", "time_budget", type=DURATION, metavar="DURATION",
               help="Train for this long instead of a number of steps (600, 90s, 10m, 1.5h; at most 7 days): the "
               "steps are chosen from the measured speed to end the whole command within it, and recorded.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
@@ -524,7 +517,7 @@ def classify(items, data, top, as_json, out, checkpoint_path, model, device, n_t
 @click.option("--max-lr", type=PositiveFloat(), default=1.0, help="Last learning rate.")
 @click.option("--steps", type=click.IntRange(min=20, max=10**7), default=1000,
               help="Steps of the sweep, one rate each, spaced exponentially.")
-@click.option("--splits", type=NumbersType(), metavar="TRAIN,DEV,TEST", default="0.8,0.1,0.1",
+@click.option("--splits", type=NUMBERS, metavar="TRAIN,DEV,TEST", default="0.8,0.1,0.1",
                help="Train, dev, test fractions (sweeps on train).")
 @click.option("--split-seed", type=SEED, default=42, help="Seed of the shuffle before splitting.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
@@ -636,7 +629,7 @@ def serve(host, port, open_browser, out, checkpoint_path, model, device, n_threa
 @click.option("--name", default="mixture", help="Checkpoint name in --out.")
 @click.option("--kind", type=click.Choice(["log-linear", "linear"]), default="log-linear", show_default=True,
               help="log-linear: p proportional to p_1^w_1 p_2^w_2 ...; linear: p = w_1 p_1 + w_2 p_2 + ...")
-@click.option("--weights", type=NumbersType(), metavar="W1,W2,...",
+@click.option("--weights", type=NUMBERS, metavar="W1,W2,...",
               help="One weight per checkpoint. [default: fitted on dev, by Newton's method or (linear) EM]")
 @device_option
 def mix(checkpoints, out, name, kind, weights, device, n_threads):

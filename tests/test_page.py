@@ -64,16 +64,21 @@ def shot(page, name: str, selector: str | None = None, height: int | None = None
     image.quantize(colors=64).save(Path(SCREENSHOTS) / f"serve-{name}.png", optimize=True)
 
 
-def test_every_panel_in_a_real_browser(server, browser):
+def open_page(browser, url: str):
+    """A new page loaded from url, with the lists of the requests it makes and the errors it logs."""
     page = browser.new_page()
     requests, errors = [], []
     page.on("request", lambda request: requests.append(request.url))
     page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
     page.on("pageerror", lambda error: errors.append(str(error)))
     page.set_default_timeout(10_000)
-
-    page.goto(server.url)
+    page.goto(url)
     page.wait_for_selector("body[data-ready=true]")
+    return page, requests, errors
+
+
+def test_every_panel_in_a_real_browser(server, browser):
+    page, requests, errors = open_page(browser, server.url)
     assert page.text_content("#about").startswith("transformer: 26 characters")
     assert page.locator("#checkpoint option").all_text_contents() == ["bigram.safetensors", "transformer.safetensors"]
     assert page.locator("#inspect th").all_text_contents()[:2] == ["checkpoint", "file_size"]
@@ -178,14 +183,7 @@ def labelled(tmp_path_factory):
 
 def test_every_panel_under_a_label(labelled, browser):
     trained = labelled.explorer.view.trained
-    page = browser.new_page()
-    requests, errors = [], []
-    page.on("request", lambda request: requests.append(request.url))
-    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.set_default_timeout(10_000)
-    page.goto(labelled.url)
-    page.wait_for_selector("body[data-ready=true]")
+    page, requests, errors = open_page(browser, labelled.url)
     expect(page.locator("#label-control")).to_be_visible()
     assert page.locator("#label option").all_text_contents() == ["any", "consonant", "vowel"]
     expect(page.locator("#next-under")).to_have_text(re.compile("^Any label: the labels' distributions averaged"))
