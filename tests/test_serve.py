@@ -534,8 +534,10 @@ def test_a_port_in_use_is_a_one_line_error(server, out):
 
 
 def test_ctrl_c_stops_the_server_without_a_traceback(out):
+    # Ctrl-C's default handling, as in a terminal: a test run in the background of a shell inherits SIGINT ignored
     process = subprocess.Popen([sys.executable, "-m", "makemore", "serve", "--out", str(out), "--threads", "1"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         line = process.stdout.readline()
         assert line.startswith("serving transformer.safetensors at http://127.0.0.1:"), line
