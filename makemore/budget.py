@@ -1,7 +1,10 @@
 """Training to a time budget (train --time): the step count that fills the budget, chosen from measured speeds,
 fixed and recorded, and revised only when the machine's speed changes so much that the run would end well off
 its budget. The schedule of a revised run is stretched or shrunk from the revision on, so it still finishes.
-Imports no torch (the CLI reads the process's start time from here)."""
+A projection takes the run's average speed so far, or a slower speed that two windows in a row agree on: a
+shared machine's speed wanders by 10-15% from one window to the next (a 3-minute GRU run on 2 cores that
+followed each window spent its revisions chasing them and ended 15% over), while a busy process that arrives
+slows every window after it. Imports no torch (the CLI reads the process's start time from here)."""
 from __future__ import annotations
 
 import math
@@ -35,15 +38,25 @@ def process_started() -> float | None:
 
 def position(step: int, record: dict) -> float:
     """Where step lies on the schedule planned for record["planned_steps"] steps: step itself until the first
-    revision; after a revision at step s to N steps, the rest of the schedule is laid over s..N."""
+    revision; after a revision at step s to N steps, steps s..N-1 are laid over the rest of the schedule, so the
+    last step always takes the schedule's last rate."""
     at, done = 0, 0.0  # the last revision's step and the schedule's position there
     steps = record["planned_steps"]
     for revision in record["revisions"]:
         if step < revision["step"]:
             break
-        done = done + (revision["step"] - at) * (record["planned_steps"] - done) / max(1, steps - at)
+        done = _laid_over(revision["step"], at, done, steps, record["planned_steps"] - 1)
         at, steps = revision["step"], revision["new_steps"]
-    return done + (step - at) * (record["planned_steps"] - done) / max(1, steps - at)
+    return _laid_over(step, at, done, steps, record["planned_steps"] - 1)
+
+
+def _laid_over(step: int, at: int, done: float, steps: int, last: int) -> float:
+    """The position of step when steps at..steps-1 are laid over the schedule from position done to last."""
+    if done >= last:  # the schedule had ended (a finished run continued): it stays at its end
+        return done
+    if steps - 1 <= at:  # a single step left: the schedule's last
+        return float(last)
+    return done + (step - at) * (last - done) / (steps - 1 - at)
 
 
 class Budget:
@@ -59,6 +72,8 @@ class Budget:
         self.evaluation_seconds = self.finish_seconds = 0.0
         self.eval_interval = 1
         self._window = None  # (clock, step, seconds spent evaluating) where the speed's window began
+        self._begun = None  # the same where the loop began
+        self._last_rate = 0.0  # seconds per step over the window before
         self._evaluating = 0.0  # seconds spent in evaluations and saves so far
 
     def left(self) -> float:
@@ -87,7 +102,8 @@ class Budget:
                            evaluation_seconds=evaluation_seconds,
                            reserved_seconds=round(now - self.started + finish_seconds + EXIT_SECONDS, 6),
                            revisions=[])
-        self._window = (now, 0, 0.0)
+        self._window = self._begun = (now, 0, 0.0)
+        self._last_rate = step_seconds
         return steps
 
     def evaluated(self, seconds: float) -> None:
@@ -110,7 +126,11 @@ class Budget:
                 or len(self.record["revisions"]) >= MAX_REVISIONS or step >= steps):
             return steps
         self._window = (now, step, self._evaluating)
-        rate = span / (step - step0)
+        began, first_step, evaluated = self._begun
+        window_rate, before = span / (step - step0), self._last_rate
+        self._last_rate = window_rate
+        average = (now - began - (self._evaluating - evaluated)) / max(1, step - first_step)
+        rate = max(average, min(window_rate, before))
 
         def end(n: int) -> float:  # when the run would end with n steps in all
             evaluations = n // self.eval_interval - step // self.eval_interval + (n % self.eval_interval != 0)
