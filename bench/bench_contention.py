@@ -26,13 +26,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
 import tempfile
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 
-from common import REPO, data_file, fmt_time, log, table
+from common import REPO, beside, data_file, fmt_time, log, table
 
 import torch  # noqa: E402  (after common, which puts this checkout first on sys.path)
 
@@ -48,8 +46,6 @@ CONDITIONS = ((0, 0), (1, 0), (2, 0), (0, 1))
 # A collapsed run (torch's default threads beside a busy process ran 175x slower than quiet on one
 # machine) is stopped after CAP seconds and its time extrapolated from the steps it made.
 CAP = 15.0
-# Spins in Python; checks now and then that its parent still runs, so that it cannot outlive the bench.
-SPIN = "import os\np = os.getppid()\nwhile os.getppid() == p:\n    for _ in range(1000000): pass\n"
 
 
 def heading(condition) -> str:
@@ -57,21 +53,6 @@ def heading(condition) -> str:
     if later:
         return f"{later} busy process{'es' * (later > 1)} from a third of the way in"
     return f"beside {start} busy process{'es' * (start > 1)}" if start else "quiet"
-
-
-@contextmanager
-def beside(n: int, settle: float = 0.5):
-    """n busy processes running for the duration of the block, stopped whatever happens."""
-    procs = []
-    try:
-        procs = [subprocess.Popen([sys.executable, "-c", SPIN]) for _ in range(n)]
-        time.sleep(settle if n else 0.0)  # started and spinning before the timing begins
-        yield
-    finally:
-        for p in procs:
-            p.kill()
-        for p in procs:
-            p.wait()
 
 
 def runnable_others() -> int | None:

@@ -4,6 +4,7 @@ close to T the whole command ends, with its schedule complete.
     python bench/bench_time.py                       # budgets 1m, 3m, 10m: every model, about 85 minutes
     python bench/bench_time.py --quick               # 25 s budgets (what bench/run.py runs)
     python bench/bench_time.py --budgets 30s,2m --models mlp,transformer --data FILE --cores 2
+    python bench/bench_time.py --busy 1              # the same beside a busy process (a Python loop spinning)
 
 Each run is a fresh `python -m makemore train ... --time T -q` process, timed from its start to its exit, as
 `time makemore train --time T` measures it (the README's example). Prints a markdown section on stdout (progress
@@ -23,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, data_file, log, table
+from common import REPO, beside, data_file, log, table
 
 from makemore import checkpoint, options  # noqa: E402
 from makemore.models import trainable_classes  # noqa: E402
@@ -67,9 +68,9 @@ def row(model: str, seconds: float, wall: float, ckpt: dict) -> list:
             steps, f"{ckpt['best_dev_loss']:.4f}", "yes" if complete(ckpt) else "**no**"]
 
 
-def section(data: Path, note: str, budgets, models, cores: int | None) -> str:
+def section(data: Path, note: str, budgets, models, cores: int | None, busy: int = 0) -> str:
     rows, worst = [], -1.0
-    with tempfile.TemporaryDirectory(prefix="bench-time-") as folder:
+    with tempfile.TemporaryDirectory(prefix="bench-time-") as folder, beside(busy):
         for seconds in budgets:
             for model in models:
                 log(f"{model} --time {seconds:g}")
@@ -77,6 +78,9 @@ def section(data: Path, note: str, budgets, models, cores: int | None) -> str:
                 rows.append(row(model, seconds, wall, ckpt))
                 worst = max(worst, (wall - seconds) / seconds)
     where = f"{cores} cores" if cores else f"{len(os.sched_getaffinity(0))} cores"
+    if busy:
+        where += (f", beside {busy} busy process{'es' * (busy > 1)} (`python -c` spinning a loop, started before "
+                  "the runs)")
     return (f"## Training to a time budget (bench_time)\n\n`makemore train --model M --time T -q` on {note}, {where}, "
             "each a fresh process timed from its start to its exit (as `time` measures the command). Overrun: "
             "wall time over the budget, in % of it (the aim: at most +5%). Dev loss: the kept (best-on-dev) "
@@ -98,6 +102,7 @@ def main() -> None:
     ap.add_argument("--models", help=f"models separated by commas (default: {','.join(MODELS)})")
     ap.add_argument("--quick", action="store_true", help="25 s budgets: a check that takes a few minutes")
     ap.add_argument("--cores", type=int, help="run each process on this many cores (default: all it may use)")
+    ap.add_argument("--busy", type=int, default=0, help="run beside this many busy processes (default 0)")
     args = ap.parse_args()
     path, note = (Path(args.data), f"`{Path(args.data).name}`") if args.data else data_file()
     budgets = QUICK if args.quick else BUDGETS
@@ -107,7 +112,7 @@ def main() -> None:
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         ap.error(f"not a model trained by gradient descent: {', '.join(unknown)} (those are: {', '.join(MODELS)})")
-    print(section(path, note, budgets, models, args.cores))
+    print(section(path, note, budgets, models, args.cores, args.busy))
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import os
 import statistics
+import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,6 +61,25 @@ def table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+# Spins in Python; checks now and then that its parent still runs, so that it cannot outlive the bench.
+SPIN = "import os\np = os.getppid()\nwhile os.getppid() == p:\n    for _ in range(1000000): pass\n"
+
+
+@contextmanager
+def beside(n: int, settle: float = 0.5):
+    """n busy processes running for the duration of the block, stopped whatever happens."""
+    procs = []
+    try:
+        procs = [subprocess.Popen([sys.executable, "-c", SPIN]) for _ in range(n)]
+        time.sleep(settle if n else 0.0)  # started and spinning before the timing begins
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()
+
+
 _START = time.perf_counter()
 
 
@@ -86,7 +107,6 @@ def section_of(main, argv: list[str]) -> str:
 def main_with_extra_data(main, data, prefix: str) -> str:
     """A module's section from its main(), given --data (the lecture's file, when there) and --extra: a
     folder of the files scripts/make_bench_data.py makes (left out when it cannot: no bench extra)."""
-    import subprocess
     import tempfile
 
     extra = tempfile.mkdtemp(prefix=prefix)
