@@ -114,18 +114,20 @@ def check_fits(cls, mconfig, tconfig: TrainConfig, vocab_size: int, items: list[
     copies = 2 if cls.counts else memory.training_copies(tconfig.optimizer)
     weights = copies * memory.tensor_bytes(cls.expected_tensors(mconfig, vocab_size, n_labels))
     memory.check_fits({"weights and their copies": weights, "batches": steps, "datasets": data,
-                       "items kept in the checkpoint": kept}, dev, _smaller(cls))
+                       "items kept in the checkpoint": kept}, dev, _smaller(cls, n_labels))
 
 
-def _smaller(cls) -> str:
-    """How to make a run of cls need less memory: the size options it has, or less data."""
+def _smaller(cls, n_labels: int = 1) -> str:
+    """How to make a run of cls need less memory: the size options it has, or less data (or, with labels, fewer
+    of them: every label has tables of its own)."""
     declared = options.declared(cls.Config)
     sizes = [options.flag(name) for name in ("n_hidden", "n_embd", "block_size", "n_layer")
              if name in declared and declared[name][0].high != declared[name][0].low]  # bigram-nn's is fixed
+    fewer = f", or use fewer than {n_labels} labels" if n_labels > 1 else ""
     if cls.counts:
-        return "use less data" + (f" or a smaller {', '.join(sizes)}" if sizes else "")
+        return "use less data" + (f" or a smaller {', '.join(sizes)}" if sizes else "") + fewer
     model = f"the model smaller ({', '.join(sizes)}) or " if sizes else ""
-    return f"make {model}the batches smaller (--batch-size)"
+    return f"make {model}the batches smaller (--batch-size){fewer}"
 
 
 @dataclass

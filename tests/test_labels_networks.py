@@ -171,4 +171,5 @@ def test_bigram_nn_of_a_large_vocabulary_and_many_labels_is_refused_before_alloc
     result = invoke("train", "--model", "bigram-nn", "--data", data, "--labels", "--out", tmp_path / "out", "-q")
     lines = result.stderr.strip().splitlines()
     assert result.exit_code == 1 and len(lines) == 1 and "memory" in lines[0], result.output
+    assert "use fewer than 256 labels" in lines[0]  # the table per label is what does not fit
     assert not (tmp_path / "out").exists()
