@@ -19,7 +19,9 @@ NEAR = 0.5  # ...when it is also this many seconds off (a short run's noise is n
 WINDOW = 0.05  # the speed is measured over at least this share of the budget...
 MIN_WINDOW = 1.0  # ...and at least this many seconds, and this many steps:
 MIN_WINDOW_STEPS = 20
-MAX_REVISIONS = 4
+# a revision comes at most once a window (5% of the budget); four were too few where the probe misjudged the speed
+# and the machine drifted after (a 1-minute bigram-nn run ended at 80% of its budget, a 3-minute wavenet run 8% over)
+MAX_REVISIONS = 12
 EXIT_SECONDS = 0.3  # after the last word: the interpreter's exit, torch's threads ending
 
 

@@ -277,11 +277,14 @@ def test_revisions_are_few():
     clock = Clock()
     plan = budget.Budget(100.0, 0.0, clock=clock)
     steps = plan.plan(0.01, 0.0, 0.0, 1000)
-    for i in range(1, 20):  # ever slower
-        clock.now += 2.0 * i
-        proposed = plan.proposal(100 * i)
+    step, rate = 0, 0.01
+    while clock.now < 90:  # windows of 6 s, each a tenth slower than the one before
+        rate *= 1.1
+        step += int(6 / rate)
+        clock.now += 6
+        proposed = plan.proposal(step)
         if proposed != plan.steps():
-            plan.revise(100 * i, proposed)
+            plan.revise(step, proposed)
     assert len(plan.record["revisions"]) == budget.MAX_REVISIONS and plan.steps() < steps
 
 
