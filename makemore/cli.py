@@ -323,10 +323,12 @@ def sample(seed, exclude, as_json, nearest, mark, out, checkpoint_path, model, d
     for note in drawing.notes:
         click.echo(note, err=True)
     try:
+        # a labelled model's items are of several labels unless one --label is given: each line then says its own
+        show_labels = trained.labels is not None and len(set(constraints.get("labels") or trained.labels)) > 1
         for group in drawing.labelled_groups():
             items = [item for item, _ in group]
             labels = [label for _, label in group] if trained.labels is not None else None
-            click.echo("\n".join(_sample_lines(trained, items, labels, as_json, nearest, mark)))
+            click.echo("\n".join(_sample_lines(trained, items, labels, as_json, nearest, mark, show_labels)))
     except BrokenPipeError:
         # the reader has what it wanted (`makemore sample -n 1000000 | head`): stop drawing, quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -336,14 +338,14 @@ def sample(seed, exclude, as_json, nearest, mark, out, checkpoint_path, model, d
 
 
 def _sample_lines(trained, items: list[str], labels: list[str] | None, as_json: bool, nearest: bool,
-                  mark: bool) -> list[str]:
-    """The lines sample prints for items (drawn under labels, a labelled model's): plain, with their mark or
-    nearest item, or JSON objects."""
+                  mark: bool, show_labels: bool = False) -> list[str]:
+    """The lines sample prints for items (drawn under labels, a labelled model's): plain, with their label (where
+    show_labels), mark or nearest item, or JSON objects."""
     if as_json:
         return [to_json(record) for record in trained.describe(items, nearest, labels)]
     where = trained.where(items) if mark else None
     records = trained.describe(items, True, labels) if nearest else None
-    return ["\t".join([item] + ([where[i]] if mark else []) +
+    return ["\t".join([item] + ([labels[i]] if show_labels else []) + ([where[i]] if mark else []) +
                       ([records[i]["nearest"], str(records[i]["distance"])] if nearest else []))
             for i, item in enumerate(items)]
 

@@ -225,6 +225,22 @@ def test_sample_default_draws_every_label_reproducibly_whatever_n(trained):
     assert {label for _, label in two} == {"a", "m"}
 
 
+def test_plain_sample_lines_show_the_label_when_several_may_be_drawn(trained):
+    """Without --label, or with several, each line is ITEM<TAB>LABEL (then --mark's column); with one label the
+    lines are the items alone, as for an unlabelled model."""
+    records = [json.loads(line) for line in ok("sample", "--checkpoint", trained, "-n", 12, "--seed", 4,
+                                                "--json").output.splitlines()]
+    plain = ok("sample", "--checkpoint", trained, "-n", 12, "--seed", 4).output.splitlines()
+    assert plain == [f"{r['item']}\t{r['label']}" for r in records]
+    marked = ok("sample", "--checkpoint", trained, "-n", 12, "--seed", 4, "--mark").output.splitlines()
+    assert [line.split("\t")[:2] for line in marked] == [[r["item"], r["label"]] for r in records]
+    assert all(len(line.split("\t")) == 3 for line in marked)
+    two = ok("sample", "--checkpoint", trained, "--label", "a", "--label", "z", "-n", 6, "--seed", 4)
+    assert all(line.split("\t")[1] in ("a", "z") for line in two.output.splitlines())
+    one = ok("sample", "--checkpoint", trained, "--label", "z", "--label", "z", "-n", 6, "--seed", 4)
+    assert all("\t" not in line for line in one.output.splitlines()) and len(one.output.splitlines()) == 6
+
+
 def test_sample_constraints_hold_under_a_label(trained):
     result = ok("sample", "--checkpoint", trained, "--label", "m", "--prefix", "f", "--new", "--unique", "-n", 8,
                 "--seed", 2, "--json")
