@@ -63,6 +63,8 @@ def row(model: str, seconds: float, wall: float, ckpt: dict) -> list:
     revisions = record.get("revisions", [])
     steps = f"{ckpt['step']:,}" + (f" (planned {record['planned_steps']:,}, {len(revisions)} revision"
                                     f"{'s' * (len(revisions) != 1)})" if revisions else "")
+    if ckpt["step"] == record.get("most_steps"):
+        steps += " (the most it buys: ended early)"
     over = (wall - seconds) / seconds
     return [model, f"{seconds:g} s", f"{wall:.1f} s", f"{100 * over:+.1f}%" + (" **over**" if over > SLACK else ""),
             steps, f"{ckpt['best_dev_loss']:.4f}", "yes" if complete(ckpt) else "**no**"]
@@ -83,7 +85,9 @@ def section(data: Path, note: str, budgets, models, cores: int | None, busy: int
                   "the runs)")
     return (f"## Training to a time budget (bench_time)\n\n`makemore train --model M --time T -q` on {note}, {where}, "
             "each a fresh process timed from its start to its exit (as `time` measures the command). Overrun: "
-            "wall time over the budget, in % of it (the aim: at most +5%). Dev loss: the kept (best-on-dev) "
+            "wall time over the budget, in % of it (the aim: at most +5%). Steps: \"the most it buys\" where the "
+            "budget would have bought more passes over the data than the model gains from (Model.BUDGET_EPOCHS), "
+            "so the run ended early. Dev loss: the kept (best-on-dev) "
             "weights. Complete: every step of the schedule taken, the last at the schedule's last rate.\n\n"
             + table(["model", "budget", "wall time", "overrun", "steps", "dev loss", "complete"], rows)
             + f"\n\nWorst overrun: {100 * worst:+.1f}%.\n")

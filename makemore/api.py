@@ -25,6 +25,7 @@ from makemore.errors import (CheckpointError, DataError, Interrupted, MakemoreEr
                              VocabularyError, printable)
 from makemore.files import atomic_write, check_name, check_not_inputs, same_file
 from makemore.models import MODELS, get_model_class, trainable_classes
+from makemore.models.base import budget_steps
 from makemore.models.mixture import MAX_MODELS, Mixture, MixtureConfig, check_weights
 from makemore.train import LoopState, TrainConfig, evaluate, make_optimizer, stop_on_signals, train_loop
 from makemore.trained import (Trained, load, model_from, note_changed_data, predicts_numbers, resolve_device,
@@ -423,7 +424,8 @@ def train(model: str | None = None, data: str | Path | None = None, out: str | P
         warn(f"note: --time does not apply to --model {cls.name}, which is counted in one pass; ignored")
     elif time_budget is not None:
         budget = Budget(time_budget, started, train_set.n_targets + (dev_set.n_targets if dev_set is not None else 0),
-                        _curve_seconds() if world.is_main else 0.0)
+                        _curve_seconds() if world.is_main else 0.0,
+                        budget_steps(cls, len(train_set), tconfig.batch_size * world.size))
     replaced = path.exists()
     write = _checkpoint_writer(run, path, out, world.size) if world.is_main else None
     if cls.counts:
@@ -452,6 +454,10 @@ def train(model: str | None = None, data: str | Path | None = None, out: str | P
         if budget is not None and reserved >= budget.seconds * budgets.TARGET:
             warn(f"warning: start-up and the work after the last step take about {reserved:.1f}s of the "
                  f"{budget.seconds:g}s budget, so it trained {state.step:,} step(s) only; give more --time")
+        elif budget is not None and budget.capped():
+            passes = state.step * tconfig.batch_size * world.size / len(train_set)
+            warn(f"note: {state.step:,} steps ({passes:.3g} passes over the training data) are the most a time budget "
+                 f"buys --model {cls.name} on this data, so it ended early: more would not lower its dev loss")
     if not world.is_main:
         return TrainResult(path, state.step, float("nan"), float("nan"), state.elapsed, replaced)
     dev_loss = evaluate(net, dev_set) if dev_set is not None else float("nan")
@@ -611,4 +617,6 @@ def inspect(path: str | Path | None = None, out: str | Path = "out") -> dict:
         labels=dict(zip(trained.labels, trained.label_counts)) if trained.labels is not None else None,
         best_dev_loss=ckpt["best_dev_loss"] if math.isfinite(ckpt["best_dev_loss"]) else None,
         resumable="resume" in ckpt,
+        # how train --time chose the steps (makemore.budget.Budget.record), None for a run of set steps
+        time_budget=ckpt.get("time_budget"),
     )

@@ -4,7 +4,9 @@ its budget. The schedule of a revised run is stretched or shrunk from the revisi
 A projection takes the run's average speed so far, or a slower speed that two windows in a row agree on: a
 shared machine's speed wanders by 10-15% from one window to the next (a 3-minute GRU run on 2 cores that
 followed each window spent its revisions chasing them and ended 15% over), while a busy process that arrives
-slows every window after it. Imports no torch (the CLI reads the process's start time from here)."""
+slows every window after it. A budget buys at most most_steps steps (the model's Model.budget_steps): past them
+a long budget would only overfit a small file, so such a run ends early. Imports no torch (the CLI reads the
+process's start time from here)."""
 from __future__ import annotations
 
 import math
@@ -66,8 +68,8 @@ class Budget:
     the step count, revise() may change it as the run goes; record is what the checkpoint keeps (time_budget)."""
 
     def __init__(self, seconds: float, started: float, final_targets: int = 0, after_seconds: float = 0.0,
-                 clock=time.perf_counter):
-        self.seconds, self.started, self.clock = seconds, started, clock
+                 most_steps: int | None = None, clock=time.perf_counter):
+        self.seconds, self.started, self.clock, self.most_steps = seconds, started, clock, most_steps
         # what the caller does after the loop: evaluate final_targets predictions, and work of after_seconds
         self.final_targets, self.after_seconds = final_targets, after_seconds
         self.record: dict | None = None
@@ -78,14 +80,22 @@ class Budget:
         self._last_rate = 0.0  # seconds per step over the window before
         self._evaluating = 0.0  # seconds spent in evaluations and saves so far
 
-    def left(self) -> float:
-        """Seconds of the budget left now."""
-        return self.started + self.seconds - self.clock()
+    def left(self, step: int | None = None) -> float:
+        """Seconds of the budget left now; after step steps of a run that most_steps ends early, the seconds it
+        is expected to take still."""
+        left = self.started + self.seconds - self.clock()
+        if step is None or not self.capped():
+            return left
+        return min(left, self._end(step, self.steps(), self._average(step)) - self.clock())
 
-    def left_text(self) -> str:
-        """The time left, as the progress bar shows it: 4:05."""
-        left = max(0, round(self.left()))
+    def left_text(self, step: int | None = None) -> str:
+        """The time left (left()), as the progress bar shows it: 4:05."""
+        left = max(0, round(self.left(step)))
         return f"{left // 60}:{left % 60:02d}"
+
+    def capped(self) -> bool:
+        """Whether the run's steps are most_steps, not what its time would allow."""
+        return self.most_steps is not None and self.steps() == self.most_steps
 
     def plan(self, step_seconds: float, evaluation_seconds: float, finish_seconds: float, eval_interval: int,
              evaluations: int | None = None) -> int:
@@ -99,11 +109,15 @@ class Budget:
         else:
             steps = available / (step_seconds + evaluation_seconds / eval_interval)
         steps = max(1, int(steps)) if math.isfinite(steps) else 1
+        if self.most_steps is not None:
+            steps = min(steps, self.most_steps)
         self.eval_interval = eval_interval if evaluations is None else max(1, steps // evaluations)
         self.record = dict(seconds=self.seconds, planned_steps=steps, step_seconds=step_seconds,
                            evaluation_seconds=evaluation_seconds,
                            reserved_seconds=round(now - self.started + finish_seconds + EXIT_SECONDS, 6),
                            revisions=[])
+        if self.most_steps is not None:
+            self.record["most_steps"] = self.most_steps
         self._window = self._begun = (now, 0, 0.0)
         self._last_rate = step_seconds
         return steps
@@ -128,24 +142,29 @@ class Budget:
                 or len(self.record["revisions"]) >= MAX_REVISIONS or step >= steps):
             return steps
         self._window = (now, step, self._evaluating)
-        began, first_step, evaluated = self._begun
         window_rate, before = span / (step - step0), self._last_rate
         self._last_rate = window_rate
-        average = (now - began - (self._evaluating - evaluated)) / max(1, step - first_step)
-        rate = max(average, min(window_rate, before))
-
-        def end(n: int) -> float:  # when the run would end with n steps in all
-            evaluations = n // self.eval_interval - step // self.eval_interval + (n % self.eval_interval != 0)
-            return now + (n - step) * rate + evaluations * self.evaluation_seconds + self.finish_seconds + EXIT_SECONDS
-
+        rate = max(self._average(step), min(window_rate, before))
         deadline = self.started + self.seconds
-        off = end(steps) - deadline
+        off = self._end(step, steps, rate) - deadline
         if abs(off) < NEAR or (self.seconds * (EARLY - 1) <= off <= self.seconds * (LATE - 1)):
             return steps
         target = self.started + self.seconds * TARGET
-        room = target - end(step + 1)
+        room = target - self._end(step, step + 1, rate)
         per_step = rate + self.evaluation_seconds / self.eval_interval
-        return step + 1 + max(0, int(room / per_step))
+        wanted = step + 1 + max(0, int(room / per_step))
+        return wanted if self.most_steps is None else min(wanted, self.most_steps)
+
+    def _average(self, step: int) -> float:
+        """Seconds per step since the loop began, evaluations left out."""
+        began, first_step, evaluated = self._begun
+        return (self.clock() - began - (self._evaluating - evaluated)) / max(1, step - first_step)
+
+    def _end(self, step: int, n: int, rate: float) -> float:
+        """When a run after step steps would end with n steps in all, at rate seconds per step."""
+        evaluations = n // self.eval_interval - step // self.eval_interval + (n % self.eval_interval != 0)
+        return (self.clock() + (n - step) * rate + evaluations * self.evaluation_seconds + self.finish_seconds
+                + EXIT_SECONDS)
 
     def revise(self, step: int, steps: int) -> None:
         """Record that from step on the run has steps in all."""

@@ -45,6 +45,7 @@ LAYOUT = {
     "resume?": ANY,  # checked against its model's parameters, when the model is known
     "time_budget?": {"seconds": (float, 0, 1e12), "planned_steps": (int, 1, 10**12), "step_seconds": (float, 0, 1e12),
                      "evaluation_seconds": (float, 0, 1e12), "reserved_seconds": (float, 0, 1e12),
+                     "most_steps?": (int, 1, 10**12),
                      "revisions": [{"step": STEP, "old_steps": (int, 1, 10**12), "new_steps": (int, 1, 10**12)}]},
     "mix?": {"components": [(str, MAX_TEXT)], "component_dev_losses": [LOSS], "dev_loss": LOSS,
              "em_iterations": STEP},
@@ -220,6 +221,8 @@ def _time_budget(record: dict, steps: int) -> None:
         at, current = revision["step"], revision["new_steps"]
     if current != steps:
         raise Refused(f"its time budget ends at {current:,} steps, but it records {steps:,} as its steps")
+    if steps > record.get("most_steps", steps):
+        raise Refused(f"its time budget ends at {steps:,} steps, more than the {record['most_steps']:,} it allows")
 
 
 def _resume(optimizer: dict, params: list, groups_wanted: list[list[int]], kind: str) -> dict:

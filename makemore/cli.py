@@ -383,11 +383,25 @@ def inspect_(checkpoint_file, out, as_json):
                      if info["steps"] else " (counted in one pass)")),
         ("best dev loss", f"{info['best_dev_loss']:.4f}" if info["best_dev_loss"] is not None else "none recorded"),
     ]
+    if info["time_budget"] is not None:
+        rows.insert(-1, ("time budget", _budget_text(info["time_budget"])))
     if info["labels"] is not None:
         rows.insert(4, ("labels", f"{len(info['labels'])} with their training items: "
                                   + ", ".join(f"{label} {n:,}" for label, n in info["labels"].items())))
     for name, value in rows:  # what a checkpoint holds may have any character in it: none reaches the terminal raw
         click.echo(f"{name:<14}{printable(value)}")
+
+
+def _budget_text(record: dict) -> str:
+    """How a time budget set the steps, in one line."""
+    text = f"{record['seconds']:g}s: {record['planned_steps']:,} steps planned at {1000 * record['step_seconds']:.3g} ms each"
+    revisions = record["revisions"]
+    if revisions:
+        text += "; revised as the speed changed: " + ", ".join(
+            f"to {r['new_steps']:,} at step {r['step']:,}" for r in revisions)
+    if (revisions[-1]["new_steps"] if revisions else record["planned_steps"]) == record.get("most_steps"):
+        text += " (the most a budget buys this model on its data)"
+    return text
 
 
 def _size(n: int) -> str:

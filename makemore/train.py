@@ -411,7 +411,7 @@ def train_loop(model, train_set, dev_set, config: TrainConfig, state: LoopState 
                 record = dict(step=state.step, train_loss=round(train_loss, 6), lr=lr)
                 postfix = dict(loss=f"{record['train_loss']:.4f}")
                 if budget is not None:
-                    postfix["left"] = budget.left_text()
+                    postfix["left"] = budget.left_text(state.step)
                 evaluation_start = time.perf_counter()
                 if evaluates:
                     with governor.paused():  # an evaluation is not a step: its time is left out

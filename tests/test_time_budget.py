@@ -35,6 +35,17 @@ def no_curves(monkeypatch):
     monkeypatch.setattr(plots, "available", lambda: False)
 
 
+MLP = get_model_class("mlp")
+CAP = (MLP.BUDGET_EPOCHS, MLP.BUDGET_MIN_STEPS)  # what a budget buys the MLP at most, as shipped
+
+
+@pytest.fixture(autouse=True)
+def uncapped(monkeypatch):
+    """A few hundred names are a small file: the passes a budget buys would end these few seconds' runs early.
+    The tests of filling a budget lift the cap; those of the cap set it back."""
+    monkeypatch.setattr(MLP, "BUDGET_EPOCHS", 10**9)
+
+
 def timed_run(names, tmp_path, seconds, **kwargs):
     t0 = time.perf_counter()
     result = api.train("mlp", names, out=tmp_path / "out", model_options=kwargs.pop("model_options", TINY),
@@ -226,6 +237,32 @@ def test_under_torchrun_every_process_takes_rank_0s_steps(tmp_path, names):
     assert record["seconds"] == 15.0 and final_lr_share(ckpt) < 1e-3
 
 
+def test_a_budget_buys_no_more_passes_than_the_model_gains_from(run, names, monkeypatch):
+    """A budget far longer than a small file needs: the run ends early at the model's most steps, says so, and
+    is the run of that many steps (the default run's passes, here the MLP's floor of steps)."""
+    monkeypatch.setattr(MLP, "BUDGET_EPOCHS", CAP[0])
+    monkeypatch.setattr(MLP, "BUDGET_MIN_STEPS", 300)
+    t0 = time.perf_counter()
+    result = run("train", "--data", names, "--time", "10m", "--n-embd", 8, "--n-hidden", 32, "--threads", 1, "-q",
+                 "--name", "timed")
+    wall = time.perf_counter() - t0
+    timed = checkpoint.load("out/timed.safetensors")
+    # the MLP's examples: every character of a training item and its end
+    n_examples = sum(len(item) + 1 for item in api.load("out/timed.safetensors").splits()["train"])
+    most = timed["time_budget"]["most_steps"]
+    assert most == max(300, math.ceil(CAP[0] * n_examples / 128))
+    assert timed["step"] == timed["train"]["steps"] == most and wall < 60
+    assert final_lr_share(timed) < 1e-3  # the schedule laid over those steps, complete
+    note = [line for line in result.stderr.splitlines() if line.startswith("note:")]
+    assert len(note) == 1 and f"{most:,} steps" in note[0] and "ended early" in note[0]
+    shown = run("inspect", "out/timed.safetensors").stdout
+    assert "the most a budget buys this model on its data" in shown
+    run("train", "--data", names, "--steps", most, "--n-embd", 8, "--n-hidden", 32, "--threads", 1, "-q",
+        "--name", "plain")
+    plain = checkpoint.load("out/plain.safetensors")
+    assert all(torch.equal(timed["state_dict"][k], plain["state_dict"][k]) for k in plain["state_dict"])
+
+
 # ----------------------------------------------------------------------------------------- the arithmetic
 
 def test_the_position_on_the_schedule_is_continuous_and_ends_with_the_run():
@@ -286,6 +323,25 @@ def test_revisions_are_few():
         if proposed != plan.steps():
             plan.revise(step, proposed)
     assert len(plan.record["revisions"]) == budget.MAX_REVISIONS and plan.steps() < steps
+
+
+def test_the_plan_and_its_revisions_stay_within_the_most_steps():
+    clock = Clock()
+    plan = budget.Budget(100.0, 0.0, most_steps=5000, clock=clock)
+    assert plan.plan(0.01, 0.0, 0.0, 1000) == 5000 and plan.capped()
+    assert plan.record["most_steps"] == 5000
+    clock.now += 10.0  # 1,000 steps at the planned speed: the 5,000 end at about 50 s, early, and stay so
+    assert plan.proposal(1000) == 5000
+    assert plan.left(1000) == pytest.approx(4000 * 0.01 + budget.EXIT_SECONDS, abs=0.01)
+    assert plan.left() == pytest.approx(90.0)  # the budget's own time left
+    clock.now += 80.0  # the next 1,000 eight times slower: fewer steps, no longer the most
+    revised = plan.proposal(2000)
+    assert 2000 < revised < 5000
+    plan.revise(2000, revised)
+    assert not plan.capped()
+    # a budget of no cap plans what its time allows
+    free = budget.Budget(100.0, 0.0, clock=Clock())
+    assert free.plan(0.01, 0.0, 0.0, 1000) > 9000 and not free.capped() and "most_steps" not in free.record
 
 
 def simulated_end(seconds_per_step, budget_seconds: float = 100.0, probe: float = 0.01) -> tuple[float, dict]:

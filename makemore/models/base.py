@@ -3,6 +3,7 @@ scoring and mixtures), and the hooks a model may provide, each with its default 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import ClassVar
 
 import torch
@@ -32,6 +33,11 @@ class Model(nn.Module):
     whole_items: ClassVar[bool] = False
     # AdamW's betas (makemore.train.make_optimizer): torch's defaults unless a model's recipe says otherwise
     adam_betas: ClassVar[tuple[float, float]] = (0.9, 0.999)
+    # a time budget (train --time) buys at most BUDGET_EPOCHS passes over the training rows, and at least
+    # BUDGET_MIN_STEPS steps (budget_steps): past its passes a model's kept weights got no better on the lecture's
+    # names, and the rnn's worse (dev 1.9984 after 30 passes, 2.0342 after 470; BENCHMARKS.md, time budgets)
+    BUDGET_EPOCHS: ClassVar[float] = 30
+    BUDGET_MIN_STEPS: ClassVar[int] = 2000
 
     def __init__(self, config, vocab_size: int, n_labels: int = 1):
         super().__init__()
@@ -256,6 +262,11 @@ class SequenceModel(Model):
 def steps_for_epochs(cls, n_examples: int, batch_size: int) -> int:
     """cls.EPOCHS passes over n_examples in batches of batch_size, but from cls.MIN_STEPS to cls.MAX_STEPS steps."""
     return int(min(cls.MAX_STEPS, max(cls.MIN_STEPS, round(cls.EPOCHS * n_examples / batch_size))))
+
+
+def budget_steps(cls, n_examples: int, batch_size: int) -> int:
+    """The most steps a time budget buys cls on n_examples training rows in batches of batch_size."""
+    return int(max(cls.BUDGET_MIN_STEPS, math.ceil(cls.BUDGET_EPOCHS * n_examples / batch_size)))
 
 
 def config_dict(config) -> dict:
