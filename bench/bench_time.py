@@ -1,7 +1,7 @@
 """Training to a time budget: each model trained by gradient descent run as `makemore train --time T`, and how
 close to T the whole command ends, with its schedule complete.
 
-    python bench/bench_time.py                       # budgets 1m, 3m, 10m: every model, about 85 minutes
+    python bench/bench_time.py                       # budgets 1m, 3m, 10m: every model, about 31 minutes
     python bench/bench_time.py --quick               # 25 s budgets (what bench/run.py runs)
     python bench/bench_time.py --budgets 30s,2m --models mlp,transformer --data FILE --cores 2
     python bench/bench_time.py --busy 1              # the same beside a busy process (a Python loop spinning)

@@ -4,7 +4,7 @@ its budget. The schedule of a revised run is stretched or shrunk from the revisi
 A projection takes the run's average speed so far, or a slower speed that two windows in a row agree on: a
 shared machine's speed wanders by 10-15% from one window to the next (a 3-minute GRU run on 2 cores that
 followed each window spent its revisions chasing them and ended 15% over), while a busy process that arrives
-slows every window after it. A budget buys at most most_steps steps (the model's Model.budget_steps): past them
+slows every window after it. A budget buys at most most_steps steps (makemore.models.base.budget_steps): past them
 a long budget would only overfit a small file, so such a run ends early. Imports no torch (the CLI reads the
 process's start time from here)."""
 from __future__ import annotations
