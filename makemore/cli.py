@@ -394,7 +394,8 @@ def inspect_(checkpoint_file, out, as_json):
 
 def _budget_text(record: dict) -> str:
     """How a time budget set the steps, in one line."""
-    text = f"{record['seconds']:g}s: {record['planned_steps']:,} steps planned at {1000 * record['step_seconds']:.3g} ms each"
+    text = (f"{record['seconds']:g}s: {record['planned_steps']:,} steps planned at "
+            f"{1000 * record['step_seconds']:.3g} ms each")
     revisions = record["revisions"]
     if revisions:
         text += "; revised as the speed changed: " + ", ".join(
