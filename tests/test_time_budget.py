@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from makemore import api, budget, checkpoint, options, plots
-from makemore.errors import Interrupted
+from makemore.errors import CheckpointError, Interrupted
 from makemore.models import get_model_class
 from makemore.train import TrainConfig, TrainStep, lr_at, make_optimizer
 
@@ -261,6 +261,23 @@ def test_a_budget_buys_no_more_passes_than_the_model_gains_from(run, names, monk
         "--name", "plain")
     plain = checkpoint.load("out/plain.safetensors")
     assert all(torch.equal(timed["state_dict"][k], plain["state_dict"][k]) for k in plain["state_dict"])
+
+
+@pytest.mark.parametrize("change,words", [
+    (lambda r, n: r.update(most_steps=n - 1), "more than the"),
+    (lambda r, n: r.update(planned_steps=n + 5), "records"),
+    (lambda r, n: r["revisions"].append(dict(step=n, old_steps=n + 9, new_steps=n)), "do not follow one another"),
+])
+def test_a_time_budget_at_odds_with_the_steps_is_refused(names, tmp_path, monkeypatch, change, words):
+    """A checkpoint's time budget must end at its steps, within its most_steps, through revisions that follow
+    one another: otherwise --resume would lay a schedule the run never had."""
+    monkeypatch.setattr(MLP, "BUDGET_EPOCHS", CAP[0])
+    _, _, ckpt = timed_run(names, tmp_path, 2.0)
+    assert ckpt["time_budget"]["most_steps"] >= ckpt["step"]
+    change(ckpt["time_budget"], ckpt["step"])
+    checkpoint.save(ckpt, tmp_path / "odd.safetensors")
+    with pytest.raises(CheckpointError, match=words):
+        api.inspect(tmp_path / "odd.safetensors")
 
 
 # ----------------------------------------------------------------------------------------- the arithmetic
