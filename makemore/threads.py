@@ -22,6 +22,9 @@ from makemore.errors import MakemoreError, OptionError
 WORK_PER_THREAD = 1_000_000
 # a GPU run's CPU only gathers batches and launches kernels: more threads did not help
 ACCELERATOR_THREADS = 2
+# the longest a command's start waits for torch's threads to stop spinning before it reads the machine's load
+# (they spun 7-10 ms after loading a model)
+SETTLE_SECONDS = 0.03
 # more threads per core only wait for each other (and 1,024 stacks took 8 GB of address space)
 MAX_THREADS_PER_CORE = 4
 
@@ -82,6 +85,15 @@ def busy_cores(cores: int, running=_running, own=_own_running, sleep=time.sleep)
     return max(0, min(cores, min(counts)))
 
 
+def settle(own=_own_running, sleep=time.sleep, clock=time.perf_counter, most: float = SETTLE_SECONDS) -> None:
+    """Wait (at most `most` seconds) until this process's only runnable thread is the one asking: torch's threads
+    spin a few milliseconds after each operation, and while they do the machine's count of runnable threads read
+    one more than there were (a classify beside nothing chose 1 thread of 2 in 5 of 12 starts)."""
+    end = clock() + most
+    while own() > 1 and clock() < end:
+        sleep(0.001)
+
+
 def work(model, rows: int) -> int:
     """Multiply-adds of one forward pass of rows examples, roughly: every weight once per position."""
     positions = rows * (model.block_size if model.whole_items else 1)
@@ -126,7 +138,9 @@ def choose(threads: int | None = None, device="cpu", work: int | None = None, *,
         n = min(cores, ACCELERATOR_THREADS)
         return Choice(n, n, "device")
     most = cores if work is None else max(1, min(cores, work // WORK_PER_THREAD))
-    busy = busy_cores(cores) if busy is None else busy
+    if busy is None:
+        settle()
+        busy = busy_cores(cores)
     return Choice(max(1, min(most, cores - busy)), most, "auto")
 
 

@@ -95,6 +95,30 @@ def test_busy_cores_takes_the_fewest_runnable_of_its_readings_less_this_process(
     assert cores(2, lambda: 3, own=lambda: 3) == 0  # this process's own threads still spinning
 
 
+def test_settle_waits_until_torchs_threads_stop_spinning_but_not_for_ever():
+    now, slept = [0.0], []
+
+    def sleep(seconds):
+        slept.append(seconds)
+        now[0] += seconds
+
+    spinning = iter([3, 2, 1, 1])
+    threads.settle(own=lambda: next(spinning), sleep=sleep, clock=lambda: now[0])
+    assert len(slept) == 2  # until only the thread asking runs
+
+    slept.clear()
+    threads.settle(own=lambda: 2, sleep=sleep, clock=lambda: now[0], most=0.01)
+    assert 0.01 <= sum(slept) <= 0.012  # a thread of the caller's that never sleeps costs at most `most`
+
+
+def test_a_commands_start_lets_torchs_threads_settle_before_it_reads_the_load(monkeypatch):
+    calls = []
+    monkeypatch.setattr(threads, "settle", lambda: calls.append("settle"))
+    monkeypatch.setattr(threads, "busy_cores", lambda cores: calls.append("busy") or 0)
+    assert threads.choose(env={}, cores=2, work=10**12).threads == 2
+    assert calls == ["settle", "busy"]
+
+
 def test_this_process_counts_at_least_the_thread_asking():
     assert 1 <= threads._own_running() <= threading.active_count() + torch.get_num_threads() + 8
 
