@@ -29,6 +29,8 @@ READ_BYTES_PER_LINE = 100
 # labels of a labelled file: classifying an item scores it under each, and their ids fit in a byte
 MAX_LABELS = 256
 MAX_LABEL_CHARS = 100
+# entries of a labelled folder listed at most: its LABEL.txt files and whatever else it holds
+MAX_FOLDER_ENTRIES = 65536
 SPLIT_NAMES = ("train", "dev", "test")
 DEFAULT_SPLITS = (0.8, 0.1, 0.1)
 DEFAULT_SPLIT_SEED = 42
@@ -111,7 +113,8 @@ def recordable(path: Path) -> str:
 def recorded_status(path: str, fingerprint: str) -> str:
     """Whether the data file a checkpoint records is still the one it was trained on: "unchanged", "changed",
     "missing" or "unreadable". The path is untrusted: only a regular file of at most MAX_DATA_BYTES is read,
-    and only hashed (a larger one cannot be the data a checkpoint keeps: "changed" unread)."""
+    and only hashed (a larger one cannot be the data a checkpoint keeps: "changed" unread); a folder (a labelled
+    one of LABEL.txt files) is hashed as Data.read hashed it, its files under the same bounds."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except (FileNotFoundError, NotADirectoryError):
@@ -121,21 +124,85 @@ def recorded_status(path: str, fingerprint: str) -> str:
     h = hashlib.sha256()
     try:
         found = os.fstat(fd)
-        if not stat.S_ISREG(found.st_mode):  # a directory, FIFO or device is never read
+        if stat.S_ISDIR(found.st_mode):
+            return _recorded_folder_status(Path(path), fingerprint)
+        if not stat.S_ISREG(found.st_mode):  # a FIFO or device is never read
             return "unreadable"
-        if found.st_size > MAX_DATA_BYTES:
+        if _hash_within(fd, found, h, MAX_DATA_BYTES) is None:
             return "changed"
-        total = 0
-        while chunk := os.read(fd, 1 << 20):
-            total += len(chunk)
-            if total > MAX_DATA_BYTES:  # it grew while being read
-                return "changed"
-            h.update(chunk)
     except OSError:
         return "unreadable"
     finally:
         os.close(fd)
     return "unchanged" if h.hexdigest()[:len(fingerprint)] == fingerprint and fingerprint else "changed"
+
+
+def _hash_within(fd: int, found: os.stat_result, h, budget: int) -> int | None:
+    """Hash a regular file's bytes into h, reading at most budget of them: its size, or None when it holds more
+    (then it cannot be data a checkpoint keeps)."""
+    if found.st_size > budget:
+        return None
+    total = 0
+    while chunk := os.read(fd, 1 << 20):
+        total += len(chunk)
+        if total > budget:  # it grew while being read
+            return None
+        h.update(chunk)
+    return total
+
+
+def _recorded_folder_status(path: Path, fingerprint: str) -> str:
+    """recorded_status of a folder: its .txt files hashed in turn as _read_folder hashes them, at most
+    MAX_LABELS of them and MAX_DATA_BYTES in all; any that is not a regular file could not have been read."""
+    try:
+        files = _label_files(path)
+    except DataError:
+        return "unreadable"
+    if not files or len(files) > MAX_LABELS:
+        return "changed"
+    h, budget = hashlib.sha256(), MAX_DATA_BYTES
+    for file in files:
+        try:
+            fd = os.open(file, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        except (OSError, ValueError):
+            return "changed"
+        try:
+            found = os.fstat(fd)
+            if not stat.S_ISREG(found.st_mode):
+                return "changed"
+            h.update(_folder_entry(file))
+            size = _hash_within(fd, found, h, budget)
+            if size is None:
+                return "changed"
+            budget -= size
+            h.update(b"\0")
+        except OSError:
+            return "unreadable"
+        finally:
+            os.close(fd)
+    return "unchanged" if h.hexdigest()[:len(fingerprint)] == fingerprint and fingerprint else "changed"
+
+
+def _label_files(path: Path) -> list[Path]:
+    """The .txt files of a labelled folder, sorted: one per label; a folder of more than MAX_FOLDER_ENTRIES
+    entries is refused before all are listed (a checkpoint may name any folder)."""
+    files = []
+    try:
+        with os.scandir(path) as entries:
+            for i, entry in enumerate(entries):
+                if i == MAX_FOLDER_ENTRIES:
+                    raise DataError(f"{path}: holds more than {MAX_FOLDER_ENTRIES:,} entries; with --labels a folder "
+                                    "holds one LABEL.txt file per label")
+                if entry.name.endswith(".txt") and entry.name != ".txt":
+                    files.append(path / entry.name)
+    except OSError as e:
+        raise DataError(f"{path}: cannot list the folder ({e.strerror})") from None
+    return sorted(files)
+
+
+def _folder_entry(file: Path) -> bytes:
+    """What a folder's fingerprint hashes before each file's bytes (a NUL after them): its name and a NUL."""
+    return file.name.encode("utf-8", "surrogateescape") + b"\0"
 
 
 def fingerprint_bytes(raw: bytes) -> str:
@@ -448,10 +515,7 @@ class Data:
     @classmethod
     def _read_folder(cls, path: Path) -> "Data":
         """Every *.txt file of the folder: the items of the label its name (without .txt) says."""
-        try:
-            files = sorted(p for p in path.iterdir() if p.suffix == ".txt")
-        except OSError as e:
-            raise DataError(f"{path}: cannot list the folder ({e.strerror})") from None
+        files = _label_files(path)
         if not files:
             raise DataError(f"{path}: holds no .txt file; with --labels a folder holds one LABEL.txt file per label")
         if len(files) > MAX_LABELS:
@@ -462,7 +526,7 @@ class Data:
             total += len(raw)
             if total > MAX_DATA_BYTES:
                 _too_large(path, total)
-            h.update(file.name.encode("utf-8", "surrogateescape") + b"\0" + raw + b"\0")
+            h.update(_folder_entry(file) + raw + b"\0")
             found = parse_items(raw, str(file))
             labels.extend([unicodedata.normalize("NFC", file.stem)] * len(found))
             items.extend(found)

@@ -4,7 +4,9 @@ import csv
 import io
 import json
 import math
+import os
 import random
+import shutil
 import unicodedata
 from collections import Counter
 
@@ -15,6 +17,7 @@ from hypothesis import strategies as st
 
 from conftest import invoke, ok
 from makemore import api
+from makemore import data as data_module
 from makemore.data import MAX_LABELS, parse_csv, parse_labelled, split_items, split_labelled, split_sizes
 from makemore.errors import DataError
 
@@ -95,6 +98,53 @@ def test_each_format_trains_a_model_that_records_its_labels(tmp_path, layout):
     train_share = split_sizes(PER_LABEL, (0.8, 0.1, 0.1))[0]
     assert info["labels"] == {label: train_share for label in sorted(LETTERS)}
     assert info["split"]["sizes"] == {"train": 3 * train_share, "dev": 3 * 6, "test": 3 * 6}
+
+
+def test_inspect_tells_whether_a_labelled_folder_is_unchanged_changed_or_missing(tmp_path):
+    folder, _ = _as_folder(tmp_path, labelled_pairs())
+    ok("train", "--data", folder, "--labels", "--steps", 0, "--out", tmp_path / "out", *SMALL)
+    checkpoint = tmp_path / "out" / "mlp.safetensors"
+
+    def status():
+        return json.loads(ok("inspect", checkpoint, "--json").output)["data"]["status"]
+
+    assert status() == "unchanged"
+    a = folder / "a.txt"
+    kept = a.read_bytes()
+    a.write_bytes(kept + b"abcde\n")
+    assert status() == "changed"
+    a.write_bytes(kept)
+    (folder / "notes.md").write_text("not data", encoding="utf-8")  # not a LABEL.txt file: not data either
+    assert status() == "unchanged"
+    (folder / "b.txt").write_text("ab\nba\n", encoding="utf-8")  # a label more
+    assert status() == "changed"
+    (folder / "b.txt").unlink()
+    (folder / "m.txt").rename(folder / "n.txt")  # a label renamed
+    assert status() == "changed"
+    (folder / "n.txt").unlink()
+    os.mkfifo(folder / "m.txt")  # never opened for reading as data: a FIFO would block
+    assert status() == "changed"
+    shutil.rmtree(folder)
+    assert status() == "missing"
+
+
+def test_resuming_without_data_is_refused_when_the_labelled_folder_changed(tmp_path):
+    folder, _ = _as_folder(tmp_path, labelled_pairs())
+    ok("train", "--data", folder, "--labels", "--steps", 20, "--out", tmp_path / "out", *SMALL)
+    with open(folder / "z.txt", "a", encoding="utf-8") as f:
+        f.write("vwxyz\n")
+    result = invoke("train", "--resume", "--checkpoint", tmp_path / "out" / "mlp.safetensors", "--steps", 40,
+                    "--out", tmp_path / "more", "-q")
+    assert "has changed since" in one_line_error(result)
+
+
+def test_a_folder_of_too_many_entries_is_refused_before_it_is_listed_whole(tmp_path, monkeypatch):
+    folder, _ = _as_folder(tmp_path, labelled_pairs())
+    for n in range(5):
+        (folder / f"extra{n}.md").write_text("", encoding="utf-8")
+    monkeypatch.setattr(data_module, "MAX_FOLDER_ENTRIES", 6)
+    result = invoke("train", "--data", folder, "--labels", "--steps", 0, "--out", tmp_path / "out", *SMALL)
+    assert "holds more than 6 entries" in one_line_error(result)
 
 
 def _many_labels(tmp_path):
