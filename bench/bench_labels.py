@@ -22,13 +22,12 @@ import json
 import math
 import os
 import random
-import re
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
+from statistics import median
 from pathlib import Path
 
 from common import REPO, fmt_time, log, table
@@ -48,7 +47,6 @@ TRAIN_TIME_RATIO = 1.10
 CLASSIFY_SECONDS_BEYOND_TORCH = 0.5
 # what the labelled CLI must offer: (the help of which command, the text it must hold)
 NEEDED = (("train", "--labels"), ("eval", "--classify"), ("sample", "--label"), ("classify", "--top"))
-TRAIN_TIMING = re.compile(r"\(([\d,]+) steps, ([\d.]+)s\)")
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
 
 
@@ -105,14 +103,12 @@ def unlabelled_twin(split: dict, path: Path) -> str:
 
 
 def train(model: str, out: Path, data: Path, *extra: str) -> dict:
-    """Train and evaluate on dev: dev loss, its character count, the command's wall seconds (as `time` gives
-    them: what a user waits) and the seconds the training loop reports."""
-    stdout, wall = makemore("train", "--model", model, "--data", str(data), "--out", str(out), "--quiet", *extra)
-    timing = TRAIN_TIMING.search(stdout)
+    """Train and evaluate on dev: dev loss, its character count and the command's wall seconds (as `time` gives
+    them: what a user waits)."""
+    _, wall = makemore("train", "--model", model, "--data", str(data), "--out", str(out), "--quiet", *extra)
     checkpoint = next(out.glob("*.safetensors"))
     dev = json.loads(makemore("eval", "--checkpoint", str(checkpoint), "--split", "dev", "--json")[0])
-    return {"checkpoint": checkpoint, "dev_loss": dev["loss"], "dev_chars": dev["n_chars"], "wall": wall,
-            "loop": float(timing.group(2)) if timing else wall}
+    return {"checkpoint": checkpoint, "dev_loss": dev["loss"], "dev_chars": dev["n_chars"], "wall": wall}
 
 
 def train_pair(model: str, work: Path, path: Path, twin: Path, splits: str, repeat: int) -> tuple[dict, dict, list]:
@@ -169,10 +165,6 @@ def classify_time(checkpoint: Path, items: list[str], repeat: int = 5) -> tuple[
             subprocess.run(command, check=True, capture_output=True, env=ENV, cwd=REPO)
             best[i] = min(best[i], time.perf_counter() - t)
     return best[0], best[1]
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values)
 
 
 def mark(ok: bool) -> str:

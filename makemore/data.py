@@ -34,6 +34,8 @@ MAX_FOLDER_ENTRIES = 65536
 SPLIT_NAMES = ("train", "dev", "test")
 DEFAULT_SPLITS = (0.8, 0.1, 0.1)
 DEFAULT_SPLIT_SEED = 42
+# how a path a checkpoint names is opened to be hashed: without blocking (a FIFO), closed in any child
+_UNTRUSTED_OPEN = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 def default_data_path() -> Path:
@@ -116,7 +118,7 @@ def recorded_status(path: str, fingerprint: str) -> str:
     and only hashed (a larger one cannot be the data a checkpoint keeps: "changed" unread); a folder (a labelled
     one of LABEL.txt files) is hashed as Data.read hashed it, its files under the same bounds."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, _UNTRUSTED_OPEN)
     except (FileNotFoundError, NotADirectoryError):
         return "missing"
     except (OSError, ValueError):
@@ -163,7 +165,7 @@ def _recorded_folder_status(path: Path, fingerprint: str) -> str:
     h, budget = hashlib.sha256(), MAX_DATA_BYTES
     for file in files:
         try:
-            fd = os.open(file, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+            fd = os.open(file, _UNTRUSTED_OPEN)
         except (OSError, ValueError):
             return "changed"
         try:
