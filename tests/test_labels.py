@@ -403,6 +403,32 @@ def test_plot_confusion_writes_a_png(trained, tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_labelled_mlp_starts_as_its_unlabelled_twin_under_every_label():
+    from makemore.models.mlp import MLP, MLPConfig
+
+    config = MLPConfig(block_size=4, n_embd=4, n_hidden=8)
+    torch.manual_seed(0)
+    plain = MLP(config, 7)
+    torch.manual_seed(0)
+    labelled = MLP(config, 7, n_labels=3)
+    x = torch.randint(7, (10, 4))
+    for label in range(3):
+        assert torch.equal(labelled(x, torch.full((10,), label)), plain(x))
+
+
+def test_each_label_reads_and_trains_its_own_rows_of_the_mlp():
+    from makemore.models.mlp import MLP, MLPConfig
+
+    torch.manual_seed(0)
+    net = MLP(MLPConfig(block_size=4, n_embd=4, n_hidden=8), 7, n_labels=3)
+    x = torch.randint(7, (10, 4))
+    net(x, torch.full((10,), 1)).square().sum().backward()
+    per_label = {"C": net.C.grad.view(3, 7, 4), "b1": net.b1.grad, "b2": net.b2.grad, "gain": net.label_gain.grad}
+    for name, grad in per_label.items():
+        assert grad[1].abs().sum() > 0 and not grad[0].any() and not grad[2].any(), name
+    assert net.W1.grad.abs().sum() > 0 and net.W2.grad.abs().sum() > 0  # the shared weights learn from every label
+
+
 def test_bigram_table_of_a_labelled_network_is_its_labels_weighted_by_their_counts():
     from makemore.instruments import bigram_table
     from makemore.models.mlp import MLP, MLPConfig
@@ -410,7 +436,7 @@ def test_bigram_table_of_a_labelled_network_is_its_labels_weighted_by_their_coun
     torch.manual_seed(0)
     net = MLP(MLPConfig(block_size=1, n_embd=4, n_hidden=8), 5, n_labels=3).eval()
     with torch.no_grad():
-        net.label_logits.normal_()
+        net.b2.normal_()
     weights = torch.tensor([1.0, 2.0, 5.0])
     table, counts = bigram_table(net, weights)
     contexts = torch.arange(5)[:, None]

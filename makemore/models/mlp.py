@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from makemore.models import register
-from makemore.models.base import Model, label_table, steps_for_epochs
+from makemore.models.base import Model, steps_for_epochs
 from makemore.options import option
 
 
@@ -74,29 +74,33 @@ class MLP(Model):
                 self.b2.zero_()
         if config.direct:
             self.Wd = nn.Parameter(torch.zeros(T * E, V))  # starts as no path at all; learns what tanh misses
-        # what a label changes, at every window (so it reaches every position, also after the item's start has left
-        # the context): each character's embedding, the hidden units' gains and biases,
-        # and the logits' biases; the embeddings and gains told 3-4 points more dev items' labels right than biases
-        # alone (BENCHMARKS.md, labels)
-        self.label_chars = label_table(n_labels, V, E)
-        self.label_gain, self.label_hidden = label_table(n_labels, H), label_table(n_labels, H)
-        self.label_logits = label_table(n_labels, V)
+        # a label's own character embeddings, hidden biases and logit biases, each label's a copy of the unlabelled
+        # model's draw (so an unlabelled file is the case of one label), and its hidden units' gains; each window
+        # reads them, so the label reaches every position, also after the item's start has left the context. In
+        # place of shared tables plus per-label offsets, these took 1.09x an unlabelled step instead of 1.23x, at
+        # the same accuracy (BENCHMARKS.md, labels)
+        if n_labels > 1:
+            with torch.no_grad():
+                self.C = nn.Parameter(self.C.repeat(n_labels, 1))  # (n_labels * V, E): label l's rows from l * V
+                self.b1 = nn.Parameter(self.b1.repeat(n_labels, 1))  # (n_labels, H)
+                self.b2 = nn.Parameter(self.b2.repeat(n_labels, 1))  # (n_labels, V)
+        # the hidden units' gains, 1 at first: a product, not pre + pre * gain, whose backward adds two gradients
+        self.label_gain = nn.Parameter(torch.ones(n_labels, H)) if n_labels > 1 else None
 
     def embeddings(self) -> torch.Tensor:
-        return self.C
+        """The character embeddings; a labelled model's averaged over its labels."""
+        return self.C if self.n_labels == 1 else self.C.view(self.n_labels, self.vocab_size, -1).mean(0)
 
     def forward(self, idx: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
-        labelled = self.uses_labels(label)
-        emb = F.embedding(idx, self.C)  # (B, T, E)
-        if labelled:
-            emb = emb + F.embedding(idx + label[:, None] * self.vocab_size, self.label_chars.flatten(0, 1))
-        x = emb.view(idx.shape[0], -1)  # (B, T*E): the embeddings side by side
-        pre = torch.addmm(self.b1, x, self.W1)  # (B, H); addmm: x @ W1 + b1 in one op
-        if labelled:
-            pre = torch.addcmul(F.embedding(label, self.label_hidden), pre, 1 + F.embedding(label, self.label_gain))
-        logits = torch.addmm(self.b2, torch.tanh(pre), self.W2)  # (B, V)
+        b1, b2 = self.b1, self.b2
+        if self.uses_labels(label):
+            idx = idx + label[:, None] * self.vocab_size  # the label's own embeddings
+            b1, b2 = F.embedding(label, b1), F.embedding(label, b2)
+        x = F.embedding(idx, self.C).view(idx.shape[0], -1)  # (B, T*E): the embeddings side by side
+        pre = torch.addmm(b1, x, self.W1)  # (B, H); addmm: x @ W1 + b1 in one op
+        if self.label_gain is not None:
+            pre = pre * F.embedding(label, self.label_gain)
+        logits = torch.addmm(b2, torch.tanh(pre), self.W2)  # (B, V)
         if self.config.direct:
             logits = torch.addmm(logits, x, self.Wd)
-        if labelled:
-            logits = logits + F.embedding(label, self.label_logits)
         return logits
