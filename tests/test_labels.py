@@ -7,8 +7,11 @@ import math
 import os
 import random
 import shutil
+import subprocess
+import sys
 import unicodedata
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -394,6 +397,27 @@ def test_score_uses_the_label_given_or_the_likeliest(trained):
 def test_inspect_shows_the_labels_and_their_training_counts(trained):
     text = ok("inspect", trained).output
     assert "labels        3 with their training items: a 48, m 48, z 48" in text
+
+
+def test_loading_a_labelled_mlp_imports_neither_sympy_nor_the_compiler(trained):
+    """Building the labelled MLP on the meta device (the checkpoint's checks) copies each label's tables with ops
+    that have meta kernels: repeat or cat there imported sympy, 0.3 s of every command."""
+    script = ("import sys; from makemore import api; api.load(sys.argv[1])\n"
+              "print(sorted({'sympy', 'torch._dynamo'} & set(sys.modules)))")
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, "-c", script, trained], capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
+
+
+def test_plot_embeddings_of_a_labelled_mlp_draws_its_labels_average(trained, tmp_path):
+    pytest.importorskip("matplotlib")
+    net = api.load(trained).model
+    assert torch.equal(net.embeddings(), net.C.view(3, net.vocab_size, -1).mean(0))
+    path = tmp_path / "embeddings.png"
+    assert ok("plot", "embeddings", "--checkpoint", trained, "-o", path).output.strip() == str(path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_plot_confusion_writes_a_png(trained, tmp_path):

@@ -80,10 +80,12 @@ class MLP(Model):
         # place of shared tables plus per-label offsets, these took 1.09x an unlabelled step instead of 1.23x, at
         # the same accuracy (BENCHMARKS.md, labels)
         if n_labels > 1:
+            # copies by expand and contiguous: repeat or cat on the meta device (Model.on_meta) imports sympy, 0.3 s
             with torch.no_grad():
-                self.C = nn.Parameter(self.C.repeat(n_labels, 1))  # (n_labels * V, E): label l's rows from l * V
-                self.b1 = nn.Parameter(self.b1.repeat(n_labels, 1))  # (n_labels, H)
-                self.b2 = nn.Parameter(self.b2.repeat(n_labels, 1))  # (n_labels, V)
+                # (n_labels * V, E): label l's embeddings from row l * V
+                self.C = nn.Parameter(self.C.expand(n_labels, V, E).contiguous().view(n_labels * V, E))
+                self.b1 = nn.Parameter(self.b1.expand(n_labels, H).contiguous())  # (n_labels, H)
+                self.b2 = nn.Parameter(self.b2.expand(n_labels, V).contiguous())  # (n_labels, V)
         # the hidden units' gains, 1 at first: a product, not pre + pre * gain, whose backward adds two gradients
         self.label_gain = nn.Parameter(torch.ones(n_labels, H)) if n_labels > 1 else None
 
