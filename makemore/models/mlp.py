@@ -77,7 +77,7 @@ class MLP(Model):
         # a label's own character embeddings, hidden biases and logit biases, each label's a copy of the unlabelled
         # model's draw (so an unlabelled file is the case of one label), and its hidden units' gains; each window
         # reads them, so the label reaches every position, also after the item's start has left the context. In
-        # place of shared tables plus per-label offsets, these took 1.09x an unlabelled step instead of 1.23x, at
+        # place of shared tables plus per-label offsets, a step took 1.10-1.19x an unlabelled one, not 1.23-1.26x, at
         # the same accuracy (BENCHMARKS.md, labels)
         if n_labels > 1:
             # copies by expand and contiguous: repeat or cat on the meta device (Model.on_meta) imports sympy, 0.3 s
