@@ -1,5 +1,5 @@
-"""The counting models (ngram, bigram) with labels (issue 31): per-label counts under a prior centred on the pooled
-counts, and their checkpoints."""
+"""The counting models (ngram, bigram) with labels (issue 31): per-label counts that back off to the pooled counts,
+and their checkpoints."""
 import pytest
 import torch
 
@@ -85,23 +85,27 @@ def test_the_dense_rows_predict_what_the_sparse_tables_do(two_kinds, monkeypatch
 
 
 def test_a_rare_label_keeps_the_pooled_structure():
-    """A label of four items predicts nearly what the pooled model does; its own counts alone would not."""
+    """A label of four items: after a context it never saw, each character it never used keeps the pooled model's
+    probability times one factor (the pooled structure, whole), and its own characters gain on the whole."""
     common, rare = NAMES[::40], ["zyx", "qqv", "xzq", "vyz"]
     items, labels = common + rare, [0] * len(common) + [1] * len(rare)
     vocab = Vocab.from_items(items)
     cfg = config("ngram")
     labelled = fitted(NGram, cfg, items, vocab, labels, 2)
     pooled = fitted(NGram, cfg, items, vocab)
-    only_rare = fitted(NGram, cfg, rare, vocab)
     x, _, _ = build_dataset(common[:200], vocab, cfg.block_size).tensors()
+    own = torch.tensor([vocab.stoi[c] for c in "zyxqv"] + [0])  # its characters and the end
+    unseen_context = ~torch.isin(x, own).any(1)  # no padding, none of its characters
+    x = x[unseen_context]
+    assert len(x) > 100
     as_rare = labelled(x, torch.ones(len(x), dtype=torch.long)).exp()
-
-    def distance(p):  # the mean total variation distance to the rare label's predictions
-        return float((as_rare - p).abs().sum(1).mean() / 2)
-
-    assert distance(pooled(x).exp()) < 0.1
-    assert distance(only_rare(x).exp()) > 0.3
-    assert distance(pooled(x).exp()) > 0  # its own counts still count
+    others = torch.ones(len(vocab), dtype=torch.bool)
+    others[own] = False
+    ratio = as_rare[:, others] / pooled(x).exp()[:, others]
+    assert 0.3 < float(ratio.min()) and float(ratio.max()) < 1
+    assert torch.allclose(ratio, ratio[0, 0].expand_as(ratio), rtol=1e-9, atol=0)
+    mass = as_rare[:, own[:-1]].sum(1).mean(), pooled(x).exp()[:, own[:-1]].sum(1).mean()
+    assert mass[0] > 2 * mass[1], mass  # its own counts count
 
 
 def test_an_unlabelled_model_has_no_label_tables(small_names):

@@ -12,12 +12,16 @@ continuations (how many different characters precede h w), except a context of b
 which nothing else can precede: it keeps its real counts, as KenLM's <s>.
 
 A model of several labels also counts each label's n-grams of every order (the same tables, per label) and
-puts a Dirichlet prior centred on the pooled model on each of them, order by order from the shortest:
+interpolates them as above, order by order from the shortest, with a prior of beta counts on each context:
 
-    p_L(w | h) = (c_L(h w) + beta q_L(w | h)) / (c_L(h .) + beta)      q_L(w | h) = the pooled p(w | h) with p_L(. | h')
-                                                                                   as its shorter order
+    p_L(w | h) = (c_L(h w) - D(c_L(h w))) / (c_L(h .) + beta)  +  gamma_L(h) p_L(w | h')
+    gamma_L(h) = (sum_w D(c_L(h w)) + beta) / (c_L(h .) + beta)
 
-so a context a label has rarely seen keeps the pooled model's (and the label's shorter contexts') structure.
+Where the plain model ends in the uniform distribution, each label's chain ends in the pooled model's
+p(w | h) of the whole context: p_L(w | h) = A_L(w | h) + G_L(h) p(w | h), A_L being the chain started from
+zero and G_L(h) the product of gamma_L over the suffixes of h the label saw. So a label's own shorter contexts
+tell it apart from the others (what a language is made of), and a context the label has rarely seen keeps the
+pooled model's whole structure.
 """
 from __future__ import annotations
 
@@ -38,10 +42,11 @@ INT64_MAX = 2**63 - 1
 # Numbers (float64) of whole distributions kept per seen context for fast lookups: 64 MB. Orders beyond it
 # are interpolated at every forward pass from their sparse tables instead.
 DENSE_ROWS = 2**23
-# beta above: the weight, in counts, of the pooled model in each label's distributions. Tuned on the dev split of
-# names by sex (labels alike: best near 32-48, and below 12 a block size of 5 loses to the unlabelled model) and
-# words of 8 languages (labels apart: best near 4-12, yet far below unlabelled at 32): the safe side of both
-LABEL_PRIOR = 32.0
+# beta above: counts each context of a label leaves to its shorter ones beyond the discounts, so that a label of
+# a few items leans on the pooled model. Tuned on the dev splits of words-8langs and names-1990s and on a label of 4
+# and of 24 Finnish words beside 2,400 of each other language (BENCHMARKS.md, labels): 0 trusts a small label's
+# few counts too much, 4 costs the words 0.09 of dev loss
+LABEL_PRIOR = 1.0
 
 
 def parse_smoothing(value) -> float | str:
@@ -280,9 +285,6 @@ class NGram(Model):
         self.register_buffer("rows", unigram[None], persistent=False)
         self.first_row = [0, 0]  # first_row[n]: where order n's rows start in self.rows
         self.dense_orders = 1
-        if self.n_labels > 1:
-            self._derive_labels()
-            return  # each label changes every order's shorter one: no pooled row serves a labelled prediction
         for n in range(2, K + 2):
             ctx = getattr(self, f"ctx_{n}")
             if len(self.rows) + len(ctx) > DENSE_ROWS // V:
@@ -294,15 +296,20 @@ class NGram(Model):
             self.first_row.append(len(self.rows))
             self.rows = torch.cat([self.rows, rows])
             self.dense_orders = n
+        if self.n_labels > 1:
+            self._derive_labels()
 
     def _derive_labels(self) -> None:
-        """Per order, each label's contexts (by label, then context), where their n-grams start and the prior's
-        weight, p_L(w | h) = alpha(h, w) + gamma(h) q_L(w | h) as in the pooled tables; then each label's whole
-        distribution after every seen context, order by order while they fit in DENSE_ROWS numbers."""
-        V, beta = self.vocab_size, LABEL_PRIOR
+        """Per order, each label's contexts (by label, then context), where their n-grams start, and their discounted
+        counts alpha and leftover gamma; then each label's A and G (module docstring) after every context it saw, order
+        by order while they fit in the DENSE_ROWS numbers the pooled rows left."""
+        V = self.vocab_size
         f64 = dict(dtype=torch.float64, device=self.discounts.device)
+        discounts = torch.zeros(self.block_size + 1, 3, **f64)
         for n in range(1, self.block_size + 2):
             keys, c = getattr(self, f"label_ngrams_{n}").long(), getattr(self, f"label_counts_{n}").to(**f64)
+            # the labels' own discounts: add-k models keep no pooled discounts of the shorter orders
+            discounts[n - 1] = torch.tensor(self.config.discount or estimate_discounts(c), **f64)
             ends = getattr(self, f"label_ends_{n}")
             label = torch.repeat_interleave(torch.arange(self.n_labels, device=keys.device),
                                             torch.diff(ends, prepend=ends[:1] * 0), output_size=len(keys))
@@ -312,6 +319,7 @@ class NGram(Model):
             group = torch.cumsum(new, 0) - 1
             n_ctx = int(new.sum())
             total = torch.zeros(n_ctx, **f64).index_add_(0, group, c)
+            D = self._discount_of(n, c, discounts)
             # a (label, context) pair as one increasing key, label * U + the context's rank among the U contexts
             # any label saw: label * V^(n-1) + context could overflow 64 bits
             contexts = torch.unique(ctx[new], sorted=True)
@@ -321,60 +329,55 @@ class NGram(Model):
             self.register_buffer(f"label_start_{n}", F.pad(torch.cumsum(torch.bincount(group, minlength=n_ctx), 0),
                                                            (1, 0)), persistent=False)
             self.register_buffer(f"label_next_{n}", keys % V, persistent=False)
-            self.register_buffer(f"label_alpha_{n}", c / (total + beta)[group], persistent=False)
-            self.register_buffer(f"label_gamma_{n}", beta / (total + beta), persistent=False)
-        # Whole distributions, as the pooled rows, of every label after every context of order n that the pooled
-        # model or a label saw (U_n below), order by order while they fit: row first_row[n] + label * |U_n| + rank
-        # of the context in U_n. Row 0, the pooled unigram, is for when no order is dense.
-        self.register_buffer("label_rows", self.rows[:1], persistent=False)
-        self.label_first_row = [0]  # label_first_row[n]: where order n's rows start (0: the unigram row)
+            self.register_buffer(f"label_alpha_{n}", (c - D) / (total + LABEL_PRIOR)[group], persistent=False)
+            leftover = torch.zeros(n_ctx, **f64).index_add_(0, group, D) + LABEL_PRIOR
+            self.register_buffer(f"label_gamma_{n}", leftover / (total + LABEL_PRIOR), persistent=False)
+        # A and G after every (label, context) pair of order n a label saw, order by order while they fit: row
+        # label_first_row[n] + the pair's place in label_ctx_n. Row 0 (A = 0, G = 1) is a label that saw nothing.
+        self.register_buffer("label_rows", torch.zeros(1, V, **f64), persistent=False)
+        self.register_buffer("label_leftover", torch.ones(1, **f64), persistent=False)
+        self.label_first_row = [0]
         self.label_dense_orders = 0
         for n in range(1, self.block_size + 2):
-            contexts = getattr(self, f"label_contexts_{n}")
-            pooled = getattr(self, f"ctx_{n}") if n >= 2 else torch.zeros(1, dtype=torch.long, device=contexts.device)
-            seen = torch.unique(torch.cat([pooled, contexts]), sorted=True)
-            if len(self.label_rows) + self.n_labels * len(seen) > DENSE_ROWS // V:
+            pairs = getattr(self, f"label_ctx_{n}")
+            if len(self.rows) + len(self.label_rows) + len(pairs) > DENSE_ROWS // V:
                 break
-            label = torch.arange(self.n_labels, device=seen.device).repeat_interleave(len(seen))
-            ctx = seen.repeat(self.n_labels)
-            suffixes = [ctx % V**k for k in range(n)]
-            rows = self._longest_label_seen(suffixes, label)
-            self._next_order(rows, n, ctx, label)
-            self.register_buffer(f"label_seen_{n}", seen, persistent=False)
+            contexts = getattr(self, f"label_contexts_{n}")
+            label, ctx = pairs // len(contexts), contexts[pairs % len(contexts)]
+            A, G = self._longest_label_seen([ctx % V**k for k in range(n)], label)
+            seen = torch.arange(len(pairs), device=pairs.device)
+            self._label_order(A, G, n, seen, torch.ones_like(seen, dtype=torch.bool))
             self.label_first_row.append(len(self.label_rows))
-            self.label_rows = torch.cat([self.label_rows, rows])
+            self.label_rows = torch.cat([self.label_rows, A])
+            self.label_leftover = torch.cat([self.label_leftover, G])
             self.label_dense_orders = n
 
     def _find_label(self, n: int, key: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Where each (label, context key) pair sits in order n's label table, and whether it is there at all."""
         contexts, pairs = getattr(self, f"label_contexts_{n}"), getattr(self, f"label_ctx_{n}")
+        if len(pairs) == 0:  # (empty before fit)
+            return torch.zeros_like(key), torch.zeros_like(key, dtype=torch.bool)
         rank = torch.searchsorted(contexts, key).clamp(max=len(contexts) - 1)
         pair = label * len(contexts) + rank
         pos = torch.searchsorted(pairs, pair).clamp(max=len(pairs) - 1)
         return pos, (contexts[rank] == key) & (pairs[pos] == pair)
 
-    def _longest_label_seen(self, suffixes: list, label: torch.Tensor) -> torch.Tensor:
-        """Each row's label's dense distribution after the row's longest suffix seen in training; suffixes[k] holds
-        the keys of the last k characters (k = 0, 1, ...); only orders up to label_dense_orders are searched."""
+    def _longest_label_seen(self, suffixes: list, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Copies of A and G after each row's longest suffix its label saw in training; suffixes[k] holds the keys
+        of the last k characters (k = 0, 1, ...); only orders up to label_dense_orders are searched."""
         index = torch.zeros_like(label)
         for n in range(1, min(len(suffixes), self.label_dense_orders) + 1):
-            seen = getattr(self, f"label_seen_{n}")
-            rank = torch.searchsorted(seen, suffixes[n - 1]).clamp(max=len(seen) - 1)
-            found = seen[rank] == suffixes[n - 1]
-            index = torch.where(found, self.label_first_row[n] + label * len(seen) + rank, index)
-        return self.label_rows[index]
+            pos, found = self._find_label(n, suffixes[n - 1], label)
+            index = torch.where(found, self.label_first_row[n] + pos, index)
+        return self.label_rows[index], self.label_leftover[index]
 
-    def _next_order(self, P: torch.Tensor, n: int, key: torch.Tensor, label: torch.Tensor) -> None:
-        """P, each row's label's distribution after the context of order n-1, becomes the one after the context
-        key of order n: the pooled order n over it (its prior), then the label's counts of order n."""
-        if n >= 2 and len(getattr(self, f"ctx_{n}")):  # add-k keeps the pooled longest order only
-            pos, found = self._find(n, key)
-            P *= torch.where(found, getattr(self, f"gamma_{n}")[pos], 1.0)[:, None]
-            self._add_alphas(P, n, pos, found)
-        if len(getattr(self, f"label_ctx_{n}")):  # (empty before fit)
-            pos, found = self._find_label(n, key, label)
-            P *= torch.where(found, getattr(self, f"label_gamma_{n}")[pos], 1.0)[:, None]
-            self._add_alphas(P, n, pos, found, "label_")
+    def _label_order(self, A: torch.Tensor, G: torch.Tensor, n: int, pos: torch.Tensor, found: torch.Tensor) -> None:
+        """A and G after the context of order n-1 become those after the one of order n (at pos in the label table
+        where found; an unseen one leaves them as they are)."""
+        gamma = torch.where(found, getattr(self, f"label_gamma_{n}")[pos], 1.0)
+        A *= gamma[:, None]
+        G *= gamma
+        self._add_alphas(A, n, pos, found, "label_")
 
     def _longest_seen(self, suffixes: list) -> torch.Tensor:
         """The dense row of each context's longest suffix seen in training. suffixes[k] holds the keys of
@@ -406,8 +409,8 @@ class NGram(Model):
         flat = torch.repeat_interleave(start, width, output_size=total) + torch.arange(total, device=P.device) - first
         P[rows, getattr(self, f"{table}next_{n}")[flat]] += getattr(self, f"{table}alpha_{n}")[flat]
 
-    def _discount_of(self, n: int, c: torch.Tensor) -> torch.Tensor:
-        D1, D2, D3 = self.discounts[n - 1]
+    def _discount_of(self, n: int, c: torch.Tensor, discounts: torch.Tensor | None = None) -> torch.Tensor:
+        D1, D2, D3 = (self.discounts if discounts is None else discounts)[n - 1]
         return torch.where(c >= 3, D3, torch.where(c == 2, D2, D1))
 
     @staticmethod
@@ -461,22 +464,24 @@ class NGram(Model):
 
     def forward(self, idx: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
         """Log-probabilities (B, V) in float64: the row of the longest seen context, then the orders kept
-        sparse (beyond DENSE_ROWS) interpolated on top of it."""
+        sparse (beyond DENSE_ROWS) interpolated on top of it; with labels, each label's A and G on top of that."""
+        if self.n_labels > 1 and label is None:
+            raise ValueError("a labelled model needs each example's label")
         V = self.vocab_size
         suffixes = [torch.zeros(idx.shape[0], dtype=torch.int64, device=idx.device)]
         for k in range(1, self.block_size + 1):  # one more (older) character of context each time
             suffixes.append(suffixes[-1] + idx[:, -k].long() * V ** (k - 1))
+        P = self._longest_seen(suffixes)
+        for n in range(self.dense_orders + 1, self.block_size + 2):
+            if not len(getattr(self, f"ctx_{n}")):  # add-k keeps the longest order only
+                continue
+            pos, found = self._find(n, suffixes[n - 1])
+            # an unseen context passes the shorter context's distribution on unchanged (gamma = 1)
+            P *= torch.where(found, getattr(self, f"gamma_{n}")[pos], 1.0)[:, None]
+            self._add_alphas(P, n, pos, found)
         if self.n_labels == 1:
-            P = self._longest_seen(suffixes)
-            for n in range(self.dense_orders + 1, self.block_size + 2):
-                pos, found = self._find(n, suffixes[n - 1])
-                # an unseen context passes the shorter context's distribution on unchanged (gamma = 1)
-                P *= torch.where(found, getattr(self, f"gamma_{n}")[pos], 1.0)[:, None]
-                self._add_alphas(P, n, pos, found)
             return P.log()
-        if label is None:
-            raise ValueError("a labelled model needs each example's label")
-        P = self._longest_label_seen(suffixes, label)
+        A, G = self._longest_label_seen(suffixes, label)
         for n in range(self.label_dense_orders + 1, self.block_size + 2):
-            self._next_order(P, n, suffixes[n - 1], label)
-        return P.log()
+            self._label_order(A, G, n, *self._find_label(n, suffixes[n - 1], label))
+        return torch.addcmul(A, G[:, None], P).log()
