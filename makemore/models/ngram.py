@@ -39,8 +39,8 @@ from makemore.models.base import Model
 from makemore.options import option
 
 INT64_MAX = 2**63 - 1
-# Numbers (float64) of whole distributions kept per seen context for fast lookups: 64 MB. Orders beyond it
-# are interpolated at every forward pass from their sparse tables instead.
+# Numbers (float64) of whole distributions kept per seen context for fast lookups: 64 MB, and as much again for a
+# labelled model's own rows. Orders beyond it are interpolated at every forward pass from their sparse tables.
 DENSE_ROWS = 2**23
 # beta above: counts each context of a label leaves to its shorter ones beyond the discounts, so that a label of
 # a few items leans on the pooled model. Tuned on the dev splits of words-8langs and names-1990s and on a label of 4
@@ -302,7 +302,7 @@ class NGram(Model):
     def _derive_labels(self) -> None:
         """Per order, each label's contexts (by label, then context), where their n-grams start, and their discounted
         counts alpha and leftover gamma; then each label's A and G (module docstring) after every context it saw, order
-        by order while they fit in the DENSE_ROWS numbers the pooled rows left."""
+        by order while they fit in DENSE_ROWS numbers."""
         V = self.vocab_size
         f64 = dict(dtype=torch.float64, device=self.discounts.device)
         discounts = torch.zeros(self.block_size + 1, 3, **f64)
@@ -340,7 +340,7 @@ class NGram(Model):
         self.label_dense_orders = 0
         for n in range(1, self.block_size + 2):
             pairs = getattr(self, f"label_ctx_{n}")
-            if len(self.rows) + len(self.label_rows) + len(pairs) > DENSE_ROWS // V:
+            if len(self.label_rows) + len(pairs) > DENSE_ROWS // V:
                 break
             contexts = getattr(self, f"label_contexts_{n}")
             label, ctx = pairs // len(contexts), contexts[pairs % len(contexts)]
