@@ -436,7 +436,14 @@ def split_labelled(items: list[str], item_labels: list[int] | None, label_names:
             parts[split].extend(group[start:start + size])
             labels[split].extend([label] * size)
             start += size
-    _check_sizes([len(parts[split]) for split in SPLIT_NAMES], len(items), splits, name)
+    if len(label_names) == 1:
+        _check_sizes([len(parts[split]) for split in SPLIT_NAMES], len(items), splits, name)
+    for split, frac in zip(SPLIT_NAMES, splits):
+        if frac > 0 and not parts[split]:  # each label is cut apart: the items' total says nothing here
+            raise DataError(f"{name}: the {split} split would be empty: it is cut per label, and none of the "
+                            f"{len(label_names)} labels has the {min_items(splits)} items that give every split one "
+                            f"at --splits {','.join(f'{f:g}' for f in splits)} (the largest has "
+                            f"{max(map(len, by_label))})")
     return parts, labels
 
 

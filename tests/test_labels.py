@@ -162,6 +162,8 @@ def _many_labels(tmp_path):
     (_many_labels, ["--labels"], f"more than {MAX_LABELS} labels"),
     (lambda p: _write(p / "d.tsv", "".join(f"a\t{w}\n" for w in ("ab", "ba", "abb", "bab", "aab", "bba"))
                       + "b\tcd\nb\tdc\n"), ["--labels", "--splits", "0.3,0.3,0.4"], "label 'b' would have no training"),
+    (lambda p: _write(p / "d.tsv", "".join(f"{k}\t{w}\n" for k in "abcde" for w in ("ab", "ba", "abb"))), ["--labels"],
+     "the dev split would be empty: it is cut per label, and none of the 5 labels has the 6 items"),
     (lambda p: _write(p / "d.csv", "word,kind\nabc,a\n"), ["--label-column", "kind"],
      "--label-column needs --item-column"),
     (lambda p: _write(p / "d.csv", "word,kind\nabc,a\nbcd,a\n"), ["--item-column", "word", "--label-column", "sort"],
@@ -242,6 +244,25 @@ def test_split_labelled_gives_each_label_its_share_of_each_split(sizes, splits, 
         assert [names[label] for label in labels[split]] == [item.split("-")[0] for item in parts[split]]
     for label, n in enumerate(sizes):
         assert [labels[split].count(label) for split in ("train", "dev", "test")] == list(split_sizes(n, splits))
+
+
+@PROPERTY
+@given(st.lists(st.integers(1, 8), min_size=1, max_size=4), SPLITS, st.integers(0, 2**32))
+def test_split_labelled_of_small_labels_fills_every_split_or_says_which_is_empty(sizes, splits, seed):
+    names = [f"L{i}" for i in range(len(sizes))]
+    item_labels = [label for label, n in enumerate(sizes) for _ in range(n)]
+    items = [f"{names[label]}-{k}" for k, label in enumerate(item_labels)]
+    try:
+        parts, _ = split_labelled(items, item_labels, names, splits, seed)
+    except DataError as refused:
+        empty = [split for split, frac in zip(("train", "dev", "test"), splits)
+                 if frac > 0 and all(split_sizes(n, splits)[("train", "dev", "test").index(split)] == 0 for n in sizes)]
+        no_train = [name for name, n in zip(names, sizes) if split_sizes(n, splits)[0] == 0]
+        assert (f"label {no_train[0]!r} would have no training items" in str(refused) if no_train
+                else f"the {empty[0]} split would be empty" in str(refused)
+                and (len(sizes) == 1 or "cut per label" in str(refused))), str(refused)
+    else:
+        assert all(parts[split] for split, frac in zip(("train", "dev", "test"), splits) if frac > 0)
 
 
 @PROPERTY
