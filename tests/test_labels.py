@@ -230,12 +230,17 @@ PROPERTY = settings(max_examples=40, deadline=None)
 SPLITS = st.sampled_from([(0.8, 0.1, 0.1), (0.5, 0.25, 0.25), (0.9, 0.1, 0.0), (0.6, 0.2, 0.2)])
 
 
+def _labelled_items(sizes: list[int]) -> tuple[list[str], list[str], list[int]]:
+    """Label names L0, L1, ..., sizes[i] items of label i (each named after its label), and the items' label ids."""
+    names = [f"L{i}" for i in range(len(sizes))]
+    item_labels = [label for label, n in enumerate(sizes) for _ in range(n)]
+    return names, [f"{names[label]}-{k}" for k, label in enumerate(item_labels)], item_labels
+
+
 @PROPERTY
 @given(st.lists(st.integers(10, 40), min_size=1, max_size=5), SPLITS, st.integers(0, 2**32))
 def test_split_labelled_gives_each_label_its_share_of_each_split(sizes, splits, seed):
-    names = [f"L{i}" for i in range(len(sizes))]
-    item_labels = [label for label, n in enumerate(sizes) for _ in range(n)]
-    items = [f"{names[label]}-{k}" for k, label in enumerate(item_labels)]
+    names, items, item_labels = _labelled_items(sizes)
     random.Random(seed).shuffle(order := list(range(len(items))))
     items, item_labels = [items[i] for i in order], [item_labels[i] for i in order]
     parts, labels = split_labelled(items, item_labels, names, splits, seed)
@@ -249,9 +254,7 @@ def test_split_labelled_gives_each_label_its_share_of_each_split(sizes, splits, 
 @PROPERTY
 @given(st.lists(st.integers(1, 8), min_size=1, max_size=4), SPLITS, st.integers(0, 2**32))
 def test_split_labelled_of_small_labels_fills_every_split_or_says_which_is_empty(sizes, splits, seed):
-    names = [f"L{i}" for i in range(len(sizes))]
-    item_labels = [label for label, n in enumerate(sizes) for _ in range(n)]
-    items = [f"{names[label]}-{k}" for k, label in enumerate(item_labels)]
+    names, items, item_labels = _labelled_items(sizes)
     try:
         parts, _ = split_labelled(items, item_labels, names, splits, seed)
     except DataError as refused:
