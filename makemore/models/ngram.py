@@ -465,8 +465,7 @@ class NGram(Model):
     def forward(self, idx: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
         """Log-probabilities (B, V) in float64: the row of the longest seen context, then the orders kept
         sparse (beyond DENSE_ROWS) interpolated on top of it; with labels, each label's A and G on top of that."""
-        if self.n_labels > 1 and label is None:
-            raise ValueError("a labelled model needs each example's label")
+        labelled = self.uses_labels(label)
         V = self.vocab_size
         suffixes = [torch.zeros(idx.shape[0], dtype=torch.int64, device=idx.device)]
         for k in range(1, self.block_size + 1):  # one more (older) character of context each time
@@ -479,7 +478,7 @@ class NGram(Model):
             # an unseen context passes the shorter context's distribution on unchanged (gamma = 1)
             P *= torch.where(found, getattr(self, f"gamma_{n}")[pos], 1.0)[:, None]
             self._add_alphas(P, n, pos, found)
-        if self.n_labels == 1:
+        if not labelled:
             return P.log()
         A, G = self._longest_label_seen(suffixes, label)
         for n in range(self.label_dense_orders + 1, self.block_size + 2):
